@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+# pip on these machines warns once per package about a missing local index; hide only that line.
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip $(QUIET_PIP)
+	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0 $(QUIET_PIP)
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -e '.[dev]' $(QUIET_PIP)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/career run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/synth_throughput.py
+	$(BIN)/python benchmarks/sim_difficulty.py
+
+clean:
+	rm -rf $(VENV) career_run .pytest_cache

@@ -1,0 +1,106 @@
+"""One object-store module: every file the system reads or writes goes through fsspec here.
+
+Local paths, `file://`, `s3://` (endpoint and credentials from the standard AWS environment
+variables or `storage_options`) and any other fsspec scheme whose package is installed.
+Credentials are never part of a URL we print: `redact` strips them.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from data_shards.errors import StructuralError
+
+StorageOptions = dict[str, Any] | None
+
+
+def _options_for(url: str, storage_options: StorageOptions) -> dict[str, Any]:
+    options = dict(storage_options or {})
+    if url.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "endpoint_url" not in options:
+            options.setdefault("client_kwargs", {}).setdefault("endpoint_url", endpoint)
+    return options
+
+
+def filesystem(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem for `url` and the path inside it."""
+    return url_to_fs(url, **_options_for(url, storage_options))
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a URL or local path with '/'."""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest, *parts)
+    return os.path.join(url, *parts)
+
+
+def redact(url: str) -> str:
+    """A URL safe to print: user:password@ is removed."""
+    return re.sub(r"://[^/@]*@", "://", url)
+
+
+def exists(url: str, storage_options: StorageOptions = None) -> bool:
+    fs, path = filesystem(url, storage_options)
+    return fs.exists(path)
+
+
+def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
+    fs, path = filesystem(url, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise StructuralError("file not found", path=redact(url)) from None
+    except OSError as exc:
+        raise StructuralError(f"cannot read: {exc}", path=redact(url)) from None
+
+
+def read_text(url: str, storage_options: StorageOptions = None) -> str:
+    data = read_bytes(url, storage_options)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise StructuralError("not UTF-8 text", path=redact(url), line=line) from None
+
+
+def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = None) -> None:
+    """Write `data` so that readers see either nothing or the whole file.
+
+    Locally: write a sibling temporary file, then rename. Object stores make a single PUT atomic.
+    """
+    fs, path = filesystem(url, storage_options)
+    parent = posixpath.dirname(path) if "://" in url else os.path.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if fs.protocol in ("file", "local") or "file" in (fs.protocol or ()):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # never a final name: uuids are fine here
+        with fs.open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def remove_tree(url: str, storage_options: StorageOptions = None) -> None:
+    """Remove a folder and everything under it; a missing folder is not an error."""
+    fs, path = filesystem(url, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def move_tree(src: str, dst: str, storage_options: StorageOptions = None) -> None:
+    """Move a finished staging folder to its final place (a rename where the store has one)."""
+    fs, src_path = filesystem(src, storage_options)
+    _, dst_path = filesystem(dst, storage_options)
+    if fs.exists(dst_path):
+        fs.rm(dst_path, recursive=True)
+    fs.mv(src_path, dst_path, recursive=True)
