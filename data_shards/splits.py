@@ -51,7 +51,9 @@ def unit_hash(person_ids: pa.Array | Sequence[str], salt: str = DEFAULT_SALT) ->
         raise ValueError("person_id must not be null")
     _, offsets_buf, data_buf = ids.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int64)[ids.offset : ids.offset + len(ids) + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    data = (
+        np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    )
     with np.errstate(over="ignore"):
         seed = _FNV_OFFSET
         for byte in salt.encode():
@@ -81,7 +83,9 @@ def split_names(
     salt: str = DEFAULT_SALT,
 ) -> pa.Array:
     """Split name per person as an Arrow string array."""
-    return pa.array(np.array(SPLITS, dtype=object)[split_of(person_ids, fractions, salt)], pa.string())
+    return pa.array(
+        np.array(SPLITS, dtype=object)[split_of(person_ids, fractions, salt)], pa.string()
+    )
 
 
 def resolve_splits(table: pa.Table, fractions=DEFAULT_FRACTIONS, salt=DEFAULT_SALT) -> pa.Array:

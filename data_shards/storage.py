@@ -30,7 +30,9 @@ def _options_for(url: str, storage_options: StorageOptions) -> dict[str, Any]:
     return options
 
 
-def filesystem(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(
+    url: str, storage_options: StorageOptions = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem for `url` and the path inside it."""
     return url_to_fs(url, **_options_for(url, storage_options))
 

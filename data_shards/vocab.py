@@ -150,7 +150,9 @@ class Vocabulary:
     def from_json(cls, text: str, source: str = "vocab.json") -> Vocabulary:
         payload = json.loads(text)
         if payload.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{source}: unsupported vocabulary format {payload.get('format_version')!r}")
+            raise ValueError(
+                f"{source}: unsupported vocabulary format {payload.get('format_version')!r}"
+            )
         vocab = cls(payload["fields"], payload.get("parent_hash"), payload.get("min_count", 1))
         if payload.get("hash") != vocab.hash:
             raise ValueError(f"{source}: content hash does not match its tokens (edited by hand?)")

@@ -110,7 +110,9 @@ def logsumexp_types(x: np.ndarray) -> np.ndarray:
 
 def _education_at(people: People, age: np.ndarray) -> np.ndarray:
     """Highest level completed by `age` (broadcast over a (n, T) age array)."""
-    completion = np.broadcast_to(EDUCATION_COMPLETION_AGE, (len(people.birth_year), len(EDUCATION_LEVELS))).copy()
+    completion = np.broadcast_to(
+        EDUCATION_COMPLETION_AGE, (len(people.birth_year), len(EDUCATION_LEVELS))
+    ).copy()
     completion[:, -1] += people.graduate_delay
     level = np.zeros(age.shape, dtype=np.int64)
     for lvl in range(1, len(EDUCATION_LEVELS)):
@@ -119,7 +121,9 @@ def _education_at(people: People, age: np.ndarray) -> np.ndarray:
     return level
 
 
-def _observation_mask(preset: Preset, people: People, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _observation_mask(
+    preset: Preset, people: People, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Calendar years and which of them each person is observed in: (Y,), (n, Y) bool."""
     n = len(people.birth_year)
     if preset.is_survey:
@@ -215,7 +219,9 @@ def simulate_chunk(
     unsort[order] = np.arange(n)
     jobs, oracle = jobs[unsort], oracle[unsort]
     log_wage = _wages(world, preset, who, types, years, jobs, education, lengths, rng)
-    return _to_batch(world, preset, seed, chunk, who, years, jobs, education, log_wage, oracle, lengths)
+    return _to_batch(
+        world, preset, seed, chunk, who, years, jobs, education, log_wage, oracle, lengths
+    )
 
 
 def _wages(world, preset, who, types, years, jobs, education, lengths, rng) -> np.ndarray | None:

@@ -23,7 +23,15 @@ import numpy as np
 from data_shards.synth.presets import Preset
 from data_shards.synth.world import FIRST_YEAR, REGION_UNEMPLOYMENT, World
 
-COMPONENTS = ("promote", "lateral", "switch", "employ", "unemployed", "not_in_labor_force", "school")
+COMPONENTS = (
+    "promote",
+    "lateral",
+    "switch",
+    "employ",
+    "unemployed",
+    "not_in_labor_force",
+    "school",
+)
 PROMOTE, LATERAL, SWITCH, EMPLOY, UNEMP, NILF, SCHOOL = range(len(COMPONENTS))
 NEG_INF = -np.inf
 
@@ -83,8 +91,19 @@ def stay_and_move_logits(
     log_tenure = np.log(ctx.tenure)
     gap_extra = ctx.gap - 1.0
 
-    occ_stay = _type_params(world, "stay") - 0.4 + 1.0 * log_tenure - 0.5 * gap_extra + 0.15 * level - 0.3 * rec
-    is_u, is_n, is_s = (prev == world.unemployed_id), (prev == world.nilf_id), (prev == world.school_id)
+    occ_stay = (
+        _type_params(world, "stay")
+        - 0.4
+        + 1.0 * log_tenure
+        - 0.5 * gap_extra
+        + 0.15 * level
+        - 0.3 * rec
+    )
+    is_u, is_n, is_s = (
+        (prev == world.unemployed_id),
+        (prev == world.nilf_id),
+        (prev == world.school_id),
+    )
     attach = _type_params(world, "attachment")
     state_stay = (
         is_u * (-0.4 + 0.8 * rec - 0.5 * attach)

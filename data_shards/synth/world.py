@@ -167,7 +167,9 @@ class World:
         occ = np.arange(num_occ)
         family_of = np.concatenate([occ // per_family, [-1, -1, -1]])
         level_of = np.concatenate([occ % levels, [-1, -1, -1]])
-        promotion_of = np.where((level_of >= 0) & (level_of < levels - 1), np.arange(num_occ + 3) + 1, -1)
+        promotion_of = np.where(
+            (level_of >= 0) & (level_of < levels - 1), np.arange(num_occ + 3) + 1, -1
+        )
         # Codes look like 3-digit occupation codes; families 20 apart leave room for ladders.
         codes = tuple(f"{100 + 20 * (j // per_family) + j % per_family}" for j in occ) + (
             UNEMPLOYED,

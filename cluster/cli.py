@@ -1,0 +1,277 @@
+"""The `career` command line: one function per subcommand, mapped in `COMMANDS`.
+
+Exit codes: 0 success, 1 unexpected failure, 2 bad usage or a structural input error (missing
+file or column, inconsistent layout): the message names the file and line, and no partial output
+is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from data_shards.errors import StructuralError
+
+EXIT_STRUCTURAL = 2
+
+
+def _csv_list(text: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of column names")
+    return items
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected three numbers like 0.9,0.05,0.05, got {text!r}"
+        ) from None
+    if len(parts) != 3 or abs(sum(parts) - 1) > 1e-9 or min(parts) < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected three non-negative fractions summing to 1, got {text!r}"
+        )
+    return parts  # type: ignore[return-value]
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _storage_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-options",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help='fsspec options for the URLs, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'. '
+        "Credentials are better left in the standard AWS environment variables.",
+    )
+
+
+def input_options() -> argparse.ArgumentParser:
+    """Flags shared by every command that reads an input (format and column mapping)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("input")
+    group.add_argument(
+        "--input",
+        required=True,
+        metavar="URL",
+        help="local path, file:// or s3:// URL of the input",
+    )
+    group.add_argument("--format", required=True, choices=("career-code", "panel", "resume-jsonl"),
+                       help="career-code: folder of {train,valid,test}.{job,year,...}; panel: CSV or Parquet "
+                       "person-year rows; resume-jsonl: one resume per line")  # fmt: skip
+    panel = parser.add_argument_group("panel column mapping (--format panel)")
+    panel.add_argument(
+        "--person", default="person_id", metavar="COL", help="person id column (default person_id)"
+    )
+    panel.add_argument("--year", default="year", metavar="COL", help="year column (default year)")
+    panel.add_argument("--year-base", type=int, default=None, metavar="N",
+                       help="add N to two-digit years, e.g. 1900 for 80 -> 1980")  # fmt: skip
+    for name, what in (("occupation", "occupation code"), ("location", "state/region"),
+                       ("ethnicity", "race/ethnicity")):  # fmt: skip
+        flag = name.replace("_", "-")
+        panel.add_argument(f"--{flag}", default=None, metavar="COL", help=f"{what} column")
+        panel.add_argument(f"--{flag}-dummies", type=_csv_list, default=(), metavar="A,B,...",
+                           help=f"{what} as one-hot dummy columns instead of one column")  # fmt: skip
+        panel.add_argument(f"--{flag}-base", default=None, metavar="NAME",
+                           help=f"{what} when no dummy is set (the omitted category)")  # fmt: skip
+    panel.add_argument(
+        "--education", default=None, metavar="COL", help="education column (per year)"
+    )
+    panel.add_argument(
+        "--wage",
+        default=None,
+        metavar="COL",
+        help="wage column (per year; logged unless --wage-is-log)",
+    )
+    panel.add_argument(
+        "--wage-is-log", action="store_true", help="the wage column already holds log wages"
+    )
+    panel.add_argument("--gender", default=None, metavar="COL", help="gender column")
+    panel.add_argument("--birth-year", default=None, metavar="COL", help="birth year column")
+    panel.add_argument(
+        "--weight", default=None, metavar="COL", help="survey sampling weight column"
+    )
+    panel.add_argument(
+        "--split",
+        default=None,
+        metavar="COL",
+        help="column holding train/valid/test, if the input has its own splits",
+    )
+    resume = parser.add_argument_group("resume options (--format resume-jsonl)")
+    resume.add_argument("--as-of", type=int, default=None, metavar="YEAR",
+                        help="year that closes open-ended jobs (default: the latest year each resume mentions)")  # fmt: skip
+    _storage_flag(parser)
+    return parser
+
+
+def read_input(args: argparse.Namespace):
+    """Read the input named by `input_options()` flags."""
+    from data_shards.readers import PanelMapping, ResumeOptions, read
+
+    mapping = None
+    if args.format == "panel":
+        mapping = PanelMapping(
+            person=args.person, year=args.year, year_base=args.year_base,
+            occupation=args.occupation, occupation_dummies=args.occupation_dummies, occupation_base=args.occupation_base,
+            location=args.location, location_dummies=args.location_dummies, location_base=args.location_base,
+            ethnicity=args.ethnicity, ethnicity_dummies=args.ethnicity_dummies, ethnicity_base=args.ethnicity_base,
+            education=args.education, wage=args.wage, wage_is_log=args.wage_is_log, gender=args.gender,
+            birth_year=args.birth_year, weight=args.weight, split=args.split,
+        )  # fmt: skip
+    return read(
+        args.input,
+        args.format,
+        panel=mapping,
+        resume=ResumeOptions(as_of=args.as_of),
+        storage_options=args.storage_options,
+    )
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Summarise an input corpus before training: counts, coverage, vocabularies, quarantine."""
+    from cluster import report
+    from data_shards.quarantine import write_quarantine
+    from data_shards.summary import summarize
+
+    result = read_input(args)
+    summary = summarize(result.table, result.report, result.quarantine)
+    if args.quarantine_out:
+        write_quarantine(args.quarantine_out, result.quarantine, args.storage_options)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        report.print_summary(summary, title=f"{args.format}: {result.report.source}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Simulate careers with the exact oracle and write them in a readable layout."""
+    from cluster.synth_job import run_synth
+
+    run_synth(
+        preset=args.preset, people=args.people, seed=args.seed, out=args.out, layout=args.layout,
+        fractions=args.split_fractions, storage_options=args.storage_options,
+    )  # fmt: skip
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the whole pipeline on the embedded default (simulated data, local folder)."""
+    from cluster.pipeline import run_local
+
+    run_local(
+        out=args.out,
+        resume_people=args.resume_people,
+        survey_people=args.survey_people,
+        seed=args.seed,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from data_shards.synth.presets import PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="career",
+        description="CAREER at scale: a foundation model of job sequences. "
+        "Simulate or read career data, shard it, train, fine-tune and evaluate.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the pipeline end to end on simulated data (the default demo)",
+                         description=cmd_run.__doc__)  # fmt: skip
+    run.add_argument(
+        "--out", default="career_run", metavar="DIR", help="output folder (default ./career_run)"
+    )
+    run.add_argument(
+        "--resume-people",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="simulated resumes (default 20000)",
+    )
+    run.add_argument(
+        "--survey-people",
+        type=int,
+        default=2_000,
+        metavar="N",
+        help="people per simulated survey (default 2000)",
+    )
+    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    synth = sub.add_parser("synth", help="simulate careers (resumes, NLSY79, NLSY97, PSID) with their oracle",
+                           description=cmd_synth.__doc__)  # fmt: skip
+    synth.add_argument("--preset", required=True, choices=sorted(PRESETS), help="what to simulate")
+    synth.add_argument(
+        "--people",
+        type=int,
+        default=None,
+        metavar="N",
+        help="people to simulate (default: the preset's size)",
+    )
+    synth.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed (default 0); with it the output is deterministic",
+    )
+    synth.add_argument(
+        "--out",
+        required=True,
+        metavar="URL",
+        help="output folder (career-code) or file (.parquet, .csv, .jsonl)",
+    )
+    synth.add_argument("--layout", choices=("career-code", "parquet", "csv", "resume-jsonl"), default="career-code",
+                       help="career-code folder (default), person-year Parquet or CSV panel, or resume JSON Lines")  # fmt: skip
+    synth.add_argument("--split-fractions", type=_fractions, default=(0.9, 0.05, 0.05), metavar="TR,VA,TE",
+                       help="train/valid/test fractions for the career-code layout (default 0.9,0.05,0.05)")  # fmt: skip
+    _storage_flag(synth)
+
+    inspect = sub.add_parser("inspect", parents=[input_options()], help="summarise an input corpus before training",
+                             description=cmd_inspect.__doc__)  # fmt: skip
+    inspect.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a table"
+    )
+    inspect.add_argument(
+        "--quarantine-out",
+        default=None,
+        metavar="URL",
+        help="also write the quarantined records as JSON Lines here",
+    )
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "synth": cmd_synth,
+    "inspect": cmd_inspect,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except StructuralError as exc:
+        print(f"career {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_STRUCTURAL
+    except ValueError as exc:
+        print(f"career {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_STRUCTURAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""`career synth`: generate a simulated corpus chunk by chunk and write it in the chosen layout."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from cluster.report import console, progress
+from data_shards import storage, writers
+from data_shards.synth.generate import chunk_sizes, simulate
+from data_shards.synth.presets import get_preset
+
+
+def simulate_table(
+    preset_name: str, people: int | None, seed: int, description: str | None = None
+) -> pa.Table:
+    """The whole corpus as one table, with a progress bar over chunks."""
+    preset = get_preset(preset_name)
+    people = preset.default_people if people is None else people
+    if people <= 0:
+        raise ValueError(f"--people must be positive, got {people}")
+    batches = simulate(preset, people, seed)
+    total = len(chunk_sizes(people))
+    return pa.Table.from_batches(
+        list(progress(batches, total, description or f"simulating {preset_name}"))
+    )
+
+
+def write_layout(
+    table: pa.Table, out: str, layout: str, fractions=(0.9, 0.05, 0.05), storage_options=None
+) -> None:
+    if layout == "career-code":
+        writers.write_career_code(table, out, fractions, storage_options)
+    elif layout == "parquet":
+        writers.write_panel(table, out, storage_options)
+    elif layout == "csv":
+        writers.write_panel_csv(table, out, storage_options)
+    elif layout == "resume-jsonl":
+        writers.write_resume_jsonl(table, out, storage_options)
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+
+
+def run_synth(preset: str, people: int | None, seed: int, out: str, layout: str, fractions=(0.9, 0.05, 0.05),
+              storage_options=None) -> pa.Table:  # fmt: skip
+    table = simulate_table(preset, people, seed)
+    write_layout(table, out, layout, fractions, storage_options)
+    console.print(
+        f"wrote {table.num_rows:,} simulated {preset} careers to {storage.redact(out)} ({layout})"
+    )
+    return table

