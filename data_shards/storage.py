@@ -83,7 +83,7 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = 
     parent = posixpath.dirname(path) if "://" in url else os.path.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    if fs.protocol in ("file", "local") or "file" in (fs.protocol or ()):
+    if _is_local(fs):
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # never a final name: uuids are fine here
         with fs.open(tmp, "wb") as handle:
             handle.write(data)
@@ -100,9 +100,24 @@ def remove_tree(url: str, storage_options: StorageOptions = None) -> None:
 
 
 def move_tree(src: str, dst: str, storage_options: StorageOptions = None) -> None:
-    """Move a finished staging folder to its final place (a rename where the store has one)."""
+    """Move a finished staging folder to its final place, replacing what was there.
+
+    Locally a rename (atomic); on object stores, which have no folders, a copy of each object
+    followed by the removal of the source.
+    """
     fs, src_path = filesystem(src, storage_options)
     _, dst_path = filesystem(dst, storage_options)
     if fs.exists(dst_path):
         fs.rm(dst_path, recursive=True)
-    fs.mv(src_path, dst_path, recursive=True)
+    if _is_local(fs):
+        os.replace(src_path, dst_path)
+        return
+    for path in fs.find(src_path):
+        relative = path[len(src_path.rstrip("/")) + 1 :]
+        fs.copy(path, f"{dst_path.rstrip('/')}/{relative}")
+    fs.rm(src_path, recursive=True)
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols

@@ -1,0 +1,84 @@
+"""Shared fixtures: one real S3 HTTP endpoint (moto's server on 127.0.0.1) per test session.
+
+Storage tests take the `store` fixture, parametrised over a local folder and that S3 server, so
+every storage path is exercised against both.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Never reach a real AWS account from a test, whatever the developer's environment holds.
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""
+    port = _free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("moto_server exited at start-up") from None
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("moto_server did not start within 30 s")
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@dataclass
+class Store:
+    """A place to write test data: `url(name)` gives a fresh URL under it."""
+
+    kind: str
+    root: str
+    storage_options: dict | None
+
+    def url(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> Store:
+    if request.param == "local":
+        return Store("local", str(tmp_path), None)
+    endpoint = request.getfixturevalue("s3_endpoint")
+    import s3fs
+
+    options = {"client_kwargs": {"endpoint_url": endpoint}, "key": "testing", "secret": "testing"}
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(**options).mkdir(bucket)
+    return Store("s3", f"s3://{bucket}", options)

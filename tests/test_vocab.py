@@ -1,0 +1,89 @@
+"""Vocabulary: id layout, ordering, min-count, hashing and prefix-preserving extension."""
+
+import collections
+import json
+
+import pyarrow as pa
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from data_shards.vocab import (
+    PAD_ID,
+    SPECIALS,
+    UNK_ID,
+    YEAR_SPAN,
+    Vocabulary,
+    build_vocabulary,
+    count_tokens,
+)
+
+
+def table(jobs, years, **static):
+    n = len(jobs)
+    cols = {"person_id": [f"p{i}" for i in range(n)], "jobs": jobs, "years": years}
+    cols.update(static)
+    return pa.table(cols)
+
+
+def test_layout_frequency_order_and_years():
+    t = table([["b", "a", "a"], ["c", "a"]], [[2001, 2002, 2005], [1999, 2000]], location=["CA", None])
+    v = build_vocabulary(count_tokens(t))
+    assert v.fields["job"][:3] == list(SPECIALS)
+    assert v.fields["job"][3:] == ["a", "b", "c"]  # a:3, then b and c tie at 1 -> by code
+    years = v.fields["year"][3:]
+    assert years[0] == str(YEAR_SPAN[0]) and years[-1] == str(YEAR_SPAN[1])
+    ids = v.ids("year")
+    assert ids["2000"] == ids["1999"] + 1 and ids["2005"] == ids["2001"] + 4
+    assert v.fields["location"] == [*SPECIALS, "CA"]
+
+
+def test_min_count_maps_rare_codes_to_unk():
+    t = table([["a", "a", "b"]], [[2000, 2001, 2002]])
+    v = build_vocabulary(count_tokens(t), min_count=2)
+    assert "b" not in v.fields["job"]
+    assert list(v.encode("job", ["a", "b", None])) == [3, UNK_ID, PAD_ID]
+
+
+def test_extension_appends_and_never_renumbers():
+    parent = build_vocabulary(count_tokens(table([["a", "b", "b"]], [[2000, 2001, 2002]])))
+    child_counts = count_tokens(table([["unemployed", "a", "z", "z", "z"]], [[1890, 1891, 1892, 1893, 1894]]))
+    child = build_vocabulary(child_counts, parent=parent)
+    assert child.is_extension_of(parent) and child.incompatibility(parent) is None
+    assert child.fields["job"][: len(parent.fields["job"])] == parent.fields["job"]
+    assert child.fields["job"][len(parent.fields["job"]) :] == ["z", "unemployed"]
+    assert child.parent_hash == parent.hash and child.hash != parent.hash
+    # Years before the span are appended after it, contiguous and in numeric order.
+    added_years = child.fields["year"][len(parent.fields["year"]) :]
+    assert added_years == [str(y) for y in range(1890, YEAR_SPAN[0])]
+
+
+def test_incompatible_vocabulary_is_detected():
+    a = build_vocabulary(count_tokens(table([["a", "a", "b"]], [[2000, 2001, 2002]])))
+    b = build_vocabulary(count_tokens(table([["b", "b", "a"]], [[2000, 2001, 2002]])))
+    assert not b.is_extension_of(a)
+    assert "id 3" in b.incompatibility(a)
+
+
+def test_json_round_trip_and_tamper_check(tmp_path):
+    v = build_vocabulary(count_tokens(table([["a", "b"]], [[2000, 2001]])))
+    path = str(tmp_path / "vocab.json")
+    v.save(path)
+    loaded = Vocabulary.load(path)
+    assert loaded.fields == v.fields and loaded.hash == v.hash
+    payload = json.loads(open(path).read())
+    payload["fields"]["job"].append("sneaky")
+    open(path, "w").write(json.dumps(payload))
+    with pytest.raises(ValueError, match="hash"):
+        Vocabulary.load(path)
+
+
+@given(
+    st.dictionaries(st.sampled_from("abcdefgh"), st.integers(1, 50), min_size=1),
+    st.dictionaries(st.sampled_from("efghijkl"), st.integers(1, 50), min_size=1),
+)
+def test_any_extension_is_a_prefix_superset(first, second):
+    parent = build_vocabulary({"job": collections.Counter(first)})
+    child = build_vocabulary({"job": collections.Counter(second)}, parent=parent)
+    assert child.is_extension_of(parent)
+    assert set(child.fields["job"]) == set(SPECIALS) | set(first) | set(second)
