@@ -45,7 +45,9 @@ class MarkovModel:
         known = ids >= 0
         uni = np.where(known, self.unigram[np.maximum(ids, 0)], self.unseen)
         row_total = self.transitions.sum(1)
-        start_p = (self.first[np.maximum(ids, 0)] * known + self.alpha * uni) / (self.first.sum() + self.alpha)
+        start_p = (self.first[np.maximum(ids, 0)] * known + self.alpha * uni) / (
+            self.first.sum() + self.alpha
+        )
         has_prev = ~first & (prev >= 0)
         pair = self.transitions[np.maximum(prev, 0), np.maximum(ids, 0)] * known
         step_p = (pair + self.alpha * uni) / (row_total[np.maximum(prev, 0)] + self.alpha)
@@ -58,7 +60,9 @@ class MarkovModel:
         return math.exp(-float(np.mean(logp))) if len(logp) else float("nan")
 
 
-def fit_markov(train: pa.Table, valid: pa.Table | None = None, alpha: float | None = None) -> MarkovModel:
+def fit_markov(
+    train: pa.Table, valid: pa.Table | None = None, alpha: float | None = None
+) -> MarkovModel:
     """Count transitions in `train`; pick alpha on `valid` when given (else `alpha` or 1)."""
     jobs = sorted(set(pc.list_flatten(train.column("jobs")).to_pylist()))
     index = {job: i for i, job in enumerate(jobs)}
@@ -70,7 +74,9 @@ def fit_markov(train: pa.Table, valid: pa.Table | None = None, alpha: float | No
     first_counts = np.bincount(ids[first], minlength=V).astype(float)
     unigram = (np.bincount(ids, minlength=V) + 0.5) / (len(ids) + 0.5 * V)
     unseen = 0.5 / (len(ids) + 0.5 * V)
-    model = MarkovModel(jobs, transitions, first_counts, unigram, unseen, alpha if alpha is not None else 1.0)
+    model = MarkovModel(
+        jobs, transitions, first_counts, unigram, unseen, alpha if alpha is not None else 1.0
+    )
     if valid is not None and alpha is None:
         scores = {}
         for candidate in ALPHAS:

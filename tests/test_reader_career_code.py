@@ -35,10 +35,22 @@ def test_round_trip_is_exact(store):
     result = read(url, "career-code", storage_options=store.storage_options)
     assert result.report.people_read == result.report.people_accepted == 300
     got = by_person(result.table)
-    splits = dict(zip(table.column("person_id").to_pylist(), resolve_splits(table).to_pylist(), strict=True))
+    splits = dict(
+        zip(table.column("person_id").to_pylist(), resolve_splits(table).to_pylist(), strict=True)
+    )
     for row in table.to_pylist():
         back = got[row["person_id"]]
-        for field in ("years", "jobs", "education", "location", "gender", "ethnicity", "birth_year", "weight", "oracle_logp"):
+        for field in (
+            "years",
+            "jobs",
+            "education",
+            "location",
+            "gender",
+            "ethnicity",
+            "birth_year",
+            "weight",
+            "oracle_logp",
+        ):
             assert back[field] == row[field], field
         assert back["log_wage"] == row["log_wage"]
         assert back["split"] == splits[row["person_id"]]
@@ -60,7 +72,11 @@ def test_public_sample_layout(tmp_path):
         (tmp_path / name).write_text(text)
     result = read(str(tmp_path), "career-code")
     rows = result.table.to_pylist()
-    assert [r["person_id"] for r in rows] == ["train-000000001", "train-000000002", "valid-000000001"]
+    assert [r["person_id"] for r in rows] == [
+        "train-000000001",
+        "train-000000002",
+        "valid-000000001",
+    ]
     assert rows[1]["years"] == [2010, 2012] and rows[1]["education"] == ["masters", "doctorate"]
     assert rows[2]["split"] == "valid" and rows[2]["location"] == "AL"
 

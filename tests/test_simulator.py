@@ -46,7 +46,11 @@ def enumerate_joint(world, preset, person):
     spell_start = np.full(S, years[0])
     for t in range(T):
         if t:
-            spell_start = np.where(seqs[:, t - 1] == seqs[:, max(t - 2, 0)], spell_start, years[t - 1]) if t > 1 else spell_start
+            spell_start = (
+                np.where(seqs[:, t - 1] == seqs[:, max(t - 2, 0)], spell_start, years[t - 1])
+                if t > 1
+                else spell_start
+            )
         ctx = process.StepContext(
             prev=seqs[:, t - 1] if t else None,
             tenure=(years[t - 1] - spell_start + 1).astype(float) if t else None,
@@ -105,7 +109,12 @@ def test_sampler_agrees_with_the_probabilities():
         female = np.array([1.0 if example["gender"] == "female" else 0.0])
         prior = np.exp(type_log_prior(TINY_WORLD, TINY, female))[:, 0]
         expected += group["person_id_count"] * (prior @ joint)
-    seq_index = np.array([np.ravel_multi_index([codes[j] for j in jobs], (J, J, J)) for jobs in people["jobs"].to_pylist()])
+    seq_index = np.array(
+        [
+            np.ravel_multi_index([codes[j] for j in jobs], (J, J, J))
+            for jobs in people["jobs"].to_pylist()
+        ]
+    )
     observed = np.bincount(seq_index, minlength=J**3)
     assert observed[expected == 0].sum() == 0, "the sampler drew a sequence of probability zero"
     cells = expected >= 5

@@ -27,7 +27,9 @@ def table(jobs, years, **static):
 
 
 def test_layout_frequency_order_and_years():
-    t = table([["b", "a", "a"], ["c", "a"]], [[2001, 2002, 2005], [1999, 2000]], location=["CA", None])
+    t = table(
+        [["b", "a", "a"], ["c", "a"]], [[2001, 2002, 2005], [1999, 2000]], location=["CA", None]
+    )
     v = build_vocabulary(count_tokens(t))
     assert v.fields["job"][:3] == list(SPECIALS)
     assert v.fields["job"][3:] == ["a", "b", "c"]  # a:3, then b and c tie at 1 -> by code
@@ -47,7 +49,9 @@ def test_min_count_maps_rare_codes_to_unk():
 
 def test_extension_appends_and_never_renumbers():
     parent = build_vocabulary(count_tokens(table([["a", "b", "b"]], [[2000, 2001, 2002]])))
-    child_counts = count_tokens(table([["unemployed", "a", "z", "z", "z"]], [[1890, 1891, 1892, 1893, 1894]]))
+    child_counts = count_tokens(
+        table([["unemployed", "a", "z", "z", "z"]], [[1890, 1891, 1892, 1893, 1894]])
+    )
     child = build_vocabulary(child_counts, parent=parent)
     assert child.is_extension_of(parent) and child.incompatibility(parent) is None
     assert child.fields["job"][: len(parent.fields["job"])] == parent.fields["job"]
@@ -71,9 +75,9 @@ def test_json_round_trip_and_tamper_check(tmp_path):
     v.save(path)
     loaded = Vocabulary.load(path)
     assert loaded.fields == v.fields and loaded.hash == v.hash
-    payload = json.loads(open(path).read())
+    payload = json.loads((tmp_path / "vocab.json").read_text())
     payload["fields"]["job"].append("sneaky")
-    open(path, "w").write(json.dumps(payload))
+    (tmp_path / "vocab.json").write_text(json.dumps(payload))
     with pytest.raises(ValueError, match="hash"):
         Vocabulary.load(path)
 

