@@ -1,0 +1,1 @@
+"""Career records: schema, readers, vocabularies, the simulator. Never imports trainer, eval or DeepSpeed."""

@@ -1,0 +1,1 @@
+"""Metrics, baselines, forecasting and reports. Import as `from eval import metrics`, never `import eval`."""

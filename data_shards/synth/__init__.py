@@ -1,0 +1,1 @@
+"""The career simulator: an explicit generative process with an exact oracle (see generate.py)."""
