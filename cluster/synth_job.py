@@ -26,16 +26,21 @@ def simulate_table(
 
 
 def write_layout(
-    table: pa.Table, out: str, layout: str, fractions=(0.9, 0.05, 0.05), storage_options=None
+    records: writers.Records,
+    out: str,
+    layout: str,
+    fractions=(0.9, 0.05, 0.05),
+    storage_options=None,
 ) -> None:
+    """Write a table or a stream of record batches in one of the readable layouts."""
     if layout == "career-code":
-        writers.write_career_code(table, out, fractions, storage_options)
+        writers.write_career_code(records, out, fractions, storage_options)
     elif layout == "parquet":
-        writers.write_panel(table, out, storage_options)
+        writers.write_panel(records, out, storage_options)
     elif layout == "csv":
-        writers.write_panel_csv(table, out, storage_options)
+        writers.write_panel_csv(records, out, storage_options)
     elif layout == "resume-jsonl":
-        writers.write_resume_jsonl(table, out, storage_options)
+        writers.write_resume_jsonl(records, out, storage_options)
     else:
         raise ValueError(f"unknown layout {layout!r}")
 

@@ -7,11 +7,13 @@ Credentials are never part of a URL we print: `redact` strips them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -90,6 +92,38 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = 
         os.replace(tmp, path)
     else:
         fs.pipe_file(path, data)
+
+
+@contextlib.contextmanager
+def open_atomic(url: str, storage_options: StorageOptions = None) -> Iterator[IO[bytes]]:
+    """A binary file handle whose contents appear at `url` only if the block succeeds.
+
+    Locally: a sibling temporary file renamed into place. Object stores: a streaming (multipart)
+    upload, which creates the object only when it completes; on failure it is aborted.
+    """
+    fs, path = filesystem(url, storage_options)
+    if _is_local(fs):
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as handle:
+                yield handle
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    handle = fs.open(path, "wb")
+    try:
+        yield handle
+    except BaseException:
+        if hasattr(handle, "discard"):
+            handle.discard()  # aborts a multipart upload already begun
+        handle.closed = True  # never complete the upload, not even when garbage-collected
+        raise
+    handle.close()
 
 
 def remove_tree(url: str, storage_options: StorageOptions = None) -> None:

@@ -1,32 +1,53 @@
-"""Write record tables back out as a career-code folder or a person-year Parquet panel.
+"""Write records out as a career-code folder, a person-year panel (Parquet/CSV) or resume JSON Lines.
 
-Both writers are atomic at the level a reader sees: the career-code folder is written beside its
-destination and moved into place; a Parquet file is one object written at once.
+Every writer takes a table or an iterable of record batches and streams it, so a corpus larger
+than memory (`career synth --people 24000000`) is written one chunk at a time. Outputs appear
+whole or not at all: files are written through `storage.open_atomic`, and a career-code folder is
+written beside its destination and moved into place.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import itertools
+import json
 import math
 import uuid
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from data_shards import storage
 from data_shards.schema import SPLITS
 from data_shards.splits import DEFAULT_FRACTIONS, resolve_splits
 
+Records = pa.Table | Iterable[pa.RecordBatch]
+
 _TIME_VARYING_FILES = {"year": "years", "job": "jobs", "education": "education",
                        "log_wage": "log_wage", "oracle_logp": "oracle_logp"}  # fmt: skip
 _STATIC_FILES = {"id": "person_id", "location": "location", "gender": "gender",
                  "ethnicity": "ethnicity", "birth_year": "birth_year", "weight": "weight"}  # fmt: skip
+_PANEL_STATIC = ("location", "gender", "ethnicity", "birth_year", "weight", "split")
 
 
-def _has_values(table: pa.Table, column: str) -> bool:
-    return table.column(column).null_count < table.num_rows
+def _batches(records: Records) -> tuple[pa.Table | None, Iterator[pa.RecordBatch]]:
+    """(first batch as a table, iterator over all batches); the first decides the columns written."""
+    iterator = iter(records.to_batches()) if isinstance(records, pa.Table) else iter(records)
+    first = next(iterator, None)
+    if first is None:
+        return None, iter(())
+    return pa.Table.from_batches([first]), itertools.chain([first], iterator)
+
+
+def _present(table: pa.Table | None, columns: Iterable[str]) -> list[str]:
+    """Columns with at least one value (written); columns entirely null are left out."""
+    if table is None:
+        return []
+    return [c for c in columns if table.column(c).null_count < table.num_rows]
 
 
 def _token(value) -> str:
@@ -40,73 +61,116 @@ def _token(value) -> str:
     return text
 
 
-def career_code_files(table: pa.Table, fractions=DEFAULT_FRACTIONS) -> dict[str, bytes]:
-    """File name -> contents of the career-code layout of `table`."""
-    splits = resolve_splits(table, fractions).to_numpy(zero_copy_only=False)
-    present_tv = [f for f, c in _TIME_VARYING_FILES.items() if _has_values(table, c)]
-    present_static = [f for f, c in _STATIC_FILES.items() if _has_values(table, c)]
-    files: dict[str, bytes] = {}
-    for split in SPLITS:
-        part = table.filter(pa.array(splits == split))
-        for name in present_tv:
-            column = table.column(_TIME_VARYING_FILES[name])
-            if column.null_count and name not in ("log_wage", "oracle_logp"):
-                raise ValueError(f"column {column!r} is null for some people: not representable")
-            rows = part.column(_TIME_VARYING_FILES[name]).to_pylist()
-            lines = [" ".join(_token(v) for v in (row or [])) for row in rows]
-            files[f"{split}.{name}"] = "".join(line + "\n" for line in lines).encode()
-        for name in present_static:
-            values = part.column(_STATIC_FILES[name]).to_pylist()
-            lines = ["" if v is None else _token(v) for v in values]
-            files[f"{split}.{name}"] = "".join(line + "\n" for line in lines).encode()
-    return files
-
-
 def write_career_code(
-    table: pa.Table, url: str, fractions=DEFAULT_FRACTIONS, storage_options=None
+    records: Records, url: str, fractions=DEFAULT_FRACTIONS, storage_options=None
 ) -> list[str]:
-    """Write `table` as a career-code folder at `url` (replacing it). Returns the file names."""
-    files = career_code_files(table, fractions)
+    """Write records as a career-code folder at `url` (replacing it). Returns the file names.
+
+    People go to the split given by `splits.resolve_splits` (their own, else the split function).
+    """
+    first, batches = _batches(records)
+    time_varying = [f for f, c in _TIME_VARYING_FILES.items() if c in _present(first, [c])]
+    static = [f for f, c in _STATIC_FILES.items() if c in _present(first, [c])]
     staging = url.rstrip("/") + f".partial-{uuid.uuid4().hex[:12]}"
+    names = [f"{split}.{field}" for split in SPLITS for field in time_varying + static]
     try:
-        for name, data in files.items():
-            storage.write_bytes_atomic(storage.join(staging, name), data, storage_options)
+        with contextlib.ExitStack() as stack:
+            handles = {
+                name: stack.enter_context(
+                    storage.open_atomic(storage.join(staging, name), storage_options)
+                )
+                for name in names
+            }
+            for batch in batches:
+                table = pa.Table.from_batches([batch])
+                splits = resolve_splits(table, fractions).to_numpy(zero_copy_only=False)
+                for split in SPLITS:
+                    part = table.filter(pa.array(splits == split))
+                    for field in time_varying:
+                        column = part.column(_TIME_VARYING_FILES[field])
+                        if column.null_count and field not in ("log_wage", "oracle_logp"):
+                            raise ValueError(
+                                f"column {_TIME_VARYING_FILES[field]!r} is null for some people: not representable"
+                            )
+                        lines = (
+                            " ".join(_token(v) for v in (row or [])) + "\n"
+                            for row in column.to_pylist()
+                        )
+                        handles[f"{split}.{field}"].write("".join(lines).encode())
+                    for field in static:
+                        values = part.column(_STATIC_FILES[field]).to_pylist()
+                        lines = (("" if v is None else _token(v)) + "\n" for v in values)
+                        handles[f"{split}.{field}"].write("".join(lines).encode())
         storage.move_tree(staging, url, storage_options)
     finally:
         storage.remove_tree(staging, storage_options)
-    return sorted(files)
+    return sorted(names)
 
 
-def to_panel(table: pa.Table) -> pa.Table:
-    """One row per person-year, with our own column names (what `read_panel` maps by default)."""
+def to_panel(table: pa.Table, columns: list[str] | None = None) -> pa.Table:
+    """One row per person-year, with our own column names (what `read_panel` maps by default).
+
+    `columns` fixes the optional columns written (all batches of one file must agree).
+    """
     parents = pc.list_parent_indices(table.column("years"))
-    columns = {
+    out = {
         "person_id": table.column("person_id").take(parents),
         "year": pc.list_flatten(table.column("years")),
         "job": pc.list_flatten(table.column("jobs")),
     }
+    wanted = (
+        columns
+        if columns is not None
+        else _present(table, ("education", "log_wage", "oracle_logp", *_PANEL_STATIC))
+    )
     for name in ("education", "log_wage", "oracle_logp"):
-        if _has_values(table, name):
+        if name in wanted:
             column = table.column(name)
             lengths = pc.list_value_length(column).fill_null(0)
             if pc.any(pc.not_equal(lengths, pc.list_value_length(table.column("years")))).as_py():
                 raise ValueError(
                     f"column {name!r} does not have one value per year for every person"
                 )
-            columns[name] = pc.list_flatten(column)
-    for name in ("location", "gender", "ethnicity", "birth_year", "weight", "split"):
-        if _has_values(table, name):
-            columns[name] = table.column(name).take(parents)
-    return pa.table(columns)
+            out[name] = pc.list_flatten(column)
+    for name in _PANEL_STATIC:
+        if name in wanted:
+            out[name] = table.column(name).take(parents)
+    return pa.table(out)
 
 
-def write_panel(table: pa.Table, url: str, storage_options=None) -> int:
-    """Write `table` as a Parquet person-year panel at `url`; returns the number of rows."""
-    panel = to_panel(table)
-    buffer = io.BytesIO()
-    pq.write_table(panel, buffer, compression="zstd")
-    storage.write_bytes_atomic(url, buffer.getvalue(), storage_options)
-    return panel.num_rows
+def _write_panel(records: Records, url: str, storage_options, make_writer) -> int:
+    first, batches = _batches(records)
+    columns = _present(first, ("education", "log_wage", "oracle_logp", *_PANEL_STATIC))
+    rows = 0
+    with storage.open_atomic(url, storage_options) as handle:
+        writer = None
+        for batch in batches:
+            panel = to_panel(pa.Table.from_batches([batch]), columns)
+            if writer is None:
+                writer = make_writer(handle, panel.schema)
+            writer.write_table(panel)
+            rows += panel.num_rows
+        if writer is None:  # no records: still a valid, empty file
+            writer = make_writer(
+                handle, to_panel(pa.Table.from_batches([], schema=_EMPTY.schema), []).schema
+            )
+        writer.close()
+    return rows
+
+
+def write_panel(records: Records, url: str, storage_options=None) -> int:
+    """Write records as a Parquet person-year panel at `url`; returns the number of rows."""
+    return _write_panel(
+        records,
+        url,
+        storage_options,
+        lambda h, schema: pq.ParquetWriter(h, schema, compression="zstd"),
+    )
+
+
+def write_panel_csv(records: Records, url: str, storage_options=None) -> int:
+    """Write records as a CSV person-year panel at `url`; returns the number of rows."""
+    return _write_panel(records, url, storage_options, lambda h, schema: pacsv.CSVWriter(h, schema))
 
 
 def resume_json_lines(table: pa.Table) -> list[str]:
@@ -116,8 +180,6 @@ def resume_json_lines(table: pa.Table) -> list[str]:
     back with `read_resume_jsonl` gives the same years and jobs; each education level's completion
     is the first observed year it appears, which gives back the same per-year education.
     """
-    import json
-
     lines = []
     for row in table.to_pylist():
         spells: list[dict] = []
@@ -144,20 +206,17 @@ def resume_json_lines(table: pa.Table) -> list[str]:
     return lines
 
 
-def write_resume_jsonl(table: pa.Table, url: str, storage_options=None) -> int:
-    lines = resume_json_lines(table)
-    storage.write_bytes_atomic(
-        url, "".join(line + "\n" for line in lines).encode(), storage_options
-    )
-    return len(lines)
+def write_resume_jsonl(records: Records, url: str, storage_options=None) -> int:
+    """Write records as resume JSON Lines at `url`; returns the number of people."""
+    _, batches = _batches(records)
+    people = 0
+    with storage.open_atomic(url, storage_options) as handle:
+        for batch in batches:
+            lines = resume_json_lines(pa.Table.from_batches([batch]))
+            handle.write("".join(line + "\n" for line in lines).encode())
+            people += len(lines)
+    return people
 
 
-def write_panel_csv(table: pa.Table, url: str, storage_options=None) -> int:
-    """Write `table` as a CSV person-year panel at `url`; returns the number of rows."""
-    import pyarrow.csv as pacsv
-
-    panel = to_panel(table)
-    buffer = io.BytesIO()
-    pacsv.write_csv(panel, buffer)
-    storage.write_bytes_atomic(url, buffer.getvalue(), storage_options)
-    return panel.num_rows
+_EMPTY = pa.table({"person_id": pa.array([], pa.string()), "years": pa.array([], pa.list_(pa.int32())),
+                   "jobs": pa.array([], pa.list_(pa.string()))})  # fmt: skip
