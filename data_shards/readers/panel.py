@@ -108,12 +108,9 @@ def _load(url: str, mapping: PanelMapping, storage_options) -> tuple[PanelMappin
     if not fs.exists(path):
         raise StructuralError("file not found", path=shown)
     try:
-        if _is_parquet(url) or fs.isdir(path):
-            header = (
-                pq.read_schema(fs.open(path, "rb")).names
-                if not fs.isdir(path)
-                else pq.ParquetDataset(path, filesystem=fs).schema.names
-            )
+        is_parquet = _is_parquet(url) or fs.isdir(path)  # a folder of Parquet parts is one panel
+        if is_parquet:
+            header = pq.ParquetDataset(path, filesystem=fs).schema.names
         else:
             with fs.open(path, "rb") as handle:
                 first = io.TextIOWrapper(handle, encoding="utf-8", newline="").readline()
@@ -136,7 +133,7 @@ def _load(url: str, mapping: PanelMapping, storage_options) -> tuple[PanelMappin
         )
     wanted = mapping.columns()
     try:
-        if _is_parquet(url) or fs.isdir(path):
+        if is_parquet:
             table = pq.read_table(path, columns=wanted, filesystem=fs)
             table = pa.table({c: _to_text(table.column(c)) for c in wanted})
             return mapping, table, False
@@ -338,7 +335,7 @@ def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=No
                 np.sum(~np.ma.getmaskarray(row_values) & (row_values.data != per_row.data))
             )
             return pa.array(firsts.filled(0), type_, mask=np.ma.getmaskarray(firsts)), conflicts
-        same = (row_values == per_row) | pd_isnull(row_values) | pd_isnull(per_row)
+        same = (row_values == per_row) | _is_null(row_values) | _is_null(per_row)
         return pa.array(firsts, type_, from_pandas=True), int(np.sum(~same))
 
     columns = {
@@ -378,7 +375,7 @@ def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=No
     return ReadResult(result, quarantine, report)
 
 
-def pd_isnull(values: np.ndarray) -> np.ndarray:
+def _is_null(values: np.ndarray) -> np.ndarray:
     """Null test for object or float arrays (None or NaN)."""
     if values.dtype == object:
         return np.array(
