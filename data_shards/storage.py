@@ -8,12 +8,15 @@ Credentials are never part of a URL we print: `redact` strips them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import posixpath
+import random
 import re
+import time
 import uuid
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -21,6 +24,7 @@ from fsspec.core import url_to_fs
 from data_shards.errors import StructuralError
 
 StorageOptions = dict[str, Any] | None
+log = logging.getLogger(__name__)
 
 
 def _options_for(url: str, storage_options: StorageOptions) -> dict[str, Any]:
@@ -52,15 +56,56 @@ def redact(url: str) -> str:
     return re.sub(r"://[^/@]*@", "://", url)
 
 
+#: Errors that retrying cannot fix.
+PERMANENT_ERRORS = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
+RETRY_ATTEMPTS = 5
+RETRY_BASE_DELAY = 0.25
+
+T = TypeVar("T")
+
+
+def retry(call: Callable[[], T], url: str, attempts: int = RETRY_ATTEMPTS) -> T:
+    """Run `call`, retrying transient object-store errors (connection, timeout, throttling).
+
+    Exponential backoff with jitter: 0.25 s, 0.5 s, 1 s, ... The last error is re-raised; the URL
+    in the warning is redacted.
+    """
+    for attempt in range(attempts):
+        try:
+            return call()
+        except PERMANENT_ERRORS:
+            raise
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            if attempt == attempts - 1:
+                raise
+            delay = RETRY_BASE_DELAY * 2**attempt * (1 + random.random())
+            log.warning(
+                "transient error on %s (%s); retry %d/%d in %.1fs",
+                redact(url),
+                type(exc).__name__,
+                attempt + 1,
+                attempts - 1,
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def exists(url: str, storage_options: StorageOptions = None) -> bool:
     fs, path = filesystem(url, storage_options)
-    return fs.exists(path)
+    return retry(lambda: fs.exists(path), url)
 
 
 def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
     fs, path = filesystem(url, storage_options)
     try:
-        return fs.cat_file(path)
+        return retry(lambda: fs.cat_file(path), url)
     except FileNotFoundError:
         raise StructuralError("file not found", path=redact(url)) from None
     except OSError as exc:
@@ -91,7 +136,7 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = 
             handle.write(data)
         os.replace(tmp, path)
     else:
-        fs.pipe_file(path, data)
+        retry(lambda: fs.pipe_file(path, data), url)
 
 
 @contextlib.contextmanager

@@ -105,15 +105,53 @@ class Vocabulary:
         return self._index[name]
 
     def encode(self, name: str, values: pa.Array | np.ndarray | list) -> np.ndarray:
-        """Ids of `values` in field `name`; unknown values -> `<unk>`, nulls -> `<pad>`."""
-        tokens = pa.array(self.fields[name], pa.string())
+        """Ids of `values` in field `name`; unknown values -> `<unk>`, nulls -> `<pad>`.
+
+        Vectorised: integers (years) through a sorted lookup, dictionary arrays through their
+        (small) dictionary, strings through an Arrow hash lookup.
+        """
         arr = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        if pa.types.is_dictionary(arr.type):
+            ids = self.encode(name, arr.dictionary)
+            indices = arr.indices.fill_null(0).to_numpy(zero_copy_only=False)
+            out = ids[indices] if len(ids) else np.zeros(len(arr), np.int32)
+            out[arr.is_null().to_numpy(zero_copy_only=False)] = PAD_ID
+            return out
+        if pa.types.is_integer(arr.type):
+            return self._encode_ints(name, arr)
+        tokens = pa.array(self.fields[name], pa.string())
         arr = arr.cast(pa.string())
         found = pc.index_in(arr, value_set=tokens)
         ids = found.fill_null(UNK_ID).to_numpy(zero_copy_only=False).astype(np.int32)
         nulls = arr.is_null().to_numpy(zero_copy_only=False)
         ids[nulls] = PAD_ID
         return ids
+
+    def _encode_ints(self, name: str, arr: pa.Array) -> np.ndarray:
+        key = f"#{name}"
+        if key not in self._index:
+            pairs = sorted(
+                (int(tok), i)
+                for i, tok in enumerate(self.fields[name])
+                if tok.lstrip("-").isdigit()
+            )
+            self._index[key] = (
+                np.array([p[0] for p in pairs], np.int64),
+                np.array([p[1] for p in pairs], np.int32),
+            )  # type: ignore[assignment]
+        values_sorted, ids_sorted = self._index[key]  # type: ignore[misc]
+        values = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        pos = np.clip(np.searchsorted(values_sorted, values), 0, max(len(values_sorted) - 1, 0))
+        found = (
+            (values_sorted[pos] == values) if len(values_sorted) else np.zeros(len(values), bool)
+        )
+        out = np.where(found, ids_sorted[pos] if len(ids_sorted) else UNK_ID, UNK_ID).astype(
+            np.int32
+        )
+        out[arr.is_null().to_numpy(zero_copy_only=False)] = PAD_ID
+        return out
 
     def is_extension_of(self, parent: Vocabulary) -> bool:
         """True when every parent field is a prefix of this vocabulary's field."""

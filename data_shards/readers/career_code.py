@@ -13,16 +13,19 @@ unparseable year, years out of order, an empty line) is quarantined with `file:l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from data_shards import storage
 from data_shards.errors import StructuralError
+from data_shards.lines import index_lines, read_line_range
 from data_shards.quarantine import Quarantine, ReadReport
 from data_shards.readers.common import (
     ReadResult,
     RecordBuilder,
     RecordError,
     check_years,
+    concat_results,
     parse_int,
     parse_optional_float,
 )
@@ -48,15 +51,18 @@ def _list_fields(url: str, storage_options) -> dict[str, set[str]]:
     return present
 
 
-def _lines(url: str, storage_options) -> list[str]:
-    text = storage.read_text(url, storage_options)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
+@dataclass(frozen=True)
+class CareerCodeBlock:
+    """Lines [first_line, first_line + count) of one split: a byte range in each field file."""
+
+    split: str
+    first_line: int
+    count: int
+    byte_ranges: tuple[tuple[str, int, int], ...]  # (field, start, stop)
 
 
-def read_career_code(url: str, storage_options=None) -> ReadResult:
+def plan_career_code(url: str, lines_per_block: int, storage_options=None) -> list[CareerCodeBlock]:
+    """Check the layout (structural errors raise here, before any work) and cut it into blocks."""
     present = _list_fields(url, storage_options)
     if not present:
         raise StructuralError(
@@ -72,46 +78,77 @@ def read_career_code(url: str, storage_options=None) -> ReadResult:
                     path=storage.redact(storage.join(url, f"{split}.{required}")),
                 )
         if have != fields:
-            missing = sorted(fields - have)
+            missing = ", ".join(f"{split}.{m}" for m in sorted(fields - have))
             raise StructuralError(
-                f"optional files must exist for every split; {split} lacks {', '.join(f'{split}.{m}' for m in missing)}",
+                f"optional files must exist for every split; {split} lacks {missing}",
                 path=storage.redact(url),
             )
-
-    quarantine = Quarantine()
-    builder = RecordBuilder()
-    people_read = 0
+    blocks: list[CareerCodeBlock] = []
+    names = sorted(fields, key=FIELDS.index)
     for split in [s for s in SPLITS if s in present]:
-        data: dict[str, list[str]] = {}
-        for name in sorted(fields, key=FIELDS.index):
-            data[name] = _lines(storage.join(url, f"{split}.{name}"), storage_options)
-        reference = len(data["job"])
-        for name, lines in data.items():
-            if len(lines) != reference:
-                line = min(len(lines), reference) + 1
+        indexes = {
+            name: index_lines(
+                storage.join(url, f"{split}.{name}"), lines_per_block, storage_options
+            )
+            for name in names
+        }
+        reference = indexes["job"].lines
+        for name, index in indexes.items():
+            if index.lines != reference:
+                line = min(index.lines, reference) + 1
                 raise StructuralError(
-                    f"{len(lines)} lines but {split}.job has {reference}: line {line} has no counterpart",
+                    f"{index.lines} lines but {split}.job has {reference}: line {line} has no counterpart",
                     path=storage.redact(storage.join(url, f"{split}.{name}")),
                     line=line,
                 )
-        people_read += reference
-        for i in range(reference):
-            source = storage.redact(storage.join(url, f"{split}.job")) + f":{i + 1}"
-            values = {name: lines[i] for name, lines in data.items()}
-            person_id = values.get("id", "").strip() or f"{split}-{i + 1:09d}"
-            try:
-                record = _parse_person(values, split, i + 1)
-            except RecordError as exc:
-                quarantine.add(source, str(exc), person_id=person_id, record=values)
-                continue
-            builder.add(person_id=person_id, split=split, **record)
-    report = ReadReport(
-        source=storage.redact(url),
-        people_read=people_read,
-        people_accepted=len(builder),
-        people_quarantined=len(quarantine),
-    )
+        ranges = {name: index.ranges() for name, index in indexes.items()}
+        for b, (first, _, _) in enumerate(ranges["job"]):
+            count = min(lines_per_block, reference - first + 1)
+            byte_ranges = tuple((name, ranges[name][b][1], ranges[name][b][2]) for name in names)
+            blocks.append(CareerCodeBlock(split, first, count, byte_ranges))
+    return blocks
+
+
+def read_career_code_block(url: str, block: CareerCodeBlock, storage_options=None) -> ReadResult:
+    """Read and validate the people of one block."""
+    data: dict[str, list[str]] = {}
+    for name, start, stop in block.byte_ranges:
+        file_url = storage.join(url, f"{block.split}.{name}")
+        try:
+            data[name] = read_line_range(file_url, start, stop, storage_options)
+        except UnicodeDecodeError:
+            raise StructuralError(
+                "not UTF-8 text", path=storage.redact(file_url), line=block.first_line
+            ) from None
+        if len(data[name]) != block.count:
+            raise StructuralError(
+                f"expected {block.count} lines from line {block.first_line} (file changed while reading?)",
+                path=storage.redact(file_url),
+                line=block.first_line,
+            )
+    quarantine = Quarantine()
+    builder = RecordBuilder()
+    split = block.split
+    for i in range(block.count):
+        line = block.first_line + i
+        source = storage.redact(storage.join(url, f"{split}.job")) + f":{line}"
+        values = {name: lines[i] for name, lines in data.items()}
+        person_id = values.get("id", "").strip() or f"{split}-{line:09d}"
+        try:
+            record = _parse_person(values, split, line)
+        except RecordError as exc:
+            quarantine.add(source, str(exc), person_id=person_id, record=values)
+            continue
+        builder.add(person_id=person_id, split=split, **record)
+    report = ReadReport(storage.redact(url), block.count, len(builder), len(quarantine))
     return ReadResult(builder.build(), quarantine, report)
+
+
+def read_career_code(url: str, storage_options=None) -> ReadResult:
+    """Read a whole career-code folder in this process (the sharding job reads blocks in parallel)."""
+    blocks = plan_career_code(url, 1 << 30, storage_options)
+    results = [read_career_code_block(url, b, storage_options) for b in blocks]
+    return concat_results(results, storage.redact(url))
 
 
 def _parse_person(values: dict[str, str], split: str, line: int) -> dict[str, Any]:

@@ -21,6 +21,24 @@ class ReadResult:
     report: ReadReport
 
 
+def concat_results(results: list[ReadResult], source: str) -> ReadResult:
+    """One result from the results of consecutive blocks of the same input."""
+    quarantine = Quarantine([e for r in results for e in r.quarantine])
+    tables = [r.table for r in results if r.table.num_rows] or [RECORD_SCHEMA.empty_table()]
+    report = ReadReport(
+        source,
+        sum(r.report.people_read for r in results),
+        sum(r.report.people_accepted for r in results),
+        sum(r.report.people_quarantined for r in results),
+        sum(r.report.rows_read for r in results),
+        sum(r.report.rows_quarantined for r in results),
+    )
+    for r in results:
+        for key, value in r.report.notes.items():
+            report.notes[key] = report.notes.get(key, 0) + value
+    return ReadResult(pa.concat_tables(tables), quarantine, report)
+
+
 class RecordError(ValueError):
     """A record is malformed; the message is the quarantine reason."""
 

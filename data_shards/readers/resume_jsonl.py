@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from data_shards import storage
+from data_shards.errors import StructuralError
+from data_shards.lines import index_lines, read_line_range
 from data_shards.quarantine import Quarantine, ReadReport
 from data_shards.readers.common import (
     ReadResult,
     RecordBuilder,
     RecordError,
+    concat_results,
     parse_int,
     static_text,
 )
@@ -173,23 +175,38 @@ def _person_id(record: Any, fallback: str) -> str:
     return fallback
 
 
-def iter_lines(url: str, storage_options=None) -> Iterable[tuple[int, str]]:
-    text = storage.read_text(url, storage_options)
-    for number, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            yield number, line
+@dataclass(frozen=True)
+class JsonlBlock:
+    first_line: int
+    start: int
+    stop: int
 
 
-def read_resume_jsonl(
-    url: str, options: ResumeOptions | None = None, storage_options=None
+def plan_resume_jsonl(url: str, lines_per_block: int, storage_options=None) -> list[JsonlBlock]:
+    """Cut the file into blocks of lines (the file must exist and be readable)."""
+    fs, path = storage.filesystem(url, storage_options)
+    if not fs.exists(path) or fs.isdir(path):
+        raise StructuralError("file not found", path=storage.redact(url))
+    index = index_lines(url, lines_per_block, storage_options)
+    return [JsonlBlock(first, start, stop) for first, start, stop in index.ranges()]
+
+
+def read_resume_block(
+    url: str, block: JsonlBlock, options: ResumeOptions, storage_options=None
 ) -> ReadResult:
-    options = options or ResumeOptions()
+    """Read and convert the resumes of one block; blank lines are not people."""
     shown = storage.redact(url)
+    try:
+        lines = read_line_range(url, block.start, block.stop, storage_options)
+    except UnicodeDecodeError:
+        raise StructuralError("not UTF-8 text", path=shown, line=block.first_line) from None
     quarantine = Quarantine()
     builder = RecordBuilder()
     seen: set[str] = set()
     people_read = 0
-    for number, line in iter_lines(url, storage_options):
+    for number, line in enumerate(lines, start=block.first_line):
+        if not line.strip():
+            continue
         people_read += 1
         source = f"{shown}:{number}"
         try:
@@ -209,3 +226,13 @@ def read_resume_jsonl(
         builder.add(person_id=person_id, **fields)
     report = ReadReport(shown, people_read, len(builder), len(quarantine))
     return ReadResult(builder.build(), quarantine, report)
+
+
+def read_resume_jsonl(
+    url: str, options: ResumeOptions | None = None, storage_options=None
+) -> ReadResult:
+    """Read a whole file in this process (the sharding job reads blocks in parallel)."""
+    options = options or ResumeOptions()
+    blocks = plan_resume_jsonl(url, 1 << 30, storage_options)
+    results = [read_resume_block(url, b, options, storage_options) for b in blocks]
+    return concat_results(results, storage.redact(url))
