@@ -4,6 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 # pip on these machines warns once per package about a missing local index; hide only that line.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+# Set to https://download.pytorch.org/whl/cpu where pip would otherwise fetch the CUDA build.
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -14,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip $(QUIET_PIP)
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install --quiet torch==2.13.0 $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(QUIET_PIP)
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -e '.[dev]' $(QUIET_PIP)
 	touch $(STAMP)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -79,17 +80,27 @@ def input_options() -> argparse.ArgumentParser:
     panel.add_argument("--year", default="year", metavar="COL", help="year column (default year)")
     panel.add_argument("--year-base", type=int, default=None, metavar="N",
                        help="add N to two-digit years, e.g. 1900 for 80 -> 1980")  # fmt: skip
-    for name, what in (("occupation", "occupation code"), ("location", "state/region"),
-                       ("ethnicity", "race/ethnicity")):  # fmt: skip
-        flag = name.replace("_", "-")
-        panel.add_argument(f"--{flag}", default=None, metavar="COL", help=f"{what} column")
-        panel.add_argument(f"--{flag}-dummies", type=_csv_list, default=(), metavar="A,B,...",
-                           help=f"{what} as one-hot dummy columns instead of one column")  # fmt: skip
-        panel.add_argument(f"--{flag}-base", default=None, metavar="NAME",
-                           help=f"{what} when no dummy is set (the omitted category)")  # fmt: skip
-    panel.add_argument(
-        "--education", default=None, metavar="COL", help="education column (per year)"
-    )
+    for name, what, per in (
+        ("occupation", "occupation code", "per year"),
+        ("education", "education level", "per year"),
+        ("location", "state/region", "static"),
+        ("gender", "gender", "static"),
+        ("ethnicity", "race/ethnicity", "static"),
+    ):
+        panel.add_argument(f"--{name}", default=None, metavar="COL", help=f"{what} column ({per})")
+        panel.add_argument(
+            f"--{name}-dummies",
+            type=_csv_list,
+            default=(),
+            metavar="A,B,...",
+            help=f"{what} as one-hot dummy columns instead of one column",
+        )
+        panel.add_argument(
+            f"--{name}-base",
+            default=None,
+            metavar="NAME",
+            help=f"{what} when every dummy is recorded and none is set (the omitted category)",
+        )
     panel.add_argument(
         "--wage",
         default=None,
@@ -99,7 +110,6 @@ def input_options() -> argparse.ArgumentParser:
     panel.add_argument(
         "--wage-is-log", action="store_true", help="the wage column already holds log wages"
     )
-    panel.add_argument("--gender", default=None, metavar="COL", help="gender column")
     panel.add_argument("--birth-year", default=None, metavar="COL", help="birth year column")
     panel.add_argument(
         "--weight", default=None, metavar="COL", help="survey sampling weight column"
@@ -123,13 +133,21 @@ def read_input(args: argparse.Namespace):
 
     mapping = None
     if args.format == "panel":
+        categorical = {}
+        for name in ("occupation", "education", "location", "gender", "ethnicity"):
+            categorical[name] = getattr(args, name)
+            categorical[f"{name}_dummies"] = getattr(args, f"{name}_dummies")
+            categorical[f"{name}_base"] = getattr(args, f"{name}_base")
         mapping = PanelMapping(
-            person=args.person, year=args.year, year_base=args.year_base,
-            occupation=args.occupation, occupation_dummies=args.occupation_dummies, occupation_base=args.occupation_base,
-            location=args.location, location_dummies=args.location_dummies, location_base=args.location_base,
-            ethnicity=args.ethnicity, ethnicity_dummies=args.ethnicity_dummies, ethnicity_base=args.ethnicity_base,
-            education=args.education, wage=args.wage, wage_is_log=args.wage_is_log, gender=args.gender,
-            birth_year=args.birth_year, weight=args.weight, split=args.split,
+            person=args.person,
+            year=args.year,
+            year_base=args.year_base,
+            wage=args.wage,
+            wage_is_log=args.wage_is_log,
+            birth_year=args.birth_year,
+            weight=args.weight,
+            split=args.split,
+            **categorical,
         )  # fmt: skip
     return read(
         args.input,
@@ -265,12 +283,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except StructuralError as exc:
+    except (StructuralError, ValueError, OSError, ImportError) as exc:
+        # Bad input, a missing file or store, an fsspec scheme whose package is not installed.
         print(f"career {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_STRUCTURAL
-    except ValueError as exc:
-        print(f"career {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_STRUCTURAL
+    except KeyboardInterrupt:
+        print(f"career {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("CAREER_DEBUG"):
+            raise
+        print(
+            f"career {args.command}: unexpected {type(exc).__name__}: {exc} "
+            "(set CAREER_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def progress(
                 bar.update(task, rate=f"{done / elapsed:,.1f}/s")
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, key: str = "") -> str:
+    if "year" in key and isinstance(value, list):
+        return " - ".join(str(v) for v in value)
     if isinstance(value, float):
         return f"{value:,.4g}"
     if isinstance(value, int):
@@ -72,7 +74,7 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
     for key, value in summary.items():
         if key == "read":
             continue
-        table.add_row(key.replace("_", " "), _fmt(value))
+        table.add_row(key.replace("_", " "), _fmt(value, key))
     read = summary.get("read")
     if read:
         table.add_row("people read = accepted + quarantined",

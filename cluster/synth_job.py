@@ -45,11 +45,25 @@ def write_layout(
         raise ValueError(f"unknown layout {layout!r}")
 
 
-def run_synth(preset: str, people: int | None, seed: int, out: str, layout: str, fractions=(0.9, 0.05, 0.05),
-              storage_options=None) -> pa.Table:  # fmt: skip
-    table = simulate_table(preset, people, seed)
-    write_layout(table, out, layout, fractions, storage_options)
-    console.print(
-        f"wrote {table.num_rows:,} simulated {preset} careers to {storage.redact(out)} ({layout})"
+def run_synth(
+    preset: str,
+    people: int | None,
+    seed: int,
+    out: str,
+    layout: str,
+    fractions=(0.9, 0.05, 0.05),
+    storage_options=None,
+) -> int:
+    """Stream the corpus chunk by chunk into the writer: memory stays at one chunk."""
+    spec = get_preset(preset)
+    people = spec.default_people if people is None else people
+    if people <= 0:
+        raise ValueError(f"--people must be positive, got {people}")
+    batches = progress(
+        simulate(spec, people, seed), len(chunk_sizes(people)), f"simulating {preset}"
     )
-    return table
+    write_layout(batches, out, layout, fractions, storage_options)
+    console.print(
+        f"wrote {people:,} simulated {preset} careers to {storage.redact(out)} ({layout})"
+    )
+    return people

@@ -25,6 +25,8 @@ class LineIndex:
 
     def ranges(self) -> list[tuple[int, int, int]]:
         """(first line number, byte start, byte stop) of each block; line numbers start at 1."""
+        if not self.block_starts:
+            return []
         stops = [*self.block_starts[1:], self.size]
         firsts = [1 + i * self.lines_per_block for i in range(len(self.block_starts))]
         return list(zip(firsts, self.block_starts, stops, strict=True))

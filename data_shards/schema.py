@@ -19,6 +19,11 @@ NON_EMPLOYMENT_STATES = (UNEMPLOYED, NOT_IN_LABOR_FORCE, IN_EDUCATION)
 
 SPLITS = ("train", "valid", "test")
 
+#: Calendar and birth years outside this range are malformed (two-digit years without
+#: --year-base, typos, overflow), not data. The vocabulary covers it whole, so year ids stay
+#: consecutive and a fine-tuning set never forces a renumbering.
+YEAR_RANGE = (1850, 2100)
+
 #: Per-year (list) fields, in record order.
 TIME_VARYING_FIELDS = ("years", "jobs", "education", "log_wage", "oracle_logp")
 #: Static (one value per person) optional fields.

@@ -132,9 +132,13 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = 
         fs.makedirs(parent, exist_ok=True)
     if _is_local(fs):
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # never a final name: uuids are fine here
-        with fs.open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     else:
         retry(lambda: fs.pipe_file(path, data), url)
 

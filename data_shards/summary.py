@@ -61,6 +61,8 @@ def summarize(
         summary["read"] = report.as_dict()
     if quarantine is not None:
         summary["quarantined"] = len(quarantine)
+        summary["quarantined_people"] = sum(1 for e in quarantine if e.kind == "person")
+        summary["quarantined_rows"] = sum(1 for e in quarantine if e.kind == "row")
         summary["top_quarantine_reasons"] = [
             {"reason": r, "count": c} for r, c in quarantine.top_reasons()
         ]

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_shards import storage
+from data_shards.schema import YEAR_RANGE
 
 FORMAT_VERSION = 1
 PAD, BOS, UNK = "<pad>", "<bos>", "<unk>"
@@ -41,8 +42,9 @@ FIELD_COLUMNS = {
     "birth_year": "birth_year",
 }
 NUMERIC_FIELDS = ("year", "birth_year")
-#: Calendar years always in the vocabulary (ids stay consecutive when later data brings new years).
-YEAR_SPAN = (1900, 2100)
+#: Calendar and birth years always in the vocabulary: ids stay consecutive, and later data (every
+#: reader rejects years outside this span) never appends a year out of order.
+YEAR_SPAN = YEAR_RANGE
 
 Counts = dict[str, collections.Counter]
 
@@ -232,7 +234,7 @@ def build_vocabulary(
     for name in FIELD_COLUMNS:
         counter = counts.get(name, collections.Counter())
         if name in NUMERIC_FIELDS:
-            new = _numeric_tokens(counter, YEAR_SPAN if name == "year" else None)
+            new = _numeric_tokens(counter, YEAR_SPAN)
         else:
             new = _categorical_tokens(counter, min_count)
         base = list(parent.fields.get(name, SPECIALS)) if parent else list(SPECIALS)

@@ -145,3 +145,17 @@ def test_career_run_end_to_end(tmp_path):
     resumes = json.loads((tmp_path / "run" / "vocab.resumes.json").read_text())
     assert surveys["parent_hash"] == resumes["hash"]
     assert surveys["fields"]["job"][: len(resumes["fields"]["job"])] == resumes["fields"]["job"]
+
+
+def test_quarantine_out_into_a_folder_fails_cleanly(tmp_path):
+    (tmp_path / "r.jsonl").write_text('{"id": "a", "jobs": []}\n')
+    target = tmp_path / "qdir"
+    target.mkdir()
+    proc = subprocess.run(
+        [CAREER, "inspect", "--input", str(tmp_path / "r.jsonl"), "--format", "resume-jsonl", "--quarantine-out", str(target)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qdir", "r.jsonl"] and not any(
+        target.iterdir()
+    )

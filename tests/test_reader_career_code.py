@@ -127,3 +127,16 @@ def test_malformed_people_are_quarantined_and_counted(store):
     lines = [json.loads(x) for x in fs.cat_file(path).decode().splitlines()]
     assert {x["person_id"] for x in lines} == {f"train-00000000{i}" for i in (2, 3, 4, 5, 6)}
     assert all(x["source"].endswith(tuple("23456")) and x["record"] for x in lines)
+
+
+def test_duplicate_ids_and_empty_files(tmp_path):
+    (tmp_path / "train.job").write_text("a\nb\nc\n")
+    (tmp_path / "train.year").write_text("2000\n2001\n1700\n")
+    (tmp_path / "train.id").write_text("x\nx\ny\n")
+    (tmp_path / "valid.job").write_text("")
+    (tmp_path / "valid.year").write_text("")
+    (tmp_path / "valid.id").write_text("")
+    result = read(str(tmp_path), "career-code")
+    assert (result.report.people_read, result.report.people_accepted) == (3, 1)
+    reasons = sorted(e.reason for e in result.quarantine)
+    assert reasons[0] == "duplicate person id: 'x'" and reasons[1].startswith("year out of range")

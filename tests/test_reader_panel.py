@@ -182,3 +182,54 @@ def test_parquet_numeric_columns_are_read_as_codes(tmp_path):
     assert (
         row["person_id"] == "1" and row["years"] == [2000, 2001] and row["jobs"] == ["4030", "4030"]
     )
+
+
+def test_missing_dummies_are_not_the_base_category(tmp_path):
+    (tmp_path / "d.csv").write_text("id,year,o1,o2\n1,2000,0,0\n1,2001,,\n1,2002,0,\n")
+    mapping = PanelMapping(person="id", occupation_dummies=("o1", "o2"), occupation_base="other")
+    result = read(str(tmp_path / "d.csv"), "panel", panel=mapping)
+    assert result.table.to_pylist()[0]["jobs"] == ["other"]
+    assert sorted(e.reason for e in result.quarantine) == [
+        "missing occupation",
+        "missing occupation",
+    ]
+
+
+def test_boolean_parquet_dummies(tmp_path):
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {"person_id": ["1", "1"], "year": [2000, 2001], "a": [True, False], "b": [False, True]}
+    )
+    pq.write_table(table, tmp_path / "b.parquet")
+    result = read(
+        str(tmp_path / "b.parquet"), "panel", panel=PanelMapping(occupation_dummies=("a", "b"))
+    )
+    assert result.table.to_pylist()[0]["jobs"] == ["a", "b"]
+
+
+def test_two_digit_years_without_base_and_absurd_values_are_quarantined(tmp_path):
+    (tmp_path / "y.csv").write_text(
+        "id,year,job,wage,by\n1,80,a,1,1960\n2,1981,a,1e999,1960\n3,99999999999999999999,a,1,1960\n4,1981,a,1,12\n5,1982,a,2,1961\n"
+    )
+    mapping = PanelMapping(person="id", occupation="job", wage="wage", birth_year="by")
+    result = read(str(tmp_path / "y.csv"), "panel", panel=mapping)
+    reasons = {e.source.rsplit(":", 1)[1]: e.reason for e in result.quarantine if e.kind == "row"}
+    assert "two-digit years need --year-base" in reasons["2"]
+    assert reasons["3"] == "unparseable wage"
+    assert reasons["4"] == "unparseable year"
+    assert reasons["5"].startswith("birth_year out of range")
+    assert result.report.people_accepted == 1
+
+
+def test_bom_and_ragged_rows(tmp_path):
+    (tmp_path / "r.csv").write_bytes(
+        "\ufeffid,year,job\n1,2000,a\n1,2001,a,extra\n1,2002\n1,2003,\n".encode()
+    )
+    result = read(
+        str(tmp_path / "r.csv"), "panel", panel=PanelMapping(person="id", occupation="job")
+    )
+    rows = {e.source.rsplit(":", 1)[1]: e.reason for e in result.quarantine if e.kind == "row"}
+    assert rows["3"].startswith("ragged row") and rows["4"].startswith("ragged row")
+    assert rows["5"] == "missing occupation"  # line numbers stay right after skipped rows
+    assert result.report.rows_read == 4 and result.report.rows_quarantined == 3

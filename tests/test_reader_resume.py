@@ -159,3 +159,40 @@ def test_round_trip_from_simulated_records(tmp_path):
         b = got[row["person_id"]]
         assert (b["years"], b["jobs"], b["education"], b["location"], b["birth_year"]) == (
             row["years"], row["jobs"], row["education"], row["location"], row["birth_year"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (
+            {"jobs": [{"code": "A", "start": "2001", "end": "2002"}], "education": 5},
+            "education must be a list",
+        ),
+        ({"jobs": {"code": "A"}}, "jobs must be a list"),
+        ({"jobs": [{"code": "A", "start": "0001", "end": "0002"}]}, "out of range"),
+        (
+            {"jobs": [{"code": "A", "start": "2001", "end": "2002"}], "birth_year": 19999},
+            "birth_year out of range",
+        ),
+    ],
+)
+def test_more_malformed_resumes(record, reason):
+    with pytest.raises(RecordError, match=reason):
+        convert(record)
+
+
+def test_open_education_and_tie_break_by_code_not_end():
+    r = convert({
+        "jobs": [{"code": "Z", "start": "2010", "end": "2012"}, {"code": "A", "start": "2010", "end": "2015"}],
+        "education": [{"degree": "bachelors", "end": "Present"}],
+    })  # fmt: skip
+    assert r["jobs"][0] == "A"  # same months, same start: the smaller code
+    assert set(r["education"]) == {"less_than_high_school"}
+
+
+def test_deeply_nested_line_is_quarantined(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    result = read(str(path), "resume-jsonl")
+    assert result.report.people_quarantined == 1
+    assert result.quarantine.entries[0].reason.startswith("invalid JSON")

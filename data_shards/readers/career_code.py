@@ -24,6 +24,7 @@ from data_shards.readers.common import (
     ReadResult,
     RecordBuilder,
     RecordError,
+    check_year_value,
     check_years,
     concat_results,
     parse_int,
@@ -175,7 +176,9 @@ def _parse_person(values: dict[str, str], split: str, line: int) -> dict[str, An
         if name in values:
             record[name] = values[name].strip() or None
     if "birth_year" in values and values["birth_year"].strip():
-        record["birth_year"] = parse_int(values["birth_year"], "birth_year")
+        record["birth_year"] = check_year_value(
+            parse_int(values["birth_year"], "birth_year"), "birth_year"
+        )
     if "weight" in values:
         weight = parse_optional_float(values["weight"], "weight")
         if weight is not None and weight <= 0:

@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from data_shards.quarantine import Quarantine, ReadReport
-from data_shards.schema import RECORD_SCHEMA, conform
+from data_shards.schema import RECORD_SCHEMA, YEAR_RANGE, conform
 
 
 @dataclass
@@ -21,8 +21,37 @@ class ReadResult:
     report: ReadReport
 
 
+def quarantine_duplicate_ids(result: ReadResult, seen: set[str]) -> ReadResult:
+    """Quarantine people whose id was already accepted (in `seen`, or earlier in this result).
+
+    The first occurrence in input order is kept: which one is right is unknown, but keeping one
+    makes reruns agree, and the others stay in the quarantine with their source.
+    """
+    ids = result.table.column("person_id").to_pylist()
+    keep = []
+    dropped = 0
+    for person_id in ids:
+        if person_id in seen:
+            result.quarantine.add(
+                result.report.source, f"duplicate person id: {person_id!r}", person_id=person_id
+            )
+            dropped += 1
+            keep.append(False)
+        else:
+            seen.add(person_id)
+            keep.append(True)
+    if not dropped:
+        return result
+    report = result.report
+    report.people_accepted -= dropped
+    report.people_quarantined += dropped
+    return ReadResult(result.table.filter(pa.array(keep)), result.quarantine, report)
+
+
 def concat_results(results: list[ReadResult], source: str) -> ReadResult:
-    """One result from the results of consecutive blocks of the same input."""
+    """One result from the results of consecutive blocks of the same input (ids made unique)."""
+    seen: set[str] = set()
+    results = [quarantine_duplicate_ids(r, seen) for r in results]
     quarantine = Quarantine([e for r in results for e in r.quarantine])
     tables = [r.table for r in results if r.table.num_rows] or [RECORD_SCHEMA.empty_table()]
     report = ReadReport(
@@ -74,9 +103,17 @@ def parse_optional_float(value: Any, what: str) -> float | None:
     return None if math.isnan(number) else number
 
 
+def check_year_value(year: int, what: str = "year") -> int:
+    if not YEAR_RANGE[0] <= year <= YEAR_RANGE[1]:
+        raise RecordError(f"{what} out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}: {year}")
+    return year
+
+
 def check_years(years: list[int]) -> None:
     if not years:
         raise RecordError("empty sequence")
+    for year in years:
+        check_year_value(year)
     for a, b in zip(years, years[1:], strict=False):
         if b <= a:
             raise RecordError(f"years not strictly increasing: {a} then {b}")

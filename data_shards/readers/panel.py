@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -29,11 +29,13 @@ from data_shards import storage
 from data_shards.errors import StructuralError
 from data_shards.quarantine import Quarantine, ReadReport
 from data_shards.readers.common import ReadResult
-from data_shards.schema import RECORD_SCHEMA, conform
+from data_shards.schema import RECORD_SCHEMA, YEAR_RANGE, conform
 
 _INT = r"^[-+]?\d+(\.0*)?$"
 _FLOAT = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
 _MISSING = ("", "na", "nan", "null", "none", ".")
+#: Fields that may be one column or a set of one-hot dummy columns with an omitted base.
+CATEGORICAL = ("occupation", "location", "ethnicity", "gender", "education")
 
 
 @dataclass
@@ -51,12 +53,16 @@ class PanelMapping:
     occupation_dummies: tuple[str, ...] = ()
     occupation_base: str | None = None
     education: str | None = None
+    education_dummies: tuple[str, ...] = ()
+    education_base: str | None = None
     wage: str | None = None
     wage_is_log: bool = False
     location: str | None = None
     location_dummies: tuple[str, ...] = ()
     location_base: str | None = None
     gender: str | None = None
+    gender_dummies: tuple[str, ...] = ()
+    gender_base: str | None = None
     ethnicity: str | None = None
     ethnicity_dummies: tuple[str, ...] = ()
     ethnicity_base: str | None = None
@@ -67,7 +73,7 @@ class PanelMapping:
     year_base: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("occupation", "location", "ethnicity"):
+        for name in CATEGORICAL:
             if getattr(self, name) and getattr(self, f"{name}_dummies"):
                 raise ValueError(f"give either --{name} or --{name}-dummies, not both")
 
@@ -76,10 +82,10 @@ class PanelMapping:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         if not self.occupation and not self.occupation_dummies and "job" in columns:
             values["occupation"] = "job"
-        for name in ("education", "oracle_logp", "gender", "birth_year", "weight", "split"):
+        for name in ("oracle_logp", "birth_year", "weight", "split"):
             if values[name] is None and name in columns:
                 values[name] = name
-        for name in ("location", "ethnicity"):
+        for name in ("location", "ethnicity", "gender", "education"):
             if values[name] is None and not values[f"{name}_dummies"] and name in columns:
                 values[name] = name
         if values["wage"] is None and "log_wage" in columns:
@@ -92,8 +98,8 @@ class PanelMapping:
                      "birth_year", "weight", "split", "oracle_logp"):  # fmt: skip
             if getattr(self, name):
                 cols.append(getattr(self, name))
-        for name in ("occupation_dummies", "location_dummies", "ethnicity_dummies"):
-            cols.extend(getattr(self, name))
+        for name in CATEGORICAL:
+            cols.extend(getattr(self, f"{name}_dummies"))
         return list(dict.fromkeys(cols))
 
 
@@ -101,19 +107,19 @@ def _is_parquet(url: str) -> bool:
     return url.lower().rstrip("/").endswith((".parquet", ".pq"))
 
 
-def _load(url: str, mapping: PanelMapping, storage_options) -> tuple[PanelMapping, pa.Table, bool]:
-    """Read the mapped columns as text. Returns (resolved mapping, table, is_csv)."""
+def _probe(url: str, mapping: PanelMapping, storage_options):
+    """Check the file and its header; returns (resolved mapping, is_parquet, fs, path)."""
     fs, path = storage.filesystem(url, storage_options)
     shown = storage.redact(url)
     if not fs.exists(path):
         raise StructuralError("file not found", path=shown)
+    is_parquet = _is_parquet(url) or fs.isdir(path)  # a folder of Parquet parts is one panel
     try:
-        is_parquet = _is_parquet(url) or fs.isdir(path)  # a folder of Parquet parts is one panel
         if is_parquet:
             header = pq.ParquetDataset(path, filesystem=fs).schema.names
         else:
             with fs.open(path, "rb") as handle:
-                first = io.TextIOWrapper(handle, encoding="utf-8", newline="").readline()
+                first = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="").readline()
             header = next(csv.reader([first]), [])
     except (OSError, pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise StructuralError(f"unreadable panel: {exc}", path=shown, line=1) from None
@@ -131,28 +137,60 @@ def _load(url: str, mapping: PanelMapping, storage_options) -> tuple[PanelMappin
             path=shown,
             line=1,
         )
+    return mapping, is_parquet, fs, path
+
+
+def check_panel(
+    url: str, mapping: PanelMapping | None = None, storage_options=None
+) -> PanelMapping:
+    """Structural checks only (file readable, mapped columns present); returns the resolved mapping."""
+    return _probe(url, mapping or PanelMapping(), storage_options)[0]
+
+
+@dataclass
+class _Ragged:
+    """CSV rows with the wrong number of fields: skipped by the parser, quarantined by us."""
+
+    rows: list = field(default_factory=list)
+
+    def __call__(self, row) -> str:
+        self.rows.append((row.number, row.text, row.expected_columns, row.actual_columns))
+        return "skip"
+
+
+def _load(
+    url: str, mapping: PanelMapping, storage_options
+) -> tuple[PanelMapping, pa.Table, bool, list]:
+    """Read the mapped columns as text. Returns (resolved mapping, table, is_csv, ragged rows)."""
+    mapping, is_parquet, fs, path = _probe(url, mapping, storage_options)
+    shown = storage.redact(url)
     wanted = mapping.columns()
     try:
         if is_parquet:
             table = pq.read_table(path, columns=wanted, filesystem=fs)
             table = pa.table({c: _to_text(table.column(c)) for c in wanted})
-            return mapping, table, False
+            return mapping, table, False, []
+        ragged = _Ragged()
         with fs.open(path, "rb") as handle:
             table = pacsv.read_csv(
                 handle,
+                read_options=pacsv.ReadOptions(use_threads=False),  # row numbers for ragged rows
+                parse_options=pacsv.ParseOptions(invalid_row_handler=ragged),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=wanted,
                     column_types={c: pa.string() for c in wanted},
                     strings_can_be_null=True,
                 ),
             )
-        return mapping, table, True
+        return mapping, table, True, ragged.rows
     except (OSError, pa.ArrowInvalid) as exc:
         raise StructuralError(f"unreadable panel: {exc}", path=shown) from None
 
 
 def _to_text(column: pa.ChunkedArray) -> pa.Array:
     column = column.combine_chunks()
+    if pa.types.is_boolean(column.type):  # dummies made by pandas.get_dummies are booleans
+        column = column.cast(pa.int8())
     if pa.types.is_floating(column.type):
         finite = pc.is_finite(column)
         integral = pc.and_(finite, pc.equal(pc.floor(column), column))
@@ -175,9 +213,18 @@ def _parse(column: pa.Array, pattern: str, kind: type) -> tuple[np.ndarray, np.n
     bad = ~missing & ~ok
     usable = pc.if_else(pa.array(ok & ~missing), text, "0")
     if kind is int:
-        values = pc.replace_substring_regex(usable, r"\.0*$", "").cast(pa.int64()).to_numpy()
+        usable = pc.replace_substring_regex(usable, r"\.0*$", "")
+        too_long = pc.greater(pc.utf8_length(pc.utf8_ltrim(usable, characters="+-0")), 15).to_numpy(
+            zero_copy_only=False
+        )
+        bad |= too_long
+        usable = pc.if_else(pa.array(too_long), "0", usable)
+        values = usable.cast(pa.int64()).to_numpy()
     else:
         values = usable.cast(pa.float64()).to_numpy()
+        infinite = np.isinf(values)
+        bad |= infinite
+        values = np.where(infinite, 0.0, values)
     return values, missing, bad
 
 
@@ -187,8 +234,10 @@ def _from_dummies(table: pa.Table, names: tuple[str, ...], base: str | None, wha
     ones = np.zeros(n, dtype=np.int64)
     chosen = np.full(n, None, dtype=object)
     bad = np.zeros(n, dtype=bool)
+    any_missing = np.zeros(n, dtype=bool)
     for name in names:
         values, missing, not_number = _parse(table.column(name), _FLOAT, float)
+        any_missing |= missing
         invalid = not_number | (~missing & (values != 0) & (values != 1))
         bad |= invalid
         hot = ~missing & (values == 1)
@@ -200,8 +249,10 @@ def _from_dummies(table: pa.Table, names: tuple[str, ...], base: str | None, wha
     reasons[ambiguous] = f"ambiguous {what}: more than one dummy set"
     none = ~bad & (ones == 0)
     if base is not None:
-        chosen[none] = base
-        none = np.zeros(n, dtype=bool)
+        # The base is what "no dummy set" means only when every dummy was recorded.
+        use_base = none & ~any_missing
+        chosen[use_base] = base
+        none &= ~use_base
     return chosen, none, bad | ambiguous, reasons
 
 
@@ -220,7 +271,7 @@ def _categorical(table: pa.Table, mapping: PanelMapping, name: str):
 
 
 def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=None) -> ReadResult:
-    mapping, table, is_csv = _load(url, mapping or PanelMapping(), storage_options)
+    mapping, table, is_csv, ragged = _load(url, mapping or PanelMapping(), storage_options)
     shown = storage.redact(url)
     n = table.num_rows
     reason = np.full(n, None, dtype=object)
@@ -236,6 +287,9 @@ def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=No
     flag(year_bad, "unparseable year")
     if mapping.year_base is not None:
         years = np.where((years >= 0) & (years < 100), years + mapping.year_base, years)
+    out_of_range = ~year_missing & ~year_bad & ((years < YEAR_RANGE[0]) | (years > YEAR_RANGE[1]))
+    hint = "" if mapping.year_base is not None else " (two-digit years need --year-base)"
+    flag(out_of_range, f"year out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}{hint}")
 
     occupation, occ_missing, occ_bad, occ_reasons = _categorical(table, mapping, "occupation")
     flag(occ_bad, occ_reasons)
@@ -264,6 +318,9 @@ def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=No
             values = np.log(np.where(~missing & (values > 0), values, 1.0))
         if name == "weight":
             flag(~missing & ~bad & (values <= 0), "non-positive weight")
+        if name == "birth_year":
+            outside = ~missing & ~bad & ((values < YEAR_RANGE[0]) | (values > YEAR_RANGE[1]))
+            flag(outside, f"birth_year out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}")
         out[name] = (
             np.where(missing, np.nan, values)
             if kind is float
@@ -301,9 +358,24 @@ def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=No
         )
 
     quarantine = Quarantine()
+    # Line of each kept CSV row: header is line 1, and skipped ragged rows shift the rest.
+    skipped_lines = np.array(sorted(r[0] for r in ragged if r[0] is not None), dtype=np.int64)
+    for number, text, expected, actual in ragged:
+        where = f"{shown}:{number}" if number is not None else shown
+        quarantine.add(
+            where, f"ragged row: expected {expected} fields, got {actual}", kind="row", record=text
+        )
+
+    def line_of(row: int) -> int:
+        line = row + 2
+        for skipped in skipped_lines:  # few by nature
+            if skipped <= line:
+                line += 1
+        return line
+
     bad_rows = np.nonzero(reason != None)[0]  # noqa: E711
     for row in bad_rows:
-        where = f"{shown}:{row + 2}" if is_csv else f"{shown}:row {row + 1}"
+        where = f"{shown}:{line_of(int(row))}" if is_csv else f"{shown}:row {row + 1}"
         raw = {c: table.column(c)[int(row)].as_py() for c in table.column_names}
         quarantine.add(where, str(reason[row]), person_id=person_ids[row], kind="row", record=raw)
 
@@ -368,8 +440,8 @@ def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=No
         people_read=len(all_people),
         people_accepted=len(accepted),
         people_quarantined=len(all_people - accepted),
-        rows_read=n,
-        rows_quarantined=len(bad_rows),
+        rows_read=n + len(ragged),
+        rows_quarantined=len(bad_rows) + len(ragged),
         notes={"static_conflicts": conflicts} if conflicts else {},
     )
     return ReadResult(result, quarantine, report)

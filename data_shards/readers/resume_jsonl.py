@@ -28,6 +28,8 @@ from data_shards.readers.common import (
     ReadResult,
     RecordBuilder,
     RecordError,
+    check_year_value,
+    check_years,
     concat_results,
     parse_int,
     static_text,
@@ -64,7 +66,7 @@ def _month_index(value: Any, *, is_end: bool, what: str) -> int:
     match = _DATE.match(value)
     if not match:
         raise RecordError(f"unparseable {what} date: {value!r}")
-    year = int(match.group(1))
+    year = check_year_value(int(match.group(1)), f"{what} year")
     month = int(match.group(2)) if match.group(2) else (12 if is_end else 1)
     if not 1 <= month <= 12:
         raise RecordError(f"unparseable {what} date: {value!r} (month {month})")
@@ -82,7 +84,8 @@ def _degree(name: Any) -> tuple[int, str]:
 
 def _mentioned_years(record: dict) -> list[int]:
     years = []
-    for item in list(record.get("jobs") or []) + list(record.get("education") or []):
+    items = [*_as_list(record.get("jobs"), "jobs"), *_as_list(record.get("education"), "education")]
+    for item in items:
         for key in ("start", "end"):
             value = item.get(key) if isinstance(item, dict) else None
             match = _DATE.match(str(value)) if value not in _OPEN else None
@@ -91,12 +94,24 @@ def _mentioned_years(record: dict) -> list[int]:
     return years
 
 
+def _as_list(value: Any, what: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RecordError(f"{what} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _is_open(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in _OPEN)
+
+
 def resume_to_record(record: Any, options: ResumeOptions) -> dict[str, Any]:
     """One resume -> record fields (years, jobs, education, statics). Raises RecordError."""
     if not isinstance(record, dict):
         raise RecordError(f"a resume must be a JSON object, got {type(record).__name__}")
-    jobs = record.get("jobs")
-    if not isinstance(jobs, list) or not jobs:
+    jobs = _as_list(record.get("jobs"), "jobs")
+    if not jobs:
         raise RecordError("empty sequence: no jobs")
     mentioned = _mentioned_years(record)
     as_of = options.as_of if options.as_of is not None else max(mentioned, default=None)
@@ -109,7 +124,7 @@ def resume_to_record(record: Any, options: ResumeOptions) -> dict[str, Any]:
             raise RecordError(f"job {i} has no code")
         start = _month_index(job.get("start"), is_end=False, what=f"job {i} start")
         end_raw = job.get("end")
-        is_open = end_raw is None or (isinstance(end_raw, str) and end_raw.strip().lower() in _OPEN)
+        is_open = _is_open(end_raw)
         if is_open and as_of is None:
             raise RecordError(f"job {i} is open-ended and no as-of year is known")
         end = (
@@ -127,24 +142,23 @@ def resume_to_record(record: Any, options: ResumeOptions) -> dict[str, Any]:
     # Per year: most months, then the later start (the newer job), then the smaller code. Spells are
     # visited by (start, code) and only a strictly better (months, start) replaces the holder.
     best: dict[int, tuple[int, int, str]] = {}
-    for start, end, code in sorted(spells):
+    for start, end, code in sorted(spells, key=lambda spell: (spell[0], spell[2])):
         for year in range(start // 12, end // 12 + 1):
             months = min(end, year * 12 + 11) - max(start, year * 12) + 1
             if year not in best or (months, start) > best[year][:2]:
                 best[year] = (months, start, code)
     years = sorted(best)
+    check_years(years)
     fields: dict[str, Any] = {"years": years, "jobs": [best[y][2] for y in years]}
 
-    education = record.get("education")
-    if education is not None:
-        if not isinstance(education, list):
-            raise RecordError("education must be a list")
+    if record.get("education") is not None:
+        education = _as_list(record.get("education"), "education")
         done = []
         for i, item in enumerate(education):
             if not isinstance(item, dict):
                 raise RecordError(f"education {i} is not an object")
             rank, name = _degree(item.get("degree"))
-            if item.get("end") in _OPEN:
+            if _is_open(item.get("end")):
                 continue  # not completed
             done.append(
                 (
@@ -161,7 +175,9 @@ def resume_to_record(record: Any, options: ResumeOptions) -> dict[str, Any]:
     for name in ("location", "gender", "ethnicity"):
         fields[name] = static_text(record.get(name), name)
     if record.get("birth_year") is not None:
-        fields["birth_year"] = parse_int(record.get("birth_year"), "birth_year")
+        fields["birth_year"] = check_year_value(
+            parse_int(record.get("birth_year"), "birth_year"), "birth_year"
+        )
     return fields
 
 
@@ -213,6 +229,9 @@ def read_resume_block(
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             quarantine.add(source, f"invalid JSON: {exc.msg}", record=line)
+            continue
+        except RecursionError:
+            quarantine.add(source, "invalid JSON: nested too deeply", record=line)
             continue
         person_id = _person_id(record, f"line-{number:09d}")
         try:
