@@ -60,19 +60,37 @@ def _storage_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def input_options() -> argparse.ArgumentParser:
+def input_options(with_synth: bool = False) -> argparse.ArgumentParser:
     """Flags shared by every command that reads an input (format and column mapping)."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("input")
     group.add_argument(
         "--input",
-        required=True,
+        required=not with_synth,
         metavar="URL",
-        help="local path, file:// or s3:// URL of the input",
+        help="local path, file:// or s3:// URL of the input"
+        + (" (not with --format synth)" if with_synth else ""),
     )
-    group.add_argument("--format", required=True, choices=("career-code", "panel", "resume-jsonl"),
+    formats = ("career-code", "panel", "resume-jsonl") + (("synth",) if with_synth else ())
+    group.add_argument("--format", required=True, choices=formats,
                        help="career-code: folder of {train,valid,test}.{job,year,...}; panel: CSV or Parquet "
-                       "person-year rows; resume-jsonl: one resume per line")  # fmt: skip
+                       "person-year rows; resume-jsonl: one resume per line"
+                       + ("; synth: the simulator, generated on the workers" if with_synth else ""))  # fmt: skip
+    if with_synth:
+        from data_shards.synth.presets import PRESETS
+
+        sim = parser.add_argument_group("simulator (--format synth)")
+        sim.add_argument(
+            "--sim-preset", choices=sorted(PRESETS), default=None, help="what to simulate"
+        )
+        sim.add_argument(
+            "--people",
+            type=int,
+            default=None,
+            metavar="N",
+            help="people (default: the preset's size)",
+        )
+        sim.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     panel = parser.add_argument_group("panel column mapping (--format panel)")
     panel.add_argument(
         "--person", default="person_id", metavar="COL", help="person id column (default person_id)"
@@ -127,9 +145,9 @@ def input_options() -> argparse.ArgumentParser:
     return parser
 
 
-def read_input(args: argparse.Namespace):
-    """Read the input named by `input_options()` flags."""
-    from data_shards.readers import PanelMapping, ResumeOptions, read
+def panel_mapping(args: argparse.Namespace):
+    """The panel column mapping named by `input_options()` flags (None for other formats)."""
+    from data_shards.readers import PanelMapping
 
     mapping = None
     if args.format == "panel":
@@ -149,10 +167,17 @@ def read_input(args: argparse.Namespace):
             split=args.split,
             **categorical,
         )  # fmt: skip
+    return mapping
+
+
+def read_input(args: argparse.Namespace):
+    """Read the input named by `input_options()` flags."""
+    from data_shards.readers import ResumeOptions, read
+
     return read(
         args.input,
         args.format,
-        panel=mapping,
+        panel=panel_mapping(args),
         resume=ResumeOptions(as_of=args.as_of),
         storage_options=args.storage_options,
     )
@@ -183,6 +208,36 @@ def cmd_synth(args: argparse.Namespace) -> int:
         preset=args.preset, people=args.people, seed=args.seed, out=args.out, layout=args.layout,
         fractions=args.split_fractions, storage_options=args.storage_options,
     )  # fmt: skip
+    return 0
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    """Shard an input into a webdataset dataset (URL/NAME/) with a Ray job; resumable and deterministic."""
+    from cluster.shard_job import run_shard
+    from data_shards.inputs import InputSpec
+    from data_shards.readers import ResumeOptions
+    from data_shards.shard import ShardConfig
+
+    if args.format == "synth" and not args.sim_preset:
+        raise ValueError("--format synth needs --sim-preset")
+    spec = InputSpec(
+        format=args.format,
+        url=args.input,
+        panel=panel_mapping(args),
+        resume=ResumeOptions(as_of=args.as_of) if args.format == "resume-jsonl" else None,
+        preset=args.sim_preset,
+        people=args.people,
+        seed=args.seed,
+        storage_options=args.storage_options,
+    )
+    config = ShardConfig(
+        people_per_block=args.people_per_block,
+        blocks_per_shard=args.blocks_per_shard,
+        split_fractions=args.split_fractions,
+        min_count=args.min_count,
+    )
+    run_shard(spec, args.out, args.name, config, parent_vocab=args.vocab, overwrite=args.overwrite,
+              ray_address=args.ray_address, num_cpus=args.num_cpus)  # fmt: skip
     return 0
 
 
@@ -258,6 +313,62 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train/valid/test fractions for the career-code layout (default 0.9,0.05,0.05)")  # fmt: skip
     _storage_flag(synth)
 
+    shard = sub.add_parser("shard", parents=[input_options(with_synth=True)],
+                           help="shard an input into streaming webdataset tarballs with a Ray job",
+                           description=cmd_shard.__doc__)  # fmt: skip
+    shard.add_argument(
+        "--out",
+        required=True,
+        metavar="URL",
+        help="where datasets live (local folder, s3://bucket/prefix, ...)",
+    )
+    shard.add_argument(
+        "--name", required=True, help="dataset name: the dataset is the folder URL/NAME/"
+    )
+    shard.add_argument("--vocab", default=None, metavar="URL",
+                       help="parent vocabulary (e.g. the pretraining dataset's vocab.json) to extend; ids never move")  # fmt: skip
+    shard.add_argument(
+        "--people-per-block",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="people per tar sample (default 1024)",
+    )
+    shard.add_argument(
+        "--blocks-per-shard",
+        type=int,
+        default=64,
+        metavar="N",
+        help="tar samples per shard (default 64)",
+    )
+    shard.add_argument("--split-fractions", type=_fractions, default=(0.9, 0.05, 0.05), metavar="TR,VA,TE",
+                       help="train/valid/test fractions for inputs without their own splits (default 0.9,0.05,0.05)")  # fmt: skip
+    shard.add_argument(
+        "--min-count",
+        type=int,
+        default=1,
+        metavar="N",
+        help="codes seen fewer times map to <unk> (default 1)",
+    )
+    shard.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dataset made from a different input/config",
+    )
+    shard.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to run on (default: start a local one)",
+    )
+    shard.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPUs of the local Ray instance (default: all)",
+    )
+
     inspect = sub.add_parser("inspect", parents=[input_options()], help="summarise an input corpus before training",
                              description=cmd_inspect.__doc__)  # fmt: skip
     inspect.add_argument(
@@ -275,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "synth": cmd_synth,
+    "shard": cmd_shard,
     "inspect": cmd_inspect,
 }
 
