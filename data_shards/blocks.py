@@ -45,7 +45,7 @@ def id_dtype(vocab_size: int) -> np.dtype:
 class Block:
     """Decoded people of one block. Token arrays are flat; `offsets` cut them per person."""
 
-    person_id: list[str]
+    person_id: np.ndarray  # (n,) str
     lengths: np.ndarray  # (n,) int64
     arrays: dict[str, np.ndarray]  # token fields (T,), person fields (n,), weight (n,)
 
@@ -104,6 +104,21 @@ def encode_block(
     )
 
 
+def _decode_ids(offsets: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """UTF-8 ids (concatenated, with offsets) -> numpy str array, without a Python loop."""
+    lengths = np.diff(offsets)
+    n = len(lengths)
+    width = int(lengths.max(initial=0)) or 1
+    padded = np.zeros((n, width), dtype=np.uint8)
+    rows = np.repeat(np.arange(n), lengths)
+    cols = np.arange(int(lengths.sum())) - np.repeat(offsets[:-1], lengths)
+    padded[rows, cols] = raw
+    ids = padded.view(f"S{width}").reshape(n)
+    if raw.size and raw.max() >= 0x80:  # non-ASCII: decode as UTF-8 properly
+        return np.array([b.decode() for b in ids.tolist()], dtype=str)
+    return ids.astype(f"U{width}")
+
+
 def decode_block(data: bytes) -> Block:
     """Inverse of `encode_block`. Raises ValueError on a damaged member."""
     if data[:4] != MAGIC:
@@ -124,8 +139,6 @@ def decode_block(data: bytes) -> Block:
         position += dt.itemsize * count
     if position != payload_len:
         raise ValueError("block payload length does not match its header")
-    offsets = arrays.pop("pid_offsets")
-    raw = arrays.pop("pid_bytes").tobytes()
-    person_id = [raw[offsets[i] : offsets[i + 1]].decode() for i in range(header["n"])]
+    person_id = _decode_ids(arrays.pop("pid_offsets").astype(np.int64), arrays.pop("pid_bytes"))
     lengths = arrays.pop("lengths").astype(np.int64)
     return Block(person_id, lengths, arrays)
