@@ -235,6 +235,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
         blocks_per_shard=args.blocks_per_shard,
         split_fractions=args.split_fractions,
         min_count=args.min_count,
+        lines_per_block=args.lines_per_block,
     )
     run_shard(spec, args.out, args.name, config, parent_vocab=args.vocab, overwrite=args.overwrite,
               ray_address=args.ray_address, num_cpus=args.num_cpus)  # fmt: skip
@@ -343,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shard.add_argument("--split-fractions", type=_fractions, default=(0.9, 0.05, 0.05), metavar="TR,VA,TE",
                        help="train/valid/test fractions for inputs without their own splits (default 0.9,0.05,0.05)")  # fmt: skip
+    shard.add_argument(
+        "--lines-per-block",
+        type=int,
+        default=16_384,
+        metavar="N",
+        help="lines of a text input per Ray task (default 16384)",
+    )
     shard.add_argument(
         "--min-count",
         type=int,

@@ -296,10 +296,14 @@ def shard_dataset(
     parent_vocab_url: str | None = None,
     overwrite: bool = False,
     on_progress: Progress | None = None,
+    storage_options: dict | None = None,
 ) -> ShardResult:
-    """Run the sharding job on the Ray instance this process is connected to (see `ensure_ray`)."""
+    """Run the sharding job on the Ray instance this process is connected to (see `ensure_ray`).
+
+    `storage_options` are for the output (and `parent_vocab_url`); default: the input's.
+    """
     config = config or ShardConfig()
-    options = spec.storage_options
+    options = storage_options if storage_options is not None else spec.storage_options
     dataset_url = storage.join(out, name)
     staging = storage.join(dataset_url, STAGING)
     progress = on_progress or (lambda *_: None)

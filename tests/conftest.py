@@ -23,6 +23,8 @@ for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPO
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+# Anything that forgets its endpoint goes to a closed local port, never to AWS.
+os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"
 
 
 def _free_port() -> int:
@@ -82,3 +84,15 @@ def store(request, tmp_path) -> Store:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(**options).mkdir(bucket)
     return Store("s3", f"s3://{bucket}", options)
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """One local Ray instance (2 CPUs, small object store) for the whole session; yields its address."""
+    import ray
+
+    ray.init(
+        num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

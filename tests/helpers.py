@@ -1,0 +1,63 @@
+"""Test helpers: read a dataset back through the loader as plain per-person records."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from data_shards.manifest import load_manifest
+from data_shards.stream import CareerLoader, StreamConfig
+from data_shards.vocab import Vocabulary
+
+
+def records_from_loader(
+    data_url: str, split: str, storage_options=None, **config
+) -> dict[str, dict]:
+    """person_id -> record fields decoded from the loader's batches (one pass, no shuffle)."""
+    vocab = Vocabulary.load(f"{data_url}/vocab.json", storage_options)
+    fields = load_manifest(data_url, storage_options).fields
+    loader = CareerLoader(
+        data_url,
+        StreamConfig(split=split, shuffle=False, loop=False, **config),
+        num_workers=0,
+        storage_options=storage_options,
+    )
+    people = {}
+    for batch in loader:
+        for i, person_id in enumerate(batch["person_id"]):
+            n = int(batch["lengths"][i])
+            record = {
+                "jobs": [vocab.fields["job"][t] for t in batch["targets"][i, :n].tolist()],
+                "years": [int(vocab.fields["year"][t]) for t in batch["year"][i, :n].tolist()],
+                "inputs": batch["inputs"][i].tolist(),
+            }
+            if "education" in batch:
+                record["education"] = [
+                    vocab.fields["education"][t] for t in batch["education"][i, :n].tolist()
+                ]
+            for name in ("oracle_logp", "log_wage"):
+                if name in batch:
+                    record[name] = [
+                        None if math.isnan(v) else v for v in batch[name][i, :n].tolist()
+                    ]
+            for name in fields["person_fields"]:
+                ids = batch[name][i, :n].tolist()
+                assert len(set(ids)) <= 1  # static fields repeat over the years
+                token = vocab.fields[name][ids[0]] if ids and ids[0] else None
+                column = {
+                    "location": "location",
+                    "gender": "gender",
+                    "ethnicity": "ethnicity",
+                    "birth_year": "birth_year",
+                }[name]
+                record[column] = int(token) if (name == "birth_year" and token) else token
+            if "weight" in batch:
+                record["weight"] = float(batch["weight"][i])
+            assert person_id not in people, f"{person_id} seen twice"
+            people[person_id] = record
+    return people
+
+
+def float32_list(values):
+    return [None if v is None else float(np.float32(v)) for v in values]

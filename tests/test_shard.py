@@ -1,0 +1,207 @@
+"""The Ray sharding job: round trip for every format (local and S3), determinism, crash and rerun,
+quarantine accounting, structural errors, existing datasets and vocabulary extension."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pytest
+
+from cluster.cli import main
+from data_shards.errors import StructuralError
+from data_shards.inputs import InputSpec
+from data_shards.manifest import load_manifest
+from data_shards.readers import read
+from data_shards.shard import ShardConfig, shard_dataset
+from data_shards.splits import resolve_splits
+from data_shards.synth.generate import simulate
+from data_shards.synth.presets import PRESETS
+from data_shards.vocab import Vocabulary
+from data_shards.writers import write_career_code, write_panel, write_resume_jsonl
+from tests.helpers import float32_list, records_from_loader
+
+CAREER = str(Path(sys.executable).with_name("career"))
+SMALL = ShardConfig(people_per_block=64, blocks_per_shard=2, lines_per_block=150)
+
+
+def simulated(preset: str, people: int, seed: int = 0) -> pa.Table:
+    return pa.Table.from_batches(list(simulate(PRESETS[preset], people, seed)))
+
+
+def all_files(url: str, storage_options=None) -> dict[str, bytes]:
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return {p[len(root.rstrip("/")) + 1 :]: fs.cat_file(p) for p in fs.find(root)}
+
+
+@pytest.mark.parametrize("fmt", ["synth", "career-code", "panel", "resume-jsonl"])
+def test_round_trip_every_format(store, ray_address, fmt):
+    so = store.storage_options
+    if fmt == "synth":
+        spec = InputSpec(format="synth", preset="nlsy79", people=400, seed=3)
+        expected = simulated("nlsy79", 400, 3)
+    else:
+        source = simulated("nlsy79", 400, 3)
+        url = {
+            "career-code": store.url("cc"),
+            "panel": store.url("p.parquet"),
+            "resume-jsonl": store.url("r.jsonl"),
+        }[fmt]
+        {
+            "career-code": write_career_code,
+            "panel": write_panel,
+            "resume-jsonl": write_resume_jsonl,
+        }[fmt](source, url, storage_options=so)
+        spec = InputSpec(format=fmt, url=url, storage_options=so)
+        expected = read(url, fmt, storage_options=so).table
+    result = shard_dataset(spec, store.url("datasets"), "ds", SMALL, storage_options=so)
+    manifest = result.manifest
+    assert manifest.totals["people_read"] == 400 == manifest.totals["people_written"]
+    assert len(manifest.shards) > 3 and manifest.extra["bytes_per_token"] <= 12
+    splits = dict(
+        zip(
+            expected.column("person_id").to_pylist(),
+            resolve_splits(expected).to_pylist(),
+            strict=True,
+        )
+    )
+    rows = {r["person_id"]: r for r in expected.to_pylist()}
+    for split in ("train", "valid", "test"):
+        got = records_from_loader(result.dataset_url, split, so)
+        assert set(got) == {p for p, s in splits.items() if s == split}
+        assert manifest.splits[split]["people"] == len(got)
+        for person_id, back in got.items():
+            want = rows[person_id]
+            assert back["jobs"] == want["jobs"] and back["years"] == want["years"]
+            assert back["education"] == want["education"]
+            for name in ("location", "gender", "ethnicity", "birth_year"):
+                assert back.get(name) == want[name], name
+            for name in ("oracle_logp", "log_wage"):
+                if want[name] is not None:
+                    assert back[name] == float32_list(want[name]), name
+            assert back.get("weight", 1.0) == pytest.approx(want["weight"])
+    if fmt == "synth":
+        assert set(manifest.oracle_perplexity) == {"train", "valid", "test"}
+
+
+def test_deterministic_across_runs_and_cpu_counts(tmp_path, ray_address):
+    spec = InputSpec(format="synth", preset="psid", people=1500, seed=1)
+    shard_dataset(spec, str(tmp_path / "a"), "psid", SMALL)
+    shard_dataset(spec, str(tmp_path / "b"), "psid", SMALL)
+    one_cpu = subprocess.run(
+        [CAREER, "shard", "--format", "synth", "--sim-preset", "psid", "--people", "1500", "--seed", "1",
+         "--out", str(tmp_path / "c"), "--name", "psid", "--people-per-block", "64", "--blocks-per-shard", "2",
+         "--lines-per-block", "150", "--num-cpus", "1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert one_cpu.returncode == 0, one_cpu.stderr
+    a, b, c = (all_files(str(tmp_path / d / "psid")) for d in "abc")
+    assert a == b
+    assert a == c  # 1 CPU and 2 CPUs give the same bytes
+    assert "manifest.json" in a and not any(k.startswith("_staging") for k in a)
+
+
+def test_killed_job_rerun_gives_the_same_bytes(tmp_path, ray_address):
+    config = ShardConfig(people_per_block=16, blocks_per_shard=1)
+    spec = InputSpec(format="synth", preset="resumes", people=6000, seed=2)
+    reference = shard_dataset(spec, str(tmp_path / "ref"), "r", config)
+    out = tmp_path / "crash"
+    proc = subprocess.Popen(
+        [CAREER, "shard", "--format", "synth", "--sim-preset", "resumes", "--people", "6000", "--seed", "2",
+         "--out", str(out), "--name", "r", "--people-per-block", "16", "--blocks-per-shard", "1",
+         "--ray-address", ray_address],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    done = out / "r" / "_staging" / "done"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not done.exists() or len(list(done.iterdir())) < 5):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "r" / "manifest.json").exists(), "the job finished before it could be killed"
+    assert not any(p.name.endswith(".tar") and ".tmp-" in p.name for p in (out / "r").rglob("*"))
+    rerun = shard_dataset(spec, str(out), "r", config)
+    assert rerun.shards_reused >= 5
+    assert all_files(str(out / "r")) == all_files(reference.dataset_url)
+
+
+def test_quarantine_and_duplicates_are_counted_per_split(tmp_path, ray_address):
+    lines = ["a b", "c", "d d", "e", "f", "g g g", "h"]
+    years = ["2000 2001", "2001", "2002 2001", "19x9", "2005", "2001 2002", "2003"]
+    ids = ["p1", "p2", "p3", "p4", "p1", "p5", "p2"]
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.job").write_text("\n".join(lines) + "\n")
+        (tmp_path / f"{split}.year").write_text("\n".join(years) + "\n")
+        (tmp_path / f"{split}.id").write_text("\n".join(f"{split}-{i}" for i in ids) + "\n")
+    spec = InputSpec(format="career-code", url=str(tmp_path))
+    result = shard_dataset(spec, str(tmp_path / "out"), "cc", ShardConfig(lines_per_block=3))
+    manifest = result.manifest
+    for split in ("train", "test"):
+        info = manifest.splits[split]
+        assert info["people_in"] == 7 and info["people"] == 2 and info["people_quarantined"] == 5
+    assert manifest.splits["valid"]["people_in"] == 0
+    entries = [
+        json.loads(x)
+        for x in (Path(result.dataset_url) / "quarantine.jsonl").read_text().splitlines()
+    ]
+    assert len(entries) == 10
+    assert (
+        sum("duplicate person id" in e["reason"] for e in entries) == 4
+    )  # across blocks of 3 lines
+
+
+def test_structural_error_exits_2_and_leaves_nothing(tmp_path, ray_address, capsys):
+    (tmp_path / "p.csv").write_text("id,year,job\n1,2000,a\n")
+    out = tmp_path / "out"
+    code = main(["shard", "--format", "panel", "--input", str(tmp_path / "p.csv"), "--person", "nope",
+                 "--out", str(out), "--name", "x", "--ray-address", ray_address])  # fmt: skip
+    assert code == 2 and "missing column" in capsys.readouterr().err
+    assert not (out / "x").exists() or not any((out / "x").rglob("*"))
+
+
+def test_existing_dataset_is_reused_or_refused(tmp_path, ray_address, capsys):
+    flags = ["shard", "--format", "synth", "--sim-preset", "nlsy97", "--people", "300", "--out", str(tmp_path), "--name", "d",
+             "--ray-address", ray_address]  # fmt: skip
+    assert main(flags) == 0
+    before = all_files(str(tmp_path / "d"))
+    assert main(flags) == 0 and "already complete" in capsys.readouterr().out
+    assert (
+        main([*flags, "--blocks-per-shard", "1"]) == 2 and "--overwrite" in capsys.readouterr().err
+    )
+    assert all_files(str(tmp_path / "d")) == before
+    assert main([*flags, "--blocks-per-shard", "1", "--overwrite"]) == 0
+    assert load_manifest(str(tmp_path / "d")).config["blocks_per_shard"] == 1
+
+
+def test_fine_tuning_data_extends_the_pretraining_vocabulary(tmp_path, ray_address):
+    pre = shard_dataset(
+        InputSpec(format="synth", preset="resumes", people=2000), str(tmp_path), "resumes", SMALL
+    )
+    parent_url = f"{pre.dataset_url}/vocab.json"
+    fine = shard_dataset(
+        InputSpec(format="synth", preset="nlsy79", people=500),
+        str(tmp_path),
+        "nlsy79",
+        SMALL,
+        parent_url,
+    )
+    parent, child = Vocabulary.load(parent_url), Vocabulary.load(f"{fine.dataset_url}/vocab.json")
+    assert child.is_extension_of(parent) and fine.manifest.parent_hash == parent.hash
+    assert {"unemployed", "not_in_labor_force", "education"} <= set(
+        child.fields["job"][len(parent.fields["job"]) :]
+    )
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(StructuralError, match="--vocab"):
+        shard_dataset(
+            InputSpec(format="synth", preset="nlsy79", people=50),
+            str(tmp_path),
+            "x",
+            SMALL,
+            str(broken),
+        )
