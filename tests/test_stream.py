@@ -1,0 +1,148 @@
+"""The streaming loader: batch contract, token budget, slot splitting, exact resume, refusals."""
+
+import collections
+
+import numpy as np
+import pytest
+import torch
+
+from data_shards.errors import StructuralError
+from data_shards.inputs import InputSpec
+from data_shards.shard import ShardConfig, shard_dataset
+from data_shards.stream import CareerLoader, CareerStream, StreamConfig
+from data_shards.vocab import BOS_ID, PAD_ID
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory, ray_address):
+    """One dataset with many shards, one whose valid split is a single shard of several blocks."""
+    root = tmp_path_factory.mktemp("stream")
+    many = shard_dataset(InputSpec(format="synth", preset="nlsy97", people=3000, seed=5), str(root), "many",
+                         ShardConfig(people_per_block=50, blocks_per_shard=3))  # fmt: skip
+    few = shard_dataset(InputSpec(format="synth", preset="psid", people=1500, seed=6), str(root), "few",
+                        ShardConfig(people_per_block=20, blocks_per_shard=1000))  # fmt: skip
+    return many, few
+
+
+def test_batch_contract_and_token_budget(datasets):
+    many, _ = datasets
+    config = StreamConfig(split="train", tokens_per_update=2000, shuffle=True, loop=False)
+    loader = CareerLoader(many.dataset_url, config, num_workers=0)
+    batches = list(loader)
+    assert batches
+    for batch in batches:
+        lengths, inputs, targets = batch["lengths"], batch["inputs"], batch["targets"]
+        assert int(lengths.sum()) <= config.tokens_per_batch or len(lengths) == 1
+        assert torch.all(inputs[:, 0] == BOS_ID)
+        real = torch.arange(inputs.shape[1])[None, :] < lengths[:, None]
+        assert torch.equal(inputs[:, 1:][real[:, 1:]], targets[:, :-1][real[:, 1:]])  # shifted by one
+        for name in ("inputs", "targets", "year", "education", "location", "gender", "ethnicity", "birth_year"):
+            assert torch.all(batch[name][~real] == PAD_ID), name
+            assert torch.all(batch[name][real] != PAD_ID), name
+        assert torch.all(torch.isnan(batch["log_wage"][~real]))
+        assert set(batch) >= {"oracle_logp", "weight", "person_id", "padding_share"}
+    assert 0 < loader.padding_share < 0.3  # length grouping keeps padding low
+    assert sum(int(b["lengths"].sum()) for b in batches) == many.manifest.splits["train"]["tokens"]
+
+
+@pytest.mark.parametrize("which", ["many", "few"])
+def test_every_block_is_read_once_per_epoch_across_ranks_and_workers(datasets, which):
+    dataset = datasets[0] if which == "many" else datasets[1]
+    split = "train" if which == "many" else "valid"
+    people = collections.Counter()
+    workers = 2
+    for rank in range(2):
+        config = StreamConfig(split=split, rank=rank, world_size=2, loop=False, tokens_per_update=4000)
+        stream = CareerStream(dataset.dataset_url, config)
+        for local in range(workers):
+            slot = rank * workers + local
+            for _, batch in stream.slot_batches(slot, 2 * workers):
+                people.update(batch["person_id"].tolist())
+    assert sum(people.values()) == dataset.manifest.splits[split]["people"]
+    assert set(people.values()) == {1}
+
+
+def test_resume_continues_at_exactly_the_next_batch(datasets):
+    many, _ = datasets
+    config = StreamConfig(split="train", tokens_per_update=1500, seed=3)  # endless epochs, shuffled
+    reference = []
+    for batch in CareerLoader(many.dataset_url, config, num_workers=2):
+        reference.append(batch)
+        if len(reference) == 40:
+            break
+    first = CareerLoader(many.dataset_url, config, num_workers=2)
+    consumed = 0
+    for batch in first:
+        assert batch["person_id"] == reference[consumed]["person_id"]
+        consumed += 1
+        if consumed == 23:
+            break
+    state = first.state_dict()
+    resumed = CareerLoader(many.dataset_url, config, num_workers=2)
+    resumed.load_state_dict(state)
+    for i, batch in enumerate(resumed, start=23):
+        assert batch["person_id"] == reference[i]["person_id"], f"batch {i}"
+        assert torch.equal(batch["inputs"], reference[i]["inputs"])
+        if i == 39:
+            break
+    assert max(p.epoch for p in resumed.last.values()) >= 1  # the run crossed an epoch boundary
+    assert "position" not in reference[0]  # positions are kept by the loader, not passed on
+
+
+def test_epochs_reshuffle_and_cover_everything(datasets):
+    _, few = datasets
+    config = StreamConfig(split="valid", tokens_per_update=500, seed=1)
+    loader = CareerLoader(few.dataset_url, config, num_workers=0)
+    per_epoch = collections.defaultdict(list)
+    total = few.manifest.splits["valid"]["people"]
+    for batch in loader:
+        epoch = loader.last[0].epoch
+        per_epoch[epoch].extend(batch["person_id"])
+        if epoch == 2:
+            break
+    assert sorted(per_epoch[0]) == sorted(per_epoch[1]) and len(per_epoch[0]) == total
+    assert per_epoch[0] != per_epoch[1]  # reshuffled with (seed, epoch)
+
+
+def test_state_from_another_configuration_is_refused(datasets):
+    many, _ = datasets
+    loader = CareerLoader(many.dataset_url, StreamConfig(split="train"), num_workers=1)
+    state = loader.state_dict()
+    other = CareerLoader(many.dataset_url, StreamConfig(split="train", seed=9), num_workers=1)
+    with pytest.raises(ValueError, match="different configuration"):
+        other.load_state_dict(state)
+
+
+def test_a_folder_without_manifest_is_refused(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "shard-000000.tar").write_bytes(b"")
+    with pytest.raises(StructuralError, match="no manifest.json"):
+        CareerLoader(str(tmp_path), StreamConfig())
+
+
+def test_distributed_run_without_explicit_rank_is_an_error(datasets):
+    many, _ = datasets
+    store = torch.distributed.HashStore()
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        stream = CareerStream(many.dataset_url, StreamConfig(split="valid", world_size=2, rank=0, loop=False))
+        with pytest.raises(RuntimeError, match="pass rank and world_size"):
+            next(iter(stream))
+        ok = CareerStream(many.dataset_url, StreamConfig(split="valid", loop=False))
+        assert next(iter(ok))["inputs"].shape[0] > 0
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_s3_loader_with_a_worker_process(s3_endpoint, ray_address):
+    import s3fs
+
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}, "key": "testing", "secret": "testing"}
+    s3fs.S3FileSystem(**options).mkdir("stream-bucket")
+    result = shard_dataset(InputSpec(format="synth", preset="nlsy79", people=600, storage_options=options),
+                           "s3://stream-bucket/data", "n", ShardConfig(people_per_block=64, blocks_per_shard=2))  # fmt: skip
+    config = StreamConfig(split="train", loop=False, shuffle=False)
+    remote = [b["person_id"] for b in CareerLoader(result.dataset_url, config, num_workers=1, storage_options=options)]
+    people = [p for ids in remote for p in ids]
+    assert len(people) == result.manifest.splits["train"]["people"] == len(set(people))
+    assert np.isfinite(result.manifest.oracle_perplexity["train"])
