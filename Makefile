@@ -33,6 +33,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/synth_throughput.py
 	$(BIN)/python benchmarks/sim_difficulty.py
+	$(BIN)/python benchmarks/shard_throughput.py
+	$(BIN)/python benchmarks/loader_throughput.py
 
 clean:
 	rm -rf $(VENV) career_run .pytest_cache

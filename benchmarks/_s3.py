@@ -28,12 +28,19 @@ def local_s3(bucket: str) -> Iterator[dict]:
     )
     try:
         for _ in range(300):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=0.2),
+            ):
                 break
             time.sleep(0.1)
         import s3fs
 
-        options = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}, "key": "bench", "secret": "bench"}
+        options = {
+            "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+            "key": "bench",
+            "secret": "bench",
+        }
         s3fs.S3FileSystem(**options).mkdir(bucket)
         yield options
     finally:

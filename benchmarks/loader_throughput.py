@@ -28,14 +28,18 @@ from data_shards.stream import CareerLoader, StreamConfig  # noqa: E402
 
 
 def epoch(url: str, options: dict | None) -> tuple[float, int, float]:
-    loader = CareerLoader(url, StreamConfig(split="train", loop=False), num_workers=1, storage_options=options)
+    loader = CareerLoader(
+        url, StreamConfig(split="train", loop=False), num_workers=1, storage_options=options
+    )
     start = time.perf_counter()
     tokens = sum(int(batch["lengths"].sum()) for batch in loader)
     return time.perf_counter() - start, tokens, loader.padding_share
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--people", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
@@ -45,7 +49,9 @@ def main() -> None:
         spec = InputSpec(format="synth", preset="resumes", people=args.people)
         local = shard_dataset(spec, str(tmp), "resumes").dataset_url
         with local_s3("bench") as options:
-            remote = shard_dataset(spec, "s3://bench/datasets", "resumes", storage_options=options).dataset_url
+            remote = shard_dataset(
+                spec, "s3://bench/datasets", "resumes", storage_options=options
+            ).dataset_url
             runs = {"local": [], "s3": []}
             for _ in range(args.runs):
                 runs["local"].append(epoch(local, None))
@@ -58,7 +64,9 @@ def main() -> None:
         tokens = measured[0][1]
         results[where] = {"runs_seconds": [round(r[0], 3) for r in measured], "tokens": tokens,
                           "tokens_per_second": round(tokens / seconds), "padding_share": round(measured[0][2], 4)}  # fmt: skip
-        print(f"{where:5s} {tokens / seconds:>12,.0f} tokens/s  (median of {args.runs}; padding {measured[0][2]:.3f})")
+        print(
+            f"{where:5s} {tokens / seconds:>12,.0f} tokens/s  (median of {args.runs}; padding {measured[0][2]:.3f})"
+        )
     ratio = results["local"]["tokens_per_second"] / results["s3"]["tokens_per_second"]
     results["local_over_s3"] = round(ratio, 3)
     print(f"S3 is {ratio:.2f}x slower than local")

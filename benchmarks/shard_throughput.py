@@ -37,7 +37,9 @@ def one_run(people: int, out: str, name: str, num_cpus: int, storage_options: di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--people", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--num-cpus", type=int, default=2)
@@ -45,10 +47,16 @@ def main() -> None:
     results: dict = {}
     tmp = Path(tempfile.mkdtemp(prefix="shard-bench-"))
     try:
-        local = [one_run(args.people, str(tmp / f"run{i}"), "resumes", args.num_cpus, None) for i in range(args.runs)]
+        local = [
+            one_run(args.people, str(tmp / f"run{i}"), "resumes", args.num_cpus, None)
+            for i in range(args.runs)
+        ]
         manifest = json.loads((tmp / "run0" / "resumes" / "manifest.json").read_text())
         with local_s3("bench") as options:
-            s3 = [one_run(args.people, "s3://bench/datasets", f"resumes{i}", args.num_cpus, options) for i in range(args.runs)]
+            s3 = [
+                one_run(args.people, "s3://bench/datasets", f"resumes{i}", args.num_cpus, options)
+                for i in range(args.runs)
+            ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for where, times in (("local", local), ("s3", s3)):
@@ -58,14 +66,18 @@ def main() -> None:
             "median_seconds": round(median, 2),
             "people_per_second": round(args.people / median),
         }
-        print(f"{where:5s} {args.people / median:>10,.0f} people/s  (median {median:.1f} s of {times})")
+        print(
+            f"{where:5s} {args.people / median:>10,.0f} people/s  (median {median:.1f} s of {times})"
+        )
     rate = results["local"]["people_per_second"] / args.num_cpus
     results["bytes_per_token"] = manifest["extra"]["bytes_per_token"]
     results["tokens"] = manifest["totals"]["tokens"]
     results["projected_24M_on_32_cores_seconds"] = round(24e6 / (rate * 32))
     print(f"bytes per job-year token: {results['bytes_per_token']}; "
           f"projected 24M people on 32 cores: {results['projected_24M_on_32_cores_seconds']} s")  # fmt: skip
-    path = save("shard_throughput", {"people": args.people, "num_cpus": args.num_cpus, "results": results})
+    path = save(
+        "shard_throughput", {"people": args.people, "num_cpus": args.num_cpus, "results": results}
+    )
     print(f"machine: {machine()}\nwrote {path}")
 
 

@@ -285,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="people per simulated survey (default 2000)",
     )
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPUs of the local Ray instance (default: all)",
+    )
 
     synth = sub.add_parser("synth", help="simulate careers (resumes, NLSY79, NLSY97, PSID) with their oracle",
                            description=cmd_synth.__doc__)  # fmt: skip

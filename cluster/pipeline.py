@@ -1,9 +1,13 @@
-"""The end-to-end job on the embedded default: a local folder and simulated data.
+"""The end-to-end job on the embedded default: a local Ray instance, a local folder, simulated data.
 
-So far: simulate a resume corpus and the three survey presets, write each in a different input
-format, read each back with its reader, check nothing was lost, build the shared vocabulary
-(surveys extend the resume vocabulary) and print a summary table. Later stages (sharding,
-pretraining, fine-tuning, evaluation) join here as they land.
+So far:
+1. simulate a resume corpus and the three survey designs, and write each in a different input
+   format (resume JSON Lines, a career-code folder, a Parquet panel, a CSV panel);
+2. read each back with its reader and check that nothing was lost;
+3. shard each with the Ray sharding job into `OUT/datasets/NAME/` (the surveys extend the
+   resume vocabulary, as fine-tuning data must);
+4. stream each dataset's validation split through the loader;
+and print what happened. Pretraining, fine-tuning and evaluation join here as they land.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import os
 from cluster.report import console, print_rows
 from cluster.synth_job import simulate_table, write_layout
 from data_shards import storage
+from data_shards.inputs import InputSpec
 from data_shards.readers import read
+from data_shards.shard import ShardConfig, ensure_ray, shard_dataset
+from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.summary import summarize
-from data_shards.vocab import build_vocabulary, count_tokens, merge_counts
 
 #: preset -> (layout written, reader format, file name)
 DEMO_INPUTS = {
@@ -26,13 +32,20 @@ DEMO_INPUTS = {
 }
 
 
-def run_local(out: str, resume_people: int, survey_people: int, seed: int) -> list[dict]:
-    os.makedirs(out, exist_ok=True) if "://" not in out else None
-    rows, summaries, counts = [], [], {}
+def run_local(
+    out: str, resume_people: int, survey_people: int, seed: int, num_cpus: int | None = None
+) -> dict:
+    if "://" not in out:
+        os.makedirs(out, exist_ok=True)
+    inputs_url = storage.join(out, "inputs")
+    datasets_url = storage.join(out, "datasets")
+    read_rows, shard_rows, summaries = [], [], {}
+    ensure_ray(num_cpus=num_cpus)
+    parent_vocab = None
     for preset, (layout, fmt, name) in DEMO_INPUTS.items():
         people = resume_people if preset == "resumes" else survey_people
         table = simulate_table(preset, people, seed)
-        url = storage.join(out, name)
+        url = storage.join(inputs_url, name)
         write_layout(table, url, layout)
         result = read(url, fmt)
         if result.report.people_accepted != table.num_rows:
@@ -40,39 +53,48 @@ def run_local(out: str, resume_people: int, survey_people: int, seed: int) -> li
                 f"{preset}: wrote {table.num_rows} people but read back {result.report.people_accepted}"
             )
         summary = summarize(result.table, result.report, result.quarantine)
-        summaries.append({"preset": preset, "format": fmt, **summary})
-        counts[preset] = count_tokens(result.table)
         shares = summary["non_employment_shares"]
-        rows.append([
+        read_rows.append([
             preset, fmt, summary["people"], summary["job_years"], "-".join(map(str, summary["years_covered"])),
             summary["stay_share"], shares["unemployed"], shares["not_in_labor_force"], shares["education"],
             summarize(table)["oracle_perplexity"], summary["quarantined"],
         ])  # fmt: skip
-    pretrain_vocab = build_vocabulary(counts["resumes"])
-    pretrain_vocab.save(storage.join(out, "vocab.resumes.json"))
-    survey_counts = merge_counts(counts[p] for p in ("nlsy79", "nlsy97", "psid"))
-    survey_vocab = build_vocabulary(survey_counts, parent=pretrain_vocab)
-    survey_vocab.save(storage.join(out, "vocab.surveys.json"))
+
+        sharded = shard_dataset(
+            InputSpec(format=fmt, url=url), datasets_url, preset, ShardConfig(), parent_vocab
+        )
+        if preset == "resumes":
+            parent_vocab = storage.join(sharded.dataset_url, "vocab.json")
+        manifest = sharded.manifest
+        loader = CareerLoader(
+            sharded.dataset_url,
+            StreamConfig(split="valid", loop=False, shuffle=False),
+            num_workers=0,
+        )
+        batches = tokens = 0
+        for batch in loader:
+            batches += 1
+            tokens += int(batch["lengths"].sum())
+        shard_rows.append([
+            preset, manifest.totals["people_written"], manifest.totals["people_quarantined"], manifest.totals["tokens"],
+            manifest.totals["shards"], manifest.extra["bytes_per_token"], batches, tokens, round(loader.padding_share, 3),
+            "extends resumes" if manifest.parent_hash else "new",
+        ])  # fmt: skip
+        summaries[preset] = {"read": summary, "manifest": manifest.totals}
+
     print_rows(
-        "simulated corpora, written and read back",
-        [
-            "preset",
-            "read as",
-            "people",
-            "job-years",
-            "years",
-            "stay",
-            "unemp",
-            "nilf",
-            "school",
-            "oracle ppl (simulated)",
-            "quarantined",
-        ],
-        rows,
-    )
-    added = survey_vocab.size("job") - pretrain_vocab.size("job")
+        "1-2. simulated corpora, written in four input formats and read back",
+        ["preset", "read as", "people", "job-years", "years", "stay", "unemp", "nilf", "school",
+         "oracle ppl (simulated)", "quarantined"],
+        read_rows,
+    )  # fmt: skip
+    print_rows(
+        f"3-4. sharded with Ray into {storage.redact(datasets_url)} and streamed (valid split)",
+        ["dataset", "people", "quarantined", "job-years", "shards", "bytes/token", "valid batches",
+         "valid job-years", "padding", "vocabulary"],
+        shard_rows,
+    )  # fmt: skip
     console.print(
-        f"vocabulary: {pretrain_vocab.size('job') - 3} job codes from resumes; the surveys' vocabulary extends it "
-        f"(+{added} job tokens, parent {pretrain_vocab.hash[:12]}) -> {storage.redact(out)}"
+        f"datasets ready for training: {', '.join(storage.join(datasets_url, p) for p in DEMO_INPUTS)}"
     )
     return summaries

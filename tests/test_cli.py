@@ -1,7 +1,6 @@
 """The `career` front door: help texts, inspect/synth on every format, exit code 2 on bad input."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,19 +131,22 @@ def test_quarantine_out_is_written(tmp_path, capsys):
 
 
 def test_career_run_end_to_end(tmp_path):
-    env = dict(os.environ)
     proc = subprocess.run(
         [CAREER, "run", "--out", str(tmp_path / "run"), "--resume-people", "3000", "--survey-people", "500"],
-        capture_output=True, text=True, env=env,
+        capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     for preset in ("resumes", "nlsy79", "nlsy97", "psid"):
         assert preset in proc.stdout
-    assert (tmp_path / "run" / "vocab.surveys.json").exists()
-    surveys = json.loads((tmp_path / "run" / "vocab.surveys.json").read_text())
-    resumes = json.loads((tmp_path / "run" / "vocab.resumes.json").read_text())
-    assert surveys["parent_hash"] == resumes["hash"]
-    assert surveys["fields"]["job"][: len(resumes["fields"]["job"])] == resumes["fields"]["job"]
+        manifest = json.loads(
+            (tmp_path / "run" / "datasets" / preset / "manifest.json").read_text()
+        )
+        assert manifest["totals"]["people_written"] == (3000 if preset == "resumes" else 500)
+    resumes = json.loads((tmp_path / "run" / "datasets" / "resumes" / "vocab.json").read_text())
+    for survey in ("nlsy79", "nlsy97", "psid"):
+        vocab = json.loads((tmp_path / "run" / "datasets" / survey / "vocab.json").read_text())
+        assert vocab["parent_hash"] == resumes["hash"]
+        assert vocab["fields"]["job"][: len(resumes["fields"]["job"])] == resumes["fields"]["job"]
 
 
 def test_quarantine_out_into_a_folder_fails_cleanly(tmp_path):

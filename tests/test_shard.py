@@ -89,6 +89,7 @@ def test_round_trip_every_format(store, ray_address, fmt):
         assert set(manifest.oracle_perplexity) == {"train", "valid", "test"}
 
 
+@pytest.mark.slow
 def test_deterministic_across_runs_and_cpu_counts(tmp_path, ray_address):
     spec = InputSpec(format="synth", preset="psid", people=1500, seed=1)
     shard_dataset(spec, str(tmp_path / "a"), "psid", SMALL)
@@ -106,6 +107,7 @@ def test_deterministic_across_runs_and_cpu_counts(tmp_path, ray_address):
     assert "manifest.json" in a and not any(k.startswith("_staging") for k in a)
 
 
+@pytest.mark.slow
 def test_killed_job_rerun_gives_the_same_bytes(tmp_path, ray_address):
     config = ShardConfig(people_per_block=16, blocks_per_shard=1)
     spec = InputSpec(format="synth", preset="resumes", people=6000, seed=2)

@@ -35,8 +35,19 @@ def test_batch_contract_and_token_budget(datasets):
         assert int(lengths.sum()) <= config.tokens_per_batch or len(lengths) == 1
         assert torch.all(inputs[:, 0] == BOS_ID)
         real = torch.arange(inputs.shape[1])[None, :] < lengths[:, None]
-        assert torch.equal(inputs[:, 1:][real[:, 1:]], targets[:, :-1][real[:, 1:]])  # shifted by one
-        for name in ("inputs", "targets", "year", "education", "location", "gender", "ethnicity", "birth_year"):
+        assert torch.equal(
+            inputs[:, 1:][real[:, 1:]], targets[:, :-1][real[:, 1:]]
+        )  # shifted by one
+        for name in (
+            "inputs",
+            "targets",
+            "year",
+            "education",
+            "location",
+            "gender",
+            "ethnicity",
+            "birth_year",
+        ):
             assert torch.all(batch[name][~real] == PAD_ID), name
             assert torch.all(batch[name][real] != PAD_ID), name
         assert torch.all(torch.isnan(batch["log_wage"][~real]))
@@ -52,7 +63,9 @@ def test_every_block_is_read_once_per_epoch_across_ranks_and_workers(datasets, w
     people = collections.Counter()
     workers = 2
     for rank in range(2):
-        config = StreamConfig(split=split, rank=rank, world_size=2, loop=False, tokens_per_update=4000)
+        config = StreamConfig(
+            split=split, rank=rank, world_size=2, loop=False, tokens_per_update=4000
+        )
         stream = CareerStream(dataset.dataset_url, config)
         for local in range(workers):
             slot = rank * workers + local
@@ -71,10 +84,8 @@ def test_resume_continues_at_exactly_the_next_batch(datasets):
         if len(reference) == 40:
             break
     first = CareerLoader(many.dataset_url, config, num_workers=2)
-    consumed = 0
-    for batch in first:
-        assert batch["person_id"] == reference[consumed]["person_id"]
-        consumed += 1
+    for consumed, batch in enumerate(first, start=1):
+        assert batch["person_id"] == reference[consumed - 1]["person_id"]
         if consumed == 23:
             break
     state = first.state_dict()
@@ -125,7 +136,9 @@ def test_distributed_run_without_explicit_rank_is_an_error(datasets):
     store = torch.distributed.HashStore()
     torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
-        stream = CareerStream(many.dataset_url, StreamConfig(split="valid", world_size=2, rank=0, loop=False))
+        stream = CareerStream(
+            many.dataset_url, StreamConfig(split="valid", world_size=2, rank=0, loop=False)
+        )
         with pytest.raises(RuntimeError, match="pass rank and world_size"):
             next(iter(stream))
         ok = CareerStream(many.dataset_url, StreamConfig(split="valid", loop=False))
@@ -137,12 +150,19 @@ def test_distributed_run_without_explicit_rank_is_an_error(datasets):
 def test_s3_loader_with_a_worker_process(s3_endpoint, ray_address):
     import s3fs
 
-    options = {"client_kwargs": {"endpoint_url": s3_endpoint}, "key": "testing", "secret": "testing"}
+    options = {
+        "client_kwargs": {"endpoint_url": s3_endpoint},
+        "key": "testing",
+        "secret": "testing",
+    }
     s3fs.S3FileSystem(**options).mkdir("stream-bucket")
     result = shard_dataset(InputSpec(format="synth", preset="nlsy79", people=600, storage_options=options),
                            "s3://stream-bucket/data", "n", ShardConfig(people_per_block=64, blocks_per_shard=2))  # fmt: skip
     config = StreamConfig(split="train", loop=False, shuffle=False)
-    remote = [b["person_id"] for b in CareerLoader(result.dataset_url, config, num_workers=1, storage_options=options)]
+    remote = [
+        b["person_id"]
+        for b in CareerLoader(result.dataset_url, config, num_workers=1, storage_options=options)
+    ]
     people = [p for ids in remote for p in ids]
     assert len(people) == result.manifest.splits["train"]["people"] == len(set(people))
     assert np.isfinite(result.manifest.oracle_perplexity["train"])
