@@ -283,7 +283,9 @@ class CareerStream(IterableDataset):
         """Batches of one slot, from just after `start` (or the beginning)."""
         epoch = start.epoch if start else 0
         while True:
+            groups = 0
             for group, blocks in self._groups(slot, slots, epoch):
+                groups += 1
                 if start and (epoch, group) < (start.epoch, start.group):
                     continue  # skip whole groups without decoding their people
                 people = merge_blocks([decode_block(data) for data in blocks])
@@ -303,6 +305,12 @@ class CareerStream(IterableDataset):
                     yield position, batch
             if not self.config.loop:
                 return
+            if not groups:
+                raise ValueError(
+                    f"split {self.config.split!r} has too few blocks for {slots} loader slots "
+                    f"(ranks x workers): slot {slot} would wait forever; use fewer DataLoader workers "
+                    "or reshard with a smaller --people-per-block"
+                )
             epoch += 1
             start = None
 

@@ -166,3 +166,11 @@ def test_s3_loader_with_a_worker_process(s3_endpoint, ray_address):
     people = [p for ids in remote for p in ids]
     assert len(people) == result.manifest.splits["train"]["people"] == len(set(people))
     assert np.isfinite(result.manifest.oracle_perplexity["train"])
+
+
+def test_more_slots_than_blocks_fails_instead_of_hanging(tmp_path, ray_address):
+    tiny = shard_dataset(InputSpec(format="synth", preset="nlsy79", people=40), str(tmp_path), "tiny",
+                         ShardConfig(people_per_block=1024))  # fmt: skip
+    stream = CareerStream(tiny.dataset_url, StreamConfig(split="train", rank=1, world_size=2))
+    with pytest.raises(ValueError, match="too few blocks"):
+        next(iter(stream))
