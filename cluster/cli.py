@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -406,13 +407,21 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _safe(exc: BaseException, args: argparse.Namespace) -> str:
+    """An error message with credentials masked and ANSI colour codes (from Ray) removed."""
+    from data_shards.storage import mask_secrets
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    return mask_secrets(text, getattr(args, "storage_options", None))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (StructuralError, ValueError, OSError, ImportError) as exc:
         # Bad input, a missing file or store, an fsspec scheme whose package is not installed.
-        print(f"career {args.command}: error: {exc}", file=sys.stderr)
+        print(f"career {args.command}: error: {_safe(exc, args)}", file=sys.stderr)
         return EXIT_STRUCTURAL
     except KeyboardInterrupt:
         print(f"career {args.command}: interrupted", file=sys.stderr)
@@ -421,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("CAREER_DEBUG"):
             raise
         print(
-            f"career {args.command}: unexpected {type(exc).__name__}: {exc} "
+            f"career {args.command}: unexpected {type(exc).__name__}: {_safe(exc, args)} "
             "(set CAREER_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )

@@ -8,6 +8,8 @@ never of how many tasks or CPUs ran it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -75,7 +77,7 @@ class InputSpec:
             out["mapping"] = asdict(self.panel or PanelMapping())
         if self.format == "resume-jsonl":
             out["as_of"] = (self.resume or ResumeOptions()).as_of
-        return out
+        return json.loads(json.dumps(out))  # the form it has once stored in a manifest
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,19 @@ def plan_blocks(spec: InputSpec, lines_per_block: int = LINES_PER_BLOCK) -> list
     # in the file: one block reads it whole.
     check_panel(spec.url or "", spec.panel or PanelMapping(), spec.storage_options)
     return [InputBlock(0, None, 0)]
+
+
+def input_digest(spec: InputSpec, blocks: list[InputBlock]) -> str | None:
+    """sha256 identifying the input's content (None for the simulator: its description is enough).
+
+    Text inputs were hashed while their lines were indexed; a panel (a survey, small) is hashed here.
+    """
+    if spec.format == "synth":
+        return None
+    if spec.format == "panel":
+        return hashlib.sha256(storage.read_bytes(spec.url or "", spec.storage_options)).hexdigest()
+    digests = sorted({getattr(b.part, "digest", "") for b in blocks})
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def read_block(spec: InputSpec, block: InputBlock) -> ReadResult:

@@ -7,11 +7,13 @@ the number of its first line, so quarantine entries still say `file:line`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from data_shards import storage
+from data_shards.errors import StructuralError
 
 READ_CHUNK = 64 * 2**20
 
@@ -22,6 +24,7 @@ class LineIndex:
     block_starts: tuple[int, ...]  # byte offset of lines 0, K, 2K, ...
     size: int  # bytes in the file
     lines_per_block: int
+    sha256: str = ""  # of the whole file: identifies the input in the manifest
 
     def ranges(self) -> list[tuple[int, int, int]]:
         """(first line number, byte start, byte stop) of each block; line numbers start at 1."""
@@ -38,6 +41,7 @@ def index_lines(url: str, lines_per_block: int, storage_options=None) -> LineInd
         raise ValueError("lines_per_block must be at least 1")
     fs, path = storage.filesystem(url, storage_options)
     starts = [0]
+    digest = hashlib.sha256()
     newlines = 0
     position = 0
     last_byte = b"\n"
@@ -47,6 +51,7 @@ def index_lines(url: str, lines_per_block: int, storage_options=None) -> LineInd
             chunk = handle.read(READ_CHUNK)
             if not chunk:
                 break
+            digest.update(chunk)
             found = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
             numbers = newlines + 1 + np.arange(len(found))  # 1-based count of each newline
             boundary = found[numbers % lines_per_block == 0]
@@ -59,16 +64,25 @@ def index_lines(url: str, lines_per_block: int, storage_options=None) -> LineInd
         starts.pop()  # the file ends exactly at a block boundary
     if position == 0:
         starts = []
-    return LineIndex(lines, tuple(starts), position, lines_per_block)
+    return LineIndex(lines, tuple(starts), position, lines_per_block, digest.hexdigest())
 
 
-def read_line_range(url: str, start: int, stop: int, storage_options=None) -> list[str]:
-    """Lines in bytes [start, stop) of a UTF-8 text file (the range holds whole lines)."""
+def read_line_range(
+    url: str, start: int, stop: int, storage_options=None, first_line: int = 1
+) -> list[str]:
+    """Lines in bytes [start, stop) of a UTF-8 text file (the range holds whole lines).
+
+    Text that is not UTF-8 is a structural error naming the file and the line it is on.
+    """
     fs, path = storage.filesystem(url, storage_options)
     if stop <= start:
         return []
     data = storage.retry(lambda: fs.cat_file(path, start=start, end=stop), url)
-    text = data.decode("utf-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + data[: exc.start].count(b"\n")
+        raise StructuralError("not UTF-8 text", path=storage.redact(url), line=line) from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

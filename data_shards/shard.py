@@ -32,7 +32,14 @@ from data_shards.blocks import FORMAT_VERSION as BLOCK_FORMAT
 from data_shards.blocks import PEOPLE_PER_BLOCK
 from data_shards.encode import FieldSet
 from data_shards.errors import StructuralError
-from data_shards.inputs import LINES_PER_BLOCK, InputBlock, InputSpec, plan_blocks, read_block
+from data_shards.inputs import (
+    LINES_PER_BLOCK,
+    InputBlock,
+    InputSpec,
+    input_digest,
+    plan_blocks,
+    read_block,
+)
 from data_shards.manifest import (
     MANIFEST,
     QUARANTINE,
@@ -57,9 +64,9 @@ from data_shards.splits import (
     DEFAULT_FRACTIONS,
     DEFAULT_SALT,
     check_fractions,
+    hash64,
     resolve_splits,
     split_names,
-    unit_hash,
 )
 from data_shards.vocab import Counts, Vocabulary, build_vocabulary, count_tokens, merge_counts
 
@@ -161,15 +168,19 @@ def _id_hash(table: pa.Table) -> np.ndarray:
     """64-bit hashes of person ids, for finding duplicates across blocks without moving strings."""
     if not table.num_rows:
         return np.zeros(0, dtype=np.uint64)
-    return (unit_hash(table.column("person_id"), salt="career-dedupe") * float(1 << 53)).astype(
-        np.uint64
-    )
+    return hash64(table.column("person_id"), salt="career-dedupe")
 
 
 # ----------------------------------------------------------------------------- planning
-def find_duplicates(summaries: list[BlockSummary]) -> dict[tuple[int, str], np.ndarray]:
-    """Rows to drop per (block, split): every occurrence of an id after its first, in input order."""
-    keys, owners = [], []
+def find_duplicates(
+    summaries: list[BlockSummary], ray=None, table_refs=None
+) -> dict[tuple[int, str], np.ndarray]:
+    """Rows to drop per (block, split): every occurrence of an id after its first, in input order.
+
+    Candidates share a 64-bit hash; their id strings are then fetched and compared, so two
+    different people whose hashes collide are both kept.
+    """
+    keys, owners, rows = [], [], []
     for summary in summaries:
         for split in SPLITS:
             hashes = summary.id_hashes[split]
@@ -179,21 +190,41 @@ def find_duplicates(summaries: list[BlockSummary]) -> dict[tuple[int, str], np.n
                     len(hashes), summary.index * len(SPLITS) + SPLITS.index(split), dtype=np.int64
                 )
             )
+            rows.append(np.arange(len(hashes)))
     if not keys:
         return {}
-    hashes = np.concatenate(keys)
-    owner = np.concatenate(owners)
-    _, first_index = np.unique(hashes, return_index=True)
-    duplicate = np.ones(len(hashes), dtype=bool)
-    duplicate[first_index] = False
+    hashes, owner, row = np.concatenate(keys), np.concatenate(owners), np.concatenate(rows)
+    order = np.argsort(hashes, kind="stable")  # stable: input order within equal hashes
+    sorted_hashes = hashes[order]
+    repeated = np.zeros(len(hashes), dtype=bool)
+    repeated[order[1:][sorted_hashes[1:] == sorted_hashes[:-1]]] = True
+    if not repeated.any():
+        return {}
+    candidates = np.isin(hashes, hashes[repeated])
+    ids = _fetch_ids(owner[candidates], row[candidates], ray, table_refs)
+    seen: set[str] = set()
+    drop = np.zeros(len(hashes), dtype=bool)
+    for position, person_id in zip(np.nonzero(candidates)[0], ids, strict=True):  # input order
+        if person_id in seen:
+            drop[position] = True
+        seen.add(person_id)
     drops: dict[tuple[int, str], np.ndarray] = {}
-    if not duplicate.any():
-        return drops
-    row = np.concatenate([np.arange(len(k)) for k in keys])
-    for code in np.unique(owner[duplicate]):
+    for code in np.unique(owner[drop]):
         block, split = divmod(int(code), len(SPLITS))
-        drops[(block, SPLITS[split])] = row[duplicate & (owner == code)]
+        drops[(block, SPLITS[split])] = row[drop & (owner == code)]
     return drops
+
+
+def _fetch_ids(owners: np.ndarray, rows: np.ndarray, ray, table_refs) -> list[str]:
+    """The id strings at (block-split owner, row) positions, fetching each block's table once."""
+    cache: dict[int, dict[str, pa.Table]] = {}
+    out = []
+    for code, row in zip(owners.tolist(), rows.tolist(), strict=True):
+        block, split = divmod(code, len(SPLITS))
+        if block not in cache:
+            cache[block] = ray.get(table_refs[block])
+        out.append(cache[block][SPLITS[split]].column("person_id")[row].as_py())
+    return out
 
 
 def plan_shards(
@@ -307,9 +338,8 @@ def shard_dataset(
     dataset_url = storage.join(out, name)
     staging = storage.join(dataset_url, STAGING)
     progress = on_progress or (lambda *_: None)
-    identity = {"input": spec.describe(), "config": config.to_dict(), "parent_vocab": None}
-
     parent = None
+    parent_hash = None
     if parent_vocab_url:
         try:
             parent = Vocabulary.load(parent_vocab_url, options)
@@ -317,35 +347,45 @@ def shard_dataset(
             raise StructuralError(
                 f"--vocab is not a usable vocabulary: {exc}", path=storage.redact(parent_vocab_url)
             ) from None
-        identity["parent_vocab"] = parent.hash
+        parent_hash = parent.hash
+
+    try:
+        blocks = plan_blocks(
+            spec, config.lines_per_block
+        )  # every structural check, before any work
+        description = {**spec.describe(), "digest": input_digest(spec, blocks)}
+    except StructuralError:
+        storage.remove_tree(staging, options)
+        raise
+    # What makes a dataset: its input (content included), config, parent vocabulary and code.
+    identity = json.loads(json.dumps({
+        "input": description,
+        "config": {**config.to_dict(), "parent_vocab": parent_hash},
+        "code_version": code_version(),
+    }))  # fmt: skip
 
     if storage.exists(storage.join(dataset_url, MANIFEST), options):
         existing = load_manifest(dataset_url, options)
-        same = existing.input == identity["input"] and existing.config == {
-            **config.to_dict(),
-            "parent_vocab": identity["parent_vocab"],
-        }
+        same = (existing.input, existing.config, existing.code_version) == (
+            identity["input"], identity["config"], identity["code_version"])  # fmt: skip
         if same and not overwrite:
             return ShardResult(
                 existing, dataset_url, 0, len(existing.shards), already_complete=True
             )
         if not overwrite:
             raise StructuralError(
-                "a dataset with a different input or config is already here; pass --overwrite to replace it",
+                "a dataset with a different input, config or code version is already here; "
+                "pass --overwrite to replace it",
                 path=storage.redact(dataset_url),
             )
-        storage.remove_tree(storage.join(dataset_url, MANIFEST), options)  # de-commit first
 
+    ray = _ray()
+    pass1, pass2 = _remote_functions()
+    refs = [pass1.remote(spec, block, config) for block in blocks]
+    pending = {r[0]: i for i, r in enumerate(refs)}
+    done_summaries: dict[int, BlockSummary] = {}
+    people = 0
     try:
-        blocks = plan_blocks(spec, config.lines_per_block)
-        ray = _ray()
-        pass1, pass2 = _remote_functions()
-        refs = [pass1.remote(spec, block, config) for block in blocks]
-        summaries: list[BlockSummary] = []
-        table_refs: list[Any] = []
-        pending = {r[0]: i for i, r in enumerate(refs)}
-        done_summaries: dict[int, BlockSummary] = {}
-        people = 0
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -353,15 +393,22 @@ def shard_dataset(
                 done_summaries[pending.pop(ref)] = summary
                 people += summary.people_read
                 progress("read", len(done_summaries), len(blocks), people)
-        summaries = [done_summaries[i] for i in range(len(blocks))]
-        table_refs = [r[1] for r in refs]
-    except StructuralError:
-        storage.remove_tree(staging, options)
+    except ray.exceptions.RayTaskError as exc:
+        for ref in pending:
+            ray.cancel(ref)
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, StructuralError):  # e.g. text that is not UTF-8, found while reading
+            storage.remove_tree(staging, options)
+            raise StructuralError(str(cause)) from None
         raise
+    summaries = [done_summaries[i] for i in range(len(blocks))]
+    table_refs = [r[1] for r in refs]
+    if overwrite:  # the new input read cleanly: only now de-commit the old dataset
+        storage.remove_tree(storage.join(dataset_url, MANIFEST), options)
 
     counts = merge_counts(s.counts for s in summaries)
     vocab = build_vocabulary(counts, min_count=config.min_count, parent=parent)
-    drops = find_duplicates(summaries)
+    drops = find_duplicates(summaries, ray, table_refs)
     fields = _merge_fields([s.fields for s in summaries])
     tasks = plan_shards(summaries, drops, config)
     duplicate_entries = _duplicate_entries(ray, drops, table_refs, summaries)
@@ -554,8 +601,8 @@ def _commit(
         parent_hash=vocab.parent_hash,
         fields=fields.to_dict(),
         input=identity["input"],
-        config={**config.to_dict(), "parent_vocab": identity["parent_vocab"]},
-        code_version=code_version(),
+        config=identity["config"],
+        code_version=identity["code_version"],
         oracle_perplexity=oracle or None,
         extra={"bytes_per_token": round(total_bytes / total_tokens, 3) if total_tokens else None},
     )

@@ -41,8 +41,8 @@ def _fnv1a(data: np.ndarray, offsets: np.ndarray, seed: np.uint64) -> np.ndarray
     return hashes
 
 
-def unit_hash(person_ids: pa.Array | Sequence[str], salt: str = DEFAULT_SALT) -> np.ndarray:
-    """A float64 in [0, 1) per id, uniform and stable."""
+def hash64(person_ids: pa.Array | Sequence[str], salt: str = DEFAULT_SALT) -> np.ndarray:
+    """A stable 64-bit hash (uint64) per id."""
     ids = pa.array(person_ids, pa.string()) if not isinstance(person_ids, pa.Array) else person_ids
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks()
@@ -63,7 +63,12 @@ def unit_hash(person_ids: pa.Array | Sequence[str], salt: str = DEFAULT_SALT) ->
         hashes ^= hashes >> np.uint64(33)
         hashes *= np.uint64(0xFF51AFD7ED558CCD)
         hashes ^= hashes >> np.uint64(33)
-    return (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return hashes
+
+
+def unit_hash(person_ids: pa.Array | Sequence[str], salt: str = DEFAULT_SALT) -> np.ndarray:
+    """A float64 in [0, 1) per id, uniform and stable."""
+    return (hash64(person_ids, salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def split_of(

@@ -36,11 +36,40 @@ def _options_for(url: str, storage_options: StorageOptions) -> dict[str, Any]:
     return options
 
 
+_USER_INFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*@")
+_SECRET_KEYS = ("key", "secret", "token", "password", "session")
+_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
 def filesystem(
     url: str, storage_options: StorageOptions = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem for `url` and the path inside it."""
+    """The filesystem for `url` and the path inside it. URLs carrying credentials are refused."""
+    if _USER_INFO.match(url):
+        raise StructuralError(
+            "credentials inside a URL are refused (they would end up in logs); use the standard "
+            "AWS environment variables or --storage-options",
+            path=redact(url),
+        )
     return url_to_fs(url, **_options_for(url, storage_options))
+
+
+def mask_secrets(text: str, storage_options: StorageOptions = None) -> str:
+    """`text` with every credential we know of (storage options, AWS variables) replaced by ***."""
+    secrets: list[str] = [os.environ[name] for name in _SECRET_ENV if os.environ.get(name)]
+
+    def collect(value: Any, key: str = "") -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                collect(v, str(k))
+        elif isinstance(value, str) and any(word in key.lower() for word in _SECRET_KEYS):
+            secrets.append(value)
+
+    collect(storage_options or {})
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return redact(text)
 
 
 def join(url: str, *parts: str) -> str:
@@ -52,8 +81,8 @@ def join(url: str, *parts: str) -> str:
 
 
 def redact(url: str) -> str:
-    """A URL safe to print: user:password@ is removed."""
-    return re.sub(r"://[^/@]*@", "://", url)
+    """A URL (or a message holding URLs) safe to print: `user:password@` is removed."""
+    return re.sub(r"://[^/\s]*@", "://", url)
 
 
 #: Errors that retrying cannot fix.

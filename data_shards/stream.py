@@ -14,6 +14,11 @@ excluded) is divided over ranks and micro-batches. A slot reads `buffer_blocks` 
 (a *group*), shuffles people with a seed of (seed, epoch, slot, group), sorts them by length so
 batches pad little, cuts batches by the token budget and shuffles the batch order.
 
+Evaluation (`loop=False`): one pass; ranks may get different numbers of batches (shards differ in
+size), so a distributed evaluation sums its NLL and token counts locally and all-reduces once at
+the end, never per batch. When a split has fewer shards than slots, every slot reads every shard
+and keeps its blocks: more reading, which only small (evaluation) splits need.
+
 Resuming: each batch carries its position (slot, epoch, group, index in group); `CareerLoader`
 records the last position consumed per slot, and `load_state_dict` restarts every slot right
 after it, with DataLoader workers rotated so that the next batch is exactly the one an
@@ -24,6 +29,8 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -165,8 +172,8 @@ def collate(group: Block, people: np.ndarray, fields: dict[str, Any]) -> dict[st
             values = np.zeros((B, T), dtype=np.int64)
             values[rows, cols] = group.arrays[name][token_index]
             batch[name] = values
-    for name in fields["float_token_fields"]:
-        values = np.full((B, T), np.nan if name == "log_wage" else 0.0, dtype=np.float32)
+    for name in fields["float_token_fields"]:  # padding 0; a real but missing wage is NaN
+        values = np.zeros((B, T), dtype=np.float32)
         values[rows, cols] = group.arrays[name][token_index]
         batch[name] = values
     for name in fields["person_fields"]:
@@ -255,15 +262,35 @@ class CareerStream(IterableDataset):
         shards, stride = self._assignment(slot, slots, epoch)
         counter = 0
         for shard in shards:
-            url = storage.join(self.data_url, shard.path)
+            for data in self._members(storage.join(self.data_url, shard.path)):
+                if stride is None or counter % stride == slot:
+                    yield data
+                counter += 1
+
+    def _members(self, url: str) -> Iterator[bytes]:
+        """Block members of one shard; a connection lost mid-read is reopened and resumed."""
+        done = 0
+        for attempt in range(storage.RETRY_ATTEMPTS):
             stream = _open_shard(url, self.storage_options)
             try:
+                index = 0
                 for member in tar_file_iterator(stream):
                     if not member["fname"].endswith("." + MEMBER_SUFFIX):
                         continue
-                    if stride is None or counter % stride == slot:
+                    if index >= done:
                         yield member["data"]
-                    counter += 1
+                        done += 1
+                    index += 1
+                return
+            except storage.PERMANENT_ERRORS:
+                raise
+            except (OSError, tarfile.ReadError) as exc:
+                if attempt == storage.RETRY_ATTEMPTS - 1:
+                    raise
+                storage.log.warning(
+                    "shard %s: %s after %d blocks; reopening", storage.redact(url), exc, done
+                )
+                time.sleep(storage.RETRY_BASE_DELAY * 2**attempt)
             finally:
                 stream.close()
 
@@ -372,6 +399,8 @@ class CareerLoader:
             self.padding[0] += batch["padding_share"]
             self.padding[1] += 1
             yield batch
+        if not self.config.loop:  # a finished evaluation pass: the next one starts afresh
+            self.last, self.consumed = {}, 0
 
     @property
     def padding_share(self) -> float:
@@ -389,6 +418,10 @@ class CareerLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not self.config.loop:
+            raise ValueError(
+                "a one-pass (evaluation) loader has nothing to resume: it restarts from the beginning"
+            )
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"unsupported loader state format {state.get('format')!r}")
         if state["config"] != asdict(self.config) or state["num_workers"] != self.num_workers:

@@ -91,11 +91,15 @@ def test_round_trip_every_format(store, ray_address, fmt):
 
 @pytest.mark.slow
 def test_deterministic_across_runs_and_cpu_counts(tmp_path, ray_address):
-    spec = InputSpec(format="synth", preset="psid", people=1500, seed=1)
+    source = simulated("psid", 1500, 1)
+    write_career_code(source, str(tmp_path / "input"))
+    spec = InputSpec(
+        format="career-code", url=str(tmp_path / "input")
+    )  # ~10 blocks: ~10 read tasks
     shard_dataset(spec, str(tmp_path / "a"), "psid", SMALL)
     shard_dataset(spec, str(tmp_path / "b"), "psid", SMALL)
     one_cpu = subprocess.run(
-        [CAREER, "shard", "--format", "synth", "--sim-preset", "psid", "--people", "1500", "--seed", "1",
+        [CAREER, "shard", "--format", "career-code", "--input", str(tmp_path / "input"),
          "--out", str(tmp_path / "c"), "--name", "psid", "--people-per-block", "64", "--blocks-per-shard", "2",
          "--lines-per-block", "150", "--num-cpus", "1"],
         capture_output=True, text=True,
@@ -105,6 +109,7 @@ def test_deterministic_across_runs_and_cpu_counts(tmp_path, ray_address):
     assert a == b
     assert a == c  # 1 CPU and 2 CPUs give the same bytes
     assert "manifest.json" in a and not any(k.startswith("_staging") for k in a)
+    assert sum(k.endswith(".tar") for k in a) > 5
 
 
 @pytest.mark.slow
@@ -207,3 +212,84 @@ def test_fine_tuning_data_extends_the_pretraining_vocabulary(tmp_path, ray_addre
             SMALL,
             str(broken),
         )
+
+
+def test_rerunning_a_panel_dataset_is_a_no_op(tmp_path, ray_address):
+    write_panel(simulated("nlsy97", 200), str(tmp_path / "p.parquet"))
+    spec = InputSpec(format="panel", url=str(tmp_path / "p.parquet"))
+    first = shard_dataset(spec, str(tmp_path), "p", SMALL)
+    again = shard_dataset(spec, str(tmp_path), "p", SMALL)
+    assert again.already_complete and again.manifest.to_json() == first.manifest.to_json()
+    assert first.manifest.input["digest"]  # the input's content is part of the dataset's identity
+
+
+def test_overwrite_with_a_bad_input_keeps_the_old_dataset(tmp_path, ray_address):
+    (tmp_path / "train.job").write_text("a b\n")
+    (tmp_path / "train.year").write_text("2000 2001\n")
+    good = shard_dataset(
+        InputSpec(format="career-code", url=str(tmp_path)), str(tmp_path / "out"), "d", SMALL
+    )
+    (tmp_path / "train.job").write_bytes(b"a b\n" * 200 + b"\xff\xfe bad\n")
+    (tmp_path / "train.year").write_text("2000 2001\n" * 201)
+    with pytest.raises(StructuralError, match=r"train.job:201: not UTF-8"):
+        shard_dataset(InputSpec(format="career-code", url=str(tmp_path)), str(tmp_path / "out"), "d",
+                      ShardConfig(lines_per_block=50), overwrite=True)  # fmt: skip
+    assert load_manifest(good.dataset_url).to_json() == good.manifest.to_json()
+    assert not (Path(good.dataset_url) / "_staging").exists()
+
+
+def test_structural_error_inside_a_read_task_exits_2(tmp_path, ray_address, capsys):
+    (tmp_path / "train.job").write_bytes(b"a\n" * 40 + b"\xff\n")
+    (tmp_path / "train.year").write_text("2000\n" * 41)
+    code = main(["shard", "--format", "career-code", "--input", str(tmp_path), "--out", str(tmp_path / "out"),
+                 "--name", "x", "--lines-per-block", "10", "--ray-address", ray_address])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "train.job:41: not UTF-8" in err and "\x1b[" not in err
+    assert (
+        not (tmp_path / "out" / "x" / "_staging").exists()
+        and not (tmp_path / "out" / "x" / "manifest.json").exists()
+    )
+
+
+def test_credentials_in_urls_are_refused(tmp_path, capsys):
+    code = main(
+        [
+            "inspect",
+            "--input",
+            "s3://AKIAEXAMPLE:s3cr3tvalue@bucket/x.jsonl",
+            "--format",
+            "resume-jsonl",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "credentials inside a URL" in err
+    assert "s3cr3tvalue" not in err and "AKIAEXAMPLE" not in err
+
+
+def test_hash_collisions_are_not_taken_for_duplicates(ray_address):
+    import numpy as np
+    import ray
+
+    from data_shards.encode import FieldSet
+    from data_shards.shard import BlockSummary, find_duplicates
+
+    fields = FieldSet(False, False, False, (), False)
+
+    def summary(index, n):
+        hashes = {
+            "train": np.full(n, 42, dtype=np.uint64),
+            "valid": np.zeros(0, np.uint64),
+            "test": np.zeros(0, np.uint64),
+        }
+        return BlockSummary(
+            index, n, 0, [], {}, {"train": n, "valid": 0, "test": 0}, hashes, fields, False
+        )
+
+    tables = [
+        ray.put({"train": pa.table({"person_id": ["a", "b"]}), "valid": None, "test": None}),
+        ray.put({"train": pa.table({"person_id": ["c", "a"]}), "valid": None, "test": None}),
+    ]
+    drops = find_duplicates([summary(0, 2), summary(1, 2)], ray, tables)
+    assert {k: v.tolist() for k, v in drops.items()} == {
+        (1, "train"): [1]
+    }  # only the real repeat of "a"

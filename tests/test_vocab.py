@@ -5,7 +5,7 @@ import json
 
 import pyarrow as pa
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data_shards.vocab import (
@@ -82,6 +82,7 @@ def test_json_round_trip_and_tamper_check(tmp_path):
         Vocabulary.load(path)
 
 
+@settings(deadline=None)  # the first call pays numpy's warm-up
 @given(
     st.dictionaries(st.sampled_from("abcdefgh"), st.integers(1, 50), min_size=1),
     st.dictionaries(st.sampled_from("efghijkl"), st.integers(1, 50), min_size=1),

@@ -36,7 +36,9 @@ class ModelConfig:
     d_ff: int = 768
     dropout: float = 0.1
     two_stage: bool = True
-    word_dropout: float = 0.0  # > 0: the paper's mixture for rationalization (history positions hidden)
+    word_dropout: float = (
+        0.0  # > 0: the paper's mixture for rationalization (history positions hidden)
+    )
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -94,7 +96,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln_attn(x)).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, C/H)
+        q, k, v = (
+            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
+        )  # (B, H, T, C/H)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,
@@ -117,7 +121,10 @@ class Career(nn.Module):
         C = config.d_model
         self.job_embedding = nn.Embedding(config.vocab_sizes["job"], C, padding_idx=PAD_ID)
         self.covariate_embeddings = nn.ModuleDict(
-            {name: nn.Embedding(config.vocab_sizes[name], C, padding_idx=PAD_ID) for name in config.covariates}
+            {
+                name: nn.Embedding(config.vocab_sizes[name], C, padding_idx=PAD_ID)
+                for name in config.covariates
+            }
         )
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -183,7 +190,9 @@ class Career(nn.Module):
         return self.log_probs_from_logits(logits, stay, batch["inputs"])
 
     @staticmethod
-    def log_probs_from_logits(logits: torch.Tensor, stay: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor:
+    def log_probs_from_logits(
+        logits: torch.Tensor, stay: torch.Tensor | None, inputs: torch.Tensor
+    ) -> torch.Tensor:
         logits = _mask_specials(logits)
         plain = F.log_softmax(logits, dim=-1)
         if stay is None:

@@ -13,6 +13,7 @@ unparseable year, years out of order, an empty line) is quarantined with `file:l
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ class CareerCodeBlock:
     first_line: int
     count: int
     byte_ranges: tuple[tuple[str, int, int], ...]  # (field, start, stop)
+    digest: str = ""  # sha256 over the split's files: what the block was cut from
 
 
 def plan_career_code(url: str, lines_per_block: int, storage_options=None) -> list[CareerCodeBlock]:
@@ -103,10 +105,11 @@ def plan_career_code(url: str, lines_per_block: int, storage_options=None) -> li
                     line=line,
                 )
         ranges = {name: index.ranges() for name, index in indexes.items()}
+        digest = hashlib.sha256("".join(indexes[n].sha256 for n in names).encode()).hexdigest()
         for b, (first, _, _) in enumerate(ranges["job"]):
             count = min(lines_per_block, reference - first + 1)
             byte_ranges = tuple((name, ranges[name][b][1], ranges[name][b][2]) for name in names)
-            blocks.append(CareerCodeBlock(split, first, count, byte_ranges))
+            blocks.append(CareerCodeBlock(split, first, count, byte_ranges, digest))
     return blocks
 
 
@@ -115,12 +118,7 @@ def read_career_code_block(url: str, block: CareerCodeBlock, storage_options=Non
     data: dict[str, list[str]] = {}
     for name, start, stop in block.byte_ranges:
         file_url = storage.join(url, f"{block.split}.{name}")
-        try:
-            data[name] = read_line_range(file_url, start, stop, storage_options)
-        except UnicodeDecodeError:
-            raise StructuralError(
-                "not UTF-8 text", path=storage.redact(file_url), line=block.first_line
-            ) from None
+        data[name] = read_line_range(file_url, start, stop, storage_options, block.first_line)
         if len(data[name]) != block.count:
             raise StructuralError(
                 f"expected {block.count} lines from line {block.first_line} (file changed while reading?)",

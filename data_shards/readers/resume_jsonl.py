@@ -196,6 +196,7 @@ class JsonlBlock:
     first_line: int
     start: int
     stop: int
+    digest: str = ""  # sha256 of the whole file
 
 
 def plan_resume_jsonl(url: str, lines_per_block: int, storage_options=None) -> list[JsonlBlock]:
@@ -204,7 +205,7 @@ def plan_resume_jsonl(url: str, lines_per_block: int, storage_options=None) -> l
     if not fs.exists(path) or fs.isdir(path):
         raise StructuralError("file not found", path=storage.redact(url))
     index = index_lines(url, lines_per_block, storage_options)
-    return [JsonlBlock(first, start, stop) for first, start, stop in index.ranges()]
+    return [JsonlBlock(first, start, stop, index.sha256) for first, start, stop in index.ranges()]
 
 
 def read_resume_block(
@@ -212,10 +213,7 @@ def read_resume_block(
 ) -> ReadResult:
     """Read and convert the resumes of one block; blank lines are not people."""
     shown = storage.redact(url)
-    try:
-        lines = read_line_range(url, block.start, block.stop, storage_options)
-    except UnicodeDecodeError:
-        raise StructuralError("not UTF-8 text", path=shown, line=block.first_line) from None
+    lines = read_line_range(url, block.start, block.stop, storage_options, block.first_line)
     quarantine = Quarantine()
     builder = RecordBuilder()
     seen: set[str] = set()
