@@ -1,0 +1,173 @@
+"""Typed training configuration: recipes (the paper's), presets, dotted overrides, resolution.
+
+`TrainConfig` composes the model architecture (a preset plus overrides), the optimisation recipe,
+batching and the run's bookkeeping. `resolve()` fills what depends on the run (warmup of short
+runs, precision on CPU vs GPU) and says so in `notes`; `--dry-run` prints the resolved config.
+Overrides are `key=value` with dotted keys: `optim.lr=1e-4 model.n_layer=4 updates=200`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.model import PRESETS, ModelConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with an inverse-square-root schedule and linear warmup from `warmup_init_lr`."""
+
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    warmup_updates: int = 4000
+    warmup_init_lr: float = 1e-7
+    grad_clip: float = 0.0  # 0: none (the paper clips nothing)
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.lr <= 0 or self.warmup_updates < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be positive; warmup_updates and grad_clip non-negative")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "paper"
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's architecture
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    updates: int = 85_000
+    tokens_per_update: int = 16_000  # job-year tokens per update over all workers, padding excluded
+    micro_batches: int = 1  # gradient accumulation steps per update
+    zero_stage: int = 2
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32 / bf16 / fp16
+    seed: int = 0
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3  # most recent ones kept, besides the best
+    log_every: int = 10
+    loader_workers: int = 1
+    cpu_threads: int = 0  # torch threads per worker on CPU; 0: cores / workers
+    patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
+    warmup_fraction_short_runs: float = (
+        0.1  # runs shorter than 10x the warmup warm up this fraction
+    )
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.optim, dict):
+            self.optim = OptimConfig(**self.optim)
+        if self.preset not in PRESETS:
+            raise ValueError(
+                f"unknown model preset {self.preset!r}; choose from {', '.join(PRESETS)}"
+            )
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, not {self.zero_stage}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        for name in (
+            "updates",
+            "tokens_per_update",
+            "micro_batches",
+            "eval_every",
+            "checkpoint_every",
+            "log_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["optim"]["betas"] = list(self.optim.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> TrainConfig:
+        return cls(**{**payload, "optim": OptimConfig(**payload.get("optim", {}))})
+
+    def resolve(self, world_size: int, on_gpu: bool) -> TrainConfig:
+        """A copy with run-dependent values decided and explained in `notes`."""
+        resolved = TrainConfig.from_dict(json.loads(json.dumps(self.to_dict())))
+        resolved.notes = list(self.notes)
+        if resolved.precision == "auto":
+            resolved.precision = "bf16" if on_gpu else "fp32"
+            resolved.notes.append(
+                f"precision auto -> {resolved.precision} ({'GPU' if on_gpu else 'CPU'})"
+            )
+        warmup = resolved.optim.warmup_updates
+        if warmup * 10 > resolved.updates:
+            short = max(1, int(resolved.updates * resolved.warmup_fraction_short_runs))
+            resolved.notes.append(
+                f"short run: warmup {warmup} -> {short} updates "
+                f"({resolved.warmup_fraction_short_runs:.0%} of {resolved.updates})"
+            )
+            resolved.optim.warmup_updates = short
+        if resolved.tokens_per_update < world_size * resolved.micro_batches:
+            raise ValueError("tokens_per_update is smaller than workers x micro_batches")
+        resolved.notes.append(
+            f"{world_size} worker(s) x {resolved.micro_batches} micro-batch(es): "
+            f"{resolved.tokens_per_update // (world_size * resolved.micro_batches):,} tokens per micro-batch"
+        )
+        return resolved
+
+
+#: The paper's recipes (DOMAIN.md).
+RECIPES: dict[str, dict[str, Any]] = {
+    "pretrain": {"optim": {"lr": 5e-4, "warmup_updates": 4000}, "updates": 85_000},
+    "finetune": {"optim": {"lr": 1e-4, "warmup_updates": 500}, "updates": 5_000, "patience": 5},
+}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string
+
+
+def apply_overrides(payload: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides to a config dict; unknown keys are errors."""
+    payload = json.loads(json.dumps(payload))
+    known_model_names = {f.name for f in dataclasses.fields(ModelConfig)}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        value = _parse_value(text.strip())
+        if parts[0] == "model":
+            if len(parts) != 2 or parts[1] not in known_model_names or parts[1] == "vocab_sizes":
+                raise ValueError(f"unknown model setting {key!r}")
+            payload.setdefault("model", {})[parts[1]] = value
+            continue
+        target = payload
+        for part in parts[:-1]:
+            if part not in target or not isinstance(target[part], dict):
+                raise ValueError(f"unknown setting {key!r}")
+            target = target[part]
+        if parts[-1] not in target:
+            raise ValueError(f"unknown setting {key!r}")
+        target[parts[-1]] = value
+    return payload
+
+
+def make_config(
+    recipe: str, preset: str | None = None, overrides: list[str] | None = None, **fields: Any
+) -> TrainConfig:
+    """The recipe's config, then `fields` (from CLI flags), then dotted overrides."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}")
+    payload = TrainConfig().to_dict()
+    for key, value in RECIPES[recipe].items():
+        if isinstance(value, dict):
+            payload[key].update(value)
+        else:
+            payload[key] = value
+    if preset:
+        payload["preset"] = preset
+    payload.update({k: v for k, v in fields.items() if v is not None})
+    return TrainConfig.from_dict(apply_overrides(payload, overrides or []))

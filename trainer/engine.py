@@ -1,0 +1,99 @@
+"""The only DeepSpeed import: DeepSpeed config from the typed config, and `deepspeed.initialize`.
+
+The loss the engine back-propagates is scaled so that DeepSpeed's averaging (over ranks, and over
+gradient-accumulation steps) yields the NLL summed over every real job-year of the update divided
+by the all-reduced token count of the update: the recipe does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.config import TrainConfig
+from trainer.schedule import inverse_sqrt
+
+
+def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
+    """DeepSpeed's JSON config. Batches are token budgets, so its 'batch size' is one nominal
+    micro-batch per rank per accumulation step; `train_batch_size` is derived and checked."""
+    if world_size < 1:
+        raise ValueError("world_size must be at least 1")
+    micro = 1
+    train_batch_size = micro * config.micro_batches * world_size
+    ds: dict[str, Any] = {
+        "train_batch_size": train_batch_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": config.micro_batches,
+        "zero_optimization": {"stage": config.zero_stage},
+        "steps_per_print": 10**9,  # our own logging
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+    if config.optim.grad_clip > 0:
+        ds["gradient_clipping"] = config.optim.grad_clip
+    if config.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif config.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "initial_scale_power": 16, "loss_scale_window": 1000}
+    elif config.precision != "fp32":
+        raise ValueError(
+            f"unresolved precision {config.precision!r}: call TrainConfig.resolve first"
+        )
+    return ds
+
+
+def initialize(model: nn.Module, config: TrainConfig, world_size: int):
+    """Wrap `model` in a DeepSpeed engine with AdamW and the inverse-sqrt schedule."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
+    ]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.optim.lr,
+        betas=config.optim.betas,
+        eps=config.optim.eps,
+    )
+    scheduler = inverse_sqrt(optimizer, config.optim)
+    ds_config = deepspeed_config(config, world_size)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=ds_config,
+        dist_init_required=False,
+    )
+    if engine.train_batch_size() != ds_config["train_batch_size"]:
+        raise ValueError(
+            f"DeepSpeed derived train_batch_size {engine.train_batch_size()}, expected {ds_config['train_batch_size']}"
+        )
+    return engine, optimizer, scheduler
+
+
+def init_distributed(backend: str | None = None) -> None:
+    """Join (or create) the process group: gloo on CPU, nccl on GPU. Reuses Ray Train's group."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    deepspeed.init_distributed(
+        dist_backend=backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    )
+
+
+def consolidated_state_dict(checkpoint_dir: str, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights from a DeepSpeed checkpoint of any ZeRO stage."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)

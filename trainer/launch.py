@@ -1,0 +1,114 @@
+"""Launchers: Ray Train (clusters and the local default) and torchrun/deepspeed (one node).
+
+Both run `trainer.loop.train` on every worker with torch.distributed initialised (gloo on CPU,
+NCCL on GPU). Configuration travels as plain dicts in `train_loop_config`, never through globals.
+
+    torchrun --nproc_per_node 2 -m trainer.launch --data D --out O --config-json '{...}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from typing import Any
+
+from trainer.config import TrainConfig
+
+
+def _worker(payload: dict[str, Any]) -> dict[str, Any]:
+    """Body of every worker: join the process group, train, leave cleanly."""
+    import torch.distributed as dist
+
+    from trainer import engine
+    from trainer.loop import train
+
+    if not __import__("torch").cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    engine.init_distributed()
+    try:
+        metrics = train(
+            TrainConfig.from_dict(payload["config"]),
+            payload["data"],
+            payload["out"],
+            base_package=payload.get("base"),
+            storage_options=payload.get("storage_options"),
+            stop_after=payload.get("stop_after", 0),
+        )
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+    return metrics
+
+
+def _ray_worker(payload: dict[str, Any]) -> None:
+    import ray.train
+
+    metrics = _worker(payload)
+    if ray.train.get_context().get_world_rank() == 0:
+        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, int | float | str)})
+
+
+def ray_train(
+    config: TrainConfig,
+    data: str,
+    out: str,
+    workers: int = 2,
+    gpus_per_worker: float = 0,
+    base: str | None = None,
+    storage_options: dict | None = None,
+    stop_after: int = 0,
+) -> None:
+    """Run the loop on `workers` Ray Train workers (the Ray instance this process is connected to)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = gpus_per_worker > 0
+    payload = {"config": config.to_dict(), "data": data, "out": out, "base": base,
+               "storage_options": storage_options, "stop_after": stop_after}  # fmt: skip
+    env = {"DS_ACCELERATOR": "cpu"} if not use_gpu else {}
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config=payload,
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"GPU": gpus_per_worker} if use_gpu else {"CPU": 1},
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            storage_path=tempfile.mkdtemp(prefix="career-raytrain-"), name="career"
+        ),
+    )
+    os.environ.update(env)
+    trainer.fit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="one training worker (run under torchrun or deepspeed)"
+    )
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--config-json", required=True, help="a resolved TrainConfig as JSON")
+    parser.add_argument("--base", default=None, help="model package to fine-tune")
+    parser.add_argument("--storage-options", default=None, help="fsspec options as JSON")
+    parser.add_argument(
+        "--stop-after", type=int, default=0, help="stop (with a checkpoint) after this update"
+    )
+    args = parser.parse_args()
+    payload = {
+        "config": json.loads(args.config_json), "data": args.data, "out": args.out, "base": args.base,
+        "storage_options": json.loads(args.storage_options) if args.storage_options else None,
+        "stop_after": args.stop_after,
+    }  # fmt: skip
+    _worker(payload)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Rank-aware logging: TensorBoard scalars and a progress bar on rank 0, warnings from every rank.
+
+Nothing is printed once per rank per step: rank 0 owns the progress bar (tokens/s, ETA) and the
+TensorBoard writer (`OUT/tb`, staged locally and uploaded for remote outputs).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from data_shards import storage
+
+log = logging.getLogger("career.trainer")
+
+#: Peak dense bf16 FLOP/s of accelerators we know, for MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "V100": 125e12}
+
+
+def flops_per_token(model) -> float:
+    """Training FLOPs per job-year token: 6 x parameters + attention (nanoGPT's estimate)."""
+    cfg = model.config
+    return 6 * model.num_parameters() + 12 * cfg.n_layer * cfg.d_model * 64
+
+
+class Monitor:
+    def __init__(self, out_url: str, rank: int, config, model, storage_options=None):
+        self.rank = rank
+        self.config = config
+        self.flops = flops_per_token(model)
+        self.storage_options = storage_options
+        self.out_url = out_url
+        self.writer = None
+        self.progress = None
+        self.task = None
+        self.tokens = 0.0
+        if rank == 0:
+            from tensorboardX import SummaryWriter
+
+            remote = "://" in out_url and not out_url.startswith("file://")
+            self.tb_local = (
+                tempfile.mkdtemp(prefix="career-tb-")
+                if remote
+                else storage.join(out_url, "tb").removeprefix("file://")
+            )
+            self.writer = SummaryWriter(self.tb_local)
+            self.peak = None
+            if torch.cuda.is_available():
+                name = torch.cuda.get_device_name()
+                self.peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+    def print0(self, message: str) -> None:
+        if self.rank == 0:
+            Console(stderr=True).print(message)
+
+    def start(self, step: int, total: int) -> None:
+        if self.rank != 0:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
+        )  # fmt: skip
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total, completed=step, detail="")
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(name, value, step)
+
+    def update(self, step: int, loss: float, tokens: float, engine, elapsed: float) -> None:
+        self.tokens += tokens
+        if self.rank != 0:
+            return
+        rate = self.tokens / max(elapsed, 1e-9)
+        if step % self.config.log_every == 0 or step == 1:
+            self.scalar("train/loss", loss, step)
+            self.scalar("train/perplexity", math.exp(min(loss, 50)), step)
+            self.scalar("train/lr", engine.get_lr()[0], step)
+            norm = engine.get_global_grad_norm()
+            if norm is not None:
+                self.scalar("train/grad_norm", float(norm), step)
+            self.scalar("train/tokens_per_second", rate, step)
+            if self.peak:
+                self.scalar("train/mfu", rate * self.flops / self.peak, step)
+        if self.progress is not None:
+            self.progress.update(
+                self.task, completed=step, detail=f"loss {loss:.3f}  {rate:,.0f} tokens/s"
+            )
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        if self.writer is not None:
+            self.writer.close()
+            if "://" in self.out_url and not self.out_url.startswith("file://"):
+                for path in Path(self.tb_local).rglob("*"):
+                    if path.is_file():
+                        target = storage.join(
+                            self.out_url, "tb", path.relative_to(self.tb_local).as_posix()
+                        )
+                        storage.write_bytes_atomic(target, path.read_bytes(), self.storage_options)
+            self.writer = None
