@@ -243,6 +243,122 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain CAREER on a dataset with DeepSpeed ZeRO (Ray Train workers by default)."""
+    from cluster.train_job import run_training
+
+    return run_training("pretrain", args)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a model package on a dataset whose vocabulary extends the package's."""
+    from cluster.train_job import run_training
+
+    return run_training("finetune", args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Consolidate a training run's checkpoint (any ZeRO stage) into a model package."""
+    from cluster.train_job import run_export
+
+    return run_export(args)
+
+
+def training_options(recipe: str) -> argparse.ArgumentParser:
+    """Flags shared by pretrain and finetune; anything else is a dotted override (key=value)."""
+    from trainer.model import PRESETS
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--data", required=True, metavar="URL", help="dataset folder (made by career shard)"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="URL",
+        help="run folder: checkpoints/, package/, tb/, metrics.json",
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="architecture (default paper; finetune: the package's)")  # fmt: skip
+    parser.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=(0, 1, 2, 3),
+        default=None,
+        help="DeepSpeed ZeRO stage (default 2)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, metavar="N", help="training workers (default 2)"
+    )
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0,
+        metavar="G",
+        help="GPUs per worker (default 0: CPU, gloo)",
+    )
+    parser.add_argument("--updates", type=int, default=None, metavar="N",
+                        help="optimizer updates (default: the recipe's, " + ("85000" if recipe == "pretrain" else "5000") + ")")  # fmt: skip
+    parser.add_argument(
+        "--tokens-per-update",
+        type=int,
+        default=None,
+        metavar="N",
+        help="job-year tokens per update (default 16000)",
+    )
+    parser.add_argument(
+        "--micro-batches",
+        type=int,
+        default=None,
+        metavar="N",
+        help="gradient accumulation steps (default 1)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default=None,
+        help="default auto: bf16 on GPU, fp32 on CPU",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="updates between validations (default 1000)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="updates between checkpoints (default 1000)",
+    )
+    parser.add_argument("--launcher", choices=("ray", "torchrun"), default="ray",
+                        help="Ray Train workers (default; local Ray unless --ray-address) or torchrun on this node")  # fmt: skip
+    parser.add_argument(
+        "--ray-address", default=None, metavar="ADDR", help="Ray cluster to train on"
+    )
+    parser.add_argument(
+        "--num-cpus", type=int, default=None, metavar="N", help="CPUs of the local Ray instance"
+    )
+    parser.add_argument("--stop-after", type=int, default=0, metavar="N",
+                        help="stop after update N with a checkpoint (rerun the same command to resume)")  # fmt: skip
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config and DeepSpeed config, then exit",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. optim.lr=1e-4 model.dropout=0.2",
+    )
+    _storage_flag(parser)
+    return parser
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the whole pipeline on the embedded default (simulated data, local folder)."""
     from cluster.pipeline import run_local
@@ -385,6 +501,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPUs of the local Ray instance (default: all)",
     )
 
+    pretrain = sub.add_parser("pretrain", parents=[training_options("pretrain")],
+                              help="pretrain CAREER with DeepSpeed ZeRO", description=cmd_pretrain.__doc__)  # fmt: skip
+    del pretrain
+    finetune = sub.add_parser("finetune", parents=[training_options("finetune")],
+                              help="fine-tune a model package on a survey dataset", description=cmd_finetune.__doc__)  # fmt: skip
+    finetune.add_argument(
+        "--base", required=True, metavar="URL", help="model package to start from"
+    )
+    export = sub.add_parser(
+        "export",
+        help="consolidate a checkpoint into a model package",
+        description=cmd_export.__doc__,
+    )
+    export.add_argument(
+        "--run", required=True, metavar="URL", help="the training run's --out folder"
+    )
+    export.add_argument(
+        "--tag",
+        default=None,
+        help="checkpoint tag, e.g. step0001000 (default: the best, else the latest)",
+    )
+    export.add_argument(
+        "--package",
+        default=None,
+        metavar="URL",
+        help="where to write the package (default RUN/package)",
+    )
+    _storage_flag(export)
+
     inspect = sub.add_parser("inspect", parents=[input_options()], help="summarise an input corpus before training",
                              description=cmd_inspect.__doc__)  # fmt: skip
     inspect.add_argument(
@@ -403,6 +548,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "synth": cmd_synth,
     "shard": cmd_shard,
+    "pretrain": cmd_pretrain,
+    "finetune": cmd_finetune,
+    "export": cmd_export,
     "inspect": cmd_inspect,
 }
 

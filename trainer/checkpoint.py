@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from data_shards import storage
+from data_shards.errors import StructuralError
 
 
 def tag_of(step: int) -> str:
@@ -59,6 +60,23 @@ class CheckpointStore:
         storage.write_bytes_atomic(
             storage.join(self.url, "best.json"), json.dumps(payload).encode(), self.storage_options
         )
+
+    def write_sidecar(self, tag: str, payload: dict, vocab) -> None:
+        """`career.json` (model config, dataset, metrics) and the vocabulary, beside the tag's files."""
+        folder = Path(self.local) / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "career.json").write_text(
+            json.dumps(payload, indent=1, sort_keys=True, default=str)
+        )
+        (folder / "vocab.json").write_text(vocab.to_json())
+
+    def read_sidecar(self, tag: str) -> dict:
+        url = storage.join(self.url, tag, "career.json")
+        if not storage.exists(url, self.storage_options):
+            raise StructuralError(
+                f"checkpoint {tag} is incomplete (no career.json)", path=storage.redact(self.url)
+            )
+        return json.loads(storage.read_text(url, self.storage_options))
 
     # -- files ----------------------------------------------------------------------------------
     def upload(self, tag: str) -> None:

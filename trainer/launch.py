@@ -43,11 +43,9 @@ def _worker(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ray_worker(payload: dict[str, Any]) -> None:
-    import ray.train
-
-    metrics = _worker(payload)
-    if ray.train.get_context().get_world_rank() == 0:
-        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, int | float | str)})
+    # No ray.train.report: in Ray Train V2 it is a collective, and the run's metrics and
+    # checkpoints already live under --out (metrics.json, checkpoints/).
+    _worker(payload)
 
 
 def ray_train(

@@ -234,6 +234,12 @@ def train(
         }  # fmt: skip
         tag = tag_of(tag_step)
         engine.save_checkpoint(checkpoints.local, tag=tag, client_state=client, save_latest=False)
+        if info.rank == 0:  # what `career export` needs, readable without unpickling anything
+            checkpoints.write_sidecar(tag, {
+                "model_config": model.config.to_dict(), "vocab_hash": vocab.hash, "dataset": storage.redact(data_url),
+                "dataset_manifest_sha256": manifest_sha, "step": tag_step, "tokens_seen": tokens_seen,
+                "valid_perplexity": valid_ppl, "config": config.to_dict(),
+            }, vocab)  # fmt: skip
         dist.barrier()
         if info.local_rank == 0:
             checkpoints.upload(tag)

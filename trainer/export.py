@@ -1,0 +1,48 @@
+"""`career export`: a training run's checkpoint -> a model package, without training.
+
+Uses DeepSpeed's consolidation (any ZeRO stage) and the `career.json` + `vocab.json` written
+beside every checkpoint; the result is what `trainer.load_model` opens.
+"""
+
+from __future__ import annotations
+
+from data_shards import storage
+from data_shards.errors import StructuralError
+from data_shards.vocab import Vocabulary
+from trainer import engine as ds_engine
+from trainer.checkpoint import CheckpointStore
+from trainer.model import ModelConfig
+from trainer.package import write_package
+
+
+def export_run(
+    run_url: str, tag: str | None = None, package_url: str | None = None, storage_options=None
+) -> str:
+    """Export `tag` (default: the best checkpoint, else the latest) of the run at `run_url`."""
+    store = CheckpointStore(run_url, storage_options)
+    tag = tag or (store.best() or {}).get("tag") or store.latest()
+    if not tag:
+        raise StructuralError("no checkpoint found", path=storage.redact(store.url))
+    sidecar = store.read_sidecar(tag)
+    vocab = Vocabulary.load(storage.join(store.url, tag, "vocab.json"), storage_options)
+    if vocab.hash != sidecar["vocab_hash"]:
+        raise StructuralError(
+            f"checkpoint {tag}: vocab.json does not match career.json",
+            path=storage.redact(store.url),
+        )
+    store.download(tag)
+    try:
+        state = ds_engine.consolidated_state_dict(store.local, tag)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
+        raise StructuralError(
+            f"checkpoint {tag} is corrupt or incomplete: {exc}", path=storage.redact(store.url)
+        ) from None
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    config = sidecar["model_config"]
+    model_config = ModelConfig(**{**config, "covariates": tuple(config["covariates"])})
+    metrics = {"valid_perplexity": sidecar.get("valid_perplexity"), "step": sidecar["step"],
+               "tokens_seen": sidecar.get("tokens_seen")}  # fmt: skip
+    target = package_url or storage.join(run_url, "package")
+    write_package(target, state, model_config, vocab, metrics, sidecar["dataset_manifest_sha256"],
+                  {"checkpoint": tag}, storage_options)  # fmt: skip
+    return target
