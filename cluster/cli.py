@@ -564,7 +564,16 @@ def _safe(exc: BaseException, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # key=value overrides may sit anywhere among the flags of the training commands
+        if getattr(args, "overrides", None) is not None and all(
+            "=" in t and not t.startswith("-") for t in extra
+        ):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except (StructuralError, ValueError, OSError, ImportError) as exc:

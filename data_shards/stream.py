@@ -390,6 +390,9 @@ class CareerLoader:
             collate_fn=_identity,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
             persistent_workers=False,
+            # Our own seeds drive all randomness; a private generator keeps DataLoader from
+            # drawing from the global torch RNG, which training restores exactly on resume.
+            generator=torch.Generator().manual_seed(0),
         )
         for batch in loader:
             batch = to_tensors(batch)

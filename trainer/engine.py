@@ -8,6 +8,7 @@ by the all-reduced token count of the update: the recipe does not depend on the 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,7 +94,17 @@ def init_distributed(backend: str | None = None) -> None:
 
 
 def consolidated_state_dict(checkpoint_dir: str, tag: str) -> dict[str, torch.Tensor]:
-    """fp32 weights from a DeepSpeed checkpoint of any ZeRO stage."""
+    """fp32 weights from a DeepSpeed checkpoint of any ZeRO stage.
+
+    Stages 1-3 partition the fp32 master weights across ranks: DeepSpeed's zero_to_fp32 joins
+    them. Stage 0 keeps whole weights in the model-states file, read with weights_only=True.
+    """
+    folder = Path(checkpoint_dir) / tag
+    if not any(folder.glob("*optim_states.pt")):
+        states = torch.load(
+            folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True
+        )
+        return {k: v.float() for k, v in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)

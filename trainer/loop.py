@@ -256,9 +256,12 @@ def train(
     iterator = iter(loader)
     stale = 0
     last_valid = None
+    history: list[list[float]] = []
     last_saved = step if resume_tag else -1
     monitor.start(step, config.updates)
+    train_seconds = 0.0  # time in updates only (no evaluation, no checkpoints): for throughput
     while step < config.updates:
+        update_start = time.perf_counter()
         micro = [next(iterator) for _ in range(config.micro_batches)]
         local_tokens = sum(int(b["lengths"].sum()) for b in micro)
         (global_tokens,) = _sum([local_tokens], info.device)
@@ -272,6 +275,7 @@ def train(
         step += 1
         tokens_seen += global_tokens
         (nll_global,) = _sum([nll_local], info.device)
+        train_seconds += time.perf_counter() - update_start
         monitor.update(
             step, nll_global / global_tokens, global_tokens, engine, time.perf_counter() - start
         )
@@ -284,6 +288,7 @@ def train(
             improved = best is None or valid_ppl < best["valid_perplexity"]
             stale = 0 if improved else stale + 1
             last_valid = valid_ppl
+            history.append([step, valid_ppl])
         stopping = stop_after and step >= stop_after
         early = config.patience and stale >= config.patience
         if (
@@ -309,9 +314,12 @@ def train(
         "final_valid_perplexity": last_valid,
         "best_valid_perplexity": best["valid_perplexity"],
         "best_step": best["step"],
+        "valid_history": history,
         "updates": step,
         "tokens_seen": tokens_seen,
         "wall_seconds": round(wall, 3),
+        "train_seconds": round(train_seconds, 3),
+        "tokens_per_second": round(tokens_seen / train_seconds, 1) if train_seconds else None,
         "world_size": info.world_size,
         "config": config.to_dict(),
         **({"finetune": adapt} if adapt else {}),
