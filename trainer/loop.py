@@ -259,7 +259,8 @@ def train(
     history: list[list[float]] = []
     last_saved = step if resume_tag else -1
     monitor.start(step, config.updates)
-    train_seconds = 0.0  # time in updates only (no evaluation, no checkpoints): for throughput
+    train_seconds = timed_tokens = 0.0  # updates only (no evaluation, no checkpoints): throughput
+    first_step = step
     while step < config.updates:
         update_start = time.perf_counter()
         micro = [next(iterator) for _ in range(config.micro_batches)]
@@ -275,7 +276,9 @@ def train(
         step += 1
         tokens_seen += global_tokens
         (nll_global,) = _sum([nll_local], info.device)
-        train_seconds += time.perf_counter() - update_start
+        if step > first_step + 1:  # the run's first update pays one-off set-up: not throughput
+            train_seconds += time.perf_counter() - update_start
+            timed_tokens += global_tokens
         monitor.update(
             step, nll_global / global_tokens, global_tokens, engine, time.perf_counter() - start
         )
@@ -319,7 +322,7 @@ def train(
         "tokens_seen": tokens_seen,
         "wall_seconds": round(wall, 3),
         "train_seconds": round(train_seconds, 3),
-        "tokens_per_second": round(tokens_seen / train_seconds, 1) if train_seconds else None,
+        "tokens_per_second": round(timed_tokens / train_seconds, 1) if train_seconds else None,
         "world_size": info.world_size,
         "config": config.to_dict(),
         **({"finetune": adapt} if adapt else {}),
