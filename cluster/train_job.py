@@ -16,9 +16,42 @@ from data_shards.vocab import Vocabulary
 from trainer.config import TrainConfig, make_config
 
 
-def check_inputs(data: str, base: str | None, storage_options) -> None:
-    """Refuse before launching anything: no manifest, or a vocabulary the package cannot extend to."""
+def check_checkpoint(out: str, storage_options) -> None:
+    """A run folder being resumed must hold a complete, readable latest checkpoint."""
+    import zipfile
+
+    from trainer.checkpoint import CheckpointStore
+
+    store = CheckpointStore(out, storage_options)
+    tag = store.latest()
+    if tag is None:
+        return
+    shown = storage.redact(storage.join(store.url, tag))
+    store.read_sidecar(tag)
+    fs, root = storage.filesystem(storage.join(store.url, tag), storage_options)
+    files = fs.ls(root, detail=False) if fs.exists(root) else []
+    states = [f for f in files if f.endswith(".pt")]
+    if not any(f.endswith("mp_rank_00_model_states.pt") for f in states):
+        raise StructuralError(
+            "checkpoint is incomplete: no model states; remove it or use another --out", path=shown
+        )
+    for path in states:
+        ok = (
+            fs.size(path) > 0 if store.remote else zipfile.is_zipfile(path)
+        )  # torch.save writes zips
+        if not ok:
+            raise StructuralError(
+                f"checkpoint is corrupt: {path.rsplit('/', 1)[-1]} is truncated or damaged",
+                path=shown,
+            )
+
+
+def check_inputs(data: str, base: str | None, storage_options, out: str | None = None) -> None:
+    """Refuse before launching anything: no manifest, a vocabulary the package cannot extend to,
+    or a corrupt checkpoint to resume from."""
     load_manifest(data, storage_options)
+    if out:
+        check_checkpoint(out, storage_options)
     if base:
         from trainer.package import load_model
 
@@ -108,7 +141,7 @@ def run_training(recipe: str, args) -> int:
             )
         )
         return 0
-    check_inputs(args.data, base, args.storage_options)
+    check_inputs(args.data, base, args.storage_options, args.out)
     config.resolve(args.workers, args.gpus_per_worker > 0)  # config errors surface before launching
     metrics = launch(config, args, base)
     if "stopped_at" in metrics:
