@@ -368,6 +368,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         resume_people=args.resume_people,
         survey_people=args.survey_people,
         seed=args.seed,
+        num_cpus=args.num_cpus,
+        train_updates=args.train_updates,
     )
     return 0
 
@@ -402,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="people per simulated survey (default 2000)",
     )
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument(
+        "--train-updates",
+        type=int,
+        default=60,
+        metavar="N",
+        help="updates of the pretraining and fine-tuning demo (default 60; 0 skips training)",
+    )
     run.add_argument(
         "--num-cpus",
         type=int,

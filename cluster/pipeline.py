@@ -7,7 +7,9 @@ So far:
 3. shard each with the Ray sharding job into `OUT/datasets/NAME/` (the surveys extend the
    resume vocabulary, as fine-tuning data must);
 4. stream each dataset's validation split through the loader;
-and print what happened. Pretraining, fine-tuning and evaluation join here as they land.
+5. pretrain a small CAREER model on the resumes (DeepSpeed ZeRO-1 on 2 Ray Train workers) and
+   fine-tune it on NLSY79, against the oracle and an order-1 Markov model;
+and print what happened. Evaluation reports join here as they land.
 """
 
 from __future__ import annotations

@@ -132,7 +132,8 @@ def test_quarantine_out_is_written(tmp_path, capsys):
 
 def test_career_run_end_to_end(tmp_path):
     proc = subprocess.run(
-        [CAREER, "run", "--out", str(tmp_path / "run"), "--resume-people", "3000", "--survey-people", "500"],
+        [CAREER, "run", "--out", str(tmp_path / "run"), "--resume-people", "3000", "--survey-people", "500",
+         "--train-updates", "4"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -147,6 +148,10 @@ def test_career_run_end_to_end(tmp_path):
         vocab = json.loads((tmp_path / "run" / "datasets" / survey / "vocab.json").read_text())
         assert vocab["parent_hash"] == resumes["hash"]
         assert vocab["fields"]["job"][: len(resumes["fields"]["job"])] == resumes["fields"]["job"]
+    for run in ("pretrain", "finetune"):
+        metrics = json.loads((tmp_path / "run" / "runs" / run / "metrics.json").read_text())
+        assert metrics["updates"] == 4 and (tmp_path / "run" / "runs" / run / "package" / "model.safetensors").exists()
+    assert "fine-tuned" in proc.stdout
 
 
 def test_quarantine_out_into_a_folder_fails_cleanly(tmp_path):
