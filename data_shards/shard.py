@@ -463,7 +463,6 @@ def shard_dataset(
     manifest = _commit(
         dataset_url,
         name,
-        spec,
         config,
         identity,
         vocab,
@@ -536,7 +535,6 @@ def _reusable_shards(
 def _commit(
     dataset_url,
     name,
-    spec,
     config,
     identity,
     vocab,

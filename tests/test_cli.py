@@ -150,7 +150,10 @@ def test_career_run_end_to_end(tmp_path):
         assert vocab["fields"]["job"][: len(resumes["fields"]["job"])] == resumes["fields"]["job"]
     for run in ("pretrain", "finetune"):
         metrics = json.loads((tmp_path / "run" / "runs" / run / "metrics.json").read_text())
-        assert metrics["updates"] == 4 and (tmp_path / "run" / "runs" / run / "package" / "model.safetensors").exists()
+        assert (
+            metrics["updates"] == 4
+            and (tmp_path / "run" / "runs" / run / "package" / "model.safetensors").exists()
+        )
     assert "fine-tuned" in proc.stdout
 
 

@@ -27,18 +27,17 @@ def _worker(payload: dict[str, Any]) -> dict[str, Any]:
     if not __import__("torch").cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     engine.init_distributed()
-    try:
-        metrics = train(
-            TrainConfig.from_dict(payload["config"]),
-            payload["data"],
-            payload["out"],
-            base_package=payload.get("base"),
-            storage_options=payload.get("storage_options"),
-            stop_after=payload.get("stop_after", 0),
-        )
-    finally:
-        if dist.is_initialized():
-            dist.barrier()
+    # No barrier in a `finally`: a rank that fails must not wait for the others forever. Its
+    # exception ends this worker and the launcher (torchrun or Ray Train) stops the rest.
+    metrics = train(
+        TrainConfig.from_dict(payload["config"]),
+        payload["data"],
+        payload["out"],
+        base_package=payload.get("base"),
+        storage_options=payload.get("storage_options"),
+        stop_after=payload.get("stop_after", 0),
+    )
+    dist.barrier()
     return metrics
 
 

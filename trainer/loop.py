@@ -328,7 +328,6 @@ def train(
         **({"finetune": adapt} if adapt else {}),
     }
     export(
-        engine,
         checkpoints,
         best["tag"],
         model.config,
@@ -344,7 +343,6 @@ def train(
 
 
 def export(
-    engine,
     checkpoints: CheckpointStore,
     tag: str,
     model_config,
