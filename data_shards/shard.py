@@ -394,8 +394,8 @@ def shard_dataset(
                 people += summary.people_read
                 progress("read", len(done_summaries), len(blocks), people)
     except ray.exceptions.RayTaskError as exc:
-        for ref in pending:
-            ray.cancel(ref)
+        # The other read tasks are left to finish (they are short); cancelling them raced with
+        # their completion and could take the driver down.
         cause = getattr(exc, "cause", None)
         if isinstance(cause, StructuralError):  # e.g. text that is not UTF-8, found while reading
             storage.remove_tree(staging, options)
