@@ -156,18 +156,9 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = 
     Locally: write a sibling temporary file, then rename. Object stores make a single PUT atomic.
     """
     fs, path = filesystem(url, storage_options)
-    parent = posixpath.dirname(path) if "://" in url else os.path.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
     if _is_local(fs):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # never a final name: uuids are fine here
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with open_atomic(url, storage_options) as handle:
+            handle.write(data)
     else:
         retry(lambda: fs.pipe_file(path, data), url)
 

@@ -19,12 +19,13 @@ from trainer.config import TrainConfig
 
 def _worker(payload: dict[str, Any]) -> dict[str, Any]:
     """Body of every worker: join the process group, train, leave cleanly."""
+    import torch
     import torch.distributed as dist
 
     from trainer import engine
     from trainer.loop import train
 
-    if not __import__("torch").cuda.is_available():
+    if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     engine.init_distributed()
     # No barrier in a `finally`: a rank that fails must not wait for the others forever. Its

@@ -10,6 +10,7 @@ model package.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -181,11 +182,8 @@ def train(
         raise StructuralError(
             "vocab.json does not match the manifest", path=storage.redact(data_url)
         )
-    manifest_sha = (
-        __import__("hashlib")
-        .sha256(storage.read_bytes(storage.join(data_url, MANIFEST), storage_options))
-        .hexdigest()
-    )
+    manifest_bytes = storage.read_bytes(storage.join(data_url, MANIFEST), storage_options)
+    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     model, adapt = _model_for(config, vocab, manifest, base_package, storage_options)
     names = ("inputs", "targets", *model.config.covariates)
     engine, _, _ = ds_engine.initialize(NLLModule(model).to(info.device), config, info.world_size)
