@@ -101,6 +101,46 @@ def _sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+class _Meter:
+    """Loss and token counts of the updates since the last flush, kept on the device.
+
+    `flush` is the only place training waits for the device; the seconds between flushes count
+    as training time unless evaluation or checkpoints ran in between (`restart`).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.window_start = time.perf_counter()
+        self.seconds = 0.0
+        self.timed_tokens = 0.0
+
+    def add(self, nll_sum: torch.Tensor, token_count: torch.Tensor) -> None:
+        self.pending.append((nll_sum, token_count))
+
+    def flush(self, timed: bool = True) -> tuple[float, float]:
+        """(mean loss per token, tokens) over the pending updates, loss all-reduced."""
+        if not self.pending:
+            return float("nan"), 0.0
+        nll = torch.cat([n for n, _ in self.pending]).sum()
+        tokens = torch.cat([t for _, t in self.pending]).sum()
+        dist.all_reduce(nll)
+        nll_value, token_value = torch.stack([nll, tokens]).tolist()
+        if timed:
+            self.seconds += time.perf_counter() - self.window_start
+            self.timed_tokens += token_value
+        self.pending.clear()
+        self.window_start = time.perf_counter()
+        return nll_value / token_value, token_value
+
+    def restart(self) -> None:
+        if not self.pending:
+            self.window_start = time.perf_counter()
+
+    def rate(self) -> float:
+        return self.timed_tokens / self.seconds if self.seconds else 0.0
+
+
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(
     engine, data_url: str, split: str, info: RunInfo, config: TrainConfig, storage_options, names
@@ -257,31 +297,37 @@ def train(
     history: list[list[float]] = []
     last_saved = step if resume_tag else -1
     monitor.start(step, config.updates)
-    train_seconds = timed_tokens = 0.0  # updates only (no evaluation, no checkpoints): throughput
+    meter = _Meter(info.device)
     first_step = step
     while step < config.updates:
-        update_start = time.perf_counter()
         micro = [next(iterator) for _ in range(config.micro_batches)]
-        local_tokens = sum(int(b["lengths"].sum()) for b in micro)
-        (global_tokens,) = _sum([local_tokens], info.device)
-        nll_local = 0.0
+        # The update's token count is all-reduced on the device and used as a tensor: nothing
+        # here waits for the GPU, so the host queues the next update while this one runs.
+        token_count = torch.tensor(
+            [float(sum(int(b["lengths"].sum()) for b in micro))],
+            dtype=torch.float64,
+            device=info.device,
+        )
+        dist.all_reduce(token_count)
+        scale = (info.world_size * config.micro_batches / token_count).float()
+        nll_sum = torch.zeros(1, dtype=torch.float64, device=info.device)
         for batch in micro:
             loss_sum, _ = engine(_to_device(batch, info.device, names))
-            loss = loss_sum * (info.world_size * config.micro_batches / global_tokens)
-            engine.backward(loss)
+            engine.backward(loss_sum * scale)
             engine.step()
-            nll_local += float(loss_sum.detach())
+            nll_sum += loss_sum.detach().double()
         step += 1
-        tokens_seen += global_tokens
-        (nll_global,) = _sum([nll_local], info.device)
-        if step > first_step + 1:  # the run's first update pays one-off set-up: not throughput
-            train_seconds += time.perf_counter() - update_start
-            timed_tokens += global_tokens
-        monitor.update(
-            step, nll_global / global_tokens, global_tokens, engine, time.perf_counter() - start
-        )
-
+        meter.add(nll_sum, token_count)
+        monitor.advance(step)
         evaluate_now = step % config.eval_every == 0 or step == config.updates
+        stopping = stop_after and step >= stop_after
+        saving = step % config.checkpoint_every == 0 or step == config.updates or stopping
+        if step == first_step + 1 or step % config.log_every == 0 or evaluate_now or saving:
+            # One host sync per window. The run's first update pays one-off set-up: not timed.
+            loss, tokens = meter.flush(timed=step > first_step + 1)
+            tokens_seen += tokens
+            monitor.log(step, loss, meter.rate(), engine)
+
         valid_ppl = None
         if evaluate_now:
             valid_ppl = evaluate(engine, data_url, "valid", info, config, storage_options, names)
@@ -290,17 +336,11 @@ def train(
             stale = 0 if improved else stale + 1
             last_valid = valid_ppl
             history.append([step, valid_ppl])
-        stopping = stop_after and step >= stop_after
         early = config.patience and stale >= config.patience
-        if (
-            step % config.checkpoint_every == 0
-            or step == config.updates
-            or stopping
-            or early
-            or evaluate_now
-        ):
+        if saving or early or evaluate_now:
             save(step, valid_ppl)
             last_saved = step
+        meter.restart()  # evaluation and checkpoints are not training time
         if early:
             monitor.print0(f"early stopping: no improvement in {stale} evaluations")
             break
@@ -319,8 +359,8 @@ def train(
         "updates": step,
         "tokens_seen": tokens_seen,
         "wall_seconds": round(wall, 3),
-        "train_seconds": round(train_seconds, 3),
-        "tokens_per_second": round(timed_tokens / train_seconds, 1) if train_seconds else None,
+        "train_seconds": round(meter.seconds, 3),
+        "tokens_per_second": round(meter.rate(), 1) if meter.seconds else None,
         "world_size": info.world_size,
         "config": config.to_dict(),
         **({"finetune": adapt} if adapt else {}),

@@ -19,8 +19,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 PAD_ID, BOS_ID, UNK_ID = 0, 1, 2
+
+#: Attention kernels, best first. cuDNN's is left out on purpose: it plans each new (batch, length)
+#: shape, and token-budget batches change shape every update (it cost ~50 ms per update on an H200).
+ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 COVARIATES = ("year", "education", "location", "gender", "ethnicity", "birth_year")
 
 
@@ -99,12 +104,13 @@ class Block(nn.Module):
         q, k, v = (
             t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
         )  # (B, H, T, C/H)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            is_causal=mask is None,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-        )  # fmt: skip
+        with sdpa_kernel(ATTENTION_BACKENDS):
+            y = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=mask,
+                is_causal=mask is None,
+                dropout_p=self.attn_dropout if self.training else 0.0,
+            )  # fmt: skip
         x = x + self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
         return x + self.dropout(self.ff(self.ln_ff(x)))
 
@@ -240,7 +246,8 @@ class Career(nn.Module):
 def _mask_specials(logits: torch.Tensor) -> torch.Tensor:
     """float32 logits with <pad> and <bos> impossible (never targets); a new tensor."""
     special = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device)
-    special[[PAD_ID, BOS_ID]] = float("-inf")
+    special[PAD_ID] = float("-inf")  # scalar indices: a list index would copy from host and sync
+    special[BOS_ID] = float("-inf")
     return logits.float() + special
 
 

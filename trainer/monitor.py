@@ -46,7 +46,6 @@ class Monitor:
         self.writer = None
         self.progress = None
         self.task = None
-        self.tokens = 0.0
         if rank == 0:
             from tensorboardX import SummaryWriter
 
@@ -80,25 +79,28 @@ class Monitor:
         if self.writer is not None:
             self.writer.add_scalar(name, value, step)
 
-    def update(self, step: int, loss: float, tokens: float, engine, elapsed: float) -> None:
-        self.tokens += tokens
+    def advance(self, step: int) -> None:
+        """Move the progress bar (every update; reads nothing from the device)."""
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step)
+
+    def log(self, step: int, loss: float, rate: float, engine) -> None:
+        """Scalars and the progress bar's detail, at each flush of the training meter."""
         if self.rank != 0:
             return
-        rate = self.tokens / max(elapsed, 1e-9)
-        if step % self.config.log_every == 0 or step == 1:
-            self.scalar("train/loss", loss, step)
-            self.scalar("train/perplexity", math.exp(min(loss, 50)), step)
-            self.scalar("train/lr", engine.get_lr()[0], step)
-            norm = engine.get_global_grad_norm()
-            if norm is not None:
-                self.scalar("train/grad_norm", float(norm), step)
+        self.scalar("train/loss", loss, step)
+        self.scalar("train/perplexity", math.exp(min(loss, 50)), step)
+        self.scalar("train/lr", engine.get_lr()[0], step)
+        norm = engine.get_global_grad_norm()
+        if norm is not None:
+            self.scalar("train/grad_norm", float(norm), step)
+        if rate:
             self.scalar("train/tokens_per_second", rate, step)
             if self.peak:
                 self.scalar("train/mfu", rate * self.flops / self.peak, step)
         if self.progress is not None:
-            self.progress.update(
-                self.task, completed=step, detail=f"loss {loss:.3f}  {rate:,.0f} tokens/s"
-            )
+            detail = f"loss {loss:.3f}" + (f"  {rate:,.0f} tokens/s" if rate else "")
+            self.progress.update(self.task, completed=step, detail=detail)
 
     def close(self) -> None:
         if self.progress is not None:
