@@ -43,6 +43,7 @@ from webdataset.tariterators import tar_file_iterator
 
 from data_shards import storage
 from data_shards.blocks import MEMBER_SUFFIX, Block, decode_block
+from data_shards.elastic import plan_from_json, plan_to_json, remaining_plan
 from data_shards.manifest import Manifest, ShardInfo, load_manifest
 from data_shards.vocab import BOS_ID, PAD_ID
 
@@ -140,6 +141,43 @@ def merge_blocks(blocks: list[Block]) -> Block:
     )
 
 
+#: A block of the split (its index over the split's shards in manifest order) and the people of it
+#: (indices within the block) that were already read this epoch and are skipped.
+Piece = tuple[int, tuple[int, ...]]
+
+
+def select_people(block: Block, keep: np.ndarray, fields: dict[str, Any]) -> Block:
+    """The people `keep` (indices, ascending) of `block`, token and person arrays cut to match."""
+    starts = block.offsets[:-1][keep]
+    lengths = block.lengths[keep]
+    token_index = np.repeat(starts, lengths) + (
+        np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    )
+    per_token = set(fields["token_fields"]) | set(fields["float_token_fields"])
+    arrays = {
+        name: values[token_index] if name in per_token else values[keep]
+        for name, values in block.arrays.items()
+    }
+    return Block(person_id=block.person_id[keep], lengths=lengths, arrays=arrays)
+
+
+def decode_group(
+    items: list[tuple[Piece, bytes]], fields: dict[str, Any]
+) -> tuple[Block, np.ndarray, np.ndarray]:
+    """The people of a group's pieces, merged; and for each, its block id and index in the block."""
+    blocks, block_ids, indices = [], [], []
+    for (block_id, skipped), data in items:
+        block = decode_block(data)
+        keep = np.arange(block.num_people)
+        if skipped:
+            keep = np.setdiff1d(keep, np.asarray(skipped, dtype=np.int64))
+            block = select_people(block, keep, fields)
+        blocks.append(block)
+        block_ids.append(np.full(len(keep), block_id, dtype=np.int64))
+        indices.append(keep)
+    return merge_blocks(blocks), np.concatenate(block_ids), np.concatenate(indices)
+
+
 def collate(group: Block, people: np.ndarray, fields: dict[str, Any]) -> dict[str, Any]:
     """Pad people `people` (indices into `group`) into the Batch contract. Pad id 0 everywhere.
 
@@ -235,6 +273,8 @@ class CareerStream(IterableDataset):
         self.fields = self.manifest.fields
         self.resume: dict[int, Position] = {}
         self.rotation = 0
+        self.catchup: dict[int, list[Piece]] = {}  # epoch -> pieces left by another slot layout
+        self.block_base = np.concatenate([[0], np.cumsum([s.blocks for s in self.shards])])
         if not self.shards:
             raise ValueError(f"split {config.split!r} of {storage.redact(data_url)} has no shards")
 
@@ -247,25 +287,60 @@ class CareerStream(IterableDataset):
                     f"{self.config.rank} of {self.config.world_size}: pass rank and world_size explicitly"
                 )
 
-    def _assignment(self, slot: int, slots: int, epoch: int) -> tuple[list[ShardInfo], int | None]:
-        """Shards this slot reads in `epoch`, and the block stride when blocks are split instead."""
-        order = list(range(len(self.shards)))
-        if self.config.shuffle:
-            order = list(_rng(self.config.seed, epoch, 0xC0FFEE).permutation(len(self.shards)))
-        shards = [self.shards[i] for i in order]
-        if len(shards) >= slots:
-            return shards[slot::slots], None
-        return shards, slots
+    def _shard_order(self, epoch: int) -> list[int]:
+        if not self.config.shuffle:
+            return list(range(len(self.shards)))
+        return [
+            int(i) for i in _rng(self.config.seed, epoch, 0xC0FFEE).permutation(len(self.shards))
+        ]
 
-    def _blocks(self, slot: int, slots: int, epoch: int) -> Iterator[bytes]:
-        """Encoded blocks of this slot (decoded only when their group is needed)."""
-        shards, stride = self._assignment(slot, slots, epoch)
-        counter = 0
-        for shard in shards:
-            for data in self._members(storage.join(self.data_url, shard.path)):
-                if stride is None or counter % stride == slot:
-                    yield data
-                counter += 1
+    def plan(self, slot: int, slots: int, epoch: int) -> list[Piece]:
+        """The blocks `slot` of `slots` reads in `epoch`, in reading order.
+
+        Slot g takes shards g, g+G, ... of the epoch's shard order, or every G-th block when there
+        are fewer shards than slots. A catch-up epoch (after resuming with another number of
+        slots) deals out what the earlier layout had not read yet instead.
+        """
+        if epoch in self.catchup:
+            return self.catchup[epoch][slot::slots]
+        order = self._shard_order(epoch)
+        whole_shards = len(order) >= slots
+        if whole_shards:
+            order = order[slot::slots]
+        ids = [int(self.block_base[i]) + b for i in order for b in range(self.shards[i].blocks)]
+        if not whole_shards:
+            ids = ids[slot::slots]
+        return [(block_id, ()) for block_id in ids]
+
+    def read_pieces(self, pieces: list[Piece]) -> Iterator[tuple[Piece, bytes]]:
+        """The encoded blocks of `pieces`, in order: consecutive pieces of a shard share one read."""
+        start = 0
+        while start < len(pieces):
+            shard = int(np.searchsorted(self.block_base, pieces[start][0], side="right")) - 1
+            stop = start
+            while (
+                stop < len(pieces)
+                and self.block_base[shard] <= pieces[stop][0] < self.block_base[shard + 1]
+            ):
+                stop += 1
+            wanted = {piece[0] - int(self.block_base[shard]): piece for piece in pieces[start:stop]}
+            url = storage.join(self.data_url, self.shards[shard].path)
+            members = self._members(url)
+            found = 0
+            try:
+                for index, data in enumerate(members):
+                    if index in wanted:
+                        yield wanted[index], data
+                        found += 1
+                        if found == len(wanted):
+                            break
+            finally:
+                members.close()
+            if found < len(wanted):
+                raise ValueError(
+                    f"shard {storage.redact(url)} has fewer blocks than its manifest lists"
+                )
+            start = stop
 
     def _members(self, url: str) -> Iterator[bytes]:
         """Block members of one shard; a connection lost mid-read is reopened and resumed."""
@@ -294,32 +369,38 @@ class CareerStream(IterableDataset):
             finally:
                 stream.close()
 
-    def _groups(self, slot: int, slots: int, epoch: int) -> Iterator[tuple[int, list[bytes]]]:
+    def _groups(self, plan: list[Piece]) -> Iterator[tuple[int, list[tuple[Piece, bytes]]]]:
         group, pending = 0, []
-        for block in self._blocks(slot, slots, epoch):
-            pending.append(block)
+        for item in self.read_pieces(plan):
+            pending.append(item)
             if len(pending) == self.config.buffer_blocks:
                 yield group, pending
                 group, pending = group + 1, []
         if pending:
             yield group, pending
 
+    def batch_order(self, people: Block, slot: int, epoch: int, group: int) -> list[np.ndarray]:
+        """The batches (people indices) a group is cut into: seeded by (seed, epoch, slot, group)."""
+        rng = _rng(self.config.seed, epoch, slot, group) if self.config.shuffle else None
+        return make_batches(people.lengths, self.config.tokens_per_batch, rng)
+
+    @property
+    def first_epoch(self) -> int:
+        return min(self.catchup, default=0)
+
     def slot_batches(
         self, slot: int, slots: int, start: Position | None = None
     ) -> Iterator[tuple[Position, dict]]:
         """Batches of one slot, from just after `start` (or the beginning)."""
-        epoch = start.epoch if start else 0
+        epoch = start.epoch if start else self.first_epoch
         while True:
             groups = 0
-            for group, blocks in self._groups(slot, slots, epoch):
+            for group, items in self._groups(self.plan(slot, slots, epoch)):
                 groups += 1
                 if start and (epoch, group) < (start.epoch, start.group):
                     continue  # skip whole groups without decoding their people
-                people = merge_blocks([decode_block(data) for data in blocks])
-                rng = _rng(self.config.seed, epoch, slot, group) if self.config.shuffle else None
-                for index, members in enumerate(
-                    make_batches(people.lengths, self.config.tokens_per_batch, rng)
-                ):
+                people = decode_group(items, self.fields)[0]
+                for index, members in enumerate(self.batch_order(people, slot, epoch, group)):
                     if (
                         start
                         and (epoch, group) == (start.epoch, start.group)
@@ -332,7 +413,7 @@ class CareerStream(IterableDataset):
                     yield position, batch
             if not self.config.loop:
                 return
-            if not groups:
+            if not groups and epoch not in self.catchup:
                 raise ValueError(
                     f"split {self.config.split!r} has too few blocks for {slots} loader slots "
                     f"(ranks x workers): slot {slot} would wait forever; use fewer DataLoader workers "
@@ -418,6 +499,7 @@ class CareerLoader:
             "manifest_shards": [s.sha256 for s in self.stream.shards],
             "consumed": self.consumed,
             "last": {str(slot): asdict(pos) for slot, pos in self.last.items()},
+            "catchup": plan_to_json(self.stream.catchup),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -436,3 +518,42 @@ class CareerLoader:
             raise ValueError("loader state belongs to a different dataset (shard hashes differ)")
         self.consumed = int(state["consumed"])
         self.last = {int(slot): Position(**pos) for slot, pos in state["last"].items()}
+        self.stream.catchup = plan_from_json(state.get("catchup", {}))
+
+    def load_states(self, states: list[dict[str, Any]]) -> str:
+        """Resume from the loader states of every rank of an earlier run (as a checkpoint holds).
+
+        The same ranks and DataLoader workers continue exactly at the next batch ("exact").
+        Another number of either re-plans the rest of the current epochs so that every person is
+        still read once per epoch ("elastic"; see `data_shards.elastic`).
+        """
+        first = states[0]
+        saved = {k: v for k, v in first["config"].items() if k != "rank"}
+        same_layout = (
+            len(states) == self.config.world_size
+            and first["num_workers"] == self.num_workers
+            and saved == {k: v for k, v in asdict(self.config).items() if k != "rank"}
+        )
+        if same_layout:
+            self.load_state_dict(states[self.config.rank])
+            return "exact"
+        if first.get("format") != STATE_FORMAT:
+            raise ValueError(f"unsupported loader state format {first.get('format')!r}")
+        if first["manifest_shards"] != [s.sha256 for s in self.stream.shards]:
+            raise ValueError("loader state belongs to a different dataset (shard hashes differ)")
+        order = ("split", "seed", "shuffle", "buffer_blocks", "loop")
+        changed = [k for k in order if saved[k] != getattr(self.config, k)]
+        if changed:
+            raise ValueError(
+                f"loader state cannot continue with another {', '.join(changed)}: these fix the data order"
+            )
+        earlier = CareerStream(self.stream.data_url, StreamConfig(**{**saved, "rank": 0}),
+                               self.stream.storage_options, manifest=self.stream.manifest)  # fmt: skip
+        earlier.catchup = plan_from_json(first.get("catchup", {}))
+        positions = {
+            int(slot): Position(**pos) for state in states for slot, pos in state["last"].items()
+        }
+        slots = saved["world_size"] * max(first["num_workers"], 1)
+        self.stream.catchup = remaining_plan(earlier, slots, positions)
+        self.last, self.consumed = {}, 0
+        return "elastic"

@@ -186,3 +186,87 @@ def test_an_evaluation_loader_can_be_iterated_again(datasets):
     assert first and first == second
     with pytest.raises(ValueError, match="nothing to resume"):
         loader.load_state_dict(loader.state_dict())
+
+
+def _tagged(loader):
+    """(epoch, person ids) of each batch; the epoch is that of the slot whose position moved."""
+    before = dict(loader.last)
+    for batch in loader:
+        moved = [slot for slot, position in loader.last.items() if before.get(slot) != position]
+        before = dict(loader.last)
+        yield loader.last[moved[0]].epoch, batch["person_id"]
+
+
+def _read_until(loaders, epoch, seen, limit=2000):
+    """Take batches round-robin from `loaders` (one per rank) until each yields one of `epoch`."""
+    streams = [_tagged(loader) for loader in loaders]
+    done = [False] * len(streams)
+    for _ in range(limit):
+        for i, stream in enumerate(streams):
+            if done[i]:
+                continue
+            batch_epoch, people = next(stream)
+            if batch_epoch >= epoch:
+                done[i] = True
+            else:
+                seen[batch_epoch].extend(people)
+        if all(done):
+            return
+    raise AssertionError("the loaders never reached the epoch")
+
+
+@pytest.mark.parametrize("which", ["many_shards", "blocks_of_one_shard"])
+def test_resume_with_another_number_of_workers_reads_everyone_once_per_epoch(datasets, which):
+    data = datasets[0 if which == "many_shards" else 1]
+    url, people = data.dataset_url, data.manifest.splits["train"]["people"]
+
+    def loaders(ranks, workers):
+        return [CareerLoader(url, StreamConfig(split="train", tokens_per_update=1200, seed=4, rank=r,
+                                               world_size=ranks), num_workers=workers)
+                for r in range(ranks)]  # fmt: skip
+
+    seen = collections.defaultdict(list)
+    first = loaders(2, 0)  # 2 slots; rank 0 runs ahead into epoch 1, rank 1 stays in epoch 0
+    for rank, count in ((0, 40), (1, 9)):
+        stream = _tagged(first[rank])
+        for _ in range(count):
+            epoch, ids = next(stream)
+            seen[epoch].extend(ids)
+    assert {p.epoch for p in first[0].last.values()} == {1}
+    states = [loader.state_dict() for loader in first]
+
+    second = loaders(1, 2)[0]  # 1 rank x 2 DataLoader workers: another layout
+    assert second.load_states(states) == "elastic"
+    stream = _tagged(second)
+    for _ in range(6):
+        epoch, ids = next(stream)
+        seen[epoch].extend(ids)
+    middle = second.state_dict()
+
+    # The same layout again continues exactly, catch-up epochs included.
+    again = loaders(1, 2)[0]
+    assert again.load_states([middle]) == "exact"
+    assert [ids for _, ids in zip(range(4), _tagged(again), strict=False)] == [
+        ids for _, ids in zip(range(4), _tagged(second), strict=False)
+    ]
+
+    # And a third layout (3 ranks) from the middle of the catch-up finishes epochs 0 and 1.
+    third = loaders(3, 0)
+    for loader in third:
+        assert loader.load_states([middle]) == "elastic"
+    _read_until(third, 2, seen)
+    for epoch in (0, 1):
+        counts = collections.Counter(seen[epoch])
+        assert len(counts) == people, f"epoch {epoch}: {people - len(counts)} people skipped"
+        assert max(counts.values()) == 1, f"epoch {epoch}: people read twice"
+
+
+def test_resume_with_another_order_is_refused(datasets):
+    many, _ = datasets
+    loader = CareerLoader(many.dataset_url, StreamConfig(split="train", seed=1), num_workers=0)
+    next(iter(loader))
+    other = CareerLoader(
+        many.dataset_url, StreamConfig(split="train", seed=2, world_size=2), num_workers=0
+    )
+    with pytest.raises(ValueError, match="another seed"):
+        other.load_states([loader.state_dict()])

@@ -124,6 +124,26 @@ def test_stop_and_resume_gives_identical_weights(data, tmp_path, stage):
     )
 
 
+@pytest.mark.parametrize("stage", [1, 3])
+def test_resume_with_another_number_of_workers(data, tmp_path, stage):
+    """2 workers stop at update 8; 1 worker resumes: ZeRO state is re-partitioned (universal
+    checkpoint), the loader re-plans the epoch (tests/test_stream.py checks that nobody is
+    skipped or read twice)."""
+    args = ["--data", data["resumes"], "--zero-stage", str(stage), "--updates", "16", "--eval-every", "8",
+            "--checkpoint-every", "8", *COMMON]  # fmt: skip
+    out = tmp_path / "run"
+    career("pretrain", "--out", str(out), "--stop-after", "8", *args)
+    resumed = career("pretrain", "--out", str(out), *args, "--workers", "1")
+    assert "elastic: 2 -> 1 workers" in resumed.stdout + resumed.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["updates"] == 16 and metrics["world_size"] == 1
+    (_, at_8), (_, at_16) = metrics["valid_history"]
+    assert at_16 < at_8  # training went on from the checkpoint, not from scratch
+    states = sorted((out / "checkpoints" / "step0000016").glob("*mp_rank_00_model_states.pt"))
+    state = torch.load(states[0], map_location="cpu", weights_only=True)
+    assert state["world_size"] == 1 and state["loader"][0]["catchup"]  # the re-planned epoch
+
+
 def test_finetune_extends_the_vocabulary_and_refuses_a_mismatch(data, tmp_path):
     base = tmp_path / "base"
     career("pretrain", "--data", data["resumes"], "--out", str(base), "--updates", "12", *COMMON)

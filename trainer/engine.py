@@ -8,6 +8,9 @@ by the all-reduced token count of the update: the recipe does not depend on the 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,12 @@ from trainer.config import TrainConfig
 from trainer.schedule import inverse_sqrt
 
 
-def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
+def deepspeed_config(
+    config: TrainConfig, world_size: int, load_universal: bool = False
+) -> dict[str, Any]:
     """DeepSpeed's JSON config. Batches are token budgets, so its 'batch size' is one nominal
-    micro-batch per rank per accumulation step; `train_batch_size` is derived and checked."""
+    micro-batch per rank per accumulation step; `train_batch_size` is derived and checked.
+    `load_universal`: the checkpoint to resume from is in DeepSpeed's universal format."""
     if world_size < 1:
         raise ValueError("world_size must be at least 1")
     micro = 1
@@ -34,6 +40,8 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
+    if load_universal:
+        ds["checkpoint"] = {"load_universal": True}
     if config.optim.grad_clip > 0:
         ds["gradient_clipping"] = config.optim.grad_clip
     if config.precision == "bf16":
@@ -47,7 +55,9 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
     return ds
 
 
-def initialize(model: nn.Module, config: TrainConfig, world_size: int):
+def initialize(
+    model: nn.Module, config: TrainConfig, world_size: int, load_universal: bool = False
+):
     """Wrap `model` in a DeepSpeed engine with AdamW and the inverse-sqrt schedule."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -67,7 +77,7 @@ def initialize(model: nn.Module, config: TrainConfig, world_size: int):
         eps=config.optim.eps,
     )
     scheduler = inverse_sqrt(optimizer, config.optim)
-    ds_config = deepspeed_config(config, world_size)
+    ds_config = deepspeed_config(config, world_size, load_universal)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -108,3 +118,24 @@ def consolidated_state_dict(checkpoint_dir: str, tag: str) -> dict[str, torch.Te
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)
+
+
+def checkpoint_world_size(folder: str) -> int:
+    """How many data-parallel ranks wrote the ZeRO checkpoint in `folder` (0: stage 0, whose
+    optimizer state is whole and loads on any number of ranks)."""
+    return len(list(Path(folder).glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+
+
+def to_universal(checkpoint_dir: str, tag: str, out_dir: str) -> None:
+    """Rewrite checkpoint `tag` as `out_dir/tag` in DeepSpeed's universal format, which loads on
+    any number of ranks (ZeRO partitions are merged per parameter, optimizer moments included)."""
+    target = Path(out_dir) / tag
+    shutil.rmtree(target, ignore_errors=True)
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+               "--input_folder", str(Path(checkpoint_dir) / tag), "--output_folder", str(target),
+               "--inject_missing_state", "--num_extract_workers", "1", "--num_merge_workers", "1"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"converting checkpoint {tag} for another number of workers failed:\n{done.stderr[-2000:]}"
+        )

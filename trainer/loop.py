@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -226,7 +227,6 @@ def train(
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     model, adapt = _model_for(config, vocab, manifest, base_package, storage_options)
     names = ("inputs", "targets", *model.config.covariates)
-    engine, _, _ = ds_engine.initialize(NLLModule(model).to(info.device), config, info.world_size)
 
     stream = StreamConfig(split="train", tokens_per_update=config.tokens_per_update, rank=info.rank,
                           world_size=info.world_size, micro_batches=config.micro_batches, seed=config.seed)  # fmt: skip
@@ -237,12 +237,30 @@ def train(
     monitor = Monitor(out_url, info.rank, config, model, storage_options)
 
     step, tokens_seen, best = 0, 0.0, checkpoints.best()
+    history: list[list[float]] = []  # [update, validation perplexity], carried by checkpoints
     resume_tag = checkpoints.latest()
+    load_dir = checkpoints.local
     if resume_tag:
         if info.local_rank == 0:
             checkpoints.download(resume_tag)
         dist.barrier()
-        _, client = engine.load_checkpoint(checkpoints.local, tag=resume_tag)
+        saved_world = ds_engine.checkpoint_world_size(os.path.join(checkpoints.local, resume_tag))
+        if saved_world and saved_world != info.world_size:
+            # ZeRO partitions fit only the number of ranks that wrote them: re-partition through
+            # DeepSpeed's universal format (one conversion per node, next to the staging folder).
+            load_dir = checkpoints.local.rstrip("/") + "-universal"
+            if info.local_rank == 0:
+                ds_engine.to_universal(checkpoints.local, resume_tag, load_dir)
+            dist.barrier()
+    engine, _, _ = ds_engine.initialize(
+        NLLModule(model).to(info.device), config, info.world_size,
+        load_universal=load_dir != checkpoints.local,
+    )  # fmt: skip
+    if resume_tag:
+        _, client = engine.load_checkpoint(load_dir, tag=resume_tag)
+        dist.barrier()
+        if load_dir != checkpoints.local and info.local_rank == 0:
+            shutil.rmtree(load_dir, ignore_errors=True)
         if client is None:
             raise StructuralError(
                 f"checkpoint {resume_tag} is unreadable or incomplete",
@@ -253,15 +271,17 @@ def train(
                 "the checkpoint was trained on another vocabulary",
                 path=storage.redact(checkpoints.url),
             )
-        if client["world_size"] != info.world_size:
-            raise StructuralError(
-                f"the checkpoint was written by {client['world_size']} workers; resume with the same number",
-                path=storage.redact(checkpoints.url),
-            )
         step, tokens_seen = client["step"], client["tokens_seen"]
-        loader.load_state_dict(client["loader"][info.rank])
-        _set_rng_state(client["rng"][info.rank])
-        monitor.print0(f"resumed from {resume_tag} (update {step})")
+        history = list(client.get("valid_history", []))
+        # The same workers continue exactly; another number re-plans the rest of the epoch so
+        # that no person is skipped or read twice (data_shards.elastic).
+        mode = loader.load_states(client["loader"])
+        if client["world_size"] == info.world_size:
+            _set_rng_state(client["rng"][info.rank])
+        else:  # fresh dropout streams per rank, derived from the run's seed and the step
+            torch.manual_seed(config.seed * 1_000_003 + step * 1009 + info.rank)
+            mode += f": {client['world_size']} -> {info.world_size} workers"
+        monitor.print0(f"resumed from {resume_tag} (update {step}, {mode})")
 
     def save(tag_step: int, valid_ppl: float | None) -> None:
         nonlocal best
@@ -269,6 +289,7 @@ def train(
             "step": tag_step, "tokens_seen": tokens_seen, "world_size": info.world_size,
             "loader": _all_gather(loader.state_dict()), "rng": _all_gather(_rng_state()),
             "config": config.to_dict(), "vocab_hash": vocab.hash, "valid_perplexity": valid_ppl,
+            "valid_history": history,
         }  # fmt: skip
         tag = tag_of(tag_step)
         engine.save_checkpoint(checkpoints.local, tag=tag, client_state=client, save_latest=False)
@@ -293,8 +314,7 @@ def train(
     start = time.perf_counter()
     iterator = iter(loader)
     stale = 0
-    last_valid = None
-    history: list[list[float]] = []
+    last_valid = history[-1][1] if history else None
     last_saved = step if resume_tag else -1
     monitor.start(step, config.updates)
     meter = _Meter(info.device)
