@@ -167,10 +167,15 @@ def test_finetune_extends_the_vocabulary_and_refuses_a_mismatch(data, tmp_path):
 
 def test_ray_train_launcher(data, tmp_path, ray_address):
     out = tmp_path / "ray"
-    career("pretrain", "--data", data["nlsy79"], "--out", str(out), "--preset", "tiny", "--updates", "6",
-           "--tokens-per-update", "1500", "--zero-stage", "1", "--ray-address", ray_address, "loader_workers=0")  # fmt: skip
+    run = career("pretrain", "--data", data["nlsy79"], "--out", str(out), "--preset", "tiny", "--updates", "6",
+                 "--tokens-per-update", "1500", "--zero-stage", "1", "--ray-address", ray_address, "loader_workers=0")  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["updates"] == 6
+    # Rank 0's progress reaches the driver's terminal as a bar, not as worker log lines.
+    bar = [
+        line for line in run.stderr.splitlines() if line.startswith("training") and "6/6" in line
+    ]
+    assert bar and "loss" in bar[-1] and "tokens/s" in bar[-1]
     assert (
         load_model(str(out / "package")).vocab.hash
         == json.loads((out / "package" / "config.json").read_text())["vocab_hash"]

@@ -17,7 +17,7 @@ from typing import Any
 from trainer.config import TrainConfig
 
 
-def _worker(payload: dict[str, Any]) -> dict[str, Any]:
+def _worker(payload: dict[str, Any], progress_sink=None) -> dict[str, Any]:
     """Body of every worker: join the process group, train, leave cleanly."""
     import torch
     import torch.distributed as dist
@@ -37,6 +37,7 @@ def _worker(payload: dict[str, Any]) -> dict[str, Any]:
         base_package=payload.get("base"),
         storage_options=payload.get("storage_options"),
         stop_after=payload.get("stop_after", 0),
+        progress_sink=progress_sink,
     )
     dist.barrier()
     return metrics
@@ -45,7 +46,76 @@ def _worker(payload: dict[str, Any]) -> dict[str, Any]:
 def _ray_worker(payload: dict[str, Any]) -> None:
     # No ray.train.report: in Ray Train V2 it is a collective, and the run's metrics and
     # checkpoints already live under --out (metrics.json, checkpoints/).
-    _worker(payload)
+    relay = payload.get("progress")
+
+    def sink(step: int, total: int, detail: str, message: str | None) -> None:
+        relay.update.remote(step, total, detail, message)  # fire and forget
+
+    _worker(payload, sink if relay is not None else None)
+
+
+class ProgressRelay:
+    """A Ray actor holding rank 0's latest progress, which the driver polls and draws."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] = {"step": 0, "total": 0, "detail": ""}
+        self.messages: list[str] = []
+
+    def update(self, step: int, total: int, detail: str, message: str | None) -> None:
+        if message is not None:
+            self.messages.append(message)
+        else:
+            self.state = {"step": step, "total": total, "detail": detail}
+
+    def read(self) -> tuple[dict[str, Any], list[str]]:
+        messages, self.messages = self.messages, []
+        return self.state, messages
+
+
+class DriverProgress:
+    """Draw the relayed progress in the driver's terminal (a thread polling the relay)."""
+
+    def __init__(self, relay, interval: float = 0.5):
+        import threading
+
+        from rich.console import Console
+
+        from trainer.monitor import training_progress
+
+        self.relay = relay
+        self.interval = interval
+        self.progress = training_progress(Console(stderr=True))
+        self.task = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _poll(self) -> None:
+        import ray
+
+        state, messages = ray.get(self.relay.read.remote())
+        for message in messages:
+            self.progress.console.print(message)
+        if state["total"]:
+            if self.task is None:
+                self.task = self.progress.add_task("train", total=state["total"], detail="")
+            self.progress.update(self.task, completed=state["step"], detail=state["detail"])
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self._poll()
+
+    def __enter__(self) -> DriverProgress:
+        self.progress.start()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        try:
+            self._poll()  # the last state and messages
+        finally:
+            self.progress.stop()
 
 
 def ray_train(
@@ -59,12 +129,14 @@ def ray_train(
     stop_after: int = 0,
 ) -> None:
     """Run the loop on `workers` Ray Train workers (the Ray instance this process is connected to)."""
+    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = gpus_per_worker > 0
+    relay = ray.remote(num_cpus=0)(ProgressRelay).remote()
     payload = {"config": config.to_dict(), "data": data, "out": out, "base": base,
-               "storage_options": storage_options, "stop_after": stop_after}  # fmt: skip
+               "storage_options": storage_options, "stop_after": stop_after, "progress": relay}  # fmt: skip
     env = {"DS_ACCELERATOR": "cpu"} if not use_gpu else {}
     trainer = TorchTrainer(
         _ray_worker,
@@ -80,7 +152,11 @@ def ray_train(
         ),
     )
     os.environ.update(env)
-    trainer.fit()
+    try:
+        with DriverProgress(relay):
+            trainer.fit()
+    finally:
+        ray.kill(relay)
 
 
 def main() -> None:

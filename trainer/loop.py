@@ -35,7 +35,7 @@ from trainer.checkpoint import CheckpointStore, tag_of
 from trainer.config import TrainConfig
 from trainer.finetune import adapt_to_dataset
 from trainer.model import COVARIATES, Career, build_model
-from trainer.monitor import Monitor
+from trainer.monitor import Monitor, ProgressSink
 from trainer.package import load_model, write_package
 
 
@@ -203,8 +203,11 @@ def train(
     base_package: str | None = None,
     storage_options: dict | None = None,
     stop_after: int = 0,
+    progress_sink: ProgressSink | None = None,
 ) -> dict[str, Any]:
-    """Train on this rank (torch.distributed initialised). Returns the run's metrics."""
+    """Train on this rank (torch.distributed initialised). Returns the run's metrics.
+
+    `progress_sink`: where rank 0 sends its progress instead of drawing a bar (Ray Train)."""
     info = run_info()
     on_gpu = info.device.type == "cuda"
     config = config.resolve(info.world_size, on_gpu)
@@ -234,7 +237,7 @@ def train(
         data_url, stream, num_workers=config.loader_workers, storage_options=storage_options
     )
     checkpoints = CheckpointStore(out_url, storage_options)
-    monitor = Monitor(out_url, info.rank, config, model, storage_options)
+    monitor = Monitor(out_url, info.rank, config, model, storage_options, progress_sink)
 
     step, tokens_seen, best = 0, 0.0, checkpoints.best()
     history: list[list[float]] = []  # [update, validation perplexity], carried by checkpoints

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,9 +38,29 @@ def flops_per_token(model) -> float:
     return 6 * model.num_parameters() + 12 * cfg.n_layer * cfg.d_model * 64
 
 
+#: Where rank 0 sends progress when it cannot draw a bar itself (a Ray Train worker, whose output
+#: reaches the driver only as prefixed log lines): (update, total, detail, message or None).
+ProgressSink = Callable[[int, int, str, "str | None"], None]
+
+
+def training_progress(console: Console) -> Progress:
+    """The training bar: updates done of total, loss and tokens/s, elapsed time and ETA."""
+    return Progress(
+        TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+    )  # fmt: skip
+
+
 class Monitor:
-    def __init__(self, out_url: str, rank: int, config, model, storage_options=None):
+    def __init__(
+        self, out_url: str, rank: int, config, model, storage_options=None,
+        progress_sink: ProgressSink | None = None,
+    ):  # fmt: skip
         self.rank = rank
+        self.sink = progress_sink if rank == 0 else None
+        self.total = 0
+        self.detail = ""
+        self.last_sent = 0.0
         self.config = config
         self.flops = flops_per_token(model)
         self.storage_options = storage_options
@@ -62,16 +84,19 @@ class Monitor:
                 self.peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
     def print0(self, message: str) -> None:
-        if self.rank == 0:
+        if self.sink is not None:
+            self.sink(0, self.total, self.detail, message)
+        elif self.rank == 0:
             Console(stderr=True).print(message)
 
     def start(self, step: int, total: int) -> None:
+        self.total = total
         if self.rank != 0:
             return
-        self.progress = Progress(
-            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
-        )  # fmt: skip
+        if self.sink is not None:
+            self.sink(step, total, "", None)
+            return
+        self.progress = training_progress(Console(stderr=True))
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=step, detail="")
 
@@ -83,6 +108,11 @@ class Monitor:
         """Move the progress bar (every update; reads nothing from the device)."""
         if self.progress is not None:
             self.progress.update(self.task, completed=step)
+        elif self.sink is not None and (
+            time.monotonic() - self.last_sent > 0.5 or step == self.total
+        ):
+            self.last_sent = time.monotonic()
+            self.sink(step, self.total, self.detail, None)
 
     def log(self, step: int, loss: float, rate: float, engine) -> None:
         """Scalars and the progress bar's detail, at each flush of the training meter."""
@@ -98,9 +128,12 @@ class Monitor:
             self.scalar("train/tokens_per_second", rate, step)
             if self.peak:
                 self.scalar("train/mfu", rate * self.flops / self.peak, step)
+        self.detail = f"loss {loss:.3f}" + (f"  {rate:,.0f} tokens/s" if rate else "")
         if self.progress is not None:
-            detail = f"loss {loss:.3f}" + (f"  {rate:,.0f} tokens/s" if rate else "")
-            self.progress.update(self.task, completed=step, detail=detail)
+            self.progress.update(self.task, completed=step, detail=self.detail)
+        elif self.sink is not None:
+            self.last_sent = time.monotonic()
+            self.sink(step, self.total, self.detail, None)
 
     def close(self) -> None:
         if self.progress is not None:
