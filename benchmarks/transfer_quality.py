@@ -1,11 +1,14 @@
 """Transfer quality on the simulator: pretrain on resumes, fine-tune on NLSY79, vs the survey alone.
 
     python benchmarks/transfer_quality.py [--resumes 200000] [--preset small] [--pretrain-updates 600]
-                                          [--finetune-updates 400] [--workers 2]
+                                          [--finetune-updates 300] [--lr 1e-3] [--workers 2]
 
 1. Shard 200,000 simulated resumes, and the `nlsy79` preset extending their vocabulary.
 2. Pretrain `--preset` on the resumes (`career pretrain`, Ray Train, ZeRO-1), fine-tune the package
-   on NLSY79 (`career finetune`), and train the same architecture on NLSY79 alone.
+   on NLSY79 (`career finetune`), and train the same architecture on NLSY79 alone. Both survey
+   runs get the same updates, peak learning rate and early stopping (patience 4 evaluations of
+   25 updates); each keeps its best validation checkpoint. Runs this short use a peak learning
+   rate of `--lr` (the paper's 5e-4 / 1e-4 assume 85,000 / 5,000 updates; the warmup is 10%).
 3. On the NLSY79 test split: perplexity of both models, of an order-1 Markov model (counts,
    smoothing chosen on validation) and of the oracle; a 95% person-bootstrap interval of the
    fine-tuned minus survey-only perplexity; the share of the Markov-to-oracle gap closed.
@@ -98,7 +101,8 @@ def main() -> None:
     parser.add_argument("--resumes", type=int, default=200_000)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--pretrain-updates", type=int, default=600)
-    parser.add_argument("--finetune-updates", type=int, default=400)
+    parser.add_argument("--finetune-updates", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of every run")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", default=None, help="keep the runs in this folder")
     args = parser.parse_args()
@@ -114,14 +118,14 @@ def main() -> None:
     survey = shard_dataset(InputSpec(format="synth", preset="nlsy79"), str(root), "nlsy79",
                            parent_vocab_url=f"{resumes}/vocab.json").dataset_url  # fmt: skip
     common = ["--preset", args.preset, "--workers", str(args.workers), "--zero-stage", "1", "--ray-address", address,
-              "loader_workers=0", "cpu_threads=1"]  # fmt: skip
+              "loader_workers=0", "cpu_threads=1", f"optim.lr={args.lr}"]  # fmt: skip
+    survey_runs = ["--updates", str(args.finetune_updates), "--eval-every", "25", "patience=4"]
     times = {}
     times["pretrain"] = career("pretrain", "--data", resumes, "--out", str(root / "pre"), "--updates",
                                str(args.pretrain_updates), "--eval-every", "100", *common)  # fmt: skip
     times["finetune"] = career("finetune", "--base", str(root / "pre" / "package"), "--data", survey, "--out",
-                               str(root / "fine"), "--updates", str(args.finetune_updates), "--eval-every", "25", *common)  # fmt: skip
-    times["survey_only"] = career("pretrain", "--data", survey, "--out", str(root / "alone"), "--updates",
-                                  str(args.finetune_updates), "--eval-every", "25", *common)  # fmt: skip
+                               str(root / "fine"), *survey_runs, *common)  # fmt: skip
+    times["survey_only"] = career("pretrain", "--data", survey, "--out", str(root / "alone"), *survey_runs, *common)  # fmt: skip
 
     fine = per_person_nll(str(root / "fine" / "package"), survey)
     alone = per_person_nll(str(root / "alone" / "package"), survey)
@@ -142,6 +146,9 @@ def main() -> None:
     results = {
         "preset": args.preset,
         "resumes": args.resumes,
+        "updates": {"pretrain": args.pretrain_updates, "survey": args.finetune_updates},
+        "peak_lr": args.lr,
+        "best_step": {k: m["best_step"] for k, m in metrics.items()},
         "test_perplexity": {
             "finetuned": round(ppl_fine, 4),
             "survey_only": round(ppl_alone, 4),
