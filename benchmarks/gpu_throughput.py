@@ -177,13 +177,16 @@ def diagnose(data: str, preset: str, tokens_per_update: int, updates: int) -> di
     return out
 
 
-def ours(data: str, preset: str, tokens_per_update: int, updates: int, stage: int) -> float:
-    """`trainer.launch` under torchrun, one process; tokens/s from its metrics.json."""
+def ours(data: str, preset: str, tokens_per_update: int, updates: int, variant: str) -> float:
+    """`trainer.launch` under torchrun, one process; tokens/s from its metrics.json.
+
+    `variant`: zero{stage}, then -autocast (bf16-autocast precision) and/or -compile."""
     out = tempfile.mkdtemp(prefix="gpu-bench-")
     config = make_config(
         "pretrain", preset, ["loader_workers=2"], updates=WARMUP_UPDATES + updates,
-        tokens_per_update=tokens_per_update, zero_stage=stage, precision="bf16",
-        eval_every=10**6, checkpoint_every=10**6, log_every=50,
+        tokens_per_update=tokens_per_update, zero_stage=int(variant[4]),
+        precision="bf16-autocast" if "-autocast" in variant else "bf16",
+        compile="-compile" in variant, eval_every=10**6, checkpoint_every=10**6, log_every=50,
     )  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
                "-m", "trainer.launch", "--data", data, "--out", out,
@@ -208,7 +211,9 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=100, help="timed updates per measurement")
     parser.add_argument(
         "--variants", nargs="*", default=["bare", "zero1", "zero2", "bare+compile"],
-        choices=["bare", "zero1", "zero2", "bare+compile"], help="what to measure (default: all)",
+        choices=["bare", "zero1", "zero2", "bare+compile", "zero1-autocast", "zero1-autocast-compile",
+                 "zero2-autocast"],
+        help="what to measure (default: bare, zero1, zero2, bare+compile)",
     )  # fmt: skip
     parser.add_argument("--out", help="also write the results JSON here")
     parser.add_argument(
@@ -245,7 +250,7 @@ def main() -> None:
                     args.data, args.preset, tokens, args.updates, variant.endswith("compile")
                 )
             else:
-                rate = ours(args.data, args.preset, tokens, args.updates, int(variant[-1]))
+                rate = ours(args.data, args.preset, tokens, args.updates, variant)
             row[variant] = {
                 "tokens_per_second": round(rate),
                 "mfu": round(rate * flops / peak, 4) if peak else None,

@@ -315,9 +315,9 @@ def training_options(recipe: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=("auto", "fp32", "bf16", "bf16-autocast", "fp16"),  # trainer.config.PRECISIONS
         default=None,
-        help="default auto: bf16 on GPU, fp32 on CPU",
+        help="default auto: bf16 on GPU, fp32 on CPU; bf16-autocast keeps fp32 weights",
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     parser.add_argument(

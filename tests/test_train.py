@@ -228,3 +228,9 @@ def test_bad_inputs_are_refused_before_launch(data, tmp_path):
         resolved["deepspeed"]["train_batch_size"] == 2
         and resolved["config"]["optim"]["warmup_updates"] == 10
     )
+    # GPU options resolve into DeepSpeed's config: torch autocast over fp32 weights, compilation.
+    amp = career("pretrain", "--data", data["resumes"], "--out", str(tmp_path / "o"), "--dry-run",
+                 "--precision", "bf16-autocast", "compile=True", *COMMON)  # fmt: skip
+    resolved = json.loads(amp.stdout)
+    assert resolved["deepspeed"]["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert "bf16" not in resolved["deepspeed"] and resolved["config"]["compile"] is True

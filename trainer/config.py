@@ -35,6 +35,9 @@ class OptimConfig:
             raise ValueError("lr must be positive; warmup_updates and grad_clip non-negative")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast", "fp16")
+
+
 @dataclass
 class TrainConfig:
     preset: str = "paper"
@@ -44,7 +47,10 @@ class TrainConfig:
     tokens_per_update: int = 16_000  # job-year tokens per update over all workers, padding excluded
     micro_batches: int = 1  # gradient accumulation steps per update
     zero_stage: int = 2
-    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or fp32 / bf16 / fp16
+    # auto: bf16 on GPU, fp32 on CPU; or fp32 / bf16 (DeepSpeed's: bf16 weights, fp32 master copy)
+    # / bf16-autocast (fp32 weights, bf16 matmuls through torch.autocast) / fp16
+    precision: str = "auto"
+    compile: bool = False  # torch.compile the model (GPU; shapes vary, so dynamic shapes)
     seed: int = 0
     eval_every: int = 1000
     checkpoint_every: int = 1000
@@ -67,8 +73,10 @@ class TrainConfig:
             )
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, not {self.zero_stage}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
         for name in (
             "updates",
             "tokens_per_update",

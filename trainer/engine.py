@@ -46,6 +46,8 @@ def deepspeed_config(
         ds["gradient_clipping"] = config.optim.grad_clip
     if config.precision == "bf16":
         ds["bf16"] = {"enabled": True}
+    elif config.precision == "bf16-autocast":
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     elif config.precision == "fp16":
         ds["fp16"] = {"enabled": True, "initial_scale_power": 16, "loss_scale_window": 1000}
     elif config.precision != "fp32":
@@ -85,6 +87,8 @@ def initialize(
         config=ds_config,
         dist_init_required=False,
     )
+    if config.compile:
+        engine.compile(compile_kwargs={"dynamic": True})
     if engine.train_batch_size() != ds_config["train_batch_size"]:
         raise ValueError(
             f"DeepSpeed derived train_batch_size {engine.train_batch_size()}, expected {ds_config['train_batch_size']}"
