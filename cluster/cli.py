@@ -288,7 +288,11 @@ def training_options(recipe: str) -> argparse.ArgumentParser:
         help="DeepSpeed ZeRO stage (default 2)",
     )
     parser.add_argument(
-        "--workers", type=int, default=2, metavar="N", help="training workers (default 2)"
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="training workers (default 2; a run may resume on another number)",
     )
     parser.add_argument(
         "--gpus-per-worker",
@@ -343,7 +347,7 @@ def training_options(recipe: str) -> argparse.ArgumentParser:
         "--num-cpus", type=int, default=None, metavar="N", help="CPUs of the local Ray instance"
     )
     parser.add_argument("--stop-after", type=int, default=0, metavar="N",
-                        help="stop after update N with a checkpoint (rerun the same command to resume)")  # fmt: skip
+                        help="stop after update N with a checkpoint (rerun the command to resume, with any --workers)")  # fmt: skip
     parser.add_argument(
         "--dry-run",
         action="store_true",
