@@ -303,8 +303,9 @@ class CareerStream(IterableDataset):
         are fewer shards than slots. A catch-up epoch (after resuming with another number of
         slots) deals out what the earlier layout had not read yet instead.
         """
-        if epoch in self.catchup:
-            return self.catchup[epoch][slot::slots]
+        if epoch in self.catchup:  # contiguous runs, so that a slot opens few shards
+            left = self.catchup[epoch]
+            return left[slot * len(left) // slots : (slot + 1) * len(left) // slots]
         order = self._shard_order(epoch)
         whole_shards = len(order) >= slots
         if whole_shards:

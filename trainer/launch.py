@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import tempfile
 from typing import Any
 
 from trainer.config import TrainConfig
+
+log = logging.getLogger("career.launch")
 
 
 def _worker(payload: dict[str, Any], progress_sink=None) -> dict[str, Any]:
@@ -97,12 +100,18 @@ class DriverProgress:
             self.progress.console.print(message)
         if state["total"]:
             if self.task is None:
-                self.task = self.progress.add_task("train", total=state["total"], detail="")
+                self.task = self.progress.add_task(
+                    "train", total=state["total"], completed=state["step"], detail=""
+                )
             self.progress.update(self.task, completed=state["step"], detail=state["detail"])
 
     def _run(self) -> None:
         while not self.stop.wait(self.interval):
-            self._poll()
+            try:
+                self._poll()
+            except Exception as error:  # the bar is a convenience: never let it end a run
+                log.warning("progress bar stopped: %s", error)
+                return
 
     def __enter__(self) -> DriverProgress:
         self.progress.start()
@@ -114,6 +123,8 @@ class DriverProgress:
         self.thread.join()
         try:
             self._poll()  # the last state and messages
+        except Exception as error:  # e.g. the relay's node was lost: the run's result stands
+            log.warning("could not read the final progress: %s", error)
         finally:
             self.progress.stop()
 
@@ -134,7 +145,10 @@ def ray_train(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = gpus_per_worker > 0
-    relay = ray.remote(num_cpus=0)(ProgressRelay).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    relay = ray.remote(num_cpus=0)(ProgressRelay).options(scheduling_strategy=here).remote()
     payload = {"config": config.to_dict(), "data": data, "out": out, "base": base,
                "storage_options": storage_options, "stop_after": stop_after, "progress": relay}  # fmt: skip
     env = {"DS_ACCELERATOR": "cpu"} if not use_gpu else {}

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -247,14 +248,28 @@ def train(
         if info.local_rank == 0:
             checkpoints.download(resume_tag)
         dist.barrier()
-        saved_world = ds_engine.checkpoint_world_size(os.path.join(checkpoints.local, resume_tag))
-        if saved_world and saved_world != info.world_size:
+        # Rank 0 decides, so that every rank takes the same path through the collectives below.
+        decided = [ds_engine.checkpoint_world_size(os.path.join(checkpoints.local, resume_tag))]
+        dist.broadcast_object_list(decided, src=0)
+        if decided[0] and decided[0] != info.world_size:
             # ZeRO partitions fit only the number of ranks that wrote them: re-partition through
-            # DeepSpeed's universal format (one conversion per node, next to the staging folder).
-            load_dir = checkpoints.local.rstrip("/") + "-universal"
+            # DeepSpeed's universal format, once per node (a folder of its own, in case the
+            # staging folder is on a filesystem that several nodes share).
+            load_dir = f"{checkpoints.local.rstrip('/')}-universal-{socket.gethostname()}"
+            failure = None
             if info.local_rank == 0:
-                ds_engine.to_universal(checkpoints.local, resume_tag, load_dir)
-            dist.barrier()
+                try:
+                    ds_engine.to_universal(checkpoints.local, resume_tag, load_dir)
+                except Exception as error:  # reported on every rank below, not left waiting
+                    failure = error
+            failed = torch.tensor([failure is not None], dtype=torch.int32, device=info.device)
+            dist.all_reduce(failed)
+            if failure is not None:
+                raise failure
+            if failed.item():
+                raise RuntimeError(
+                    "converting the checkpoint for another number of workers failed on another node"
+                )
     engine, _, _ = ds_engine.initialize(
         NLLModule(model).to(info.device), config, info.world_size,
         load_universal=load_dir != checkpoints.local,

@@ -23,8 +23,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 PAD_ID, BOS_ID, UNK_ID = 0, 1, 2
 
-#: Attention kernels, best first. cuDNN's is left out on purpose: it plans each new (batch, length)
-#: shape, and token-budget batches change shape every update (it cost ~50 ms per update on an H200).
+#: Attention kernels SDPA may use (it picks among them as usual). cuDNN's is left out on purpose:
+#: it plans each new (batch, length) shape, and token-budget batches change shape every update
+#: (it cost ~50 ms per update on an H200).
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 COVARIATES = ("year", "education", "location", "gender", "ethnicity", "birth_year")
 
