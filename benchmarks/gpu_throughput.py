@@ -82,13 +82,27 @@ def flash_check(data: str, preset: str) -> dict:
         return {"flash_attention": False, "reason": str(error).splitlines()[0]}
 
 
+def _optimizer(model) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        model.parameters(), lr=5e-4, betas=(0.9, 0.98), weight_decay=0.01, fused=True
+    )
+
+
+def _bf16_step(model, step_model, optimizer, inputs: dict, count: int) -> None:
+    """One bare update: bf16 autocast forward (through `step_model`, maybe compiled), backward."""
+    with torch.autocast("cuda", torch.bfloat16):
+        logits, stay = step_model(inputs)
+    logp = model.target_log_probs(logits, stay, inputs["inputs"], inputs["targets"])
+    (-logp.sum() / count).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def bare(data: str, preset: str, tokens_per_update: int, updates: int, compile_: bool) -> float:
     torch.manual_seed(0)
     model = _model(data, preset).cuda()
     names = ("inputs", "targets", *model.config.covariates)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=5e-4, betas=(0.9, 0.98), weight_decay=0.01, fused=True
-    )
+    optimizer = _optimizer(model)
     step_model = torch.compile(model, dynamic=True) if compile_ else model
     loader = iter(
         CareerLoader(
@@ -103,13 +117,8 @@ def bare(data: str, preset: str, tokens_per_update: int, updates: int, compile_:
             tokens = 0
         batch = next(loader)
         inputs = {k: batch[k].cuda(non_blocking=True) for k in names if k in batch}
-        with torch.autocast("cuda", torch.bfloat16):
-            logits, stay = step_model(inputs)
-        logp = model.target_log_probs(logits, stay, inputs["inputs"], inputs["targets"])
         count = int(batch["lengths"].sum())
-        (-logp.sum() / count).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        _bf16_step(model, step_model, optimizer, inputs, count)
         tokens += count
     torch.cuda.synchronize()
     return tokens / (time.perf_counter() - start)
@@ -139,7 +148,7 @@ def diagnose(data: str, preset: str, tokens_per_update: int, updates: int) -> di
            for w in (1, 2, 6)}  # fmt: skip
     model = _model(data, preset).cuda()
     names = ("inputs", "targets", *model.config.covariates)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, fused=True)
+    optimizer = _optimizer(model)
     loader = iter(
         CareerLoader(data, StreamConfig(split="train", tokens_per_update=tokens_per_update), 2)
     )
@@ -151,12 +160,7 @@ def diagnose(data: str, preset: str, tokens_per_update: int, updates: int) -> di
         )
 
     def step(inputs, count):
-        with torch.autocast("cuda", torch.bfloat16):
-            logits, stay = model(inputs)
-        logp = model.target_log_probs(logits, stay, inputs["inputs"], inputs["targets"])
-        (-logp.sum() / count).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        _bf16_step(model, model, optimizer, inputs, count)
 
     for inputs, count in batches[:WARMUP_UPDATES]:
         step(inputs, count)

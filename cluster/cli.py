@@ -266,6 +266,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def training_options(recipe: str) -> argparse.ArgumentParser:
     """Flags shared by pretrain and finetune; anything else is a dotted override (key=value)."""
+    from trainer.config import PRECISIONS
     from trainer.model import PRESETS
 
     parser = argparse.ArgumentParser(add_help=False)
@@ -319,7 +320,7 @@ def training_options(recipe: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "bf16-autocast", "fp16"),  # trainer.config.PRECISIONS
+        choices=PRECISIONS,
         default=None,
         help="default auto: bf16 on GPU, fp32 on CPU; bf16-autocast keeps fp32 weights",
     )

@@ -184,53 +184,27 @@ def test_ray_train_launcher(data, tmp_path, ray_address):
 
 
 def test_bad_inputs_are_refused_before_launch(data, tmp_path):
+    def pretrain(data_url: str, *extra: str, check: bool = False) -> subprocess.CompletedProcess:
+        return career("pretrain", "--data", data_url, "--out", str(tmp_path / "o"), *extra, *COMMON,
+                      check=check)  # fmt: skip
+
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = career(
-        "pretrain", "--data", str(empty), "--out", str(tmp_path / "o"), *COMMON, check=False
-    )
+    proc = pretrain(str(empty))
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr
-    proc = career(
-        "pretrain",
-        "--data",
-        data["resumes"],
-        "--out",
-        str(tmp_path / "o"),
-        "zero_stage=5",
-        *COMMON,
-        check=False,
-    )
+    proc = pretrain(data["resumes"], "zero_stage=5")
     assert proc.returncode == 2 and "zero_stage" in proc.stderr
-    proc = career(
-        "pretrain",
-        "--data",
-        data["resumes"],
-        "--out",
-        str(tmp_path / "o"),
-        "optim.nonsense=1",
-        *COMMON,
-        check=False,
-    )
+    proc = pretrain(data["resumes"], "optim.nonsense=1")
     assert proc.returncode == 2 and "unknown setting" in proc.stderr
-    dry = career(
-        "pretrain",
-        "--data",
-        data["resumes"],
-        "--out",
-        str(tmp_path / "o"),
-        "--dry-run",
-        "--updates",
-        "100",
-        *COMMON,
-    )
+    dry = pretrain(data["resumes"], "--dry-run", "--updates", "100", check=True)
     resolved = json.loads(dry.stdout)
     assert (
         resolved["deepspeed"]["train_batch_size"] == 2
         and resolved["config"]["optim"]["warmup_updates"] == 10
     )
     # GPU options resolve into DeepSpeed's config: torch autocast over fp32 weights, compilation.
-    amp = career("pretrain", "--data", data["resumes"], "--out", str(tmp_path / "o"), "--dry-run",
-                 "--precision", "bf16-autocast", "compile=True", *COMMON)  # fmt: skip
+    amp = pretrain(data["resumes"], "--dry-run", "--precision", "bf16-autocast", "compile=True",
+                   check=True)  # fmt: skip
     resolved = json.loads(amp.stdout)
     assert resolved["deepspeed"]["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
     assert "bf16" not in resolved["deepspeed"] and resolved["config"]["compile"] is True

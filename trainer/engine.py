@@ -114,7 +114,7 @@ def consolidated_state_dict(checkpoint_dir: str, tag: str) -> dict[str, torch.Te
     them. Stage 0 keeps whole weights in the model-states file, read with weights_only=True.
     """
     folder = Path(checkpoint_dir) / tag
-    if not any(folder.glob("*optim_states.pt")):
+    if not checkpoint_world_size(str(folder)):
         states = torch.load(
             folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True
         )

@@ -110,8 +110,7 @@ class _Meter:
     as training time unless evaluation or checkpoints ran in between (`restart`).
     """
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self) -> None:
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.window_start = time.perf_counter()
         self.seconds = 0.0
@@ -121,9 +120,7 @@ class _Meter:
         self.pending.append((nll_sum, token_count))
 
     def flush(self, timed: bool = True) -> tuple[float, float]:
-        """(mean loss per token, tokens) over the pending updates, loss all-reduced."""
-        if not self.pending:
-            return float("nan"), 0.0
+        """(mean loss per token, tokens) over the pending updates (at least one), loss all-reduced."""
         nll = torch.cat([n for n, _ in self.pending]).sum()
         tokens = torch.cat([t for _, t in self.pending]).sum()
         dist.all_reduce(nll)
@@ -335,7 +332,7 @@ def train(
     last_valid = history[-1][1] if history else None
     last_saved = step if resume_tag else -1
     monitor.start(step, config.updates)
-    meter = _Meter(info.device)
+    meter = _Meter()
     first_step = step
     while step < config.updates:
         micro = [next(iterator) for _ in range(config.micro_batches)]

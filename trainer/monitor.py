@@ -94,7 +94,7 @@ class Monitor:
         if self.rank != 0:
             return
         if self.sink is not None:
-            self.sink(step, total, "", None)
+            self._send(step)
             return
         self.progress = training_progress(Console(stderr=True))
         self.progress.start()
@@ -104,6 +104,10 @@ class Monitor:
         if self.writer is not None:
             self.writer.add_scalar(name, value, step)
 
+    def _send(self, step: int) -> None:
+        self.last_sent = time.monotonic()
+        self.sink(step, self.total, self.detail, None)
+
     def advance(self, step: int) -> None:
         """Move the progress bar (every update; reads nothing from the device)."""
         if self.progress is not None:
@@ -111,8 +115,7 @@ class Monitor:
         elif self.sink is not None and (
             time.monotonic() - self.last_sent > 0.5 or step == self.total
         ):
-            self.last_sent = time.monotonic()
-            self.sink(step, self.total, self.detail, None)
+            self._send(step)
 
     def log(self, step: int, loss: float, rate: float, engine) -> None:
         """Scalars and the progress bar's detail, at each flush of the training meter."""
@@ -132,8 +135,7 @@ class Monitor:
         if self.progress is not None:
             self.progress.update(self.task, completed=step, detail=self.detail)
         elif self.sink is not None:
-            self.last_sent = time.monotonic()
-            self.sink(step, self.total, self.detail, None)
+            self._send(step)
 
     def close(self) -> None:
         if self.progress is not None:
