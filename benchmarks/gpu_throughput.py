@@ -42,10 +42,11 @@ WARMUP_UPDATES = 10
 
 
 def prepare(folder: str, people: int) -> None:
+    from cluster.ray_session import connect_ray
     from data_shards.inputs import InputSpec
-    from data_shards.shard import ensure_ray, shard_dataset
+    from data_shards.shard import shard_dataset
 
-    ensure_ray(num_cpus=os.cpu_count() or 2)
+    connect_ray(num_cpus=os.cpu_count() or 2)
     url = shard_dataset(
         InputSpec(format="synth", preset="resumes", people=people), folder, "resumes"
     ).dataset_url

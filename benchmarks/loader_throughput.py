@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, save  # noqa: E402
 from _s3 import local_s3  # noqa: E402
 
+from cluster.ray_session import connect_ray  # noqa: E402
 from data_shards.inputs import InputSpec  # noqa: E402
-from data_shards.shard import ensure_ray, shard_dataset  # noqa: E402
+from data_shards.shard import shard_dataset  # noqa: E402
 from data_shards.stream import CareerLoader, StreamConfig  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    ensure_ray(num_cpus=2)
+    connect_ray(num_cpus=2)
     tmp = Path(tempfile.mkdtemp(prefix="loader-bench-"))
     try:
         spec = InputSpec(format="synth", preset="resumes", people=args.people)

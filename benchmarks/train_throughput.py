@@ -26,9 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, save  # noqa: E402
 
+from cluster.ray_session import connect_ray  # noqa: E402
 from data_shards.inputs import InputSpec  # noqa: E402
 from data_shards.manifest import load_manifest  # noqa: E402
-from data_shards.shard import ensure_ray, shard_dataset  # noqa: E402
+from data_shards.shard import shard_dataset  # noqa: E402
 from data_shards.stream import CareerLoader, StreamConfig  # noqa: E402
 from data_shards.vocab import Vocabulary  # noqa: E402
 from trainer.model import COVARIATES, build_model  # noqa: E402
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    ensure_ray(num_cpus=2)
+    connect_ray(num_cpus=2)
     import ray
 
     address = ray.get_runtime_context().gcs_address

@@ -35,8 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, save  # noqa: E402
 
+from cluster.ray_session import connect_ray  # noqa: E402
 from data_shards.inputs import InputSpec  # noqa: E402
-from data_shards.shard import ensure_ray, shard_dataset  # noqa: E402
+from data_shards.shard import shard_dataset  # noqa: E402
 from data_shards.splits import resolve_splits  # noqa: E402
 from data_shards.stream import CareerLoader, StreamConfig  # noqa: E402
 from data_shards.synth.generate import simulate  # noqa: E402
@@ -106,7 +107,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", default=None, help="keep the runs in this folder")
     args = parser.parse_args()
-    ensure_ray(num_cpus=args.workers)
+    connect_ray(num_cpus=args.workers)
     import ray
 
     address = ray.get_runtime_context().gcs_address

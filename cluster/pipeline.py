@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 
+from cluster.ray_session import connect_ray
 from cluster.report import console, print_rows
 from cluster.synth_job import simulate_table, write_layout
 from data_shards import storage
 from data_shards.inputs import InputSpec
 from data_shards.readers import read
-from data_shards.shard import ShardConfig, ensure_ray, shard_dataset
+from data_shards.shard import ShardConfig, shard_dataset
 from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.summary import summarize
 
@@ -42,13 +43,15 @@ def run_local(
     seed: int,
     num_cpus: int | None = None,
     train_updates: int = 60,
+    ray_address: str | None = None,
 ) -> dict:
+    out = storage.absolute(out)  # Ray Train workers run in another working directory
     if "://" not in out:
         os.makedirs(out, exist_ok=True)
     inputs_url = storage.join(out, "inputs")
     datasets_url = storage.join(out, "datasets")
     read_rows, shard_rows, summaries = [], [], {}
-    ensure_ray(num_cpus=num_cpus)
+    connect_ray(ray_address, num_cpus)
     parent_vocab = None
     for preset, (layout, fmt, name) in DEMO_INPUTS.items():
         people = resume_people if preset == "resumes" else survey_people

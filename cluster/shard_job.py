@@ -6,24 +6,39 @@ import time
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cluster.ray_session import connect_ray
 from cluster.report import console, print_rows, progress_console
+from cluster.settings import ShardSettings
 from data_shards import storage
 from data_shards.inputs import InputSpec
-from data_shards.shard import ShardConfig, ShardResult, ensure_ray, shard_dataset
+from data_shards.readers import ResumeOptions
+from data_shards.shard import ShardResult, shard_dataset
 
 
-def run_shard(
-    spec: InputSpec,
-    out: str,
-    name: str,
-    config: ShardConfig,
-    parent_vocab: str | None = None,
-    overwrite: bool = False,
-    ray_address: str | None = None,
-    num_cpus: int | None = None,
-) -> ShardResult:
+def input_spec(s: ShardSettings) -> InputSpec:
+    """What to read (or simulate), from the shard command's settings."""
+    source, sim = s.source, s.simulator
+    if source.format == "synth" and not sim.sim_preset:
+        raise ValueError("--format synth needs --sim-preset")
+    return InputSpec(
+        format=source.format,
+        url=source.input,
+        panel=source.panel_mapping(),
+        resume=ResumeOptions(as_of=source.resume.as_of)
+        if source.format == "resume-jsonl"
+        else None,
+        preset=sim.sim_preset,
+        people=sim.people,
+        seed=sim.seed,
+        storage_options=source.storage.storage_options,
+    )
+
+
+def run_shard(s: ShardSettings) -> ShardResult:
+    """Run the sharding job for `career shard` with a progress bar and print a summary."""
+    spec = input_spec(s)
     start = time.perf_counter()
-    ensure_ray(ray_address, num_cpus)
+    connect_ray(s.ray.ray_address, s.ray.num_cpus)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -48,7 +63,7 @@ def run_shard(
                 detail=f"{people:,} people, {people / elapsed:,.0f}/s",
             )
 
-        result = shard_dataset(spec, out, name, config, parent_vocab, overwrite, on_progress)
+        result = shard_dataset(spec, s.out, s.name, s.config, s.vocab, s.overwrite, on_progress)
     elapsed = time.perf_counter() - start
     manifest = result.manifest
     if result.already_complete:

@@ -1,4 +1,8 @@
-"""`career synth`: generate a simulated corpus chunk by chunk and write it in the chosen layout."""
+"""`career synth`: generate a simulated corpus chunk by chunk and write it in the chosen layout.
+
+The layouts themselves (name -> writer) are `data_shards.writers.LAYOUTS`; this module adds the
+progress bars and the console line of the command.
+"""
 
 from __future__ import annotations
 
@@ -33,16 +37,7 @@ def write_layout(
     storage_options=None,
 ) -> None:
     """Write a table or a stream of record batches in one of the readable layouts."""
-    if layout == "career-code":
-        writers.write_career_code(records, out, fractions, storage_options)
-    elif layout == "parquet":
-        writers.write_panel(records, out, storage_options)
-    elif layout == "csv":
-        writers.write_panel_csv(records, out, storage_options)
-    elif layout == "resume-jsonl":
-        writers.write_resume_jsonl(records, out, storage_options)
-    else:
-        raise ValueError(f"unknown layout {layout!r}")
+    writers.write_layout(records, out, layout, fractions, storage_options)
 
 
 def run_synth(

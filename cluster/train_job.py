@@ -1,4 +1,9 @@
-"""`career pretrain` / `career finetune` / `career export`: check, resolve, launch, report."""
+"""`career pretrain` / `career finetune` / `career export`: check, resolve, launch, report.
+
+Everything that can be refused is refused here, before a worker starts and before anything is
+written under `--out`: a dataset without a manifest, a vocabulary the package cannot extend to,
+a corrupt checkpoint to resume from, a config that does not resolve.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,25 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import zipfile
 from typing import Any
 
 from cluster.report import console, print_rows
+from cluster.settings import ExportSettings, TrainingSettings
 from data_shards import storage
 from data_shards.errors import StructuralError
 from data_shards.manifest import load_manifest
 from data_shards.vocab import Vocabulary
-from trainer.config import TrainConfig, make_config
+from trainer.accelerator import accelerator_env
 
 
 def check_checkpoint(out: str, storage_options) -> None:
-    """A run folder being resumed must hold a complete, readable latest checkpoint."""
-    import zipfile
+    """A run folder being resumed must hold a complete, readable latest checkpoint.
 
+    Reads only: a fresh `--out` is left untouched (nothing is created by a refused command)."""
+    if not storage.exists(storage.join(out, "checkpoints", "latest.json"), storage_options):
+        return
     from trainer.checkpoint import CheckpointStore
 
     store = CheckpointStore(out, storage_options)
@@ -36,9 +46,8 @@ def check_checkpoint(out: str, storage_options) -> None:
             "checkpoint is incomplete: no model states; remove it or use another --out", path=shown
         )
     for path in states:
-        ok = (
-            fs.size(path) > 0 if store.remote else zipfile.is_zipfile(path)
-        )  # torch.save writes zips
+        # torch.save writes zip files; remote stores are checked for size only
+        ok = fs.size(path) > 0 if storage.is_remote(store.url) else zipfile.is_zipfile(path)
         if not ok:
             raise StructuralError(
                 f"checkpoint is corrupt: {path.rsplit('/', 1)[-1]} is truncated or damaged",
@@ -50,8 +59,6 @@ def check_inputs(data: str, base: str | None, storage_options, out: str | None =
     """Refuse before launching anything: no manifest, a vocabulary the package cannot extend to,
     or a corrupt checkpoint to resume from."""
     load_manifest(data, storage_options)
-    if out:
-        check_checkpoint(out, storage_options)
     if base:
         from trainer.package import load_model
 
@@ -64,104 +71,107 @@ def check_inputs(data: str, base: str | None, storage_options, out: str | None =
                 "--vocab pointing at the pretraining dataset's vocab.json",
                 path=storage.redact(data),
             )
+    if out:
+        check_checkpoint(out, storage_options)
 
 
-def build_config(recipe: str, args) -> TrainConfig:
-    return make_config(
-        recipe,
-        args.preset,
-        args.overrides,
-        zero_stage=args.zero_stage,
-        updates=args.updates,
-        tokens_per_update=args.tokens_per_update,
-        micro_batches=args.micro_batches,
-        precision=args.precision,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-    )
+# ----------------------------------------------------------------------------- dry run
+def describe_model(s: TrainingSettings) -> dict[str, Any]:
+    """The architecture training would build on this dataset (from the package when fine-tuning),
+    with its parameter count: what `--dry-run` shows."""
+    from trainer.loop import _model_for
+
+    manifest = load_manifest(s.data, s.storage_options)
+    vocab = Vocabulary.load(storage.join(s.data, "vocab.json"), s.storage_options)
+    model, adapt = _model_for(s.config, vocab, manifest, s.base, s.storage_options)
+    described = model.config.to_dict()
+    described["parameters"] = model.num_parameters()
+    if adapt:
+        described["finetune"] = adapt
+    return described
 
 
-def dry_run(config: TrainConfig, workers: int, on_gpu: bool) -> dict[str, Any]:
+def dry_run(s: TrainingSettings) -> dict[str, Any]:
     from trainer.engine import deepspeed_config
 
-    resolved = config.resolve(workers, on_gpu)
+    resolved = s.config.resolve(s.workers, s.on_gpu)
+    per_micro_batch = resolved.tokens_per_update // (s.workers * resolved.micro_batches)
     return {
+        "model": describe_model(s),
         "config": resolved.to_dict(),
-        "deepspeed": deepspeed_config(resolved, workers),
-        "workers": workers,
+        "deepspeed": deepspeed_config(resolved, s.workers),
+        "batching": (
+            f"batches are token budgets: one update = {resolved.tokens_per_update:,} job-years over "
+            f"all workers; DeepSpeed's train_batch_size counts micro-batches ({s.workers} workers x "
+            f"{resolved.micro_batches} accumulation steps), each of about {per_micro_batch:,} "
+            "job-years, not people"
+        ),
+        "workers": s.workers,
     }
 
 
-def launch(config: TrainConfig, args, base: str | None = None) -> dict[str, Any]:
-    """Run training with the chosen launcher and return the run's metrics.json."""
-    payload_config = config.to_dict()
-    if args.launcher == "torchrun":
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.workers),
-            "-m", "trainer.launch", "--data", args.data, "--out", args.out,
-            "--config-json", json.dumps(payload_config), "--stop-after", str(args.stop_after),
-        ]  # fmt: skip
-        if base:
-            command += ["--base", base]
-        if args.storage_options:
-            command += ["--storage-options", json.dumps(args.storage_options)]
-        env = {**os.environ}
-        if args.gpus_per_worker == 0:
-            env["DS_ACCELERATOR"] = "cpu"
+# ----------------------------------------------------------------------------- launch
+def _torchrun(s: TrainingSettings) -> None:
+    """One node, `--workers` processes. Storage options travel in a 0600 file, never in argv."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(s.workers),
+        "-m", "trainer.launch", "--data", s.data, "--out", s.out,
+        "--config-json", json.dumps(s.config.to_dict()), "--stop-after", str(s.stop_after),
+    ]  # fmt: skip
+    if s.base:
+        command += ["--base", s.base]
+    env = {**os.environ, **accelerator_env(s.on_gpu)}
+    with tempfile.TemporaryDirectory(prefix="career-options-") as folder:
+        if s.storage_options:
+            path = os.path.join(folder, "storage_options.json")
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                json.dump(s.storage_options, f)
+            command += ["--storage-options-file", path]
         subprocess.run(command, check=True, env=env)
+
+
+def launch(s: TrainingSettings) -> dict[str, Any]:
+    """Run training with the chosen launcher and return the run's metrics.json."""
+    if s.launcher == "torchrun":
+        _torchrun(s)
     else:
-        from data_shards.shard import ensure_ray
+        from cluster.ray_session import connect_ray
         from trainer.launch import ray_train
 
-        ensure_ray(args.ray_address, args.num_cpus)
-        ray_train(
-            config,
-            args.data,
-            args.out,
-            args.workers,
-            args.gpus_per_worker,
-            base,
-            args.storage_options,
-            args.stop_after,
-        )
-    metrics_url = storage.join(args.out, "metrics.json")
-    if args.stop_after and not storage.exists(metrics_url, args.storage_options):
-        return {"stopped_at": args.stop_after}
-    return json.loads(storage.read_text(metrics_url, args.storage_options))
+        connect_ray(s.ray.ray_address, s.ray.num_cpus)
+        ray_train(s.config, s.data, s.out, s.workers, s.gpus_per_worker, s.base,
+                  s.storage_options, s.stop_after)  # fmt: skip
+    metrics_url = storage.join(s.out, "metrics.json")
+    if s.stop_after and not storage.exists(metrics_url, s.storage_options):
+        return {"stopped_at": s.stop_after}
+    return json.loads(storage.read_text(metrics_url, s.storage_options))
 
 
-def run_training(recipe: str, args) -> int:
-    base = getattr(args, "base", None)
-    config = build_config(recipe, args)
-    if args.dry_run:
-        print(
-            json.dumps(
-                dry_run(config, args.workers, args.gpus_per_worker > 0), indent=1, sort_keys=True
-            )
-        )
+def run_training(s: TrainingSettings) -> int:
+    if s.dry_run:
+        print(json.dumps(dry_run(s), indent=1, sort_keys=True))
         return 0
-    check_inputs(args.data, base, args.storage_options, args.out)
-    config.resolve(args.workers, args.gpus_per_worker > 0)  # config errors surface before launching
-    metrics = launch(config, args, base)
+    check_inputs(s.data, s.base, s.storage_options, s.out)
+    s.config.resolve(s.workers, s.on_gpu)  # config errors surface before launching
+    metrics = launch(s)
     if "stopped_at" in metrics:
         console.print(
-            f"stopped after update {metrics['stopped_at']} with a checkpoint in {storage.redact(args.out)}/checkpoints"
+            f"stopped after update {metrics['stopped_at']} with a checkpoint in {storage.redact(s.out)}/checkpoints"
         )
         return 0
     print_rows(
-        f"{recipe} -> {storage.redact(args.out)}",
+        f"{s.recipe} -> {storage.redact(s.out)}",
         ["updates", "tokens seen", "best valid ppl", "best step", "final valid ppl", "wall s"],
         [[metrics["updates"], int(metrics["tokens_seen"]), metrics["best_valid_perplexity"], metrics["best_step"],
           metrics["final_valid_perplexity"], metrics["wall_seconds"]]],
     )  # fmt: skip
-    console.print(f"model package: {storage.redact(storage.join(args.out, 'package'))}")
+    console.print(f"model package: {storage.redact(storage.join(s.out, 'package'))}")
     return 0
 
 
-def run_export(args) -> int:
+def run_export(s: ExportSettings) -> int:
     from trainer.export import export_run
 
-    target = export_run(args.run, args.tag, args.package, args.storage_options)
+    target = export_run(s.run, s.tag, s.package, s.storage.storage_options)
     console.print(f"model package written to {storage.redact(target)}")
     return 0

@@ -27,13 +27,33 @@ StorageOptions = dict[str, Any] | None
 log = logging.getLogger(__name__)
 
 
-def _options_for(url: str, storage_options: StorageOptions) -> dict[str, Any]:
+def is_remote(url: str) -> bool:
+    """Whether `url` names an object store or other non-local filesystem (not a path, not file://)."""
+    return "://" in url and not url.startswith("file://")
+
+
+def absolute(url: str | None) -> str | None:
+    """A local path made absolute; URLs with a scheme are returned unchanged. Processes that run
+    elsewhere (Ray Train workers) do not share the caller's working directory."""
+    if url is None or "://" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def s3_options(storage_options: StorageOptions = None) -> dict[str, Any]:
+    """s3fs options: the given ones, plus the endpoint of the standard AWS variables if set
+    (`AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`) and none was given."""
     options = dict(storage_options or {})
-    if url.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint and "endpoint_url" not in options:
-            options.setdefault("client_kwargs", {}).setdefault("endpoint_url", endpoint)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    client = dict(options.get("client_kwargs") or {})
+    if endpoint and "endpoint_url" not in options and "endpoint_url" not in client:
+        client["endpoint_url"] = endpoint
+        options["client_kwargs"] = client
     return options
+
+
+def _options_for(url: str, storage_options: StorageOptions) -> dict[str, Any]:
+    return s3_options(storage_options) if url.startswith("s3://") else dict(storage_options or {})
 
 
 _USER_INFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*@")

@@ -91,8 +91,8 @@ def ray_address():
     """One local Ray instance (2 CPUs, small object store) for the whole session; yields its address."""
     import ray
 
-    ray.init(
-        num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20, log_to_driver=False
-    )
-    yield ray.get_runtime_context().gcs_address
+    from cluster.ray_session import connect_ray
+
+    address = connect_ray(num_cpus=2, object_store_memory=512 * 2**20)
+    yield address
     ray.shutdown()

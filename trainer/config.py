@@ -40,20 +40,42 @@ PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast", "fp16")
 
 @dataclass
 class TrainConfig:
-    preset: str = "paper"
+    preset: str = field(
+        default="paper",
+        metadata={"help": "model architecture preset", "choices": tuple(sorted(PRESETS))},
+    )
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's architecture
     optim: OptimConfig = field(default_factory=OptimConfig)
-    updates: int = 85_000
-    tokens_per_update: int = 16_000  # job-year tokens per update over all workers, padding excluded
-    micro_batches: int = 1  # gradient accumulation steps per update
-    zero_stage: int = 2
-    # auto: bf16 on GPU, fp32 on CPU; or fp32 / bf16 (DeepSpeed's: bf16 weights, fp32 master copy)
-    # / bf16-autocast (fp32 weights, bf16 matmuls through torch.autocast) / fp16
-    precision: str = "auto"
+    updates: int = field(default=85_000, metadata={"help": "optimizer updates", "metavar": "N"})
+    tokens_per_update: int = field(
+        default=16_000,
+        metadata={
+            "help": "job-year tokens per update over all workers, padding excluded",
+            "metavar": "N",
+        },
+    )
+    micro_batches: int = field(
+        default=1, metadata={"help": "gradient accumulation steps per update", "metavar": "N"}
+    )
+    zero_stage: int = field(
+        default=2, metadata={"help": "DeepSpeed ZeRO stage", "choices": (0, 1, 2, 3)}
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: bf16 on GPU, fp32 on CPU; bf16 (DeepSpeed's: bf16 weights, fp32 master "
+            "copy); bf16-autocast keeps fp32 weights and runs matmuls in bf16; fp16",
+            "choices": PRECISIONS,
+        },
+    )
     compile: bool = False  # torch.compile the model (GPU; shapes vary, so dynamic shapes)
-    seed: int = 0
-    eval_every: int = 1000
-    checkpoint_every: int = 1000
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    eval_every: int = field(
+        default=1000, metadata={"help": "updates between validations", "metavar": "N"}
+    )
+    checkpoint_every: int = field(
+        default=1000, metadata={"help": "updates between checkpoints", "metavar": "N"}
+    )
     keep_checkpoints: int = 3  # most recent ones kept, besides the best
     log_every: int = 10
     loader_workers: int = 1

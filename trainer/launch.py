@@ -15,6 +15,8 @@ import os
 import tempfile
 from typing import Any
 
+from data_shards import storage
+from data_shards.errors import StructuralError
 from trainer.config import TrainConfig
 
 log = logging.getLogger("career.launch")
@@ -22,14 +24,14 @@ log = logging.getLogger("career.launch")
 
 def _worker(payload: dict[str, Any], progress_sink=None) -> dict[str, Any]:
     """Body of every worker: join the process group, train, leave cleanly."""
-    import torch
+    from trainer.accelerator import select_accelerator
+
+    select_accelerator()  # before DeepSpeed is imported
     import torch.distributed as dist
 
     from trainer import engine
     from trainer.loop import train
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     engine.init_distributed()
     # No barrier in a `finally`: a rank that fails must not wait for the others forever. Its
     # exception ends this worker and the launcher (torchrun or Ray Train) stops the rest.
@@ -129,6 +131,26 @@ class DriverProgress:
             self.progress.stop()
 
 
+#: Errors of ours whose message is meant for the user (a worker's is re-raised on the driver).
+USER_ERRORS = (StructuralError, ValueError, FileNotFoundError, PermissionError)
+
+
+def worker_error(failure: BaseException) -> BaseException | None:
+    """The user-facing error behind a failed Ray Train run, if a worker raised one of ours.
+
+    Ray Train wraps worker exceptions in a `WorkerGroupError` holding each rank's exception; when
+    one rank fails on bad input the others often fail only because it left the process group,
+    so the first error of ours, lowest rank first, is the cause."""
+    failures = getattr(failure, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        error = failures[rank]
+        while error is not None and not isinstance(error, USER_ERRORS):
+            error = error.__cause__ or getattr(error, "cause", None)
+        if error is not None:
+            return error
+    return None
+
+
 def ray_train(
     config: TrainConfig,
     data: str,
@@ -139,19 +161,21 @@ def ray_train(
     storage_options: dict | None = None,
     stop_after: int = 0,
 ) -> None:
-    """Run the loop on `workers` Ray Train workers (the Ray instance this process is connected to)."""
+    """Run the loop on `workers` Ray Train workers (the Ray instance this process is connected to).
+
+    Local paths are made absolute first: the workers run in another working directory. A worker's
+    error of ours (bad input, a refused checkpoint) is raised here as itself."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    use_gpu = gpus_per_worker > 0
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    use_gpu = gpus_per_worker > 0
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     relay = ray.remote(num_cpus=0)(ProgressRelay).options(scheduling_strategy=here).remote()
-    payload = {"config": config.to_dict(), "data": data, "out": out, "base": base,
-               "storage_options": storage_options, "stop_after": stop_after, "progress": relay}  # fmt: skip
-    env = {"DS_ACCELERATOR": "cpu"} if not use_gpu else {}
+    payload = {"config": config.to_dict(), "data": storage.absolute(data), "out": storage.absolute(out),
+               "base": storage.absolute(base), "storage_options": storage_options,
+               "stop_after": stop_after, "progress": relay}  # fmt: skip
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config=payload,
@@ -165,10 +189,14 @@ def ray_train(
             storage_path=tempfile.mkdtemp(prefix="career-raytrain-"), name="career"
         ),
     )
-    os.environ.update(env)
     try:
         with DriverProgress(relay):
             trainer.fit()
+    except Exception as failure:
+        cause = worker_error(failure)
+        if cause is None or os.environ.get("CAREER_DEBUG"):
+            raise
+        raise cause from None
     finally:
         ray.kill(relay)
 
@@ -181,15 +209,22 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--config-json", required=True, help="a resolved TrainConfig as JSON")
     parser.add_argument("--base", default=None, help="model package to fine-tune")
-    parser.add_argument("--storage-options", default=None, help="fsspec options as JSON")
+    parser.add_argument(
+        "--storage-options-file",
+        default=None,
+        help="fsspec options as a JSON file (0600; secrets never travel on the command line)",
+    )
     parser.add_argument(
         "--stop-after", type=int, default=0, help="stop (with a checkpoint) after this update"
     )
     args = parser.parse_args()
+    options = None
+    if args.storage_options_file:
+        with open(args.storage_options_file) as f:
+            options = json.load(f)
     payload = {
         "config": json.loads(args.config_json), "data": args.data, "out": args.out, "base": args.base,
-        "storage_options": json.loads(args.storage_options) if args.storage_options else None,
-        "stop_after": args.stop_after,
+        "storage_options": options, "stop_after": args.stop_after,
     }  # fmt: skip
     _worker(payload)
     import torch.distributed as dist

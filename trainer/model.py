@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-PAD_ID, BOS_ID, UNK_ID = 0, 1, 2
+from data_shards.vocab import BOS_ID, PAD_ID, UNK_ID  # the vocabulary's special ids, defined once
+
+__all__ = ["BOS_ID", "PAD_ID", "UNK_ID", "COVARIATES", "Career", "ModelConfig", "build_model"]
 
 #: Attention kernels SDPA may use (it picks among them as usual). cuDNN's is left out on purpose:
 #: it plans each new (batch, length) shape, and token-budget batches change shape every update

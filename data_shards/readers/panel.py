@@ -47,30 +47,120 @@ class PanelMapping:
     when the input has them, so panels written by `career synth` read back without flags.
     """
 
-    person: str = "person_id"
-    year: str = "year"
-    occupation: str | None = None
-    occupation_dummies: tuple[str, ...] = ()
-    occupation_base: str | None = None
-    education: str | None = None
-    education_dummies: tuple[str, ...] = ()
-    education_base: str | None = None
-    wage: str | None = None
-    wage_is_log: bool = False
-    location: str | None = None
-    location_dummies: tuple[str, ...] = ()
-    location_base: str | None = None
-    gender: str | None = None
-    gender_dummies: tuple[str, ...] = ()
-    gender_base: str | None = None
-    ethnicity: str | None = None
-    ethnicity_dummies: tuple[str, ...] = ()
-    ethnicity_base: str | None = None
-    birth_year: str | None = None
-    weight: str | None = None
-    split: str | None = None
-    oracle_logp: str | None = None
-    year_base: int | None = None
+    person: str = field(
+        default="person_id", metadata={"help": "person id column", "metavar": "COL"}
+    )
+    year: str = field(default="year", metadata={"help": "year column", "metavar": "COL"})
+    occupation: str | None = field(
+        default=None, metadata={"help": "occupation code column (per year)", "metavar": "COL"}
+    )
+    occupation_dummies: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "occupation code as one-hot dummy columns instead of one column",
+            "metavar": "A,B,...",
+        },
+    )
+    occupation_base: str | None = field(
+        default=None,
+        metadata={
+            "help": "occupation code when every dummy is recorded and none is set (the omitted category)",
+            "metavar": "NAME",
+        },
+    )
+    education: str | None = field(
+        default=None, metadata={"help": "education level column (per year)", "metavar": "COL"}
+    )
+    education_dummies: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "education level as one-hot dummy columns instead of one column",
+            "metavar": "A,B,...",
+        },
+    )
+    education_base: str | None = field(
+        default=None,
+        metadata={
+            "help": "education level when every dummy is recorded and none is set (the omitted category)",
+            "metavar": "NAME",
+        },
+    )
+    wage: str | None = field(
+        default=None,
+        metadata={"help": "wage column (per year; logged unless --wage-is-log)", "metavar": "COL"},
+    )
+    wage_is_log: bool = field(
+        default=False, metadata={"help": "the wage column already holds log wages"}
+    )
+    location: str | None = field(
+        default=None, metadata={"help": "state/region column (static)", "metavar": "COL"}
+    )
+    location_dummies: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "state/region as one-hot dummy columns instead of one column",
+            "metavar": "A,B,...",
+        },
+    )
+    location_base: str | None = field(
+        default=None,
+        metadata={
+            "help": "state/region when every dummy is recorded and none is set (the omitted category)",
+            "metavar": "NAME",
+        },
+    )
+    gender: str | None = field(
+        default=None, metadata={"help": "gender column (static)", "metavar": "COL"}
+    )
+    gender_dummies: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "gender as one-hot dummy columns instead of one column",
+            "metavar": "A,B,...",
+        },
+    )
+    gender_base: str | None = field(
+        default=None,
+        metadata={
+            "help": "gender when every dummy is recorded and none is set (the omitted category)",
+            "metavar": "NAME",
+        },
+    )
+    ethnicity: str | None = field(
+        default=None, metadata={"help": "race/ethnicity column (static)", "metavar": "COL"}
+    )
+    ethnicity_dummies: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "race/ethnicity as one-hot dummy columns instead of one column",
+            "metavar": "A,B,...",
+        },
+    )
+    ethnicity_base: str | None = field(
+        default=None,
+        metadata={
+            "help": "race/ethnicity when every dummy is recorded and none is set (the omitted category)",
+            "metavar": "NAME",
+        },
+    )
+    birth_year: str | None = field(
+        default=None, metadata={"help": "birth year column", "metavar": "COL"}
+    )
+    weight: str | None = field(
+        default=None, metadata={"help": "survey sampling weight column", "metavar": "COL"}
+    )
+    split: str | None = field(
+        default=None,
+        metadata={
+            "help": "column holding train/valid/test, if the input has its own splits",
+            "metavar": "COL",
+        },
+    )
+    oracle_logp: str | None = None  # written by the simulator; read by its own name, no flag
+    year_base: int | None = field(
+        default=None,
+        metadata={"help": "add N to two-digit years, e.g. 1900 for 80 -> 1980", "metavar": "N"},
+    )
 
     def __post_init__(self) -> None:
         for name in CATEGORICAL:

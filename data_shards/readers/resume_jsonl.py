@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from data_shards import storage
 from data_shards.errors import StructuralError
-from data_shards.lines import index_lines, read_line_range
 from data_shards.quarantine import Quarantine, ReadReport
 from data_shards.readers.common import (
     ReadResult,
@@ -34,6 +33,7 @@ from data_shards.readers.common import (
     parse_int,
     static_text,
 )
+from data_shards.readers.lines import index_lines, read_line_range
 
 _DATE = re.compile(r"^\s*(\d{4})(?:-(\d{1,2}))?(?:-\d{1,2})?\s*$")
 _OPEN = (None, "", "present", "current", "now")
@@ -54,7 +54,13 @@ DEGREES = {
 
 @dataclass(frozen=True)
 class ResumeOptions:
-    as_of: int | None = None  # year that closes open-ended jobs
+    as_of: int | None = field(
+        default=None,
+        metadata={
+            "help": "year that closes open-ended jobs (default: the latest year each resume mentions)",
+            "metavar": "YEAR",
+        },
+    )
 
 
 def _month_index(value: Any, *, is_end: bool, what: str) -> int:
