@@ -24,27 +24,26 @@ from typing import Any
 
 from cluster import flags, settings
 from data_shards.errors import StructuralError
+from data_shards.formats import ALL_FORMATS, READABLE_FORMATS
 
 EXIT_STRUCTURAL = 2
 #: Errors that mean bad input, a missing file or store, or an fsspec scheme not installed.
 USER_ERRORS = (StructuralError, ValueError, OSError, ImportError)
-READABLE = ("career-code", "panel", "resume-jsonl")
-FORMAT_HELP = {
-    "career-code": "folder of {train,valid,test}.{job,year,...}",
-    "panel": "CSV or Parquet person-year rows",
-    "resume-jsonl": "one resume per line",
-    "synth": "the simulator, generated on the workers",
-}
 
 
 def _format_flag(names: tuple[str, ...], input_required: bool) -> dict[str, dict[str, Any]]:
-    described = "; ".join(f"{n}: {FORMAT_HELP[n]}" for n in names)
-    return {
-        "format": {"choices": names, "help": described},
-        "input": {"required": input_required}
-        | ({} if input_required else {"help": "local path, file:// or s3:// URL of the input "
-                                               "(not with --format synth)"}),
-    }  # fmt: skip
+    """`--format` choices and help from the input-format registry; `--input` needed or not."""
+    from data_shards.formats import describe_formats
+
+    adjusted: dict[str, dict[str, Any]] = {
+        "format": {"choices": names, "help": describe_formats(names)},
+        "input": {"required": input_required},
+    }
+    if not input_required:
+        adjusted["input"]["help"] = (
+            "local path, file:// or s3:// URL of the input (not with --format synth)"
+        )
+    return adjusted
 
 
 @dataclass(frozen=True)
@@ -166,10 +165,10 @@ COMMANDS: dict[str, Command] = {
     "synth": Command("simulate careers (resumes, NLSY79, NLSY97, PSID) with their oracle",
                      settings.SynthSettings, run_synth),
     "inspect": Command("summarise an input corpus before training", settings.InspectSettings,
-                       run_inspect, adjust=_format_flag(READABLE, input_required=True)),
+                       run_inspect, adjust=_format_flag(READABLE_FORMATS, input_required=True)),
     "shard": Command("shard an input into streaming webdataset tarballs with a Ray job",
                      settings.ShardSettings, run_shard,
-                     adjust=_format_flag((*READABLE, "synth"), input_required=False)),
+                     adjust=_format_flag(ALL_FORMATS, input_required=False)),
     "pretrain": Command("pretrain CAREER with DeepSpeed ZeRO", settings.TrainingSettings,
                         run_training, add=_training_flags("pretrain"),
                         make=_training_settings("pretrain")),

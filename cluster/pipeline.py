@@ -26,13 +26,14 @@ from data_shards.readers import read
 from data_shards.shard import ShardConfig, shard_dataset
 from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.summary import summarize
+from data_shards.writers import LAYOUTS
 
-#: preset -> (layout written, reader format, file name)
+#: preset -> (layout written, file name); each is read back with its layout's reader format
 DEMO_INPUTS = {
-    "resumes": ("resume-jsonl", "resume-jsonl", "resumes.jsonl"),
-    "nlsy79": ("career-code", "career-code", "nlsy79"),
-    "nlsy97": ("parquet", "panel", "nlsy97.parquet"),
-    "psid": ("csv", "panel", "psid.csv"),
+    "resumes": ("resume-jsonl", "resumes.jsonl"),
+    "nlsy79": ("career-code", "nlsy79"),
+    "nlsy97": ("parquet", "nlsy97.parquet"),
+    "psid": ("csv", "psid.csv"),
 }
 
 
@@ -53,7 +54,8 @@ def run_local(
     read_rows, shard_rows, summaries = [], [], {}
     connect_ray(ray_address, num_cpus)
     parent_vocab = None
-    for preset, (layout, fmt, name) in DEMO_INPUTS.items():
+    for preset, (layout, name) in DEMO_INPUTS.items():
+        fmt = LAYOUTS[layout].reads_as
         people = resume_people if preset == "resumes" else survey_people
         table = simulate_table(preset, people, seed)
         url = storage.join(inputs_url, name)

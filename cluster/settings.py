@@ -15,10 +15,10 @@ from data_shards.readers.panel import PanelMapping
 from data_shards.readers.resume_jsonl import ResumeOptions
 from data_shards.shard import ShardConfig
 from data_shards.synth.presets import PRESETS as SIM_PRESETS
+from data_shards.writers import LAYOUT_NAMES, describe_layouts
 from trainer.config import TrainConfig
 
 SIM_PRESET_NAMES = tuple(sorted(SIM_PRESETS))
-LAYOUTS = ("career-code", "parquet", "csv", "resume-jsonl")
 
 
 @dataclass(kw_only=True)
@@ -104,8 +104,8 @@ class SynthSettings:
     seed: int = option(0, help="random seed; with it the output is deterministic")
     layout: str = option(
         "career-code",
-        help="career-code folder, person-year Parquet or CSV panel, or resume JSON Lines",
-        choices=LAYOUTS,
+        help=describe_layouts(),
+        choices=LAYOUT_NAMES,
     )
     split_fractions: tuple[float, float, float] = option(
         (0.9, 0.05, 0.05),

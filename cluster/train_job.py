@@ -22,6 +22,7 @@ from data_shards.errors import StructuralError
 from data_shards.manifest import load_manifest
 from data_shards.vocab import Vocabulary
 from trainer.accelerator import accelerator_env
+from trainer.launch import ERROR_FILE_ENV
 
 
 def check_checkpoint(out: str, storage_options) -> None:
@@ -120,14 +121,34 @@ def _torchrun(s: TrainingSettings) -> None:
     ]  # fmt: skip
     if s.base:
         command += ["--base", s.base]
-    env = {**os.environ, **accelerator_env(s.on_gpu)}
-    with tempfile.TemporaryDirectory(prefix="career-options-") as folder:
+    with tempfile.TemporaryDirectory(prefix="career-launch-") as folder:
+        errors = os.path.join(folder, "error")
+        env = {**os.environ, **accelerator_env(s.on_gpu), ERROR_FILE_ENV: errors}
         if s.storage_options:
             path = os.path.join(folder, "storage_options.json")
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
                 json.dump(s.storage_options, f)
             command += ["--storage-options-file", path]
-        subprocess.run(command, check=True, env=env)
+        if subprocess.run(command, env=env).returncode != 0:
+            raise _worker_failure(folder)
+
+
+def _worker_failure(folder: str) -> Exception:
+    """The first error of ours a torchrun worker reported (lowest rank), else a plain failure."""
+    reports = sorted(
+        (int(name.rsplit(".", 1)[1]), name)
+        for name in os.listdir(folder)
+        if name.startswith("error.")
+    )
+    if not reports:
+        return RuntimeError("a training worker failed (see its output above)")
+    with open(os.path.join(folder, reports[0][1])) as f:
+        report = json.load(f)
+    return (
+        StructuralError(report["message"])
+        if report["type"] == "StructuralError"
+        else ValueError(report["message"])
+    )
 
 
 def launch(s: TrainingSettings) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Records (Arrow) -> vocabulary ids (numpy), and the inverse, for the shard blocks.
 
 `FieldSet` says which optional fields a dataset carries; every block of a dataset carries the same
-ones, so the loader's batches have a fixed set of keys.
+ones, so the loader's batches have a fixed set of keys. The sharding job encodes with it
+(`shard/write.py`); `block_to_table` decodes a block back, for tests and inspection.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_shards.blocks import FLOAT_TOKEN_FIELDS, PERSON_FIELDS, Block, id_dtype
-from data_shards.vocab import FIELD_COLUMNS, Vocabulary
+from data_shards.vocab import FIELD_COLUMNS, PAD_ID, Vocabulary
 
 #: Token fields always present.
 REQUIRED_TOKEN_FIELDS = ("job", "year")
@@ -147,7 +148,7 @@ def block_to_table(block: Block, vocab: Vocabulary) -> pa.Table:
         if name in block.arrays:
             ids = pa.array(block.arrays[name].astype(np.int64))
             tokens = pa.array(vocab.fields[name], pa.string()).take(ids)
-            tokens = pc.if_else(pc.equal(ids, 0), pa.scalar(None, pa.string()), tokens)
+            tokens = pc.if_else(pc.equal(ids, PAD_ID), pa.scalar(None, pa.string()), tokens)
             out[FIELD_COLUMNS[name]] = tokens.cast(pa.int32()) if name == "birth_year" else tokens
     if "weight" in block.arrays:
         out["weight"] = pa.array(block.arrays["weight"], pa.float32())

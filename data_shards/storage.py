@@ -2,7 +2,9 @@
 
 Local paths, `file://`, `s3://` (endpoint and credentials from the standard AWS environment
 variables or `storage_options`) and any other fsspec scheme whose package is installed.
-Credentials are never part of a URL we print: `redact` strips them.
+Credentials are never part of a URL we print: `redact` strips them. `s3_options` is the one place
+that adds the AWS endpoint variables to s3 options (the loader's own s3 opener uses it too) and
+`is_remote` the one test for "not a local path".
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ least `YEAR_SPAN` so that fine-tuning data with earlier or later years never for
 Extending appends tokens the parent lacks and never moves an existing one: a vocabulary is
 compatible with its parent when each parent field is a prefix of the child's field.
 Counting is separate from building (`count_tokens` / `merge_counts`) so the sharding job can count
-in parallel and build once.
+in parallel and build once. The special ids (`PAD_ID`, `BOS_ID`, `UNK_ID`) are defined here only;
+the loader and the models import them from here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Write records out as a career-code folder, a person-year panel (Parquet/CSV) or resume JSON Lines.
 
-Every writer takes a table or an iterable of record batches and streams it, so a corpus larger
+The layouts, in one registry (`LAYOUTS`: name -> writer, description, the input format that
+reads it back), serve `career synth --layout` and the demo pipeline. Every writer takes a table or an iterable of record batches and streams it, so a corpus larger
 than memory (`career synth --people 24000000`) is written one chunk at a time. Outputs appear
 whole or not at all: files are written through `storage.open_atomic`, and a career-code folder is
 written beside its destination and moved into place.
@@ -13,7 +14,8 @@ import itertools
 import json
 import math
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -220,3 +222,60 @@ def write_resume_jsonl(records: Records, url: str, storage_options=None) -> int:
 
 _EMPTY = pa.table({"person_id": pa.array([], pa.string()), "years": pa.array([], pa.list_(pa.int32())),
                    "jobs": pa.array([], pa.list_(pa.string()))})  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the layouts
+LayoutWriter = Callable[[Records, str, tuple[float, float, float], storage.StorageOptions], object]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One layout records can be written in; `reads_as` is the input format that reads it back."""
+
+    name: str
+    description: str  # a few words, for `--layout` help
+    reads_as: str
+    write: LayoutWriter  # (records, url, split fractions, storage options)
+
+
+def _without_fractions(writer: Callable[[Records, str, storage.StorageOptions], object]):
+    """A writer of a layout that keeps no split: the split fractions do not apply."""
+    return lambda records, url, fractions, storage_options: writer(records, url, storage_options)
+
+
+LAYOUTS: dict[str, Layout] = {
+    layout.name: layout
+    for layout in (
+        Layout("career-code", "career-code folder", "career-code", write_career_code),
+        Layout("parquet", "person-year Parquet panel", "panel", _without_fractions(write_panel)),
+        Layout("csv", "person-year CSV panel", "panel", _without_fractions(write_panel_csv)),
+        Layout(
+            "resume-jsonl",
+            "resume JSON Lines",
+            "resume-jsonl",
+            _without_fractions(write_resume_jsonl),
+        ),
+    )
+}
+LAYOUT_NAMES: tuple[str, ...] = tuple(LAYOUTS)
+
+
+def describe_layouts(names: tuple[str, ...] = LAYOUT_NAMES) -> str:
+    """One line of help for `--layout`: "name: description; ..." for `names`, in that order."""
+    return "; ".join(f"{name}: {LAYOUTS[name].description}" for name in names)
+
+
+def write_layout(
+    records: Records,
+    url: str,
+    layout: str,
+    fractions=DEFAULT_FRACTIONS,
+    storage_options=None,
+) -> None:
+    """Write a table or a stream of record batches at `url` in `layout` (one of `LAYOUTS`).
+
+    `fractions` split people without their own split (career-code only: the others keep no split).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUT_NAMES)}")
+    LAYOUTS[layout].write(records, url, fractions, storage_options)

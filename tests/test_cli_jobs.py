@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 CAREER = str(Path(sys.executable).with_name("career"))
 pytestmark = pytest.mark.slow
@@ -45,13 +46,23 @@ def test_career_run_from_an_empty_folder_with_the_default_relative_out(tmp_path,
 
 def test_relative_paths_and_worker_errors_through_ray_train(tmp_path, ray_address):
     ray = ["--ray-address", ray_address]
-    shard = ["shard", "--format", "synth", "--out", "store", "--people-per-block", "64", *ray]
+    # Small shards: a lost one is read by one worker only.
+    shard = ["shard", "--format", "synth", "--out", "store", "--people-per-block", "64",
+             "--blocks-per-shard", "2", *ray]  # fmt: skip
     career(tmp_path, *shard, "--sim-preset", "resumes", "--people", "800", "--name", "resume")
     career(tmp_path, *shard, "--sim-preset", "nlsy79", "--people", "300", "--name", "survey",
            "--vocab", "store/resume/vocab.json")  # fmt: skip
 
     career(tmp_path, "pretrain", "--data", "store/resume", "--out", "pre", *TINY, *ray)
     assert json.loads((tmp_path / "pre" / "metrics.json").read_text())["updates"] == 3
+    # Exact resume through Ray Train: stopped after update 2, rerun, equal to the whole run.
+    stopped = career(tmp_path, "pretrain", "--data", "store/resume", "--out", "split",
+                     "--stop-after", "2", *TINY, *ray)  # fmt: skip
+    assert "stopped after update 2" in stopped.stdout
+    career(tmp_path, "pretrain", "--data", "store/resume", "--out", "split", *TINY, *ray)
+    whole, resumed = (_weights(tmp_path / run, 3) for run in ("pre", "split"))
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
     career(tmp_path, "finetune", "--base", "pre/package", "--data", "store/survey", "--out", "fine",
            *TINY, *ray)  # fmt: skip
     fine = json.loads((tmp_path / "fine" / "metrics.json").read_text())
@@ -97,3 +108,22 @@ def _parameters(described: dict) -> int:
     config = {k: v for k, v in described.items() if k in names and k != "vocab_sizes"}
     model = build_model(described["vocab_sizes"], **config)
     return model.num_parameters()
+
+
+def test_a_worker_error_under_torchrun_exits_2_with_its_message(tmp_path, ray_address):
+    shard = ["shard", "--format", "synth", "--out", "store", "--people-per-block", "64"]
+    career(tmp_path, *shard, "--sim-preset", "nlsy79", "--people", "400", "--name", "survey",
+           "--ray-address", ray_address)  # fmt: skip
+    lost = sorted((tmp_path / "store" / "survey" / "train").glob("shard-*.tar"))[-1]
+    lost.unlink()
+    proc = career(tmp_path, "pretrain", "--data", "store/survey", "--out", "run", "--launcher",
+                  "torchrun", *TINY, check=False, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("career pretrain: error:") and lost.name in last
+
+
+def _weights(run: Path, step: int) -> dict:
+    from trainer import engine
+
+    return engine.consolidated_state_dict(str(run / "checkpoints"), f"step{step:07d}")

@@ -1,6 +1,10 @@
 """Input readers: each returns accepted records as an Arrow table, a quarantine and a report.
 
-`read(url, fmt, ...)` is the one entry point the CLI and the sharding job use.
+One module per file format (`career_code`, `panel`, `resume_jsonl`), each with a whole-file
+reader for this process and a block reader for the sharding job's tasks; `common` holds what they
+share and `lines` cuts text files into blocks of lines by byte ranges. Which reader serves which
+format name is the registry's (`data_shards.formats`); `read(url, fmt, ...)` is the one entry
+point the CLI uses.
 """
 
 from __future__ import annotations
@@ -10,10 +14,7 @@ from data_shards.readers.common import ReadResult
 from data_shards.readers.panel import PanelMapping, read_panel
 from data_shards.readers.resume_jsonl import ResumeOptions, read_resume_jsonl
 
-FORMATS = ("career-code", "panel", "resume-jsonl")
-
 __all__ = [
-    "FORMATS",
     "PanelMapping",
     "ReadResult",
     "ResumeOptions",
@@ -32,11 +33,10 @@ def read(
     resume: ResumeOptions | None = None,
     storage_options=None,
 ) -> ReadResult:
-    """Read `url` in format `fmt` (one of FORMATS)."""
-    if fmt == "career-code":
-        return read_career_code(url, storage_options)
-    if fmt == "panel":
-        return read_panel(url, panel, storage_options)
-    if fmt == "resume-jsonl":
-        return read_resume_jsonl(url, resume, storage_options)
-    raise ValueError(f"unknown input format {fmt!r}; choose from {', '.join(FORMATS)}")
+    """Read `url` in format `fmt` (one of `data_shards.formats.READABLE_FORMATS`)."""
+    # Imported here: the registry imports the reader modules, hence this package.
+    from data_shards.formats import READABLE_FORMATS, input_format
+
+    reader = input_format(fmt, READABLE_FORMATS).read
+    assert reader is not None  # a readable format has a reader, by definition
+    return reader(url, panel=panel, resume=resume, storage_options=storage_options)

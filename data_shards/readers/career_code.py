@@ -19,7 +19,6 @@ from typing import Any
 
 from data_shards import storage
 from data_shards.errors import StructuralError
-from data_shards.lines import index_lines, read_line_range
 from data_shards.quarantine import Quarantine, ReadReport
 from data_shards.readers.common import (
     ReadResult,
@@ -31,6 +30,7 @@ from data_shards.readers.common import (
     parse_int,
     parse_optional_float,
 )
+from data_shards.readers.lines import index_lines, read_line_range
 from data_shards.schema import SPLITS
 
 TIME_VARYING = ("job", "year", "education", "log_wage", "oracle_logp")

@@ -360,78 +360,129 @@ def _categorical(table: pa.Table, mapping: PanelMapping, name: str):
     return values, missing, np.zeros(n, dtype=bool), np.full(n, None, dtype=object)
 
 
+class _Reasons:
+    """Why each row is quarantined (None: kept). The first reason found stays."""
+
+    def __init__(self, rows: int) -> None:
+        self.reason = np.full(rows, None, dtype=object)
+
+    def flag(self, mask: np.ndarray, why: str | np.ndarray) -> None:
+        fresh = mask & (self.reason == None)  # noqa: E711 (elementwise on an object array)
+        self.reason[fresh] = why if isinstance(why, str) else why[fresh]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self.reason == None  # noqa: E711
+
+
+@dataclass
+class _Rows:
+    """The panel's rows, parsed: person ids, years, occupations and the other mapped fields."""
+
+    person_ids: np.ndarray  # object array of str (None where missing)
+    person_missing: np.ndarray
+    years: np.ndarray
+    occupation: np.ndarray
+    mapped: dict[
+        str, Any
+    ]  # other field -> per-row values (categorical: object; numeric: float/masked)
+    split: np.ndarray | None
+
+
 def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=None) -> ReadResult:
     mapping, table, is_csv, ragged = _load(url, mapping or PanelMapping(), storage_options)
     shown = storage.redact(url)
-    n = table.num_rows
-    reason = np.full(n, None, dtype=object)
+    reasons = _Reasons(table.num_rows)
+    rows = _parse_rows(table, mapping, reasons)
+    _flag_duplicates(rows, reasons)
+    quarantine = _quarantine_rows(table, rows, reasons, ragged, shown, is_csv)
+    result, all_people, accepted, conflicts = _records(rows, reasons, quarantine, shown)
+    report = ReadReport(
+        source=shown,
+        people_read=len(all_people),
+        people_accepted=len(accepted),
+        people_quarantined=len(all_people - accepted),
+        rows_read=table.num_rows + len(ragged),
+        rows_quarantined=int(np.sum(~reasons.ok)) + len(ragged),
+        notes={"static_conflicts": conflicts} if conflicts else {},
+    )
+    return ReadResult(result, quarantine, report)
 
-    def flag(mask: np.ndarray, why: str | np.ndarray) -> None:
-        fresh = mask & (reason == None)  # noqa: E711 (elementwise on an object array)
-        reason[fresh] = why if isinstance(why, str) else why[fresh]
 
+def _parse_rows(table: pa.Table, mapping: PanelMapping, reasons: _Reasons) -> _Rows:
+    """Parse every mapped column, flagging the rows that cannot be kept (in this order)."""
     person_text, person_missing = _clean(table.column(mapping.person))
-    flag(person_missing, "missing person id")
+    reasons.flag(person_missing, "missing person id")
     years, year_missing, year_bad = _parse(table.column(mapping.year), _INT, int)
-    flag(year_missing, "missing year")
-    flag(year_bad, "unparseable year")
+    reasons.flag(year_missing, "missing year")
+    reasons.flag(year_bad, "unparseable year")
     if mapping.year_base is not None:
         years = np.where((years >= 0) & (years < 100), years + mapping.year_base, years)
     out_of_range = ~year_missing & ~year_bad & ((years < YEAR_RANGE[0]) | (years > YEAR_RANGE[1]))
     hint = "" if mapping.year_base is not None else " (two-digit years need --year-base)"
-    flag(out_of_range, f"year out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}{hint}")
+    reasons.flag(out_of_range, f"year out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}{hint}")
 
     occupation, occ_missing, occ_bad, occ_reasons = _categorical(table, mapping, "occupation")
-    flag(occ_bad, occ_reasons)
-    flag(occ_missing, "missing occupation")
+    reasons.flag(occ_bad, occ_reasons)
+    reasons.flag(occ_missing, "missing occupation")
 
     out: dict[str, Any] = {}
     for name in ("location", "ethnicity", "gender", "education"):
         got = _categorical(table, mapping, name)
         if got is None:
             continue
-        values, _, bad, reasons = got
-        flag(bad, reasons)
+        values, _, bad, why = got
+        reasons.flag(bad, why)
         out[name] = values
+    out.update(_parse_numeric(table, mapping, reasons))
+    split = None
+    if mapping.split:
+        split_text, split_missing = _clean(table.column(mapping.split))
+        split = np.array(split_text.to_pylist(), dtype=object)
+        reasons.flag(
+            ~split_missing & ~np.isin(split, ["train", "valid", "test"]),
+            "split must be train, valid or test",
+        )
+    person_ids = np.array(person_text.to_pylist(), dtype=object)
+    return _Rows(person_ids, person_missing, years, occupation, out, split)
+
+
+def _parse_numeric(table: pa.Table, mapping: PanelMapping, reasons: _Reasons) -> dict[str, Any]:
+    """Wage (logged unless already), birth year, weight and oracle log-probability, if mapped."""
+    out: dict[str, Any] = {}
     numeric = {"wage": (mapping.wage, _FLOAT, float), "birth_year": (mapping.birth_year, _INT, int),
                "weight": (mapping.weight, _FLOAT, float), "oracle_logp": (mapping.oracle_logp, _FLOAT, float)}  # fmt: skip
     for name, (column, pattern, kind) in numeric.items():
         if not column:
             continue
         values, missing, bad = _parse(table.column(column), pattern, kind)
-        flag(bad, f"unparseable {name}")
+        reasons.flag(bad, f"unparseable {name}")
         if name == "wage" and not mapping.wage_is_log:
-            flag(
+            reasons.flag(
                 ~missing & ~bad & (values <= 0),
                 "non-positive wage (pass --wage-is-log for log wages)",
             )
             values = np.log(np.where(~missing & (values > 0), values, 1.0))
         if name == "weight":
-            flag(~missing & ~bad & (values <= 0), "non-positive weight")
+            reasons.flag(~missing & ~bad & (values <= 0), "non-positive weight")
         if name == "birth_year":
             outside = ~missing & ~bad & ((values < YEAR_RANGE[0]) | (values > YEAR_RANGE[1]))
-            flag(outside, f"birth_year out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}")
+            reasons.flag(outside, f"birth_year out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}")
         out[name] = (
             np.where(missing, np.nan, values)
             if kind is float
             else np.ma.masked_array(values, missing)
         )
-    split = None
-    if mapping.split:
-        split_text, split_missing = _clean(table.column(mapping.split))
-        split = np.array(split_text.to_pylist(), dtype=object)
-        flag(
-            ~split_missing & ~np.isin(split, ["train", "valid", "test"]),
-            "split must be train, valid or test",
-        )
+    return out
 
-    # Duplicated (person, year): every row of the group, since which one is right is unknown.
-    person_ids = np.array(person_text.to_pylist(), dtype=object)
-    ok = reason == None  # noqa: E711
+
+def _flag_duplicates(rows: _Rows, reasons: _Reasons) -> None:
+    """Duplicated (person, year): every row of the group, since which one is right is unknown."""
+    ok = reasons.ok
     key = pa.table(
         {
-            "p": pa.array(np.where(ok, person_ids, None), pa.string()),
-            "y": pa.array(np.where(ok, years, 0)),
+            "p": pa.array(np.where(ok, rows.person_ids, None), pa.string()),
+            "y": pa.array(np.where(ok, rows.years, 0)),
         }
     )
     counts = key.group_by(["p", "y"]).aggregate([("y", "count")])
@@ -443,10 +494,15 @@ def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=No
                 dup.column("p"), dup.column("y").cast(pa.string()), "\x00"
             ),
         )
-        flag(
+        reasons.flag(
             joined.fill_null(False).to_numpy(zero_copy_only=False) & ok, "duplicate (person, year)"
         )
 
+
+def _quarantine_rows(
+    table: pa.Table, rows: _Rows, reasons: _Reasons, ragged: list, shown: str, is_csv: bool
+) -> Quarantine:
+    """The ragged CSV rows, then every flagged row, with its file line (CSV) or row number."""
     quarantine = Quarantine()
     # Line of each kept CSV row: header is line 1, and skipped ragged rows shift the rest.
     skipped_lines = np.array(sorted(r[0] for r in ragged if r[0] is not None), dtype=np.int64)
@@ -463,14 +519,23 @@ def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=No
                 line += 1
         return line
 
-    bad_rows = np.nonzero(reason != None)[0]  # noqa: E711
-    for row in bad_rows:
+    for row in np.nonzero(~reasons.ok)[0]:
         where = f"{shown}:{line_of(int(row))}" if is_csv else f"{shown}:row {row + 1}"
         raw = {c: table.column(c)[int(row)].as_py() for c in table.column_names}
-        quarantine.add(where, str(reason[row]), person_id=person_ids[row], kind="row", record=raw)
+        quarantine.add(
+            where, str(reasons.reason[row]), person_id=rows.person_ids[row], kind="row", record=raw
+        )
+    return quarantine
 
-    good = np.nonzero(reason == None)[0]  # noqa: E711
-    all_people = set(person_ids[~person_missing].tolist())
+
+def _records(
+    rows: _Rows, reasons: _Reasons, quarantine: Quarantine, shown: str
+) -> tuple[pa.Table, set[str], set[str], int]:
+    """The kept rows grouped into records (one per person, years in order); quarantines people
+    left with no row. Returns (records, every person id, accepted ids, static conflicts)."""
+    person_ids, years = rows.person_ids, rows.years
+    good = np.nonzero(reasons.ok)[0]
+    all_people = set(person_ids[~rows.person_missing].tolist())
     order = good[np.lexsort((years[good], person_ids[good].astype(str)))]
     pid_sorted = person_ids[order]
     starts = (
@@ -488,22 +553,11 @@ def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=No
             pa.array(offsets), pa.array(values[order], type_, from_pandas=True)
         )
 
-    def static(values: np.ndarray, type_: pa.DataType) -> tuple[pa.Array, int]:
-        firsts = values[order][starts]
-        per_row = np.repeat(firsts, np.diff(offsets))
-        row_values = values[order]
-        if isinstance(values, np.ma.MaskedArray):
-            conflicts = int(
-                np.sum(~np.ma.getmaskarray(row_values) & (row_values.data != per_row.data))
-            )
-            return pa.array(firsts.filled(0), type_, mask=np.ma.getmaskarray(firsts)), conflicts
-        same = (row_values == per_row) | _is_null(row_values) | _is_null(per_row)
-        return pa.array(firsts, type_, from_pandas=True), int(np.sum(~same))
-
+    out = rows.mapped
     columns = {
         "person_id": pa.array(pid_sorted[starts], pa.string()),
         "years": listed(years, pa.int32()),
-        "jobs": listed(occupation, pa.string()),
+        "jobs": listed(rows.occupation, pa.string()),
     }
     if "education" in out:
         columns["education"] = listed(out["education"], pa.string())
@@ -511,30 +565,41 @@ def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=No
         columns["log_wage"] = listed(out["wage"], pa.float32())
     if "oracle_logp" in out:
         columns["oracle_logp"] = listed(out["oracle_logp"], pa.float32())
+    statics = {name: out[name] for name in ("location", "gender", "ethnicity", "birth_year", "weight")
+               if name in out}  # fmt: skip
+    if rows.split is not None:
+        statics["split"] = rows.split
     conflicts = 0
-    for name, type_ in (("location", pa.string()), ("gender", pa.string()), ("ethnicity", pa.string()),
-                        ("birth_year", pa.int32()), ("weight", pa.float32())):  # fmt: skip
-        if name in out:
-            columns[name], c = static(out[name], type_)
-            conflicts += c
-    if split is not None:
-        columns["split"], c = static(split, pa.string())
-        conflicts += c
+    for name, values in statics.items():
+        columns[name], found = _static(values, _STATIC_TYPES[name], order, starts, offsets)
+        conflicts += found
     result = conform(pa.table(columns)) if len(order) else RECORD_SCHEMA.empty_table()
     if "weight" in columns and len(order):
         weight = pc.fill_null(result.column("weight"), 1.0)
         result = result.set_column(result.schema.get_field_index("weight"), "weight", weight)
+    return result, all_people, accepted, conflicts
 
-    report = ReadReport(
-        source=shown,
-        people_read=len(all_people),
-        people_accepted=len(accepted),
-        people_quarantined=len(all_people - accepted),
-        rows_read=n + len(ragged),
-        rows_quarantined=len(bad_rows) + len(ragged),
-        notes={"static_conflicts": conflicts} if conflicts else {},
-    )
-    return ReadResult(result, quarantine, report)
+
+_STATIC_TYPES = {"location": pa.string(), "gender": pa.string(), "ethnicity": pa.string(),
+                 "birth_year": pa.int32(), "weight": pa.float32(), "split": pa.string()}  # fmt: skip
+
+
+def _static(
+    values: np.ndarray,
+    type_: pa.DataType,
+    order: np.ndarray,
+    starts: np.ndarray,
+    offsets: np.ndarray,
+) -> tuple[pa.Array, int]:
+    """A static field: each person's value in their first kept year, and the rows that disagree."""
+    firsts = values[order][starts]
+    per_row = np.repeat(firsts, np.diff(offsets))
+    row_values = values[order]
+    if isinstance(values, np.ma.MaskedArray):
+        conflicts = int(np.sum(~np.ma.getmaskarray(row_values) & (row_values.data != per_row.data)))
+        return pa.array(firsts.filled(0), type_, mask=np.ma.getmaskarray(firsts)), conflicts
+    same = (row_values == per_row) | _is_null(row_values) | _is_null(per_row)
+    return pa.array(firsts, type_, from_pandas=True), int(np.sum(~same))
 
 
 def _is_null(values: np.ndarray) -> np.ndarray:

@@ -1,5 +1,7 @@
 """Cut text files into blocks of lines by byte ranges, so that Ray tasks read them in parallel.
 
+The text readers' helper (career-code files, resume JSON Lines), kept beside them.
+
 One streaming pass over a file (64 MB at a time, numpy to find newlines) records the byte offset
 at which every `lines_per_block`-th line starts. A task then reads only its byte range and knows
 the number of its first line, so quarantine entries still say `file:line`.

@@ -1,7 +1,8 @@
 """Deterministic tar files: same members in, byte-identical archive out.
 
 Fixed mtime, uid/gid 0, empty owner names, mode 0644 and the plain USTAR format (no PAX headers,
-which carry times and doubled the size of small members in webdataset's own writer).
+which carry times and doubled the size of small members in webdataset's own writer). Used by
+pass 2 of the sharding job (`write.py`), which is why it lives in this package.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
-"""Turn the people of one shard into a deterministic webdataset tar and write it (no Ray here).
+"""Pass 2 of the sharding job, for one shard: its people -> a deterministic webdataset tar (no Ray here).
 
 A shard is a list of segments (rows of validated record tables, in input order); its people are
 cut into blocks of `people_per_block`, each block encoded (`blocks.encode_block`) as one tar
 member named by its global block number. Same segments, vocabulary and config -> same bytes.
+A written shard leaves a marker in `_staging/done/`, which lets a rerun of a killed job reuse it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -18,8 +20,8 @@ import pyarrow.compute as pc
 from data_shards import storage
 from data_shards.blocks import MEMBER_SUFFIX, encode_block
 from data_shards.encode import FieldSet, dtypes_for, table_to_ids
-from data_shards.manifest import ShardInfo, shard_path
-from data_shards.tarfiles import tar_bytes
+from data_shards.manifest import STAGING, ShardInfo, shard_path
+from data_shards.shard.tarfiles import tar_bytes
 from data_shards.vocab import Vocabulary
 
 
@@ -54,6 +56,22 @@ class ShardOutput:
     oracle_sum: (
         float  # sum of oracle log-probabilities over the shard's job-years (NaN if any missing)
     )
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """What every pass-2 task of one job shares (the vocabulary travels as its JSON)."""
+
+    dataset_url: str
+    vocab_json: str
+    fields: FieldSet
+    people_per_block: int
+    storage_options: dict | None
+
+
+def done_marker(staging_url: str, task: ShardTask) -> str:
+    """URL of the marker a finished shard leaves in the job's staging folder."""
+    return storage.join(staging_url, "done", f"{task.split}-{task.index:06d}.json")
 
 
 def build_shard(
@@ -113,6 +131,31 @@ def write_shard(
         blocks,
     )
     return ShardOutput(info, oracle_sum)
+
+
+def write_task(
+    context: WriteContext, task: ShardTask, drop_rows: list, *block_tables: dict[str, pa.Table]
+) -> ShardOutput:
+    """One pass-2 task: drop duplicate rows from the segments' blocks, write the shard, mark it done.
+
+    `block_tables` are pass 1's per-split tables of the segments' blocks (Ray resolves them).
+    """
+    vocab = Vocabulary.from_json(context.vocab_json)
+    kept = []
+    for tables, rows in zip(block_tables, drop_rows, strict=True):
+        table = tables[task.split]
+        if rows is not None and len(rows):
+            mask = np.ones(table.num_rows, dtype=bool)
+            mask[rows] = False
+            table = table.filter(pa.array(mask))
+        kept.append(table)
+    options = context.storage_options
+    output = write_shard(
+        context.dataset_url, task, kept, vocab, context.fields, context.people_per_block, options
+    )
+    done = done_marker(storage.join(context.dataset_url, STAGING), task)
+    storage.write_bytes_atomic(done, json.dumps(asdict(output)).encode(), options)
+    return output
 
 
 def file_digest(url: str, storage_options=None) -> tuple[int, str] | None:

@@ -9,26 +9,45 @@ batches themselves differ from an uninterrupted run (they are cut by the new lay
 
 What was read is recomputed, not stored: a slot's position (epoch, group, index) and the
 seeded batch order of its group say exactly which people its batches 0..index held.
+
+This module knows the stream only through `PlannedStream` (what `dataset.CareerStream` offers) and
+imports only `config` and `collate`, so the package has no import cycle.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from data_shards.stream import CareerStream, Piece, Position
+from data_shards.blocks import Block, decode_block
+from data_shards.stream.collate import decode_group
+from data_shards.stream.config import Piece, Position, StreamConfig
+
+
+class PlannedStream(Protocol):
+    """The part of a stream the re-planning reads: its plan, its blocks and its batch order."""
+
+    config: StreamConfig
+    fields: dict[str, Any]
+    catchup: dict[int, list[Piece]]
+
+    @property
+    def first_epoch(self) -> int: ...
+
+    def plan(self, slot: int, slots: int, epoch: int) -> list[Piece]: ...
+
+    def read_pieces(self, pieces: list[Piece]) -> Iterator[tuple[Piece, bytes]]: ...
+
+    def batch_order(self, people: Block, slot: int, epoch: int, group: int) -> list[np.ndarray]: ...
 
 
 def people_read(
-    stream: CareerStream, slot: int, epoch: int, group: int, index: int, pieces: list[Piece]
+    stream: PlannedStream, slot: int, epoch: int, group: int, index: int, pieces: list[Piece]
 ) -> tuple[dict[int, set[int]], dict[int, int]]:
     """Of the group `pieces`: the people `slot` handed out in batches 0..index (block -> indices
     in the block), and the number of people in each block."""
-    from data_shards.blocks import decode_block
-    from data_shards.stream import decode_group
-
     items = list(stream.read_pieces(pieces))
     sizes = {piece[0]: decode_block(data).num_people for piece, data in items}
     people, block_ids, indices = decode_group(items, stream.fields)
@@ -40,7 +59,7 @@ def people_read(
 
 
 def remaining_plan(
-    stream: CareerStream, slots: int, positions: dict[int, Position]
+    stream: PlannedStream, slots: int, positions: dict[int, Position]
 ) -> dict[int, list[Piece]]:
     """Catch-up epochs: for each epoch begun by `slots` slots of `stream`, what they had not read.
 

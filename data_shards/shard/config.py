@@ -1,0 +1,77 @@
+"""What a sharding job is asked for and what it answers: `ShardConfig`, `ShardResult`, the code version.
+
+The config is part of a dataset's identity (stored in its manifest), so it holds only what changes
+the bytes written; the CLI's flags are generated from its field metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any
+
+from data_shards.blocks import FORMAT_VERSION as BLOCK_FORMAT
+from data_shards.blocks import PEOPLE_PER_BLOCK
+from data_shards.inputs import LINES_PER_BLOCK
+from data_shards.manifest import Manifest
+from data_shards.schema import FORMAT_VERSION as RECORD_FORMAT
+from data_shards.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, check_fractions
+
+Progress = Callable[[str, int, int, int], None]  # (stage, done, total, people so far)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """How a dataset is cut. Part of the manifest: a different config is a different dataset."""
+
+    people_per_block: int = field(
+        default=PEOPLE_PER_BLOCK, metadata={"help": "people per tar sample", "metavar": "N"}
+    )
+    blocks_per_shard: int = field(
+        default=64, metadata={"help": "tar samples per shard", "metavar": "N"}
+    )
+    split_fractions: tuple[float, float, float] = field(
+        default=DEFAULT_FRACTIONS,
+        metadata={
+            "help": "train/valid/test fractions for inputs without their own splits",
+            "metavar": "TR,VA,TE",
+            "parse": "fractions",
+        },
+    )
+    split_salt: str = DEFAULT_SALT
+    min_count: int = field(
+        default=1, metadata={"help": "codes seen fewer times map to <unk>", "metavar": "N"}
+    )
+    lines_per_block: int = field(
+        default=LINES_PER_BLOCK,
+        metadata={"help": "lines of a text input per Ray task", "metavar": "N"},
+    )
+
+    def __post_init__(self) -> None:
+        check_fractions(self.split_fractions)
+        for name in ("people_per_block", "blocks_per_shard", "min_count", "lines_per_block"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["split_fractions"] = list(self.split_fractions)
+        return out
+
+
+@dataclass
+class ShardResult:
+    manifest: Manifest
+    dataset_url: str
+    shards_written: int
+    shards_reused: int
+    already_complete: bool = False
+
+
+def code_version() -> str:
+    try:
+        version = metadata.version("career-at-scale")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"career-at-scale {version}; records v{RECORD_FORMAT}; blocks v{BLOCK_FORMAT}"

@@ -1,0 +1,187 @@
+"""`shard_dataset`: the Ray sharding job, input -> webdataset shards + manifest, from the driver.
+
+    plan (driver)   structural checks, input cut into blocks             (exit 2 before any shard)
+    pass 1 (tasks)  `plan.read_and_split`, one task per input block
+    driver          `plan.plan_dataset`: vocabulary, duplicates, shards
+    pass 2 (tasks)  `write.write_task`, one task per shard not reusable from an earlier run
+    commit          `commit.commit`: quarantine.jsonl, vocab.json, then manifest.json
+
+It runs on the Ray instance this process is already connected to (the CLI, benchmarks and tests
+connect through `cluster.ray_session.connect_ray`); Ray is imported only when the job runs.
+Everything written depends only on the input order and the config, never on the number of tasks
+or CPUs, so reruns are byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+from data_shards import storage
+from data_shards.errors import StructuralError
+from data_shards.inputs import InputBlock, InputSpec, input_digest, plan_blocks
+from data_shards.manifest import MANIFEST, STAGING, load_manifest
+from data_shards.shard.commit import Commit, Outputs, commit, stage_plan
+from data_shards.shard.config import Progress, ShardConfig, ShardResult, code_version
+from data_shards.shard.plan import BlockSummary, DatasetPlan, plan_dataset, read_and_split
+from data_shards.shard.write import WriteContext, write_task
+from data_shards.vocab import Vocabulary
+
+K = TypeVar("K")
+
+
+def shard_dataset(
+    spec: InputSpec,
+    out: str,
+    name: str,
+    config: ShardConfig | None = None,
+    parent_vocab_url: str | None = None,
+    overwrite: bool = False,
+    on_progress: Progress | None = None,
+    storage_options: dict | None = None,
+) -> ShardResult:
+    """Run the sharding job on the Ray instance this process is connected to.
+
+    `storage_options` are for the output (and `parent_vocab_url`); default: the input's.
+    """
+    config = config or ShardConfig()
+    options = storage_options if storage_options is not None else spec.storage_options
+    dataset_url = storage.join(out, name)
+    progress = on_progress or (lambda *_: None)
+    parent = _load_parent(parent_vocab_url, options)
+    blocks, identity = _plan_input(spec, config, parent, dataset_url, options)
+    existing = _existing_dataset(dataset_url, identity, overwrite, options)
+    if existing is not None:
+        return existing
+
+    import ray
+
+    summaries, table_refs = _read_pass(ray, spec, blocks, config, dataset_url, options, progress)
+    if overwrite:  # the new input read cleanly: only now de-commit the old dataset
+        storage.remove_tree(storage.join(dataset_url, MANIFEST), options)
+    plan = plan_dataset(summaries, config, parent, ray, table_refs)
+    reusable = stage_plan(dataset_url, identity, plan, options)
+    context = WriteContext(
+        dataset_url, plan.vocab.to_json(), plan.fields, config.people_per_block, options
+    )
+    outputs = _write_pass(ray, context, plan, table_refs, reusable, progress)
+    manifest = commit(Commit(dataset_url, name, identity, plan, outputs, options))
+    return ShardResult(manifest, dataset_url, len(plan.tasks) - len(reusable), len(reusable))
+
+
+def _load_parent(parent_vocab_url: str | None, options) -> Vocabulary | None:
+    """The vocabulary to extend (`--vocab`), refused as a structural error when unusable."""
+    if not parent_vocab_url:
+        return None
+    try:
+        return Vocabulary.load(parent_vocab_url, options)
+    except (ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise StructuralError(
+            f"--vocab is not a usable vocabulary: {exc}", path=storage.redact(parent_vocab_url)
+        ) from None
+
+
+def _plan_input(
+    spec: InputSpec, config: ShardConfig, parent: Vocabulary | None, dataset_url: str, options
+) -> tuple[list[InputBlock], dict[str, Any]]:
+    """The input's blocks (every structural check, before any work) and the dataset's identity:
+    its input (content included), config, parent vocabulary and code."""
+    try:
+        blocks = plan_blocks(spec, config.lines_per_block)
+        description = {**spec.describe(), "digest": input_digest(spec, blocks)}
+    except StructuralError:
+        storage.remove_tree(storage.join(dataset_url, STAGING), options)
+        raise
+    identity = json.loads(json.dumps({
+        "input": description,
+        "config": {**config.to_dict(), "parent_vocab": parent.hash if parent else None},
+        "code_version": code_version(),
+    }))  # fmt: skip
+    return blocks, identity
+
+
+def _existing_dataset(
+    dataset_url: str, identity: dict[str, Any], overwrite: bool, options
+) -> ShardResult | None:
+    """The dataset already committed here with the same identity; refuses a different one."""
+    if not storage.exists(storage.join(dataset_url, MANIFEST), options):
+        return None
+    existing = load_manifest(dataset_url, options)
+    same = (existing.input, existing.config, existing.code_version) == (
+        identity["input"], identity["config"], identity["code_version"])  # fmt: skip
+    if same and not overwrite:
+        return ShardResult(existing, dataset_url, 0, len(existing.shards), already_complete=True)
+    if not overwrite:
+        raise StructuralError(
+            "a dataset with a different input, config or code version is already here; "
+            "pass --overwrite to replace it",
+            path=storage.redact(dataset_url),
+        )
+    return None
+
+
+def _as_completed(ray, refs: dict[Any, K]) -> Iterator[tuple[K, Any]]:
+    """(key, result) of each Ray task of `refs` (ref -> key), in the order the tasks finish."""
+    pending = dict(refs)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            yield pending.pop(ref), ray.get(ref)
+
+
+def _read_pass(
+    ray,
+    spec: InputSpec,
+    blocks: list[InputBlock],
+    config: ShardConfig,
+    dataset_url: str,
+    options,
+    progress: Progress,
+) -> tuple[list[BlockSummary], list]:
+    """Pass 1: block summaries in input order, and refs to each block's per-split tables."""
+    read_task = ray.remote(num_returns=2)(read_and_split)
+    refs = [read_task.remote(spec, block, config) for block in blocks]
+    done: dict[int, BlockSummary] = {}
+    people = 0
+    try:
+        for index, summary in _as_completed(ray, {r[0]: i for i, r in enumerate(refs)}):
+            done[index] = summary
+            people += summary.people_read
+            progress("read", len(done), len(blocks), people)
+    except ray.exceptions.RayTaskError as exc:
+        # The other read tasks are left to finish (they are short); cancelling them raced with
+        # their completion and could take the driver down.
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, StructuralError):  # e.g. text that is not UTF-8, found while reading
+            storage.remove_tree(storage.join(dataset_url, STAGING), options)
+            raise StructuralError(str(cause)) from None
+        raise
+    return [done[i] for i in range(len(blocks))], [r[1] for r in refs]
+
+
+def _write_pass(
+    ray,
+    context: WriteContext,
+    plan: DatasetPlan,
+    table_refs: list,
+    reusable: Outputs,
+    progress: Progress,
+) -> Outputs:
+    """Pass 2: one task per shard not already written by an earlier run of the same plan."""
+    outputs: Outputs = dict(reusable)
+    people = sum(o.info.people for o in outputs.values())
+    progress("write", len(outputs), len(plan.tasks), people)
+    shard_task = ray.remote(write_task)
+    futures = {}
+    for task in plan.tasks:
+        if (task.split, task.index) in outputs:
+            continue
+        drop_rows = [plan.drops.get((s.block, task.split)) for s in task.segments]
+        tables = [table_refs[s.block] for s in task.segments]  # per-split dicts, resolved by Ray
+        futures[shard_task.remote(context, task, drop_rows, *tables)] = task
+    for task, output in _as_completed(ray, futures):
+        outputs[(task.split, task.index)] = output
+        people += output.info.people
+        progress("write", len(outputs), len(plan.tasks), people)
+    return outputs
