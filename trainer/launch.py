@@ -131,6 +131,8 @@ class DriverProgress:
             self.progress.stop()
 
 
+#: torchrun workers write an error of ours to `$CAREER_ERROR_FILE.<rank>` for the driver.
+ERROR_FILE_ENV = "CAREER_ERROR_FILE"
 #: Errors of ours whose message is meant for the user (a worker's is re-raised on the driver).
 USER_ERRORS = (StructuralError, ValueError, FileNotFoundError, PermissionError)
 
@@ -226,7 +228,17 @@ def main() -> None:
         "config": json.loads(args.config_json), "data": args.data, "out": args.out, "base": args.base,
         "storage_options": options, "stop_after": args.stop_after,
     }  # fmt: skip
-    _worker(payload)
+    try:
+        _worker(payload)
+    except USER_ERRORS as error:
+        # Our message for the user, picked up by the driver (`career pretrain`) from this file;
+        # torchrun's own report of the failed child stays on stderr.
+        report = os.environ.get(ERROR_FILE_ENV)
+        if report:
+            rank = os.environ.get("RANK", "0")
+            with open(f"{report}.{rank}", "w") as f:
+                json.dump({"type": type(error).__name__, "message": str(error)}, f)
+        raise
     import torch.distributed as dist
 
     if dist.is_initialized():
