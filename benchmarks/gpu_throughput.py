@@ -35,7 +35,8 @@ from data_shards.manifest import load_manifest  # noqa: E402
 from data_shards.stream import CareerLoader, StreamConfig  # noqa: E402
 from data_shards.vocab import Vocabulary  # noqa: E402
 from trainer.config import make_config  # noqa: E402
-from trainer.model import COVARIATES, build_model  # noqa: E402
+from trainer.context import covariates_of  # noqa: E402
+from trainer.model import build_model  # noqa: E402
 from trainer.monitor import PEAK_FLOPS, flops_per_token  # noqa: E402
 
 WARMUP_UPDATES = 10
@@ -53,15 +54,21 @@ def prepare(folder: str, people: int) -> None:
     print(f"prepared {url}")
 
 
-def _covariates(data: str) -> tuple[str, ...]:
-    fields = load_manifest(data).fields
-    present = set(fields["token_fields"]) | set(fields["person_fields"])
-    return tuple(c for c in COVARIATES if c in present)
+def _mean_padded_length(data: str, batches: int = 50) -> float:
+    """Mean padded length T of the loader's batches, weighted by job-years (as training logs it):
+    the attention term of the FLOP estimate depends on it."""
+    loader = CareerLoader(data, StreamConfig(split="train", loop=False), num_workers=0)
+    weighted = tokens = 0.0
+    for _, batch in zip(range(batches), loader, strict=False):
+        real = float(batch["lengths"].sum())
+        weighted += real * batch["inputs"].shape[1]
+        tokens += real
+    return weighted / tokens
 
 
 def _model(data: str, preset: str):
     vocab = Vocabulary.load(f"{data}/vocab.json")
-    covariates = _covariates(data)
+    covariates = covariates_of(load_manifest(data))
     return build_model(
         {n: vocab.size(n) for n in ("job", *covariates)}, preset, covariates=covariates
     )
@@ -236,9 +243,10 @@ def main() -> None:
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
     model = _model(args.data, args.preset)
-    flops = flops_per_token(model)
+    seq_len = _mean_padded_length(args.data)
+    flops = flops_per_token(model, seq_len)
     results: dict = {"device": name, "torch": torch.__version__, "preset": args.preset,
-                     "parameters": model.num_parameters(), "flops_per_token": flops,
+                     "parameters": model.num_parameters(), "flops_per_token": flops, "mean_padded_length": seq_len,
                      "peak_flops": peak, **flash_check(args.data, args.preset), "runs": {}}  # fmt: skip
     print(json.dumps(results), flush=True)
     if args.diagnose:

@@ -56,10 +56,14 @@ def check_checkpoint(out: str, storage_options) -> None:
             )
 
 
-def check_inputs(data: str, base: str | None, storage_options, out: str | None = None) -> None:
-    """Refuse before launching anything: no manifest, a vocabulary the package cannot extend to,
-    or a corrupt checkpoint to resume from."""
-    load_manifest(data, storage_options)
+def check_inputs(s: TrainingSettings) -> None:
+    """Refuse before launching anything: no manifest, fewer training blocks than workers, a
+    vocabulary the package cannot extend to, or a corrupt checkpoint to resume from."""
+    from trainer.context import check_training_blocks
+
+    data, base, storage_options = s.data, s.base, s.storage_options
+    manifest = load_manifest(data, storage_options)
+    check_training_blocks(manifest, s.workers, s.config.loader_workers, data)
     if base:
         from trainer.package import load_model
 
@@ -72,19 +76,18 @@ def check_inputs(data: str, base: str | None, storage_options, out: str | None =
                 "--vocab pointing at the pretraining dataset's vocab.json",
                 path=storage.redact(data),
             )
-    if out:
-        check_checkpoint(out, storage_options)
+    check_checkpoint(s.out, storage_options)
 
 
 # ----------------------------------------------------------------------------- dry run
 def describe_model(s: TrainingSettings) -> dict[str, Any]:
     """The architecture training would build on this dataset (from the package when fine-tuning),
     with its parameter count: what `--dry-run` shows."""
-    from trainer.loop import _model_for
+    from trainer.context import model_for
 
     manifest = load_manifest(s.data, s.storage_options)
     vocab = Vocabulary.load(storage.join(s.data, "vocab.json"), s.storage_options)
-    model, adapt = _model_for(s.config, vocab, manifest, s.base, s.storage_options)
+    model, adapt = model_for(s.config, vocab, manifest, s.base, s.storage_options)
     described = model.config.to_dict()
     described["parameters"] = model.num_parameters()
     if adapt:
@@ -172,7 +175,7 @@ def run_training(s: TrainingSettings) -> int:
     if s.dry_run:
         print(json.dumps(dry_run(s), indent=1, sort_keys=True))
         return 0
-    check_inputs(s.data, s.base, s.storage_options, s.out)
+    check_inputs(s)
     s.config.resolve(s.workers, s.on_gpu)  # config errors surface before launching
     metrics = launch(s)
     if "stopped_at" in metrics:

@@ -19,12 +19,13 @@ WAGEPAN_FLAGS = [
 ]  # fmt: skip
 
 
-def test_help_lists_every_subcommand_and_each_has_help():
+def test_help_lists_every_subcommand_and_each_has_help(capsys):
     out = subprocess.run([CAREER, "--help"], capture_output=True, text=True, check=True).stdout
     for command in COMMANDS:
         assert command in out
-        sub = subprocess.run([CAREER, command, "--help"], capture_output=True, text=True)
-        assert sub.returncode == 0 and f"usage: career {command}" in sub.stdout
+        with pytest.raises(SystemExit) as exit_:  # in-process: the same parser, without a start-up
+            main([command, "--help"])
+        assert exit_.value.code == 0 and f"usage: career {command}" in capsys.readouterr().out
 
 
 def test_inspect_wagepan_json(tmp_path, capsys):
@@ -130,29 +131,37 @@ def test_quarantine_out_is_written(tmp_path, capsys):
     assert entry["person_id"] == "a" and entry["source"].endswith("r.jsonl:1")
 
 
-def test_career_run_end_to_end(tmp_path):
+@pytest.mark.slow
+def test_career_run_end_to_end(tmp_path, ray_address):
+    """As `make run` on a fresh clone: from an empty folder, with the default relative --out
+    (./career_run), through Ray Train workers (which run in another working directory)."""
     proc = subprocess.run(
-        [CAREER, "run", "--out", str(tmp_path / "run"), "--resume-people", "3000", "--survey-people", "500",
-         "--train-updates", "4"],
-        capture_output=True, text=True,
+        [CAREER, "run", "--resume-people", "3000", "--survey-people", "500", "--train-updates", "4",
+         "--ray-address", ray_address],
+        capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
     for preset in ("resumes", "nlsy79", "nlsy97", "psid"):
         assert preset in proc.stdout
         manifest = json.loads(
-            (tmp_path / "run" / "datasets" / preset / "manifest.json").read_text()
+            (tmp_path / "career_run" / "datasets" / preset / "manifest.json").read_text()
         )
         assert manifest["totals"]["people_written"] == (3000 if preset == "resumes" else 500)
-    resumes = json.loads((tmp_path / "run" / "datasets" / "resumes" / "vocab.json").read_text())
+    resumes = json.loads(
+        (tmp_path / "career_run" / "datasets" / "resumes" / "vocab.json").read_text()
+    )
     for survey in ("nlsy79", "nlsy97", "psid"):
-        vocab = json.loads((tmp_path / "run" / "datasets" / survey / "vocab.json").read_text())
+        vocab = json.loads(
+            (tmp_path / "career_run" / "datasets" / survey / "vocab.json").read_text()
+        )
         assert vocab["parent_hash"] == resumes["hash"]
         assert vocab["fields"]["job"][: len(resumes["fields"]["job"])] == resumes["fields"]["job"]
     for run in ("pretrain", "finetune"):
-        metrics = json.loads((tmp_path / "run" / "runs" / run / "metrics.json").read_text())
+        metrics = json.loads((tmp_path / "career_run" / "runs" / run / "metrics.json").read_text())
         assert (
             metrics["updates"] == 4
-            and (tmp_path / "run" / "runs" / run / "package" / "model.safetensors").exists()
+            and (tmp_path / "career_run" / "runs" / run / "package" / "model.safetensors").exists()
         )
     assert "fine-tuned" in proc.stdout
 

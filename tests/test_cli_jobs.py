@@ -1,13 +1,15 @@
-"""The commands as a new user runs them: from an empty folder, relative paths, Ray Train workers.
+"""Training as a new user runs it: relative paths, Ray Train workers, errors raised on a worker.
 
-Ray Train workers do not run in the caller's working directory, so each of these failed once with
-`no manifest.json` although the dataset was there; and an error of ours raised on a worker
-reached the user as `unexpected WorkerGroupError` plus a traceback instead of its message.
+Ray Train workers do not run in the caller's working directory, so relative paths once failed
+there with `no manifest.json` although the dataset was there; and an error of ours raised on a
+worker reached the user as `unexpected WorkerGroupError` plus a traceback instead of its message.
+(`career run` from an empty folder with its default relative `--out` is in test_cli.py.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import subprocess
@@ -32,19 +34,7 @@ def career(cwd: Path, *args: str, check: bool = True, timeout: int = 420):
     return proc
 
 
-def test_career_run_from_an_empty_folder_with_the_default_relative_out(tmp_path, ray_address):
-    """`make run` on a fresh clone: the default `--out` is the relative ./career_run."""
-    proc = career(tmp_path, "run", "--resume-people", "600", "--survey-people", "200",
-                  "--train-updates", "2", "--ray-address", ray_address)  # fmt: skip
-    out = tmp_path / "career_run"
-    for step in ("pretrain", "finetune"):
-        metrics = json.loads((out / "runs" / step / "metrics.json").read_text())
-        assert metrics["updates"] == 2 and metrics["world_size"] == 2
-        assert (out / "runs" / step / "package" / "model.safetensors").is_file()
-    assert "fine-tuned" in proc.stdout and "Traceback" not in proc.stderr
-
-
-def test_relative_paths_and_worker_errors_through_ray_train(tmp_path, ray_address):
+def test_relative_paths_exact_resume_and_worker_errors_through_ray_train(tmp_path, ray_address):
     ray = ["--ray-address", ray_address]
     # Small shards: a lost one is read by one worker only.
     shard = ["shard", "--format", "synth", "--out", "store", "--people-per-block", "64",
@@ -53,22 +43,54 @@ def test_relative_paths_and_worker_errors_through_ray_train(tmp_path, ray_addres
     career(tmp_path, *shard, "--sim-preset", "nlsy79", "--people", "300", "--name", "survey",
            "--vocab", "store/resume/vocab.json")  # fmt: skip
 
-    career(tmp_path, "pretrain", "--data", "store/resume", "--out", "pre", *TINY, *ray)
-    assert json.loads((tmp_path / "pre" / "metrics.json").read_text())["updates"] == 3
-    # Exact resume through Ray Train: stopped after update 2, rerun, equal to the whole run.
-    stopped = career(tmp_path, "pretrain", "--data", "store/resume", "--out", "split",
-                     "--stop-after", "2", *TINY, *ray)  # fmt: skip
+    # Relative --data/--out through Ray Train, stopped after update 2 and resumed: the weights
+    # equal those of an uninterrupted run (launched with torchrun: the launcher changes nothing).
+    pretrain = ["pretrain", "--data", "store/resume", *TINY]
+    stopped = career(tmp_path, *pretrain, "--out", "pre", "--stop-after", "2", *ray)
     assert "stopped after update 2" in stopped.stdout
-    career(tmp_path, "pretrain", "--data", "store/resume", "--out", "split", *TINY, *ray)
-    whole, resumed = (_weights(tmp_path / run, 3) for run in ("pre", "split"))
-    assert whole.keys() == resumed.keys()
-    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
-    career(tmp_path, "finetune", "--base", "pre/package", "--data", "store/survey", "--out", "fine",
-           *TINY, *ray)  # fmt: skip
-    fine = json.loads((tmp_path / "fine" / "metrics.json").read_text())
-    assert fine["updates"] == 3 and fine["finetune"]["adapt"]["new_job_tokens"] > 0
+    resumed = career(tmp_path, *pretrain, "--out", "pre", *ray)
+    assert "resumed from step0000002" in resumed.stdout + resumed.stderr
+    career(tmp_path, *pretrain, "--out", "whole", "--launcher", "torchrun")
+    metrics = json.loads((tmp_path / "pre" / "metrics.json").read_text())
+    assert metrics["updates"] == 3 and metrics["world_size"] == 2
+    whole, split = (_weights(tmp_path / run, 3) for run in ("whole", "pre"))
+    assert whole.keys() == split.keys()
+    assert all(torch.equal(whole[name], split[name]) for name in whole)
+    assert any((tmp_path / "pre" / "tb").iterdir())
+    # The package names the dataset it was trained on: its vocabulary and manifest.
+    package = json.loads((tmp_path / "pre" / "package" / "config.json").read_text())
+    dataset = tmp_path / "store" / "resume"
+    assert package["vocab_hash"] == json.loads((dataset / "vocab.json").read_text())["hash"]
+    manifest_sha = hashlib.sha256((dataset / "manifest.json").read_bytes()).hexdigest()
+    assert package["dataset_manifest_sha256"] == manifest_sha
 
-    # --dry-run shows the model training would build on this data, and writes nothing.
+    tuned = career(tmp_path, "finetune", "--base", "pre/package", "--data", "store/survey",
+                   "--out", "fine", *TINY, *ray)  # fmt: skip
+    # Rank 0's progress reaches the driver's terminal as a bar, not as worker log lines.
+    bar = [
+        line for line in tuned.stderr.splitlines() if line.startswith("training") and "3/3" in line
+    ]
+    assert bar and "loss" in bar[-1] and "tokens/s" in bar[-1]
+    fine = json.loads((tmp_path / "fine" / "metrics.json").read_text())
+    assert fine["updates"] == 3 and fine["world_size"] == 2
+    assert fine["finetune"]["base_package"] == str(tmp_path / "pre" / "package")
+
+    check_dry_runs(tmp_path)
+
+    # A shard lost after the driver's checks: the worker that reads it fails, the others must
+    # not wait for it forever, and the user gets the worker's message with exit code 2.
+    shutil.copytree(tmp_path / "store" / "resume", tmp_path / "store" / "broken")
+    lost = sorted((tmp_path / "store" / "broken" / "train").glob("shard-*.tar"))[-1]
+    lost.unlink()
+    proc = career(tmp_path, "pretrain", "--data", "store/broken", "--out", "broken-run", *TINY,
+                  *ray, check=False, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert lost.name in proc.stderr and "career pretrain: error:" in proc.stderr
+    assert "WorkerGroupError" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def check_dry_runs(tmp_path: Path) -> None:
+    """`--dry-run` shows the model training would build on this data, and writes nothing."""
     dry = career(tmp_path, "pretrain", "--data", "store/resume", "--out", "dry", "--preset",
                  "paper", "--dry-run")  # fmt: skip
     shown = json.loads(dry.stdout)
@@ -87,27 +109,7 @@ def test_relative_paths_and_worker_errors_through_ray_train(tmp_path, ray_addres
     survey_vocab = json.loads((tmp_path / "store" / "survey" / "vocab.json").read_text())
     assert model["n_layer"] == 2 and "gender" in model["covariates"]  # the package's, grown
     assert model["vocab_sizes"]["job"] == len(survey_vocab["fields"]["job"])
-
-    # A shard lost after the driver's checks: the worker that reads it fails, the others must
-    # not wait for it forever, and the user gets the worker's message with exit code 2.
-    shutil.copytree(tmp_path / "store" / "resume", tmp_path / "store" / "broken")
-    lost = sorted((tmp_path / "store" / "broken" / "train").glob("shard-*.tar"))[-1]
-    lost.unlink()
-    proc = career(tmp_path, "pretrain", "--data", "store/broken", "--out", "broken-run", *TINY,
-                  *ray, check=False, timeout=300)  # fmt: skip
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert lost.name in proc.stderr and "career pretrain: error:" in proc.stderr
-    assert "WorkerGroupError" not in proc.stderr and "Traceback" not in proc.stderr
-
-
-def _parameters(described: dict) -> int:
-    """The parameter count of the architecture `--dry-run` printed, built independently."""
-    from trainer.model import ModelConfig, build_model
-
-    names = [f.name for f in dataclasses.fields(ModelConfig)]
-    config = {k: v for k, v in described.items() if k in names and k != "vocab_sizes"}
-    model = build_model(described["vocab_sizes"], **config)
-    return model.num_parameters()
+    assert not (tmp_path / "dry").exists()
 
 
 def test_a_worker_error_under_torchrun_exits_2_with_its_message(tmp_path, ray_address):
@@ -121,6 +123,15 @@ def test_a_worker_error_under_torchrun_exits_2_with_its_message(tmp_path, ray_ad
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("career pretrain: error:") and lost.name in last
+
+
+def _parameters(described: dict) -> int:
+    """The parameter count of the architecture `--dry-run` printed, built independently."""
+    from trainer.model import ModelConfig, build_model
+
+    names = [f.name for f in dataclasses.fields(ModelConfig)]
+    config = {k: v for k, v in described.items() if k in names and k != "vocab_sizes"}
+    return build_model(described["vocab_sizes"], **config).num_parameters()
 
 
 def _weights(run: Path, step: int) -> dict:

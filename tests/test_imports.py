@@ -83,7 +83,9 @@ def test_import_direction(package):
 
 
 def test_nothing_imports_cluster_but_cluster():
-    users = {m for m, targets in GRAPH.items() if any(t.split(".")[0] == "cluster" for t in targets)}
+    users = {
+        m for m, targets in GRAPH.items() if any(t.split(".")[0] == "cluster" for t in targets)
+    }
     assert all(m.split(".")[0] == "cluster" for m in users), sorted(users)
 
 

@@ -131,17 +131,49 @@ def test_finetune_growth_keeps_existing_rows_and_adds_covariates():
     base_vocab = Vocabulary({k: v for k, v in fields.items() if k not in ("gender", "ethnicity")})
     model = build_model({k: len(v) for k, v in base_vocab.fields.items()}, "tiny",
                         covariates=("year", "education", "location", "birth_year"))  # fmt: skip
-    grown = {**fields, "job": fields["job"] + ["unemployed", "not_in_labor_force", "education"]}
+    grown = {**fields, "job": fields["job"] + ["unemployed", "not_in_labor_force", "education"],
+             "education": fields["education"] + ["doctorate"], "year": fields["year"] + ["2101", "2102"]}  # fmt: skip
     vocab = Vocabulary(grown, parent_hash=base_vocab.hash)
     adapted, notes = adapt_to_dataset(model, base_vocab, vocab, COVARIATES)
-    assert notes == {"new_job_tokens": 3, "new_covariates": ["gender", "ethnicity"]}
+    assert notes == {
+        "new_job_tokens": 3,
+        "new_tokens": {"job": 3, "year": 2, "education": 1},
+        "new_covariates": ["gender", "ethnicity"],
+        # Loading the base's weights: only the new covariates had nothing to load, nothing unused.
+        "missing_keys": ["covariate_embeddings.ethnicity.weight", "covariate_embeddings.gender.weight"],
+        "unexpected_keys": [],
+    }  # fmt: skip
     n = model.job_embedding.num_embeddings
     assert torch.equal(adapted.job_embedding.weight[:n], model.job_embedding.weight)
     assert (
         torch.equal(adapted.head.weight[:n], model.head.weight)
         and adapted.head.out_features == n + 3
     )
-    assert torch.equal(adapted.blocks[0].qkv.weight, model.blocks[0].qkv.weight)
+    for name, added in (("year", 2), ("education", 1), ("location", 0), ("birth_year", 0)):
+        old, new = model.covariate_embeddings[name], adapted.covariate_embeddings[name]
+        assert new.num_embeddings == old.num_embeddings + added == vocab.size(name), name
+        assert torch.equal(new.weight[: old.num_embeddings], old.weight), name
+        assert not added or new.weight[old.num_embeddings :].abs().min() > 0, name  # initialised
+    base_state, adapted_state = model.state_dict(), adapted.state_dict()
+    kept = [k for k in base_state if base_state[k].shape == adapted_state[k].shape]
+    assert all(torch.equal(base_state[k], adapted_state[k]) for k in kept)
+    assert "blocks.0.qkv.weight" in kept and "stay_head.weight" in kept
+    # A covariate of the base that the dataset lacks: its weights are reported, not silently lost.
+    _, notes = adapt_to_dataset(model, base_vocab, vocab, ("year", "education", "birth_year"))
+    assert notes["unexpected_keys"] == ["covariate_embeddings.location.weight"]
     wrong = Vocabulary({**fields, "job": ["<pad>", "<bos>", "<unk>", "zzz", *fields["job"][3:]]})
     with pytest.raises(Exception, match="does not extend"):
         adapt_to_dataset(model, base_vocab, wrong, COVARIATES)
+
+
+def test_the_evaluation_stand_in_batch_is_valid_and_adds_nothing():
+    """What a rank with no validation data runs so that ZeRO-3's collective forwards match."""
+    from trainer.evaluation import stand_in_batch
+
+    model = build_model(SIZES, "tiny").eval()
+    batch = stand_in_batch(("inputs", "targets", *COVARIATES), torch.device("cpu"))
+    with torch.no_grad():
+        nll, count = model.nll(batch)
+    assert batch["inputs"].tolist() == [[BOS_ID]] and batch["targets"].tolist() == [[PAD_ID]]
+    assert float(nll) == 0 and int(count) == 0
+    assert all(batch[name].tolist() == [[PAD_ID]] for name in COVARIATES)

@@ -26,7 +26,7 @@ class CheckpointStore:
     def __init__(self, out_url: str, storage_options=None):
         self.url = storage.join(out_url, "checkpoints")
         self.storage_options = storage_options
-        self.remote = "://" in out_url and not out_url.startswith("file://")
+        self.remote = storage.is_remote(out_url)
         if self.remote:
             digest = hashlib.sha1(self.url.encode()).hexdigest()[:12]
             self.local = str(Path(tempfile.gettempdir()) / f"career-checkpoints-{digest}")

@@ -7,7 +7,6 @@ by the all-reduced token count of the update: the recipe does not depend on the 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.accelerator import select_accelerator
 from trainer.config import TrainConfig
 from trainer.schedule import inverse_sqrt
 
@@ -61,8 +61,7 @@ def initialize(
     model: nn.Module, config: TrainConfig, world_size: int, load_universal: bool = False
 ):
     """Wrap `model` in a DeepSpeed engine with AdamW and the inverse-sqrt schedule."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    select_accelerator()
     import deepspeed
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -98,8 +97,7 @@ def initialize(
 
 def init_distributed(backend: str | None = None) -> None:
     """Join (or create) the process group: gloo on CPU, nccl on GPU. Reuses Ray Train's group."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    select_accelerator()
     import deepspeed
 
     deepspeed.init_distributed(

@@ -1,10 +1,13 @@
-"""`career export`: a training run's checkpoint -> a model package, without training.
+"""Export: a training run's checkpoint -> a model package (`career export`, and the end of training).
 
 Uses DeepSpeed's consolidation (any ZeRO stage) and the `career.json` + `vocab.json` written
-beside every checkpoint; the result is what `trainer.load_model` opens.
+beside every checkpoint; the result is what `trainer.package.load_model` opens. Runs in one
+process (rank 0 at the end of training).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from data_shards import storage
 from data_shards.errors import StructuralError
@@ -16,9 +19,17 @@ from trainer.package import write_package
 
 
 def export_run(
-    run_url: str, tag: str | None = None, package_url: str | None = None, storage_options=None
+    run_url: str,
+    tag: str | None = None,
+    package_url: str | None = None,
+    storage_options=None,
+    metrics: dict[str, Any] | None = None,
 ) -> str:
-    """Export `tag` (default: the best checkpoint, else the latest) of the run at `run_url`."""
+    """Export `tag` (default: the best checkpoint, else the latest) of the run at `run_url` to
+    `package_url` (default `RUN/package`); returns the package's URL.
+
+    `metrics`: the package's metrics.json (training passes the run's); by default the checkpoint's
+    own (validation perplexity, update, tokens seen)."""
     store = CheckpointStore(run_url, storage_options)
     tag = tag or (store.best() or {}).get("tag") or store.latest()
     if not tag:
@@ -40,8 +51,9 @@ def export_run(
     state = {k.removeprefix("model."): v for k, v in state.items()}
     config = sidecar["model_config"]
     model_config = ModelConfig(**{**config, "covariates": tuple(config["covariates"])})
-    metrics = {"valid_perplexity": sidecar.get("valid_perplexity"), "step": sidecar["step"],
-               "tokens_seen": sidecar.get("tokens_seen")}  # fmt: skip
+    if metrics is None:
+        metrics = {"valid_perplexity": sidecar.get("valid_perplexity"), "step": sidecar["step"],
+                   "tokens_seen": sidecar.get("tokens_seen")}  # fmt: skip
     target = package_url or storage.join(run_url, "package")
     write_package(target, state, model_config, vocab, metrics, sidecar["dataset_manifest_sha256"],
                   {"checkpoint": tag}, storage_options)  # fmt: skip

@@ -35,7 +35,13 @@ def _grow_linear(old: torch.nn.Linear, size: int) -> torch.nn.Linear:
 def adapt_to_dataset(
     model: Career, base_vocab: Vocabulary, vocab: Vocabulary, covariates: tuple[str, ...]
 ) -> tuple[Career, dict]:
-    """A copy of `model` sized for `vocab` and embedding `covariates`; notes on what changed."""
+    """A copy of `model` sized for `vocab` and embedding `covariates`; notes on what changed.
+
+    Notes: `new_job_tokens`, `new_tokens` (rows added per grown field), `new_covariates` (fresh
+    embeddings), and the two key lists of loading the base's weights into the copy:
+    `missing_keys` (weights the base does not have: only the new covariates' embeddings) and
+    `unexpected_keys` (base weights the copy has no place for: covariates the dataset lacks).
+    """
     problem = vocab.incompatibility(base_vocab)
     if problem:
         raise StructuralError(
@@ -43,26 +49,30 @@ def adapt_to_dataset(
             "data with --vocab pointing at the pretraining dataset's vocab.json"
         )
     sizes = {name: vocab.size(name) for name in ("job", *covariates)}
-    old = model.config
-    config = ModelConfig(**{**old.to_dict(), "vocab_sizes": sizes, "covariates": covariates})
+    config = ModelConfig(
+        **{**model.config.to_dict(), "vocab_sizes": sizes, "covariates": covariates}
+    )
     adapted = Career(config)
-    state = {
-        k: v
-        for k, v in model.state_dict().items()
-        if not k.startswith(("job_embedding", "head", "covariate_embeddings"))
-    }
-    adapted.load_state_dict(state, strict=False)
-    adapted.job_embedding = _grow_embedding(model.job_embedding, sizes["job"])
-    adapted.head = _grow_linear(model.head, sizes["job"])
-    notes = {
-        "new_job_tokens": sizes["job"] - model.job_embedding.num_embeddings,
-        "new_covariates": [],
-    }
+    # Every base weight, the vocabulary-sized ones grown (old rows kept, new rows initialised).
+    state = dict(model.state_dict())
+    grown = {"job_embedding": _grow_embedding(model.job_embedding, sizes["job"]),
+             "head": _grow_linear(model.head, sizes["job"])}  # fmt: skip
     for name in covariates:
         if name in model.covariate_embeddings:
-            adapted.covariate_embeddings[name] = _grow_embedding(
-                model.covariate_embeddings[name], sizes[name]
-            )
-        else:
-            notes["new_covariates"].append(name)  # fresh embedding from Career's init
+            old = model.covariate_embeddings[name]
+            grown[f"covariate_embeddings.{name}"] = _grow_embedding(old, sizes[name])
+    for prefix, module in grown.items():
+        state.update({f"{prefix}.{key}": value for key, value in module.state_dict().items()})
+    missing, unexpected = adapted.load_state_dict(state, strict=False)
+    base_sizes = {"job": model.job_embedding.num_embeddings} | {
+        name: module.num_embeddings for name, module in model.covariate_embeddings.items()
+    }
+    new_tokens = {n: sizes[n] - base_sizes[n] for n in sizes if n in base_sizes}
+    notes = {
+        "new_job_tokens": new_tokens["job"],
+        "new_tokens": {n: added for n, added in new_tokens.items() if added},
+        "new_covariates": [n for n in covariates if n not in model.covariate_embeddings],
+        "missing_keys": sorted(missing),
+        "unexpected_keys": sorted(unexpected),
+    }
     return adapted, notes

@@ -32,10 +32,11 @@ log = logging.getLogger("career.trainer")
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "V100": 125e12}
 
 
-def flops_per_token(model) -> float:
-    """Training FLOPs per job-year token: 6 x parameters + attention (nanoGPT's estimate)."""
+def flops_per_token(model, seq_len: float) -> float:
+    """Training FLOPs per job-year token: 6 x parameters + attention over `seq_len` positions
+    (nanoGPT's estimate). Training passes the mean padded length T of the logged batches."""
     cfg = model.config
-    return 6 * model.num_parameters() + 12 * cfg.n_layer * cfg.d_model * 64
+    return 6 * model.num_parameters() + 12 * cfg.n_layer * cfg.d_model * seq_len
 
 
 #: Where rank 0 sends progress when it cannot draw a bar itself (a Ray Train worker, whose output
@@ -62,7 +63,7 @@ class Monitor:
         self.detail = ""
         self.last_sent = 0.0
         self.config = config
-        self.flops = flops_per_token(model)
+        self.model = model
         self.storage_options = storage_options
         self.out_url = out_url
         self.writer = None
@@ -71,10 +72,9 @@ class Monitor:
         if rank == 0:
             from tensorboardX import SummaryWriter
 
-            remote = "://" in out_url and not out_url.startswith("file://")
             self.tb_local = (
                 tempfile.mkdtemp(prefix="career-tb-")
-                if remote
+                if storage.is_remote(out_url)
                 else storage.join(out_url, "tb").removeprefix("file://")
             )
             self.writer = SummaryWriter(self.tb_local)
@@ -117,8 +117,9 @@ class Monitor:
         ):
             self._send(step)
 
-    def log(self, step: int, loss: float, rate: float, engine) -> None:
-        """Scalars and the progress bar's detail, at each flush of the training meter."""
+    def log(self, step: int, loss: float, rate: float, engine, seq_len: float) -> None:
+        """Scalars and the progress bar's detail, at each flush of the training meter;
+        `seq_len`: the mean padded sequence length of the flushed updates (for MFU)."""
         if self.rank != 0:
             return
         self.scalar("train/loss", loss, step)
@@ -127,10 +128,12 @@ class Monitor:
         norm = engine.get_global_grad_norm()
         if norm is not None:
             self.scalar("train/grad_norm", float(norm), step)
+        self.scalar("train/padded_length", seq_len, step)
         if rate:
             self.scalar("train/tokens_per_second", rate, step)
             if self.peak:
-                self.scalar("train/mfu", rate * self.flops / self.peak, step)
+                flops = flops_per_token(self.model, seq_len)
+                self.scalar("train/mfu", rate * flops / self.peak, step)
         self.detail = f"loss {loss:.3f}" + (f"  {rate:,.0f} tokens/s" if rate else "")
         if self.progress is not None:
             self.progress.update(self.task, completed=step, detail=self.detail)
@@ -143,7 +146,7 @@ class Monitor:
             self.progress = None
         if self.writer is not None:
             self.writer.close()
-            if "://" in self.out_url and not self.out_url.startswith("file://"):
+            if storage.is_remote(self.out_url):
                 for path in Path(self.tb_local).rglob("*"):
                     if path.is_file():
                         target = storage.join(

@@ -1,0 +1,112 @@
+"""Saving a training run's checkpoints, and resuming from them.
+
+A checkpoint is DeepSpeed's files for the tag `step{N:07d}` plus client state: everything a resume
+needs (update, tokens seen, the loader state and RNG states of every rank, the resolved config, the
+vocabulary hash, the validation history). Beside it rank 0 writes `career.json` and `vocab.json`,
+what `career export` needs without unpickling anything. Then the tag is uploaded (remote outputs),
+`latest.json` / `best.json` point at it, and old tags are pruned (`trainer.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.distributed as dist
+
+from data_shards import storage
+from data_shards.errors import StructuralError
+from data_shards.stream import CareerLoader
+from trainer import rng
+from trainer.checkpoint import CheckpointStore, tag_of
+from trainer.distributed import all_gather
+from trainer.elastic import ResumeSource, unshare_optimizer_steps
+
+
+@dataclass
+class TrainState:
+    """Where training is: what checkpoints carry besides weights, optimizer and loader."""
+
+    step: int = 0
+    tokens_seen: float = 0.0
+    valid_history: list[list[float]] = field(default_factory=list)  # [update, perplexity]
+
+
+class Checkpointer:
+    def __init__(self, run, loader: CareerLoader):
+        """`run`: the run's `trainer.context.RunContext`; `loader`: the training loader."""
+        self.run = run
+        self.loader = loader
+        self.store = CheckpointStore(run.out_url, run.storage_options)
+
+    def due(self, step: int, stopping: bool) -> bool:
+        config = self.run.config
+        return step % config.checkpoint_every == 0 or step == config.updates or stopping
+
+    # -- saving -----------------------------------------------------------------------------------
+    def _client_state(self, state: TrainState, valid: float | None) -> dict[str, Any]:
+        run = self.run
+        return {
+            "step": state.step, "tokens_seen": state.tokens_seen, "world_size": run.info.world_size,
+            "loader": all_gather(self.loader.state_dict()), "rng": all_gather(rng.rng_state()),
+            "config": run.config.to_dict(), "vocab_hash": run.data.vocab.hash,
+            "valid_perplexity": valid, "valid_history": state.valid_history,
+        }  # fmt: skip
+
+    def _sidecar(self, state: TrainState, valid: float | None) -> dict[str, Any]:
+        run = self.run
+        return {
+            "model_config": run.model.config.to_dict(), "vocab_hash": run.data.vocab.hash,
+            "dataset": storage.redact(run.data_url), "dataset_manifest_sha256": run.data.manifest_sha,
+            "step": state.step, "tokens_seen": state.tokens_seen, "valid_perplexity": valid,
+            "config": run.config.to_dict(),
+        }  # fmt: skip
+
+    def save(self, engine, state: TrainState, valid: float | None, is_best: bool = False) -> str:
+        """Checkpoint after update `state.step` (every rank); `valid`: its validation perplexity
+        if it was evaluated, `is_best`: it is the best so far."""
+        info, tag = self.run.info, tag_of(state.step)
+        client = self._client_state(state, valid)
+        engine.save_checkpoint(self.store.local, tag=tag, client_state=client, save_latest=False)
+        if info.rank == 0:
+            self.store.write_sidecar(tag, self._sidecar(state, valid), self.run.data.vocab)
+        dist.barrier()
+        if info.local_rank == 0:
+            self.store.upload(tag)
+        dist.barrier()
+        if info.rank == 0:
+            self.store.set_latest(tag, state.step)
+            if is_best and valid is not None:
+                self.store.set_best(tag, state.step, valid)
+            self.store.prune(self.run.config.keep_checkpoints)
+        dist.barrier()
+        return tag
+
+    # -- resuming ---------------------------------------------------------------------------------
+    def resume(self, engine, source: ResumeSource) -> tuple[TrainState, str]:
+        """Load `source` into the engine, the loader and this rank's RNG; (state, what happened)."""
+        run, info = self.run, self.run.info
+        _, client = engine.load_checkpoint(source.folder, tag=source.tag)
+        if source.universal:
+            unshare_optimizer_steps(engine)
+        dist.barrier()
+        source.cleanup(info)
+        shown = storage.redact(self.store.url)
+        if client is None:
+            raise StructuralError(
+                f"checkpoint {source.tag} is unreadable or incomplete", path=shown
+            )
+        if client["vocab_hash"] != run.data.vocab.hash:
+            raise StructuralError("the checkpoint was trained on another vocabulary", path=shown)
+        state = TrainState(
+            client["step"], client["tokens_seen"], list(client.get("valid_history", []))
+        )
+        # The same workers continue exactly; another number re-plans the rest of the epoch so
+        # that no person is skipped or read twice (data_shards.elastic).
+        mode = self.loader.load_states(client["loader"])
+        if client["world_size"] == info.world_size:
+            rng.set_rng_state(client["rng"][info.rank])
+        else:
+            rng.reseed_rank(run.config.seed, state.step, info.rank)
+            mode += f": {client['world_size']} -> {info.world_size} workers"
+        return state, f"resumed from {source.tag} (update {state.step}, {mode})"

@@ -1,0 +1,142 @@
+"""What every part of a training run shares: this rank, the resolved config, the dataset, the model.
+
+`prepare` runs first on every rank: it resolves the config for the run's world size and device,
+seeds every generator alike (every rank builds the same initial weights), checks the dataset (its
+vocabulary against the manifest, enough training blocks for every rank) and builds the model: a
+fresh one, or a model package adapted to the dataset's vocabulary (fine-tuning).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from data_shards import storage
+from data_shards.errors import StructuralError
+from data_shards.manifest import MANIFEST, Manifest, load_manifest
+from data_shards.stream import CareerLoader, StreamConfig
+from data_shards.vocab import Vocabulary
+from trainer import rng
+from trainer.config import TrainConfig
+from trainer.distributed import RunInfo, run_info
+from trainer.finetune import adapt_to_dataset
+from trainer.model import COVARIATES, Career, build_model
+from trainer.package import load_model
+
+
+@dataclass(frozen=True)
+class Dataset:
+    url: str
+    manifest: Manifest
+    vocab: Vocabulary
+    manifest_sha: str  # sha256 of manifest.json: which dataset a package was trained on
+
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        return covariates_of(self.manifest)
+
+
+@dataclass
+class RunContext:
+    info: RunInfo
+    config: TrainConfig  # resolved
+    data_url: str
+    out_url: str
+    storage_options: dict | None
+    data: Dataset
+    model: Career
+    adapt: dict[str, Any] = field(default_factory=dict)  # fine-tuning: what adapting changed
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The batch tensors the model reads."""
+        return ("inputs", "targets", *self.model.config.covariates)
+
+
+def load_dataset(data_url: str, storage_options=None) -> Dataset:
+    manifest = load_manifest(data_url, storage_options)
+    vocab = Vocabulary.load(storage.join(data_url, "vocab.json"), storage_options)
+    if vocab.hash != manifest.vocab_hash:
+        raise StructuralError(
+            "vocab.json does not match the manifest", path=storage.redact(data_url)
+        )
+    manifest_bytes = storage.read_bytes(storage.join(data_url, MANIFEST), storage_options)
+    return Dataset(data_url, manifest, vocab, hashlib.sha256(manifest_bytes).hexdigest())
+
+
+def check_training_blocks(manifest: Manifest, workers: int, loader_workers: int, url: str) -> None:
+    """Every (worker, DataLoader worker) reads whole blocks of the train split: with fewer blocks
+    than that, one would wait forever for data. Refuse before any collective starts."""
+    blocks = sum(shard.blocks for shard in manifest.shards_of("train"))
+    readers = workers * max(loader_workers, 1)
+    if blocks < readers:
+        per = f" x {loader_workers} loader workers" if loader_workers > 1 else ""
+        raise StructuralError(
+            f"the dataset has fewer training blocks ({blocks}) than workers ({workers}{per}): "
+            "some would get no training data. Shard it with a smaller --people-per-block, or "
+            "train with fewer --workers (or loader_workers)",
+            path=storage.redact(url),
+        )
+
+
+def covariates_of(manifest: Manifest) -> tuple[str, ...]:
+    """The covariates a model embeds on this dataset: those of the model's that it has."""
+    present = set(manifest.fields["token_fields"]) | set(manifest.fields["person_fields"])
+    return tuple(c for c in COVARIATES if c in present)
+
+
+def model_for(
+    config: TrainConfig,
+    vocab: Vocabulary,
+    manifest: Manifest,
+    base_package: str | None = None,
+    storage_options=None,
+) -> tuple[Career, dict[str, Any]]:
+    """The model a run trains on this dataset: fresh (seeded by the caller), or the package
+    `base_package` adapted to the dataset's vocabulary; and notes on the adaptation."""
+    covariates = covariates_of(manifest)
+    if not base_package:
+        sizes = {name: vocab.size(name) for name in ("job", *covariates)}
+        return build_model(sizes, config.preset, covariates=covariates, **config.model), {}
+    base = load_model(base_package, storage_options)
+    model, notes = adapt_to_dataset(base.model, base.vocab, vocab, covariates)
+    return model, {
+        "base_package": storage.redact(base_package),
+        "base_vocab_hash": base.vocab.hash,
+        "adapt": notes,
+    }
+
+
+def prepare(
+    config: TrainConfig,
+    data_url: str,
+    out_url: str,
+    base_package: str | None = None,
+    storage_options: dict | None = None,
+) -> RunContext:
+    """This rank's run context (torch.distributed initialised)."""
+    info = run_info()
+    on_gpu = info.device.type == "cuda"
+    config = config.resolve(info.world_size, on_gpu)
+    if not on_gpu:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+        torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // local_world))
+    rng.seed_everything(config.seed)  # same initial weights on every rank
+    data = load_dataset(data_url, storage_options)
+    check_training_blocks(data.manifest, info.world_size, config.loader_workers, data_url)
+    model, adapt = model_for(config, data.vocab, data.manifest, base_package, storage_options)
+    return RunContext(info, config, data_url, out_url, storage_options, data, model, adapt)
+
+
+def training_loader(run: RunContext) -> CareerLoader:
+    """This rank's endless, shuffled, resumable stream of training batches."""
+    config, info = run.config, run.info
+    stream = StreamConfig(split="train", tokens_per_update=config.tokens_per_update, rank=info.rank,
+                          world_size=info.world_size, micro_batches=config.micro_batches, seed=config.seed)  # fmt: skip
+    return CareerLoader(
+        run.data_url, stream, num_workers=config.loader_workers, storage_options=run.storage_options
+    )

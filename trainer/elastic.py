@@ -1,0 +1,84 @@
+"""Resuming on another number of workers: ZeRO partitions re-cut through DeepSpeed's universal
+checkpoint format.
+
+ZeRO partitions fit only the number of ranks that wrote them. When a run resumes on another
+number, the node-local rank 0 of every node rewrites the checkpoint in the universal format (a
+folder of its own per node, in case the staging folder is on a filesystem several nodes share),
+which loads on any number of ranks. Rank 0 decides, so that every rank takes the same path through
+the collectives; a conversion that fails on one node is raised on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from trainer import engine as ds_engine
+from trainer.checkpoint import CheckpointStore
+from trainer.distributed import RunInfo, any_rank, from_rank0
+
+
+@dataclass(frozen=True)
+class ResumeSource:
+    """Where a resume loads its checkpoint from: the staging folder, or a universal copy of it."""
+
+    tag: str
+    folder: str
+    universal: bool
+    saved_world_size: int  # 0: a ZeRO stage 0 checkpoint, which loads on any number of ranks
+
+    def cleanup(self, info: RunInfo) -> None:
+        """Remove the universal copy once every rank has loaded it."""
+        if self.universal and info.local_rank == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def unshare_optimizer_steps(engine) -> int:
+    """Give each optimizer state its own `step` tensor again; returns how many were shared.
+
+    DeepSpeed 0.19.8's ZeRO-3 universal load (`load_hp_checkpoint_state_from_checkpoint_dir_stage3`)
+    assigns one `step` tensor to every parameter sub-group; torch's Adam increments it in place
+    once per sub-group, so Adam's bias correction ran ahead (36 updates counted as 54 here)."""
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    seen, shared = set(), 0
+    for state in getattr(inner, "state", {}).values():
+        step = state.get("step")
+        if torch.is_tensor(step):
+            if id(step) in seen:
+                state["step"], shared = step.clone(), shared + 1
+            seen.add(id(step))
+    return shared
+
+
+def needs_conversion(saved_world_size: int, world_size: int) -> bool:
+    return bool(saved_world_size) and saved_world_size != world_size
+
+
+def prepare_resume(store: CheckpointStore, tag: str, info: RunInfo) -> ResumeSource:
+    """Fetch checkpoint `tag` to each node and, for another number of ranks, convert it."""
+    if info.local_rank == 0:
+        store.download(tag)
+    dist.barrier()
+    saved = from_rank0(ds_engine.checkpoint_world_size(os.path.join(store.local, tag)))
+    if not needs_conversion(saved, info.world_size):
+        return ResumeSource(tag, store.local, False, saved)
+    folder = f"{store.local.rstrip('/')}-universal-{socket.gethostname()}"
+    failure = None
+    if info.local_rank == 0:
+        try:
+            ds_engine.to_universal(store.local, tag, folder)
+        except Exception as error:  # reported on every rank below, not left waiting
+            failure = error
+    failed_somewhere = any_rank(failure is not None, info.device)
+    if failure is not None:
+        raise failure
+    if failed_somewhere:
+        raise RuntimeError(
+            "converting the checkpoint for another number of workers failed on another node"
+        )
+    return ResumeSource(tag, folder, True, saved)
