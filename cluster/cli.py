@@ -233,7 +233,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, Any]:
     command = COMMANDS[namespace.command]
     try:
         return namespace.command, command.settings_from(namespace)
-    except USER_ERRORS as exc:  # e.g. an unknown override, a bad combination of flags
+    except (*USER_ERRORS, TypeError, KeyError) as exc:  # an unknown or mistyped override, ...
         parser.exit(EXIT_STRUCTURAL, f"career {namespace.command}: error: {_safe(exc, None)}\n")
 
 

@@ -188,6 +188,12 @@ class TrainingSettings:
     ray: RaySettings = field(default_factory=RaySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
 
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, not {self.workers}")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"--gpus-per-worker must not be negative, not {self.gpus_per_worker}")
+
     @property
     def on_gpu(self) -> bool:
         return self.gpus_per_worker > 0

@@ -138,20 +138,17 @@ def _torchrun(s: TrainingSettings) -> None:
 
 def _worker_failure(folder: str) -> Exception:
     """The first error of ours a torchrun worker reported (lowest rank), else a plain failure."""
-    reports = sorted(
-        (int(name.rsplit(".", 1)[1]), name)
+    ranks = sorted(
+        int(name.rsplit(".", 1)[1])
         for name in os.listdir(folder)
-        if name.startswith("error.")
+        if name.startswith("error.") and name.rsplit(".", 1)[1].isdigit()
     )
-    if not reports:
-        return RuntimeError("a training worker failed (see its output above)")
-    with open(os.path.join(folder, reports[0][1])) as f:
-        report = json.load(f)
-    return (
-        StructuralError(report["message"])
-        if report["type"] == "StructuralError"
-        else ValueError(report["message"])
-    )
+    for rank in ranks:
+        with open(os.path.join(folder, f"error.{rank}")) as f:
+            report = json.load(f)
+        kind = StructuralError if report["type"] == "StructuralError" else ValueError
+        return kind(report["message"])
+    return RuntimeError("a training worker failed (see its output above)")
 
 
 def launch(s: TrainingSettings) -> dict[str, Any]:

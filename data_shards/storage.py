@@ -37,7 +37,7 @@ def is_remote(url: str) -> bool:
 def absolute(url: str | None) -> str | None:
     """A local path made absolute; URLs with a scheme are returned unchanged. Processes that run
     elsewhere (Ray Train workers) do not share the caller's working directory."""
-    if url is None or "://" in url:
+    if not url or "://" in url:  # None and "" stay "not given"
         return url
     return os.path.abspath(os.path.expanduser(url))
 

@@ -178,3 +178,34 @@ def test_quarantine_out_into_a_folder_fails_cleanly(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qdir", "r.jsonl"] and not any(
         target.iterdir()
     )
+
+
+def test_local_paths_are_made_absolute_once_at_the_command_line(tmp_path, monkeypatch):
+    """Ray Train workers run in another working directory: every local path is absolute before
+    anything is launched; URLs with a scheme are left as they are."""
+    from cluster.cli import _parse
+
+    monkeypatch.chdir(tmp_path)
+    _, s = _parse(["finetune", "--data", "store/survey", "--out", "~/runs/fine", "--base",
+                   "s3://bucket/pre/package"])  # fmt: skip
+    assert s.data == str(tmp_path / "store" / "survey") and s.base == "s3://bucket/pre/package"
+    assert s.out == str(Path("~/runs/fine").expanduser())
+    _, s = _parse(["shard", "--format", "panel", "--input", "p.csv", "--out", "store", "--name", "n",
+                   "--vocab", "store/resumes/vocab.json"])  # fmt: skip
+    assert s.source.input == str(tmp_path / "p.csv") and s.out == str(tmp_path / "store")
+    assert s.vocab == str(tmp_path / "store" / "resumes" / "vocab.json")
+    _, s = _parse(["run"])
+    assert s.out == str(tmp_path / "career_run")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["updates=abc"], ["optim.lr=abc"], ["--workers", "0"], ["--gpus-per-worker", "-1"],
+     ["model.nonsense=1"], ["--eval-every", "0"]],
+)  # fmt: skip
+def test_bad_training_settings_exit_2_before_anything_starts(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("career pretrain: error:")
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

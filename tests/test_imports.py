@@ -167,3 +167,38 @@ def test_models_packages_and_every_eval_module_load_without_deepspeed_or_ray():
     light += [m for m in MODULES if m.split(".")[0] == "eval"]
     loaded = imported_after(*light)
     assert not loaded & {"deepspeed", "ray", "cluster"}
+
+
+#: Each cross-cutting fact has one home: (what, the module allowed to hold it, a test for it).
+ONE_PLACE = [
+    ("special ids", "data_shards.vocab",
+     lambda node: isinstance(node, ast.Assign) and any(
+         isinstance(t, ast.Name | ast.Tuple) and {"PAD_ID", "BOS_ID", "UNK_ID"} & _names(t)
+         for t in node.targets)),
+    ("starting Ray", "cluster.ray_session",
+     lambda node: isinstance(node, ast.Call) and _dotted(node.func) == "ray.init"),
+    ("DS_ACCELERATOR", "trainer.accelerator",
+     lambda node: isinstance(node, ast.Constant) and node.value == "DS_ACCELERATOR"),
+    ("the S3 endpoint variables", "data_shards.storage",
+     lambda node: isinstance(node, ast.Constant) and node.value in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")),
+]  # fmt: skip
+
+
+def _names(target: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+@pytest.mark.parametrize(("what", "home", "found"), ONE_PLACE, ids=[w for w, _, _ in ONE_PLACE])
+def test_one_place_for_each_cross_cutting_fact(what, home, found):
+    holders = set()
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        if any(found(node) for node in ast.walk(tree)):
+            holders.add(module)
+    assert holders == {home}, f"{what}: {sorted(holders)}"

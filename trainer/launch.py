@@ -147,7 +147,7 @@ def worker_error(failure: BaseException) -> BaseException | None:
     for rank in sorted(failures):
         error = failures[rank]
         while error is not None and not isinstance(error, USER_ERRORS):
-            error = error.__cause__ or getattr(error, "cause", None)
+            error = getattr(error, "cause", None)  # Ray's wrappers (RayTaskError) hold it here
         if error is not None:
             return error
     return None
@@ -235,9 +235,10 @@ def main() -> None:
         # torchrun's own report of the failed child stays on stderr.
         report = os.environ.get(ERROR_FILE_ENV)
         if report:
-            rank = os.environ.get("RANK", "0")
-            with open(f"{report}.{rank}", "w") as f:
+            target = f"{report}.{os.environ.get('RANK', '0')}"
+            with open(f"{target}.tmp", "w") as f:  # whole or absent: torchrun may kill us
                 json.dump({"type": type(error).__name__, "message": str(error)}, f)
+            os.replace(f"{target}.tmp", target)
         raise
     import torch.distributed as dist
 
