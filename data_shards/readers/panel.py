@@ -38,6 +38,27 @@ _MISSING = ("", "na", "nan", "null", "none", ".")
 CATEGORICAL = ("occupation", "location", "ethnicity", "gender", "education")
 
 
+def _flag(help_text: str, metavar: str, default: str | None = None) -> Any:
+    """A mapping field that is also a command-line flag (`cluster.flags` reads the metadata)."""
+    return field(default=default, metadata={"help": help_text, "metavar": metavar})
+
+
+def _dummies(what: str) -> Any:
+    return field(
+        default=(),
+        metadata={
+            "help": f"{what} as one-hot dummy columns instead of one column",
+            "metavar": "A,B,...",
+        },
+    )
+
+
+def _base(what: str) -> Any:
+    return _flag(
+        f"{what} when every dummy is recorded and none is set (the omitted category)", "NAME"
+    )
+
+
 @dataclass
 class PanelMapping:
     """Which input column feeds which record field. Dummies replace a single column.
@@ -47,120 +68,34 @@ class PanelMapping:
     when the input has them, so panels written by `career synth` read back without flags.
     """
 
-    person: str = field(
-        default="person_id", metadata={"help": "person id column", "metavar": "COL"}
-    )
-    year: str = field(default="year", metadata={"help": "year column", "metavar": "COL"})
-    occupation: str | None = field(
-        default=None, metadata={"help": "occupation code column (per year)", "metavar": "COL"}
-    )
-    occupation_dummies: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "help": "occupation code as one-hot dummy columns instead of one column",
-            "metavar": "A,B,...",
-        },
-    )
-    occupation_base: str | None = field(
-        default=None,
-        metadata={
-            "help": "occupation code when every dummy is recorded and none is set (the omitted category)",
-            "metavar": "NAME",
-        },
-    )
-    education: str | None = field(
-        default=None, metadata={"help": "education level column (per year)", "metavar": "COL"}
-    )
-    education_dummies: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "help": "education level as one-hot dummy columns instead of one column",
-            "metavar": "A,B,...",
-        },
-    )
-    education_base: str | None = field(
-        default=None,
-        metadata={
-            "help": "education level when every dummy is recorded and none is set (the omitted category)",
-            "metavar": "NAME",
-        },
-    )
-    wage: str | None = field(
-        default=None,
-        metadata={"help": "wage column (per year; logged unless --wage-is-log)", "metavar": "COL"},
-    )
+    person: str = _flag("person id column", "COL", "person_id")
+    year: str = _flag("year column", "COL", "year")
+    occupation: str | None = _flag("occupation code column (per year)", "COL")
+    occupation_dummies: tuple[str, ...] = _dummies("occupation code")
+    occupation_base: str | None = _base("occupation code")
+    education: str | None = _flag("education level column (per year)", "COL")
+    education_dummies: tuple[str, ...] = _dummies("education level")
+    education_base: str | None = _base("education level")
+    wage: str | None = _flag("wage column (per year; logged unless --wage-is-log)", "COL")
     wage_is_log: bool = field(
         default=False, metadata={"help": "the wage column already holds log wages"}
     )
-    location: str | None = field(
-        default=None, metadata={"help": "state/region column (static)", "metavar": "COL"}
-    )
-    location_dummies: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "help": "state/region as one-hot dummy columns instead of one column",
-            "metavar": "A,B,...",
-        },
-    )
-    location_base: str | None = field(
-        default=None,
-        metadata={
-            "help": "state/region when every dummy is recorded and none is set (the omitted category)",
-            "metavar": "NAME",
-        },
-    )
-    gender: str | None = field(
-        default=None, metadata={"help": "gender column (static)", "metavar": "COL"}
-    )
-    gender_dummies: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "help": "gender as one-hot dummy columns instead of one column",
-            "metavar": "A,B,...",
-        },
-    )
-    gender_base: str | None = field(
-        default=None,
-        metadata={
-            "help": "gender when every dummy is recorded and none is set (the omitted category)",
-            "metavar": "NAME",
-        },
-    )
-    ethnicity: str | None = field(
-        default=None, metadata={"help": "race/ethnicity column (static)", "metavar": "COL"}
-    )
-    ethnicity_dummies: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "help": "race/ethnicity as one-hot dummy columns instead of one column",
-            "metavar": "A,B,...",
-        },
-    )
-    ethnicity_base: str | None = field(
-        default=None,
-        metadata={
-            "help": "race/ethnicity when every dummy is recorded and none is set (the omitted category)",
-            "metavar": "NAME",
-        },
-    )
-    birth_year: str | None = field(
-        default=None, metadata={"help": "birth year column", "metavar": "COL"}
-    )
-    weight: str | None = field(
-        default=None, metadata={"help": "survey sampling weight column", "metavar": "COL"}
-    )
-    split: str | None = field(
-        default=None,
-        metadata={
-            "help": "column holding train/valid/test, if the input has its own splits",
-            "metavar": "COL",
-        },
+    location: str | None = _flag("state/region column (static)", "COL")
+    location_dummies: tuple[str, ...] = _dummies("state/region")
+    location_base: str | None = _base("state/region")
+    gender: str | None = _flag("gender column (static)", "COL")
+    gender_dummies: tuple[str, ...] = _dummies("gender")
+    gender_base: str | None = _base("gender")
+    ethnicity: str | None = _flag("race/ethnicity column (static)", "COL")
+    ethnicity_dummies: tuple[str, ...] = _dummies("race/ethnicity")
+    ethnicity_base: str | None = _base("race/ethnicity")
+    birth_year: str | None = _flag("birth year column", "COL")
+    weight: str | None = _flag("survey sampling weight column", "COL")
+    split: str | None = _flag(
+        "column holding train/valid/test, if the input has its own splits", "COL"
     )
     oracle_logp: str | None = None  # written by the simulator; read by its own name, no flag
-    year_base: int | None = field(
-        default=None,
-        metadata={"help": "add N to two-digit years, e.g. 1900 for 80 -> 1980", "metavar": "N"},
-    )
+    year_base: int | None = _flag("add N to two-digit years, e.g. 1900 for 80 -> 1980", "N")
 
     def __post_init__(self) -> None:
         for name in CATEGORICAL:
