@@ -34,9 +34,8 @@ from _common import machine, save  # noqa: E402
 from data_shards.manifest import load_manifest  # noqa: E402
 from data_shards.stream import CareerLoader, StreamConfig  # noqa: E402
 from data_shards.vocab import Vocabulary  # noqa: E402
-from trainer.config import make_config  # noqa: E402
-from trainer.context import covariates_of  # noqa: E402
-from trainer.model import build_model  # noqa: E402
+from trainer.config import TrainConfig, make_config  # noqa: E402
+from trainer.context import model_for  # noqa: E402
 from trainer.monitor import PEAK_FLOPS, flops_per_token  # noqa: E402
 
 WARMUP_UPDATES = 10
@@ -67,11 +66,9 @@ def _mean_padded_length(data: str, batches: int = 50) -> float:
 
 
 def _model(data: str, preset: str):
+    """The model `career pretrain --preset PRESET` builds on this dataset."""
     vocab = Vocabulary.load(f"{data}/vocab.json")
-    covariates = covariates_of(load_manifest(data))
-    return build_model(
-        {n: vocab.size(n) for n in ("job", *covariates)}, preset, covariates=covariates
-    )
+    return model_for(TrainConfig(preset=preset), vocab, load_manifest(data))[0]
 
 
 def flash_check(data: str, preset: str) -> dict:

@@ -32,7 +32,8 @@ from data_shards.manifest import load_manifest  # noqa: E402
 from data_shards.shard import shard_dataset  # noqa: E402
 from data_shards.stream import CareerLoader, StreamConfig  # noqa: E402
 from data_shards.vocab import Vocabulary  # noqa: E402
-from trainer.model import COVARIATES, build_model  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.context import model_for  # noqa: E402
 
 CAREER = str(Path(sys.executable).with_name("career"))
 UPDATES = {"small": 12, "paper": 5}
@@ -42,13 +43,7 @@ def bare_loop(data: str, preset: str, updates: int) -> float:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     vocab = Vocabulary.load(f"{data}/vocab.json")
-    fields = load_manifest(data).fields
-    covariates = tuple(
-        c for c in COVARIATES if c in set(fields["token_fields"]) | set(fields["person_fields"])
-    )
-    model = build_model(
-        {n: vocab.size(n) for n in ("job", *covariates)}, preset, covariates=covariates
-    )
+    model = model_for(TrainConfig(preset=preset), vocab, load_manifest(data))[0]
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), weight_decay=0.01)
     loader = iter(
         CareerLoader(data, StreamConfig(split="train", tokens_per_update=16_000), num_workers=0)

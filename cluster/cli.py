@@ -24,7 +24,7 @@ from typing import Any
 
 from cluster import flags, settings
 from data_shards.errors import StructuralError
-from data_shards.formats import ALL_FORMATS, READABLE_FORMATS
+from data_shards.formats import ALL_FORMATS, READABLE_FORMATS, describe_formats
 
 EXIT_STRUCTURAL = 2
 #: Errors that mean bad input, a missing file or store, or an fsspec scheme not installed.
@@ -33,8 +33,6 @@ USER_ERRORS = (StructuralError, ValueError, OSError, ImportError)
 
 def _format_flag(names: tuple[str, ...], input_required: bool) -> dict[str, dict[str, Any]]:
     """`--format` choices and help from the input-format registry; `--input` needed or not."""
-    from data_shards.formats import describe_formats
-
     adjusted: dict[str, dict[str, Any]] = {
         "format": {"choices": names, "help": describe_formats(names)},
         "input": {"required": input_required},
@@ -56,6 +54,11 @@ class Command:
     adjust: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     add: Callable[[argparse.ArgumentParser], None] | None = None  # instead of the generated flags
     make: Callable[[argparse.Namespace], Any] | None = None  # instead of flags.build
+    description: str | None = None  # --help's; default: the settings' docstring
+
+    @property
+    def long_help(self) -> str:
+        return self.description or (self.settings.__doc__ or "").strip()
 
     def add_flags(self, parser: argparse.ArgumentParser) -> None:
         if self.add:
@@ -171,18 +174,17 @@ COMMANDS: dict[str, Command] = {
                      adjust=_format_flag(ALL_FORMATS, input_required=False)),
     "pretrain": Command("pretrain CAREER with DeepSpeed ZeRO", settings.TrainingSettings,
                         run_training, add=_training_flags("pretrain"),
-                        make=_training_settings("pretrain")),
+                        make=_training_settings("pretrain"),
+                        description="Pretrain CAREER on a dataset with DeepSpeed ZeRO (Ray Train "
+                        "workers by default)."),
     "finetune": Command("fine-tune a model package on a survey dataset", settings.TrainingSettings,
                         run_training, add=_training_flags("finetune"),
-                        make=_training_settings("finetune")),
+                        make=_training_settings("finetune"),
+                        description="Fine-tune a model package on a dataset whose vocabulary "
+                        "extends the package's."),
     "export": Command("consolidate a checkpoint into a model package", settings.ExportSettings,
                       run_export),
 }  # fmt: skip
-
-DESCRIPTIONS = {
-    "pretrain": "Pretrain CAREER on a dataset with DeepSpeed ZeRO (Ray Train workers by default).",
-    "finetune": "Fine-tune a model package on a dataset whose vocabulary extends the package's.",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,8 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        description = DESCRIPTIONS.get(name) or (command.settings.__doc__ or "").strip()
-        command.add_flags(sub.add_parser(name, help=command.help, description=description))
+        command.add_flags(sub.add_parser(name, help=command.help, description=command.long_help))
     return parser
 
 

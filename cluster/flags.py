@@ -89,12 +89,13 @@ def is_settings(kind: Any) -> bool:
     return isinstance(kind, type) and dataclasses.is_dataclass(kind)
 
 
-def _strip_optional(kind: Any) -> tuple[Any, bool]:
+def _strip_optional(kind: Any) -> Any:
+    """`X` for `X | None`; any other annotation as it is."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         if len(args) == 1:
-            return args[0], True
-    return kind, False
+            return args[0]
+    return kind
 
 
 def _parser_for(kind: Any, meta: dict) -> Callable[[str], Any] | None:
@@ -158,7 +159,7 @@ def add_flags(
     for field in dataclasses.fields(settings):
         if wanted is not None and field.name not in wanted:
             continue
-        kind, _ = _strip_optional(hints[field.name])
+        kind = _strip_optional(hints[field.name])
         if field.metadata.get("skip"):
             continue  # set by the command itself, not a flag
         if is_settings(kind):
@@ -204,7 +205,7 @@ def build(settings: type[S], namespace: argparse.Namespace, **extra: Any) -> S:
     hints = typing.get_type_hints(settings)
     values: dict[str, Any] = {}
     for field in dataclasses.fields(settings):
-        kind, _ = _strip_optional(hints[field.name])
+        kind = _strip_optional(hints[field.name])
         if field.name in extra:
             values[field.name] = extra[field.name]
         elif is_settings(kind):

@@ -11,7 +11,6 @@ from cluster.report import console, print_rows, progress_console
 from cluster.settings import ShardSettings
 from data_shards import storage
 from data_shards.inputs import InputSpec
-from data_shards.readers import ResumeOptions
 from data_shards.shard import ShardResult, shard_dataset
 
 
@@ -24,9 +23,7 @@ def input_spec(s: ShardSettings) -> InputSpec:
         format=source.format,
         url=source.input,
         panel=source.panel_mapping(),
-        resume=ResumeOptions(as_of=source.resume.as_of)
-        if source.format == "resume-jsonl"
-        else None,
+        resume=source.resume if source.format == "resume-jsonl" else None,
         preset=sim.sim_preset,
         people=sim.people,
         seed=sim.seed,

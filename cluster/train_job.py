@@ -29,8 +29,6 @@ def check_checkpoint(out: str, storage_options) -> None:
     """A run folder being resumed must hold a complete, readable latest checkpoint.
 
     Reads only: a fresh `--out` is left untouched (nothing is created by a refused command)."""
-    if not storage.exists(storage.join(out, "checkpoints", "latest.json"), storage_options):
-        return
     from trainer.checkpoint import CheckpointStore
 
     store = CheckpointStore(out, storage_options)
@@ -48,7 +46,7 @@ def check_checkpoint(out: str, storage_options) -> None:
         )
     for path in states:
         # torch.save writes zip files; remote stores are checked for size only
-        ok = fs.size(path) > 0 if storage.is_remote(store.url) else zipfile.is_zipfile(path)
+        ok = fs.size(path) > 0 if store.remote else zipfile.is_zipfile(path)
         if not ok:
             raise StructuralError(
                 f"checkpoint is corrupt: {path.rsplit('/', 1)[-1]} is truncated or damaged",
@@ -143,12 +141,12 @@ def _worker_failure(folder: str) -> Exception:
         for name in os.listdir(folder)
         if name.startswith("error.") and name.rsplit(".", 1)[1].isdigit()
     )
-    for rank in ranks:
-        with open(os.path.join(folder, f"error.{rank}")) as f:
-            report = json.load(f)
-        kind = StructuralError if report["type"] == "StructuralError" else ValueError
-        return kind(report["message"])
-    return RuntimeError("a training worker failed (see its output above)")
+    if not ranks:
+        return RuntimeError("a training worker failed (see its output above)")
+    with open(os.path.join(folder, f"error.{ranks[0]}")) as f:
+        report = json.load(f)
+    kind = StructuralError if report["type"] == "StructuralError" else ValueError
+    return kind(report["message"])
 
 
 def launch(s: TrainingSettings) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -32,7 +31,8 @@ class CheckpointStore:
             self.local = str(Path(tempfile.gettempdir()) / f"career-checkpoints-{digest}")
         else:
             self.local = self.url.removeprefix("file://")
-        os.makedirs(self.local, exist_ok=True)
+        # Nothing is created here: opening a store (to check a run before launching) writes
+        # nothing; DeepSpeed, the sidecar and downloads make the folders they write into.
 
     # -- pointers -------------------------------------------------------------------------------
     def _read_pointer(self, name: str) -> dict | None:

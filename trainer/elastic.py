@@ -30,7 +30,6 @@ class ResumeSource:
     tag: str
     folder: str
     universal: bool
-    saved_world_size: int  # 0: a ZeRO stage 0 checkpoint, which loads on any number of ranks
 
     def cleanup(self, info: RunInfo) -> None:
         """Remove the universal copy once every rank has loaded it."""
@@ -56,6 +55,7 @@ def unshare_optimizer_steps(engine) -> int:
 
 
 def needs_conversion(saved_world_size: int, world_size: int) -> bool:
+    """`saved_world_size` 0: a ZeRO stage 0 checkpoint, which loads on any number of ranks."""
     return bool(saved_world_size) and saved_world_size != world_size
 
 
@@ -66,7 +66,7 @@ def prepare_resume(store: CheckpointStore, tag: str, info: RunInfo) -> ResumeSou
     dist.barrier()
     saved = from_rank0(ds_engine.checkpoint_world_size(os.path.join(store.local, tag)))
     if not needs_conversion(saved, info.world_size):
-        return ResumeSource(tag, store.local, False, saved)
+        return ResumeSource(tag, store.local, False)
     folder = f"{store.local.rstrip('/')}-universal-{socket.gethostname()}"
     failure = None
     if info.local_rank == 0:
@@ -81,4 +81,4 @@ def prepare_resume(store: CheckpointStore, tag: str, info: RunInfo) -> ResumeSou
         raise RuntimeError(
             "converting the checkpoint for another number of workers failed on another node"
         )
-    return ResumeSource(tag, folder, True, saved)
+    return ResumeSource(tag, folder, True)

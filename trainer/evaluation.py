@@ -77,7 +77,7 @@ class Validator:
         self.storage_options = storage_options
         self.history: list[list[float]] = history if history is not None else []
         # `best`: the best checkpoint's perplexity, for a run whose history holds no evaluation.
-        self.best, self.stale = (None, 0) if self.history else (best, 0)
+        self.best, self.stale = None if self.history else best, 0
         for _, perplexity in self.history:
             self._score(perplexity)
         self.improved = False
