@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cluster import flags, settings
+from cluster import flags, guards, settings
 from data_shards.errors import StructuralError
 from data_shards.formats import ALL_FORMATS, READABLE_FORMATS, describe_formats
 
@@ -242,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, typed = _parse(argv)
     options = _storage_options_of(typed)
     try:
+        guards.refuse_unsafe_outputs(typed)
         return COMMANDS[name].handler(typed)
     except USER_ERRORS as exc:
         print(f"career {name}: error: {_safe(exc, options)}", file=sys.stderr)
@@ -250,6 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"career {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        from data_shards.storage import object_store_errors
+
+        if isinstance(exc, object_store_errors()):
+            what = f"object store: {type(exc).__name__}: {_safe(exc, options)}"
+            print(f"career {name}: error: {what}", file=sys.stderr)
+            return EXIT_STRUCTURAL
         if os.environ.get("CAREER_DEBUG"):
             raise
         print(

@@ -26,6 +26,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from data_shards.splits import check_fractions
 from data_shards.storage import absolute
 
 S = TypeVar("S")
@@ -60,11 +61,10 @@ def fractions(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(
             f"expected three numbers like 0.9,0.05,0.05, got {text!r}"
         ) from None
-    if len(parts) != 3 or abs(sum(parts) - 1) > 1e-9 or min(parts) < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected three non-negative fractions summing to 1, got {text!r}"
-        )
-    return parts  # type: ignore[return-value]
+    try:
+        return check_fractions(parts)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def json_object(text: str) -> dict:

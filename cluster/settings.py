@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cluster.flags import option
+from data_shards import storage
 from data_shards.readers.panel import PanelMapping
 from data_shards.readers.resume_jsonl import ResumeOptions
 from data_shards.shard import ShardConfig
@@ -88,6 +89,12 @@ class InspectSettings:
         path=True,
     )  # fmt: skip
 
+    def paths_read(self) -> dict[str, str | None]:
+        return {"--input": self.source.input}
+
+    def paths_written(self) -> dict[str, str | None]:
+        return {"--quarantine-out": self.quarantine_out}
+
 
 @dataclass(kw_only=True)
 class SynthSettings:
@@ -115,6 +122,12 @@ class SynthSettings:
     )
     storage: StorageSettings = field(default_factory=StorageSettings)
 
+    def paths_read(self) -> dict[str, str | None]:
+        return {}
+
+    def paths_written(self) -> dict[str, str | None]:
+        return {"--out": self.out}
+
 
 @dataclass(kw_only=True)
 class ShardSettings:
@@ -140,6 +153,13 @@ class ShardSettings:
         False, help="replace an existing dataset made from a different input/config"
     )
     ray: RaySettings = field(default_factory=RaySettings)
+
+    def paths_read(self) -> dict[str, str | None]:
+        return {"--input": self.source.input, "--vocab": self.vocab}
+
+    def paths_written(self) -> dict[str, str | None]:
+        """The dataset folder `OUT/NAME` (other folders under `--out` are left alone)."""
+        return {"--out/--name": storage.join(self.out, self.name)}
 
 
 #: TrainConfig fields offered as flags of pretrain/finetune (anything else: key=value overrides).
@@ -194,6 +214,12 @@ class TrainingSettings:
         if self.gpus_per_worker < 0:
             raise ValueError(f"--gpus-per-worker must not be negative, not {self.gpus_per_worker}")
 
+    def paths_read(self) -> dict[str, str | None]:
+        return {"--data": self.data, "--base": self.base}
+
+    def paths_written(self) -> dict[str, str | None]:
+        return {"--out": self.out}
+
     @property
     def on_gpu(self) -> bool:
         return self.gpus_per_worker > 0
@@ -216,6 +242,13 @@ class ExportSettings:
     )
     storage: StorageSettings = field(default_factory=StorageSettings)
 
+    def paths_read(self) -> dict[str, str | None]:
+        """The run's checkpoints (the default package, RUN/package, sits beside them)."""
+        return {"--run (its checkpoints)": storage.join(self.run, "checkpoints")}
+
+    def paths_written(self) -> dict[str, str | None]:
+        return {"--package": self.package}
+
 
 @dataclass(kw_only=True)
 class RunSettings:
@@ -231,3 +264,9 @@ class RunSettings:
         metavar="N",
     )
     ray: RaySettings = field(default_factory=RaySettings)
+
+    def paths_read(self) -> dict[str, str | None]:
+        return {}
+
+    def paths_written(self) -> dict[str, str | None]:
+        return {"--out": self.out}

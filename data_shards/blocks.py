@@ -27,6 +27,10 @@ FORMAT_VERSION = 1
 PEOPLE_PER_BLOCK = 1024
 MEMBER_SUFFIX = "crb"
 _CODEC = pa.Codec("zstd", compression_level=1)
+#: The largest decompressed payload a block may declare. A block of `PEOPLE_PER_BLOCK` people
+#: with 100-year careers and every field is ~4 MB; the cap stops a damaged or crafted member
+#: (a "zstd bomb") from making a reader allocate what its header claims.
+MAX_PAYLOAD_BYTES = 256 * 2**20
 
 PERSON_FIELDS = ("location", "gender", "ethnicity", "birth_year")
 TOKEN_FIELDS = ("job", "year", "education")
@@ -94,6 +98,11 @@ def encode_block(
         sort_keys=True,
     ).encode()
     payload = b"".join(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes() for _, a in parts)
+    if len(payload) > MAX_PAYLOAD_BYTES:  # never write a block no reader would accept
+        raise ValueError(
+            f"a block of {len(ids)} people is {len(payload):,} bytes, over the "
+            f"{MAX_PAYLOAD_BYTES:,}-byte cap: use fewer people per block"
+        )
     compressed = _CODEC.compress(payload, asbytes=True)
     return (
         MAGIC
@@ -128,9 +137,16 @@ def decode_block(data: bytes) -> Block:
     if header.get("v") != FORMAT_VERSION:
         raise ValueError(f"unsupported block format {header.get('v')!r}")
     (payload_len,) = struct.unpack_from("<Q", data, 8 + header_len)
-    payload = _CODEC.decompress(
-        memoryview(data)[16 + header_len :], decompressed_size=payload_len, asbytes=True
-    )
+    if payload_len > MAX_PAYLOAD_BYTES:
+        raise ValueError(
+            f"block declares a {payload_len:,}-byte payload, over the {MAX_PAYLOAD_BYTES:,}-byte cap"
+        )
+    try:  # the real decompressed size must be exactly the declared one
+        payload = _CODEC.decompress(
+            memoryview(data)[16 + header_len :], decompressed_size=payload_len, asbytes=True
+        )
+    except OSError as exc:
+        raise ValueError(f"block payload does not decompress to its declared size: {exc}") from None
     arrays: dict[str, np.ndarray] = {}
     position = 0
     for name, dtype, count in header["arrays"]:

@@ -95,9 +95,10 @@ def _describe_url(spec: InputSpec) -> dict[str, Any]:
 
 
 def _digest_of_parts(spec: InputSpec, parts: list[Any]) -> str:
-    """Text inputs: the files' sha256, taken while their lines were indexed."""
-    digests = sorted({getattr(part, "digest", "") for part in parts})
-    return hashlib.sha256("".join(digests).encode()).hexdigest()
+    """Text inputs: the files' sha256, taken while their lines were indexed, each with the split
+    it was read as (swapping the train and valid files' contents is another dataset)."""
+    digests = sorted({(getattr(part, "split", ""), getattr(part, "digest", "")) for part in parts})
+    return hashlib.sha256(json.dumps(digests).encode()).hexdigest()
 
 
 def _plan_career_code(spec: InputSpec, lines_per_block: int) -> list[PlannedBlock]:

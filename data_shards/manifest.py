@@ -26,6 +26,28 @@ def shard_path(split: str, index: int) -> str:
     return f"{split}/shard-{index:06d}.tar"
 
 
+def check_shard_path(shard: ShardInfo, source: str) -> None:
+    """A manifest's shard path is trusted only if it is relative and inside the dataset, under
+    its split's folder: a tampered manifest must not make a reader open `/etc/passwd`,
+    `../other-dataset/...` or another bucket."""
+    path = str(shard.path)
+    parts = path.split("/")
+    if (
+        shard.split not in SPLITS
+        or path.startswith("/")
+        or "://" in path
+        or "\\" in path
+        or len(parts) != 2
+        or parts[0] != shard.split
+        or parts[1] in ("", ".", "..")
+    ):
+        raise StructuralError(
+            f"shard path {path!r} (split {shard.split!r}) is not a file of the dataset's "
+            f"{shard.split}/ folder: refusing a manifest that points elsewhere",
+            path=source,
+        )
+
+
 @dataclass
 class ShardInfo:
     split: str
@@ -64,6 +86,8 @@ class Manifest:
                 f"unsupported manifest format {payload.get('format_version')!r}", path=source
             )
         payload["shards"] = [ShardInfo(**s) for s in payload["shards"]]
+        for shard in payload["shards"]:
+            check_shard_path(shard, source)
         return cls(**payload)
 
     def shards_of(self, split: str) -> list[ShardInfo]:

@@ -8,6 +8,7 @@ fractions. It is vectorised over an Arrow string array (one numpy pass per chara
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,8 +24,10 @@ _FNV_PRIME = np.uint64(0x100000001B3)
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    if len(fractions) != 3 or any(f < 0 for f in fractions):
-        raise ValueError(f"split fractions must be three non-negative numbers, got {fractions!r}")
+    if len(fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in fractions):
+        raise ValueError(
+            f"split fractions must be three finite non-negative numbers, got {fractions!r}"
+        )
     if abs(sum(fractions) - 1.0) > 1e-9:
         raise ValueError(f"split fractions must sum to 1, got {fractions!r} (sum {sum(fractions)})")
     return (float(fractions[0]), float(fractions[1]), float(fractions[2]))

@@ -10,11 +10,13 @@ that adds the AWS endpoint variables to s3 options (the loader's own s3 opener u
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import posixpath
 import random
 import re
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -58,16 +60,27 @@ def _options_for(url: str, storage_options: StorageOptions) -> dict[str, Any]:
     return s3_options(storage_options) if url.startswith("s3://") else dict(storage_options or {})
 
 
-_USER_INFO = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/]*@")
-_SECRET_KEYS = ("key", "secret", "token", "password", "session")
+#: `scheme://userinfo@` at the start of a URL or anywhere in a message. Userinfo is everything up
+#: to the `@` when it holds a `:` (`key:secret@`, whatever the secret contains: AWS secret keys
+#: often hold `/`), else a run without `/` (`user@`). A path with an `@` and no `:` before it
+#: (`s3://bucket/v1@2/x`) is not userinfo.
+_USER_INFO = r"://(?:[^@\s/]*:[^@\s]*|[^@\s/:]+)@"
+_USER_INFO_AT_START = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*" + _USER_INFO)
+#: A storage option (at any depth) whose key contains one of these is a credential.
+_SECRET_WORDS = (
+    "secret", "token", "password", "passwd", "authorization", "credential", "key", "session",
+    "signature", "cookie",
+)  # fmt: skip
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+#: Secrets shorter than this are not masked in free text (they would mask ordinary words).
+_MIN_SECRET_LENGTH = 4
 
 
 def filesystem(
     url: str, storage_options: StorageOptions = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem for `url` and the path inside it. URLs carrying credentials are refused."""
-    if _USER_INFO.match(url):
+    if _USER_INFO_AT_START.match(url):
         raise StructuralError(
             "credentials inside a URL are refused (they would end up in logs); use the standard "
             "AWS environment variables or --storage-options",
@@ -76,22 +89,76 @@ def filesystem(
     return url_to_fs(url, **_options_for(url, storage_options))
 
 
-def mask_secrets(text: str, storage_options: StorageOptions = None) -> str:
-    """`text` with every credential we know of (storage options, AWS variables) replaced by ***."""
-    secrets: list[str] = [os.environ[name] for name in _SECRET_ENV if os.environ.get(name)]
+def is_secret_key(key: str) -> bool:
+    """Whether a storage-option key names a credential (`key`, `secret`, `token`, `headers.
+    Authorization`, `aws_session_token`, `credentials`, `key_id`, ...)."""
+    lowered = key.lower().replace("-", "_")
+    return any(word in lowered for word in _SECRET_WORDS)
 
-    def collect(value: Any, key: str = "") -> None:
+
+def secret_values(value: Any, secret: bool = False) -> list[str]:
+    """Every string in `value` (nested dicts and lists) held under a credential key: a value
+    below a credential key (`{"credentials": {"a": ...}}`) is a credential too."""
+    if isinstance(value, dict):
+        return [
+            found
+            for key, item in value.items()
+            for found in secret_values(item, secret or is_secret_key(str(key)))
+        ]
+    if isinstance(value, list | tuple):
+        return [found for item in value for found in secret_values(item, secret)]
+    if secret and value is not None and not isinstance(value, bool):
+        return [str(value)]
+    return []
+
+
+def masked_options(storage_options: StorageOptions) -> dict[str, Any]:
+    """A copy of `storage_options` safe to print: every credential value replaced by ***."""
+
+    def mask(value: Any, secret: bool) -> Any:
         if isinstance(value, dict):
-            for k, v in value.items():
-                collect(v, str(k))
-        elif isinstance(value, str) and any(word in key.lower() for word in _SECRET_KEYS):
-            secrets.append(value)
+            return {k: mask(v, secret or is_secret_key(str(k))) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [mask(v, secret) for v in value]
+        return "***" if secret and value is not None else value
 
-    collect(storage_options or {})
+    return mask(dict(storage_options or {}), False)
+
+
+def mask_secrets(text: str, storage_options: StorageOptions = None) -> str:
+    """`text` with every credential we know of replaced by ***: storage-option values under a
+    credential key (at any depth), the AWS credential variables, and URL userinfo."""
+    secrets = [os.environ[name] for name in _SECRET_ENV if os.environ.get(name)]
+    secrets += secret_values(storage_options or {})
+    text = redact(text)  # first: a userinfo secret is removed whole, not partly masked
     for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) >= 4:
+        if len(secret) >= _MIN_SECRET_LENGTH:
             text = text.replace(secret, "***")
-    return redact(text)
+    return text
+
+
+def location(url: str) -> str:
+    """A canonical form of `url` for comparing locations: local paths (and file:// URLs) resolved
+    through symlinks; other URLs as `scheme://bucket/key` without a trailing slash."""
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    if "://" not in url:
+        return os.path.realpath(os.path.expanduser(url))
+    scheme, rest = redact(url).split("://", 1)
+    return f"{scheme.lower()}://" + posixpath.normpath("/" + rest).lstrip("/")
+
+
+def overlaps(a: str, b: str) -> str | None:
+    """How locations `a` and `b` overlap: "is" (the same), "inside" (`a` lies inside `b`),
+    "contains" (`b` lies inside `a`), or None."""
+    first, second = location(a), location(b)
+    if first == second:
+        return "is"
+    if first.startswith(second.rstrip("/") + "/"):
+        return "inside"
+    if second.startswith(first.rstrip("/") + "/"):
+        return "contains"
+    return None
 
 
 def join(url: str, *parts: str) -> str:
@@ -103,8 +170,20 @@ def join(url: str, *parts: str) -> str:
 
 
 def redact(url: str) -> str:
-    """A URL (or a message holding URLs) safe to print: `user:password@` is removed."""
-    return re.sub(r"://[^/\s]*@", "://", url)
+    """A URL (or a message holding URLs) safe to print: `user:password@` is removed, whatever
+    the password contains."""
+    return re.sub(_USER_INFO, "://", url)
+
+
+def object_store_errors() -> tuple[type[BaseException], ...]:
+    """The object-store client's own errors (an unreachable endpoint, missing credentials, access
+    denied): the user's environment, not a bug, so commands report them with exit 2. botocore is
+    imported only if installed (s3fs brings it)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return ()
+    return (BotoCoreError, ClientError)
 
 
 #: Errors that retrying cannot fix.
@@ -114,6 +193,10 @@ PERMANENT_ERRORS = (
     IsADirectoryError,
     NotADirectoryError,
     FileExistsError,
+)
+#: OS error numbers that retrying cannot fix either (a symlink loop, a name too long, no space).
+PERMANENT_ERRNOS = frozenset(
+    {errno.ELOOP, errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 )
 RETRY_ATTEMPTS = 5
 RETRY_BASE_DELAY = 0.25
@@ -132,8 +215,8 @@ def retry(call: Callable[[], T], url: str, attempts: int = RETRY_ATTEMPTS) -> T:
             return call()
         except PERMANENT_ERRORS:
             raise
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            if attempt == attempts - 1:
+        except OSError as exc:  # ConnectionError and TimeoutError are OSErrors too
+            if exc.errno in PERMANENT_ERRNOS or attempt == attempts - 1:
                 raise
             delay = RETRY_BASE_DELAY * 2**attempt * (1 + random.random())
             log.warning(
@@ -185,25 +268,53 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = 
         retry(lambda: fs.pipe_file(path, data), url)
 
 
+def refuse_special_target(path: str, url: str | None = None, folder_ok: bool = False) -> None:
+    """Refuse to write over something that is not a regular file: a device (`/dev/full`,
+    `/dev/sda`), a pipe, a socket or a folder. An atomic write replaces its target by a rename,
+    which would turn `/dev/full` (as root) into a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StructuralError(f"cannot write: {exc.strerror}", path=redact(url or path)) from None
+    if stat.S_ISDIR(mode) and not folder_ok:
+        raise StructuralError(
+            "is a folder, not a file: refusing to replace it", path=redact(url or path)
+        )
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise StructuralError(
+            "is not a regular file (a device, pipe or socket): refusing to replace it",
+            path=redact(url or path),
+        )
+
+
 @contextlib.contextmanager
 def open_atomic(url: str, storage_options: StorageOptions = None) -> Iterator[IO[bytes]]:
     """A binary file handle whose contents appear at `url` only if the block succeeds.
 
-    Locally: a sibling temporary file renamed into place. Object stores: a streaming (multipart)
-    upload, which creates the object only when it completes; on failure it is aborted.
+    Locally: a sibling temporary file renamed into place; a target that is not a regular file is
+    refused, and a write error (disk full, quota) is a StructuralError naming the target, with
+    the temporary file removed. Object stores: a streaming (multipart) upload, which creates the
+    object only when it completes; on failure it is aborted.
     """
     fs, path = filesystem(url, storage_options)
     if _is_local(fs):
+        refuse_special_target(path, url)
         parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
+            if parent:
+                os.makedirs(parent, exist_ok=True)
             with open(tmp, "wb") as handle:
                 yield handle
             os.replace(tmp, path)
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            raise StructuralError(f"cannot write: {exc.strerror}", path=redact(url)) from None
         finally:
-            if os.path.exists(tmp):
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
         return
     handle = fs.open(path, "wb")

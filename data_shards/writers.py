@@ -24,8 +24,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from data_shards import storage
+from data_shards.errors import StructuralError
 from data_shards.schema import SPLITS
-from data_shards.splits import DEFAULT_FRACTIONS, resolve_splits
+from data_shards.splits import DEFAULT_FRACTIONS, check_fractions, resolve_splits
 
 Records = pa.Table | Iterable[pa.RecordBatch]
 
@@ -63,13 +64,45 @@ def _token(value) -> str:
     return text
 
 
+def is_career_code_file(name: str) -> bool:
+    """Whether `name` is a file of the career-code layout (`{split}.{field}`)."""
+    split, dot, suffix = name.partition(".")
+    return bool(dot) and split in SPLITS and suffix in {*_TIME_VARYING_FILES, *_STATIC_FILES}
+
+
+def check_replaceable_folder(url: str, storage_options=None) -> None:
+    """Refuse to replace a folder that holds anything but career-code files: `--out ~` or
+    `--out .` must not delete a home or project folder to write a simulated corpus there."""
+    fs, path = storage.filesystem(url, storage_options)
+    if not fs.exists(path):
+        return
+    if not fs.isdir(path):
+        raise StructuralError(
+            "exists and is a file; the career-code layout is a folder", path=storage.redact(url)
+        )
+    others = sorted(
+        n for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+        if not is_career_code_file(n)
+    )  # fmt: skip
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise StructuralError(
+            f"exists and holds other files ({shown}): refusing to replace it; "
+            "choose a new or career-code folder",
+            path=storage.redact(url),
+        )
+
+
 def write_career_code(
     records: Records, url: str, fractions=DEFAULT_FRACTIONS, storage_options=None
 ) -> list[str]:
-    """Write records as a career-code folder at `url` (replacing it). Returns the file names.
+    """Write records as a career-code folder at `url` (replacing a career-code folder there; a
+    folder holding anything else is refused). Returns the file names.
 
     People go to the split given by `splits.resolve_splits` (their own, else the split function).
     """
+    check_fractions(fractions)
+    check_replaceable_folder(url, storage_options)
     first, batches = _batches(records)
     time_varying = [f for f, c in _TIME_VARYING_FILES.items() if c in _present(first, [c])]
     static = [f for f, c in _STATIC_FILES.items() if c in _present(first, [c])]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,3 +151,40 @@ class RecordBuilder:
                 values = [1.0 if v is None else v for v in values]
             arrays[f.name] = pa.array(values, f.type)
         return conform(pa.table(arrays))
+
+
+#: The UTF-8 byte-order mark some editors put at the start of a file (`utf-8-sig`).
+BOM = "\ufeff"
+BOM_BYTES = BOM.encode("utf-8")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def strip_bom(text: str) -> str:
+    """`text` without a leading byte-order mark. Every reader calls this on the first line (or
+    header) of every file, so a file saved by Excel reads the same as one saved without a BOM."""
+    return text[len(BOM) :] if text.startswith(BOM) else text
+
+
+def strip_bom_bytes(data: bytes) -> bytes:
+    """`data` without a leading UTF-8 byte-order mark (for readers that parse bytes)."""
+    return data[len(BOM_BYTES) :] if data.startswith(BOM_BYTES) else data
+
+
+def check_text(value: str, what: str) -> str:
+    """`value` unless it holds a NUL or other control character (tab excepted), which no code,
+    id or label contains: such a value is a corrupted record, quarantined with this reason."""
+    found = _CONTROL.search(value)
+    if found:
+        raise RecordError(f"{what} contains control character {found.group()!r}: {value!r}")
+    return value
+
+
+def decode_line(raw: bytes, what: str = "line") -> str:
+    """One line of a UTF-8 file, or a RecordError naming the byte that is not UTF-8 (one bad
+    line is quarantined; the rest of the file is read)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(
+            f"{what} is not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+        ) from None
