@@ -14,6 +14,31 @@ from data_shards.schema import NON_EMPLOYMENT_STATES
 from data_shards.splits import resolve_splits
 from data_shards.vocab import build_vocabulary, count_tokens
 
+#: Categorical fields whose values `career inspect` lists with their counts: a label spelled two
+#: ways, or one the user did not expect, shows up here before it becomes a token.
+LABEL_FIELDS = ("education", "location", "gender", "ethnicity")
+#: The most values listed per field; the rest are counted under "(N more values)".
+MAX_LABELS = 30
+
+
+def label_counts(column: pa.ChunkedArray) -> dict[str, int]:
+    """Count per value of a categorical column (per job-year for a list column), most common
+    first; missing values are counted as "(missing)"."""
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        column = pc.list_flatten(column)
+    if len(column) == 0:
+        return {}
+    counted = pc.value_counts(column).to_pylist()
+    pairs = sorted(
+        (("(missing)" if c["values"] is None else str(c["values"]), int(c["counts"]))
+         for c in counted),
+        key=lambda pair: (-pair[1], pair[0]),
+    )  # fmt: skip
+    shown = dict(pairs[:MAX_LABELS])
+    if len(pairs) > MAX_LABELS:
+        shown[f"({len(pairs) - MAX_LABELS} more values)"] = sum(c for _, c in pairs[MAX_LABELS:])
+    return shown
+
 
 def summarize(
     table: pa.Table, report: ReadReport | None = None, quarantine: Quarantine | None = None
@@ -57,6 +82,10 @@ def summarize(
             summary["oracle_perplexity"] = round(
                 math.exp(-float(np.mean(values.astype(np.float64)))), 4
             )
+    for name in LABEL_FIELDS:
+        counts = label_counts(table.column(name)) if name in table.column_names else {}
+        if counts:
+            summary[f"{name}_labels"] = counts
     if report is not None:
         summary["read"] = report.as_dict()
     if quarantine is not None:

@@ -209,3 +209,20 @@ def test_bad_training_settings_exit_2_before_anything_starts(tmp_path, capsys, a
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("career pretrain: error:")
     assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_inspect_counts_each_label_so_unknown_ones_show(tmp_path, capsys):
+    """An education label nobody expected (`phd` among the usual ones, `High_School` spelled
+    another way) is listed with its count, before it silently becomes a token."""
+    folder = tmp_path / "cc"
+    folder.mkdir()
+    (folder / "train.job").write_text("11 12\n13\n14 15\n")
+    (folder / "train.year").write_text("2001 2002\n2003\n2001 2005\n")
+    (folder / "train.education").write_text("high_school phd\nHigh_School\nhigh_school high_school\n")
+    (folder / "train.gender").write_text("male\nfemale\nmale\n")
+    assert main(["inspect", "--input", str(folder), "--format", "career-code", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["education_labels"] == {"high_school": 3, "High_School": 1, "phd": 1}
+    assert summary["gender_labels"] == {"male": 2, "female": 1}
+    assert main(["inspect", "--input", str(folder), "--format", "career-code"]) == 0
+    assert "education labels" in capsys.readouterr().out
