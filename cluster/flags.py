@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -68,6 +69,14 @@ def fractions(text: str) -> tuple[float, float, float]:
 
 
 def json_object(text: str) -> dict:
+    """A JSON object, given inline or as `@FILE` (keeps credentials off the command line, where
+    `ps` shows them to every user of the machine)."""
+    if text.startswith("@"):
+        try:
+            with open(os.path.expanduser(text[1:])) as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {exc.strerror}") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:

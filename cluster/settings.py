@@ -41,8 +41,8 @@ class StorageSettings:
     storage_options: dict | None = option(
         None,
         help='fsspec options for the URLs, e.g. \'{"client_kwargs": {"endpoint_url": '
-        '"http://127.0.0.1:9000"}}\'. Credentials are better left in the standard AWS '
-        "environment variables.",
+        '"http://127.0.0.1:9000"}}\', or @FILE to read them from a JSON file. Credentials are '
+        "better left in the standard AWS environment variables (or in @FILE: never in argv).",
         metavar="JSON",
     )
 

@@ -1,13 +1,17 @@
 """Resume JSON Lines: the one-job-per-year rules, education, quarantine, and round trip."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
+from data_shards.errors import StructuralError
 from data_shards.readers import ResumeOptions, read
-from data_shards.readers.common import RecordError
-from data_shards.readers.resume_jsonl import resume_to_record
+from data_shards.readers.common import RecordError, concat_results
+from data_shards.readers.resume_jsonl import plan_resume_jsonl, read_resume_block, resume_to_record
 from data_shards.synth.generate import simulate
 from data_shards.synth.presets import PRESETS
 from data_shards.writers import write_resume_jsonl
@@ -196,3 +200,148 @@ def test_deeply_nested_line_is_quarantined(tmp_path):
     result = read(str(path), "resume-jsonl")
     assert result.report.people_quarantined == 1
     assert result.quarantine.entries[0].reason.startswith("invalid JSON")
+
+
+CAREER = str(Path(sys.executable).with_name("career"))
+
+
+def job(code="A", start="2001", end="2002"):
+    return {"code": code, "start": start, "end": end}
+
+
+def write_jsonl(path, lines):
+    """`lines`: JSON-able objects, or bytes written as they are (one line each)."""
+    data = b"".join((x if isinstance(x, bytes) else json.dumps(x).encode()) + b"\n" for x in lines)
+    path.write_bytes(data)
+    return str(path)
+
+
+def read_in_blocks(url, lines_per_block, options=None):
+    """The sharding job's path: blocks planned and read one by one, then combined."""
+    blocks = plan_resume_jsonl(url, lines_per_block)
+    results = [read_resume_block(url, b, options or ResumeOptions()) for b in blocks]
+    return concat_results(results, url)
+
+
+def reasons_by_line(result):
+    return {int(e.source.rsplit(":", 1)[1]): e.reason for e in result.quarantine}
+
+
+def test_undecodable_line_is_quarantined_with_its_line(tmp_path):
+    url = write_jsonl(tmp_path / "r.jsonl", [
+        {"id": "a", "jobs": [job()]}, b'{"id": "b\xff", "jobs": []}', {"id": "c", "jobs": [job()]},
+    ])  # fmt: skip
+    for result in (read(url, "resume-jsonl"), read_in_blocks(url, 1)):
+        r = result.report
+        assert (r.people_read, r.people_accepted, r.people_quarantined) == (3, 2, 1)
+        (entry,) = result.quarantine
+        assert entry.source == f"{url}:2" and "not UTF-8" in entry.reason
+        assert "\\xff" in entry.record
+
+
+def test_number_python_refuses_is_quarantined_not_fatal(tmp_path):
+    huge = '{"id": ' + "1" * 5000 + ', "jobs": []}'
+    url = write_jsonl(tmp_path / "r.jsonl", [huge.encode(), {"id": "a", "jobs": [job()]}])
+    result = read(url, "resume-jsonl")
+    assert result.report.people_accepted == 1
+    assert reasons_by_line(result)[1].startswith("invalid JSON: Exceeds the limit")
+
+
+def test_impossible_dates_are_quarantined_and_real_ones_accepted():
+    for bad in ("2020-02-30", "2020-01-45", "2021-02-29", "2020-04-31", "2020-00", "2020--5",
+                "2020-01-01T00", "2020-1-"):  # fmt: skip
+        with pytest.raises(RecordError, match="unparseable job 0 start date"):
+            convert({"jobs": [job(start=bad, end="2021")]})
+        with pytest.raises(RecordError, match="unparseable education 0 end date"):
+            convert({"jobs": [job()], "education": [{"degree": "ba", "end": bad}]})
+    for good, year in (
+        ("2020", 2020),
+        ("2020-06", 2020),
+        ("2020-02-29", 2020),
+        ("2019-12-31", 2019),
+    ):
+        assert convert({"jobs": [job(start=good, end="2021")]})["years"][0] == year
+
+
+def test_person_ids_must_be_strings_or_integers(tmp_path):
+    ids = [True, 1.5, {"a": 1}, [1], None, "  ", 42, "  p7 "]
+    lines = [{"id": person_id, "jobs": [job()]} for person_id in ids]
+    url = write_jsonl(tmp_path / "r.jsonl", [*lines, {"jobs": [job()]}])
+    result = read(url, "resume-jsonl")
+    reasons = reasons_by_line(result)
+    assert sorted(reasons) == [1, 2, 3, 4, 5, 6]
+    assert reasons[1] == "unusable person id (boolean): true"
+    assert reasons[5] == "unusable person id (null): null"
+    assert reasons[6] == 'unusable person id (empty string): "  "'
+    assert [r["person_id"] for r in result.table.to_pylist()] == ["42", "p7", "line-000000009"]
+
+
+def test_control_characters_in_codes_and_labels_are_quarantined(tmp_path):
+    url = write_jsonl(tmp_path / "r.jsonl", [
+        {"id": "a", "jobs": [job(code="A\x00")]},
+        {"id": "b", "jobs": [job()], "location": "C\x1bA"},
+        {"id": "c", "jobs": [job()], "education": [{"degree": "bachelors\x00", "end": "2001"}]},
+        {"id": "d\x07", "jobs": [job()]},
+        {"id": "e", "jobs": [job()], "gender": "f\x85"},
+        {"id": "f", "jobs": [job(code="A")], "location": "CA"},
+    ])  # fmt: skip
+    result = read(url, "resume-jsonl")
+    reasons = reasons_by_line(result)
+    assert sorted(reasons) == [1, 2, 3, 4, 5]
+    assert all("control character" in reason for reason in reasons.values())
+    assert [r["person_id"] for r in result.table.to_pylist()] == ["f"]
+
+
+def test_bom_is_stripped_only_at_file_start(tmp_path):
+    bom = "\ufeff".encode()
+    url = write_jsonl(tmp_path / "r.jsonl", [
+        bom + json.dumps({"id": "a", "jobs": [job()]}).encode(),
+        bom + json.dumps({"id": "b", "jobs": [job()]}).encode(),
+    ])  # fmt: skip
+    for result in (read(url, "resume-jsonl"), read_in_blocks(url, 1)):
+        assert [r["person_id"] for r in result.table.to_pylist()] == ["a"]
+        assert reasons_by_line(result) == {
+            2: "invalid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig)"
+        }
+
+
+@pytest.mark.parametrize(
+    "bad", [100000000, -5, 3000, 1849, 2101, True, "soon", "2020-13", "2020-02-30", "20-01"]
+)
+def test_as_of_is_validated_when_options_are_built(bad):
+    with pytest.raises(ValueError, match=r"as_of \(--as-of\) must be a year 1850-2100"):
+        ResumeOptions(as_of=bad)
+
+
+def test_as_of_accepts_years_and_dates_in_the_record_year_range():
+    assert ResumeOptions(as_of="2007").as_of == 2007  # what the command line passes
+    assert [ResumeOptions(as_of=v).as_of for v in (1850, 2100, " 2020-6 ", "2020-02-29")] == [
+        1850, 2100, "2020-06", "2020-02-29"]  # fmt: skip
+    record = {"jobs": [job("A", "2006-01", "2007-08"), job("B", "2007-03", None)]}
+    assert convert(record, as_of=2007)["jobs"] == ["A", "B"]  # 2007: A 8 months, B 10
+    assert convert(record, as_of="2007-05")["jobs"] == ["A", "A"]  # A Jan-May, B Mar-May
+    assert convert(record, as_of="2007-02-15")["jobs"] == ["A", "A"]  # B starts after
+    open_ended = {"jobs": [job("A", "2006-01", None)]}
+    assert convert(open_ended, as_of="2008-01")["years"] == [2006, 2007, 2008]
+
+
+def test_cli_refuses_a_bad_as_of_at_once(tmp_path):
+    url = write_jsonl(tmp_path / "x.jsonl", [{"id": "a", "jobs": [job(end=None)]}])
+    proc = subprocess.run(
+        [CAREER, "inspect", "--input", url, "--format", "resume-jsonl", "--as-of", "100000000"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "as_of (--as-of) must be a year 1850-2100" in proc.stderr and "100000000" in proc.stderr
+
+
+def test_input_messages_say_what_is_wrong(tmp_path):
+    with pytest.raises(StructuralError, match="does not exist"):
+        read(str(tmp_path / "nope.jsonl"), "resume-jsonl")
+    with pytest.raises(
+        StructuralError, match="is a folder.*resume-jsonl expects one JSON Lines file"
+    ):
+        read(str(tmp_path), "resume-jsonl")
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    with pytest.raises(StructuralError, match="empty"):
+        read(str(tmp_path / "empty.jsonl"), "resume-jsonl")

@@ -266,3 +266,19 @@ def test_swapping_the_splits_contents_is_another_input(tmp_path):
     assert digests[0] != digests[1]
     again = InputSpec(format="career-code", url=str(tmp_path / "a"))
     assert input_digest(again, plan_blocks(again)) == digests[0]  # and it is stable
+
+
+def test_storage_options_can_come_from_a_file_instead_of_argv(tmp_path, capsys):
+    from cluster.cli import COMMANDS, build_parser
+
+    path = tmp_path / "options.json"
+    path.write_text(json.dumps({"key": "k", "secret": "from/a+file"}))
+    namespace = build_parser().parse_args(
+        ["inspect", "--input", "x.csv", "--format", "panel", "--storage-options", f"@{path}"]
+    )
+    typed = COMMANDS["inspect"].settings_from(namespace)
+    assert typed.source.storage.storage_options == {"key": "k", "secret": "from/a+file"}
+    with pytest.raises(SystemExit) as exit_:
+        main(["inspect", "--input", "x.csv", "--format", "panel", "--storage-options",
+              f"@{tmp_path / 'missing.json'}"])  # fmt: skip
+    assert exit_.value.code == 2 and "cannot read" in capsys.readouterr().err

@@ -4,7 +4,8 @@ The text readers' helper (career-code files, resume JSON Lines), kept beside the
 
 One streaming pass over a file (64 MB at a time, numpy to find newlines) records the byte offset
 at which every `lines_per_block`-th line starts. A task then reads only its byte range and knows
-the number of its first line, so quarantine entries still say `file:line`.
+the number of its first line, so quarantine entries still say `file:line`. Lines come back as
+bytes: decoding is per line, so one bad line is one quarantined record.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_shards import storage
-from data_shards.errors import StructuralError
+from data_shards.readers.common import strip_bom_bytes
 
 READ_CHUNK = 64 * 2**20
 
@@ -69,23 +70,20 @@ def index_lines(url: str, lines_per_block: int, storage_options=None) -> LineInd
     return LineIndex(lines, tuple(starts), position, lines_per_block, digest.hexdigest())
 
 
-def read_line_range(
-    url: str, start: int, stop: int, storage_options=None, first_line: int = 1
-) -> list[str]:
-    """Lines in bytes [start, stop) of a UTF-8 text file (the range holds whole lines).
+def read_line_bytes(url: str, start: int, stop: int, storage_options=None) -> list[bytes]:
+    """Lines in bytes [start, stop) of a text file (the range holds whole lines), undecoded.
 
-    Text that is not UTF-8 is a structural error naming the file and the line it is on.
+    Each reader decodes line by line (`common.decode_line`), so one line that is not UTF-8 is one
+    quarantined record, not a failed block. A byte-order mark is dropped at byte 0 of the file
+    only (where an editor puts it): one met later is the data of that line.
     """
     fs, path = storage.filesystem(url, storage_options)
     if stop <= start:
         return []
     data = storage.retry(lambda: fs.cat_file(path, start=start, end=stop), url)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = first_line + data[: exc.start].count(b"\n")
-        raise StructuralError("not UTF-8 text", path=storage.redact(url), line=line) from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
+    if start == 0:
+        data = strip_bom_bytes(data)
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
         lines.pop()
     return lines

@@ -5,16 +5,25 @@
      "education": [{"degree": "bachelors", "end": "2012"}],
      "location": "CA", "gender": null, "ethnicity": null, "birth_year": 1990}
 
-Dates are `YYYY` or `YYYY-MM` (a bare start year means January, a bare end year December); a job
-with no end (null, missing, "present") is open and closed at the as-of year (`as_of`, else the
-latest year the record mentions). As in the paper, each calendar year takes the job held the most
-months that year; ties go to the job that started later (the newer job), then to the smaller code.
-Years with no job are not observed. Education per year is the highest degree completed by the end
-of that year (`less_than_high_school` before any).
+Dates are `YYYY`, `YYYY-MM` or `YYYY-MM-DD` naming a real calendar day (a bare start year means
+January, a bare end year December; the day is checked, then dropped: careers are read by month).
+A job with no end (null, missing, "present") is open and closed at the as-of date (`as_of`: a year
+closes in December, a `YYYY-MM[-DD]` in that month; else the latest year the record mentions);
+a job starting after the as-of date is not yet held. As in the paper, each calendar year takes the
+job held the most months that year; ties go to the job that started later (the newer job), then to
+the smaller code. Years with no job are not observed. Education per year is the highest degree
+completed by the end of that year (`less_than_high_school` before any).
+
+The id is a string or an integer (taken as its decimal text). A resume without an `"id"` key is
+named by its line, `line-NNNNNNNNN` (as career-code folders without `.id` files are); any other id
+(null, empty, a boolean, a float, an array or object) is quarantined, as is a line that is not
+UTF-8 or not JSON, an impossible date, and a code or label holding a control character. A
+byte-order mark at the start of the file is dropped.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 from dataclasses import dataclass, field
@@ -27,15 +36,18 @@ from data_shards.readers.common import (
     ReadResult,
     RecordBuilder,
     RecordError,
+    check_text,
     check_year_value,
     check_years,
     concat_results,
+    decode_line,
     parse_int,
     static_text,
 )
-from data_shards.readers.lines import index_lines, read_line_range
+from data_shards.readers.lines import index_lines, read_line_bytes
+from data_shards.schema import YEAR_RANGE
 
-_DATE = re.compile(r"^\s*(\d{4})(?:-(\d{1,2}))?(?:-\d{1,2})?\s*$")
+_DATE = re.compile(r"^\s*(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?\s*$")
 _OPEN = (None, "", "present", "current", "now")
 #: Degree spellings -> (rank, canonical name). The canonical names are the simulator's levels.
 DEGREES = {
@@ -52,36 +64,103 @@ DEGREES = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class ResumeOptions:
-    as_of: int | None = field(
-        default=None,
-        metadata={
-            "help": "year that closes open-ended jobs (default: the latest year each resume mentions)",
-            "metavar": "YEAR",
-        },
+def _date_parts(text: str) -> tuple[int, int | None, int | None]:
+    """(year, month, day) of a `YYYY` / `YYYY-MM` / `YYYY-MM-DD` text (absent parts None); a
+    ValueError saying why when it is none of them or names no real day (month 13, 30 February)."""
+    match = _DATE.match(text)
+    if not match:
+        raise ValueError("not YYYY, YYYY-MM or YYYY-MM-DD")
+    year = int(match.group(1))
+    month, day = (int(part) if part else None for part in match.groups()[1:])
+    if month is not None and not 1 <= month <= 12:
+        raise ValueError(f"month {month}")
+    if month is not None and day is not None:  # the pattern has a day only after a month
+        days = calendar.monthrange(year, month)[1]
+        if not 1 <= day <= days:
+            raise ValueError(f"day {day}: {year:04d}-{month:02d} has {days} days")
+    return year, month, day
+
+
+def _check_as_of(value: Any) -> int | str:
+    """The as-of date as a year (int) or a canonical `YYYY-MM[-DD]`; else a ValueError saying what
+    is accepted. Its years are the record years (`schema.YEAR_RANGE`): an open job is held up to
+    the as-of year, so a later one would make years no record may hold (and a huge one would
+    loop over them), and an earlier one would leave every resume without a job."""
+    low, high = YEAR_RANGE
+    detail = ""
+    if not isinstance(value, bool) and isinstance(value, int | str):
+        try:
+            year, month, day = _date_parts(str(value))
+            if low <= year <= high:
+                if month is None:
+                    return year
+                return f"{year:04d}-{month:02d}" + (f"-{day:02d}" if day is not None else "")
+        except ValueError as exc:
+            detail = f" ({exc})"
+    raise ValueError(
+        f"as_of (--as-of) must be a year {low}-{high} or a date YYYY-MM / YYYY-MM-DD in those "
+        f"years (the years a record may hold, data_shards.schema.YEAR_RANGE); got {value!r}{detail}"
     )
 
 
+@dataclass(frozen=True)
+class ResumeOptions:
+    as_of: int | str | None = field(
+        default=None,
+        metadata={
+            "help": "date that closes open-ended jobs: a year (its December) or YYYY-MM[-DD] (that "
+            "month); jobs starting later are not yet held (default: the latest year each resume "
+            "mentions)",
+            "metavar": "DATE",
+            "parse": str,  # checked, and a bare year made an int, below
+        },
+    )
+
+    def __post_init__(self) -> None:
+        """Refuse a bad as-of date when the options are built (the CLI: exit 2), not per record."""
+        if self.as_of is not None:
+            object.__setattr__(self, "as_of", _check_as_of(self.as_of))
+
+    @property
+    def as_of_month(self) -> int | None:
+        """Months since year 0 of the as-of date's month (December of a bare year), or None."""
+        if self.as_of is None:
+            return None
+        if isinstance(self.as_of, int):
+            return self.as_of * 12 + 11
+        year, month, _ = _date_parts(self.as_of)
+        return year * 12 + (month or 12) - 1
+
+
 def _month_index(value: Any, *, is_end: bool, what: str) -> int:
-    """Months since year 0 of a `YYYY` / `YYYY-MM` date (bare years: Jan for starts, Dec for ends)."""
+    """Months since year 0 of a `YYYY` / `YYYY-MM` / `YYYY-MM-DD` date (bare years: Jan for
+    starts, Dec for ends)."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
         raise RecordError(f"unparseable {what} date: {value!r}")
-    match = _DATE.match(value)
-    if not match:
-        raise RecordError(f"unparseable {what} date: {value!r}")
-    year = check_year_value(int(match.group(1)), f"{what} year")
-    month = int(match.group(2)) if match.group(2) else (12 if is_end else 1)
-    if not 1 <= month <= 12:
-        raise RecordError(f"unparseable {what} date: {value!r} (month {month})")
+    try:
+        year, month, _ = _date_parts(value)
+    except ValueError as exc:
+        raise RecordError(f"unparseable {what} date: {value!r} ({exc})") from None
+    year = check_year_value(year, f"{what} year")
+    if month is None:
+        month = 12 if is_end else 1
     return year * 12 + (month - 1)
+
+
+def _text(value: Any, what: str) -> str | None:
+    """A code or label (`static_text`), refusing control characters anywhere in it: checked
+    before stripping, which would silently drop some of them (\\x1c-\\x1f, \\x85)."""
+    if isinstance(value, str):
+        check_text(value, what)
+    return static_text(value, what)
 
 
 def _degree(name: Any) -> tuple[int, str]:
     if not isinstance(name, str):
         raise RecordError(f"unknown degree value type {type(name).__name__}: {name!r}")
+    check_text(name, "degree")
     key = re.sub(r"[^a-z]+", "_", name.strip().lower()).strip("_")
     if key not in DEGREES:
         raise RecordError(f"unrecognised degree: {name!r} (known: {', '.join(sorted(DEGREES))})")
@@ -94,9 +173,10 @@ def _mentioned_years(record: dict) -> list[int]:
     for item in items:
         for key in ("start", "end"):
             value = item.get(key) if isinstance(item, dict) else None
-            match = _DATE.match(str(value)) if value not in _OPEN else None
-            if match:
-                years.append(int(match.group(1)))
+            try:
+                years.append(_date_parts(str(value))[0])
+            except ValueError:
+                continue  # open, or bad: a bad date is quarantined where it is read
     return years
 
 
@@ -119,13 +199,14 @@ def resume_to_record(record: Any, options: ResumeOptions) -> dict[str, Any]:
     jobs = _as_list(record.get("jobs"), "jobs")
     if not jobs:
         raise RecordError("empty sequence: no jobs")
-    mentioned = _mentioned_years(record)
-    as_of = options.as_of if options.as_of is not None else max(mentioned, default=None)
+    as_of = options.as_of_month  # the last month held, as a month index
+    if as_of is None and (mentioned := _mentioned_years(record)):
+        as_of = max(mentioned) * 12 + 11
     spells = []
     for i, job in enumerate(jobs):
         if not isinstance(job, dict):
             raise RecordError(f"job {i} is not an object")
-        code = static_text(job.get("code"), "job code")
+        code = _text(job.get("code"), f"job {i} code")
         if code is None:
             raise RecordError(f"job {i} has no code")
         start = _month_index(job.get("start"), is_end=False, what=f"job {i} start")
@@ -133,18 +214,16 @@ def resume_to_record(record: Any, options: ResumeOptions) -> dict[str, Any]:
         is_open = _is_open(end_raw)
         if is_open and as_of is None:
             raise RecordError(f"job {i} is open-ended and no as-of year is known")
-        end = (
-            as_of * 12 + 11 if is_open else _month_index(end_raw, is_end=True, what=f"job {i} end")
-        )
+        end = as_of if is_open else _month_index(end_raw, is_end=True, what=f"job {i} end")
         if end < start and not is_open:
             raise RecordError(f"job {i} ends before it starts")
         if as_of is not None:
-            if start // 12 > as_of:
-                continue  # starts after the as-of year: not yet held
-            end = min(end, as_of * 12 + 11)
+            if start > as_of:
+                continue  # starts after the as-of date: not yet held
+            end = min(end, as_of)
         spells.append((start, end, code))
     if not spells:
-        raise RecordError("empty sequence: every job starts after the as-of year")
+        raise RecordError("empty sequence: every job starts after the as-of date")
     # Per year: most months, then the later start (the newer job), then the smaller code. Spells are
     # visited by (start, code) and only a strictly better (months, start) replaces the holder.
     best: dict[int, tuple[int, int, str]] = {}
@@ -164,6 +243,8 @@ def resume_to_record(record: Any, options: ResumeOptions) -> dict[str, Any]:
             if not isinstance(item, dict):
                 raise RecordError(f"education {i} is not an object")
             rank, name = _degree(item.get("degree"))
+            if not _is_open(item.get("start")):  # not used, but a bad one is a corrupted record
+                _month_index(item.get("start"), is_end=False, what=f"education {i} start")
             if _is_open(item.get("end")):
                 continue  # not completed
             done.append(
@@ -179,7 +260,7 @@ def resume_to_record(record: Any, options: ResumeOptions) -> dict[str, Any]:
             per_year.append(max(held)[1] if held else "less_than_high_school")
         fields["education"] = per_year
     for name in ("location", "gender", "ethnicity"):
-        fields[name] = static_text(record.get(name), name)
+        fields[name] = _text(record.get(name), name)
     if record.get("birth_year") is not None:
         fields["birth_year"] = check_year_value(
             parse_int(record.get("birth_year"), "birth_year"), "birth_year"
@@ -187,14 +268,40 @@ def resume_to_record(record: Any, options: ResumeOptions) -> dict[str, Any]:
     return fields
 
 
+#: JSON's names for the types of a parsed value, for messages about the input.
+_JSON_TYPES = {bool: "boolean", float: "number", list: "array", dict: "object", type(None): "null"}
+
+
 def _person_id(record: Any, fallback: str) -> str:
-    if (
-        isinstance(record, dict)
-        and isinstance(record.get("id"), str | int)
-        and str(record["id"]).strip()
-    ):
-        return str(record["id"]).strip()
-    return fallback
+    """The resume's id: a string (stripped) or an integer (its decimal text: ids exported from a
+    database often are numbers). Without an "id" key the resume is named by its line
+    (`fallback`); any other id would be a made-up or colliding name ("True", "1.5"): a
+    RecordError."""
+    if not isinstance(record, dict) or "id" not in record:
+        return fallback
+    value = record["id"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return check_text(value, "person id").strip()
+    kind = "empty string" if isinstance(value, str) else _JSON_TYPES.get(type(value), "value")
+    raise RecordError(f"unusable person id ({kind}): {json.dumps(value)}")
+
+
+def _parse_json(line: str) -> Any:
+    """The JSON value on a line; a RecordError for text that is not one (or one Python refuses:
+    nested too deeply, an integer of more than 4300 digits)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise RecordError("invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise RecordError(f"invalid JSON: {exc}") from None
+
+
+_EXPECTED = "--format resume-jsonl expects one JSON Lines file, one resume per line"
 
 
 @dataclass(frozen=True)
@@ -206,11 +313,18 @@ class JsonlBlock:
 
 
 def plan_resume_jsonl(url: str, lines_per_block: int, storage_options=None) -> list[JsonlBlock]:
-    """Cut the file into blocks of lines (the file must exist and be readable)."""
+    """Cut the file into blocks of lines (the file must exist, be readable and not be empty)."""
     fs, path = storage.filesystem(url, storage_options)
-    if not fs.exists(path) or fs.isdir(path):
-        raise StructuralError("file not found", path=storage.redact(url))
+    if fs.isdir(path):
+        raise StructuralError(
+            f"is a folder, not a file ({_EXPECTED}; a career-code folder is --format career-code)",
+            path=storage.redact(url),
+        )
+    if not fs.exists(path):
+        raise StructuralError(f"does not exist ({_EXPECTED})", path=storage.redact(url))
     index = index_lines(url, lines_per_block, storage_options)
+    if not index.size:
+        raise StructuralError(f"empty file: no resumes ({_EXPECTED})", path=storage.redact(url))
     return [JsonlBlock(first, start, stop, index.sha256) for first, start, stop in index.ranges()]
 
 
@@ -219,31 +333,25 @@ def read_resume_block(
 ) -> ReadResult:
     """Read and convert the resumes of one block; blank lines are not people."""
     shown = storage.redact(url)
-    lines = read_line_range(url, block.start, block.stop, storage_options, block.first_line)
+    lines = read_line_bytes(url, block.start, block.stop, storage_options)
     quarantine = Quarantine()
     builder = RecordBuilder()
     seen: set[str] = set()
     people_read = 0
-    for number, line in enumerate(lines, start=block.first_line):
-        if not line.strip():
+    for number, raw in enumerate(lines, start=block.first_line):
+        if not raw.strip():
             continue
         people_read += 1
-        source = f"{shown}:{number}"
+        person_id = None
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            quarantine.add(source, f"invalid JSON: {exc.msg}", record=line)
-            continue
-        except RecursionError:
-            quarantine.add(source, "invalid JSON: nested too deeply", record=line)
-            continue
-        person_id = _person_id(record, f"line-{number:09d}")
-        try:
+            record = _parse_json(decode_line(raw))
+            person_id = _person_id(record, f"line-{number:09d}")
             if person_id in seen:
                 raise RecordError(f"duplicate person id: {person_id!r}")
             fields = resume_to_record(record, options)
         except RecordError as exc:
-            quarantine.add(source, str(exc), person_id=person_id, record=line)
+            text = raw.decode("utf-8", "backslashreplace")
+            quarantine.add(f"{shown}:{number}", str(exc), person_id=person_id, record=text)
             continue
         seen.add(person_id)
         builder.add(person_id=person_id, **fields)
