@@ -241,7 +241,7 @@ def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
     try:
         return retry(lambda: fs.cat_file(path), url)
     except FileNotFoundError:
-        raise StructuralError("file not found", path=redact(url)) from None
+        raise StructuralError("does not exist", path=redact(url)) from None
     except OSError as exc:
         raise StructuralError(f"cannot read: {exc}", path=redact(url)) from None
 

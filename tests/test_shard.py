@@ -223,28 +223,43 @@ def test_rerunning_a_panel_dataset_is_a_no_op(tmp_path, ray_address):
     assert first.manifest.input["digest"]  # the input's content is part of the dataset's identity
 
 
+def _panel_with_a_corrupt_page(path: Path, corrupt: bool = True) -> Path:
+    """A Parquet panel whose footer (all `check_panel` reads before launch) is intact but one
+    data page is damaged: the error appears only inside the read task. (A bad line or cell is
+    a quarantined record, not an error, so a damaged file is what is left to stop a task.)"""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 400
+    pq.write_table(pa.table({"person_id": [f"p{i // 4}" for i in range(n)],
+                             "year": [2000 + i % 4 for i in range(n)],
+                             "job": [str(i % 7) for i in range(n)]}), path)  # fmt: skip
+    if corrupt:
+        data = bytearray(path.read_bytes())
+        start = pq.read_metadata(path).row_group(0).column(2).data_page_offset
+        data[start + 4 : start + 40] = bytes(b ^ 0xFF for b in data[start + 4 : start + 40])
+        path.write_bytes(bytes(data))
+    return path
+
+
 def test_overwrite_with_a_bad_input_keeps_the_old_dataset(tmp_path, ray_address):
-    (tmp_path / "train.job").write_text("a b\n")
-    (tmp_path / "train.year").write_text("2000 2001\n")
-    good = shard_dataset(
-        InputSpec(format="career-code", url=str(tmp_path)), str(tmp_path / "out"), "d", SMALL
-    )
-    (tmp_path / "train.job").write_bytes(b"a b\n" * 200 + b"\xff\xfe bad\n")
-    (tmp_path / "train.year").write_text("2000 2001\n" * 201)
-    with pytest.raises(StructuralError, match=r"train.job:201: not UTF-8"):
-        shard_dataset(InputSpec(format="career-code", url=str(tmp_path)), str(tmp_path / "out"), "d",
-                      ShardConfig(lines_per_block=50), overwrite=True)  # fmt: skip
+    panel = _panel_with_a_corrupt_page(tmp_path / "p.parquet", corrupt=False)
+    good = shard_dataset(InputSpec(format="panel", url=str(panel)), str(tmp_path / "out"), "d",
+                         SMALL)  # fmt: skip
+    _panel_with_a_corrupt_page(panel)
+    with pytest.raises(StructuralError, match=r"p.parquet: unreadable panel"):
+        shard_dataset(InputSpec(format="panel", url=str(panel)), str(tmp_path / "out"), "d",
+                      SMALL, overwrite=True)  # fmt: skip
     assert load_manifest(good.dataset_url).to_json() == good.manifest.to_json()
     assert not (Path(good.dataset_url) / "_staging").exists()
 
 
 def test_structural_error_inside_a_read_task_exits_2(tmp_path, ray_address, capsys):
-    (tmp_path / "train.job").write_bytes(b"a\n" * 40 + b"\xff\n")
-    (tmp_path / "train.year").write_text("2000\n" * 41)
-    code = main(["shard", "--format", "career-code", "--input", str(tmp_path), "--out", str(tmp_path / "out"),
-                 "--name", "x", "--lines-per-block", "10", "--ray-address", ray_address])  # fmt: skip
+    panel = _panel_with_a_corrupt_page(tmp_path / "p.parquet")
+    code = main(["shard", "--format", "panel", "--input", str(panel), "--out", str(tmp_path / "out"),
+                 "--name", "x", "--ray-address", ray_address])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and "train.job:41: not UTF-8" in err and "\x1b[" not in err
+    assert code == 2 and "p.parquet: unreadable panel" in err and "\x1b[" not in err
     assert (
         not (tmp_path / "out" / "x" / "_staging").exists()
         and not (tmp_path / "out" / "x" / "manifest.json").exists()
