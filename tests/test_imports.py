@@ -181,7 +181,12 @@ ONE_PLACE = [
      lambda node: isinstance(node, ast.Constant) and node.value == "DS_ACCELERATOR"),
     ("the S3 endpoint variables", "data_shards.storage",
      lambda node: isinstance(node, ast.Constant) and node.value in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")),
+    # A checkpoint is a pickle: one module reads them, weights-only with an allow-list.
+    ("unpickling", "trainer.safe_load",
+     lambda node: isinstance(node, ast.Call) and _dotted(node.func) in UNPICKLERS),
 ]  # fmt: skip
+UNPICKLERS = {"torch.load", "torch.serialization.load", "pickle.load", "pickle.loads",
+              "pickle.Unpickler", "cloudpickle.load", "cloudpickle.loads"}  # fmt: skip
 
 
 def _names(target: ast.AST) -> set[str]:

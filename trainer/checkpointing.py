@@ -5,10 +5,12 @@ needs (update, tokens seen, the loader state and RNG states of every rank, the r
 vocabulary hash, the validation history). Beside it rank 0 writes `career.json` and `vocab.json`,
 what `career export` needs without unpickling anything. Then the tag is uploaded (remote outputs),
 `latest.json` / `best.json` point at it, and old tags are pruned (`trainer.checkpoint`).
+Resuming reads the files weights-only (`trainer.safe_load`, through `trainer.engine`).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +19,11 @@ import torch.distributed as dist
 from data_shards import storage
 from data_shards.errors import StructuralError
 from data_shards.stream import CareerLoader
+from trainer import engine as ds_engine
 from trainer import rng
 from trainer.checkpoint import CheckpointStore, tag_of
 from trainer.distributed import all_gather
-from trainer.elastic import ResumeSource, unshare_optimizer_steps
+from trainer.elastic import ResumeSource, from_local_rank0, unshare_optimizer_steps
 
 
 @dataclass
@@ -38,6 +41,12 @@ class Checkpointer:
         self.run = run
         self.loader = loader
         self.store = CheckpointStore(run.out_url, run.storage_options)
+        if self.store.remote:  # one private staging folder per node, made by its local rank 0
+            info = run.info
+            made = self.store.local if info.local_rank == 0 else None
+            self.store.use_staging(from_local_rank0(made, info))
+            if made:  # removed once training is done with this checkpointer (or at exit)
+                weakref.finalize(self, self.store.close)
 
     def due(self, step: int, stopping: bool) -> bool:
         config = self.run.config
@@ -86,7 +95,7 @@ class Checkpointer:
     def resume(self, engine, source: ResumeSource) -> tuple[TrainState, str]:
         """Load `source` into the engine, the loader and this rank's RNG; (state, what happened)."""
         run, info = self.run, self.run.info
-        _, client = engine.load_checkpoint(source.folder, tag=source.tag)
+        client = ds_engine.load_checkpoint(engine, source.folder, source.tag)
         if source.universal:
             unshare_optimizer_steps(engine)
         dist.barrier()

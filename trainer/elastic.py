@@ -3,9 +3,9 @@ checkpoint format.
 
 ZeRO partitions fit only the number of ranks that wrote them. When a run resumes on another
 number, the node-local rank 0 of every node rewrites the checkpoint in the universal format (a
-folder of its own per node, in case the staging folder is on a filesystem several nodes share),
-which loads on any number of ranks. Rank 0 decides, so that every rank takes the same path through
-the collectives; a conversion that fails on one node is raised on every rank.
+fresh private folder per node, beside the staging folder, in case that is on a filesystem several
+nodes share), which loads on any number of ranks. Rank 0 decides, so that every rank takes the
+same path through the collectives; a conversion that fails on one node is raised on every rank.
 """
 
 from __future__ import annotations
@@ -13,14 +13,17 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from trainer import engine as ds_engine
 from trainer.checkpoint import CheckpointStore
-from trainer.distributed import RunInfo, any_rank, from_rank0
+from trainer.distributed import RunInfo, all_gather, any_rank, from_rank0
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,17 @@ def unshare_optimizer_steps(engine) -> int:
     return shared
 
 
+def from_local_rank0(obj: Any, info: RunInfo) -> Any:
+    """The `obj` of this node's local rank 0, on every rank of the node (a collective): for the
+    folders that rank makes with `tempfile.mkdtemp`, whose names no other rank can compute."""
+    host = socket.gethostname()
+    found = [value for other, local_rank, value in all_gather((host, info.local_rank, obj))
+             if other == host and local_rank == 0]  # fmt: skip
+    if len(found) != 1:
+        raise RuntimeError(f"{len(found)} workers with local rank 0 on host {host}, not 1")
+    return found[0]
+
+
 def needs_conversion(saved_world_size: int, world_size: int) -> bool:
     """`saved_world_size` 0: a ZeRO stage 0 checkpoint, which loads on any number of ranks."""
     return bool(saved_world_size) and saved_world_size != world_size
@@ -67,13 +81,19 @@ def prepare_resume(store: CheckpointStore, tag: str, info: RunInfo) -> ResumeSou
     saved = from_rank0(ds_engine.checkpoint_world_size(os.path.join(store.local, tag)))
     if not needs_conversion(saved, info.world_size):
         return ResumeSource(tag, store.local, False)
-    folder = f"{store.local.rstrip('/')}-universal-{socket.gethostname()}"
+    staging = Path(store.local)
+    made = None
+    if info.local_rank == 0:
+        prefix = f"{staging.name}-universal-{socket.gethostname()}-"
+        made = tempfile.mkdtemp(prefix=prefix, dir=staging.parent)
+    folder = from_local_rank0(made, info)
     failure = None
     if info.local_rank == 0:
         try:
             ds_engine.to_universal(store.local, tag, folder)
         except Exception as error:  # reported on every rank below, not left waiting
             failure = error
+            shutil.rmtree(folder, ignore_errors=True)
     failed_somewhere = any_rank(failure is not None, info.device)
     if failure is not None:
         raise failure

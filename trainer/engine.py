@@ -1,5 +1,8 @@
 """The only DeepSpeed import: DeepSpeed config from the typed config, and `deepspeed.initialize`.
 
+Checkpoints are read through `trainer.safe_load` only: DeepSpeed's checkpoint-engine hook on every
+engine, and its weights-only mode around DeepSpeed's own readers (zero_to_fp32, ds_to_universal).
+
 The loss the engine back-propagates is scaled so that DeepSpeed's averaging (over ranks, and over
 gradient-accumulation steps) yields the NLL summed over every real job-year of the update divided
 by the all-reduced token count of the update: the recipe does not depend on the number of workers.
@@ -7,6 +10,7 @@ by the all-reduced token count of the update: the recipe does not depend on the 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
@@ -16,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer import safe_load
 from trainer.accelerator import select_accelerator
 from trainer.config import TrainConfig
 from trainer.schedule import inverse_sqrt
@@ -86,6 +91,7 @@ def initialize(
         config=ds_config,
         dist_init_required=False,
     )
+    install_safe_checkpoint_engine(engine)
     if config.compile:
         engine.compile(compile_kwargs={"dynamic": True})
     if engine.train_batch_size() != ds_config["train_batch_size"]:
@@ -105,21 +111,55 @@ def init_distributed(backend: str | None = None) -> None:
     )
 
 
+@functools.cache
+def _safe_checkpoint_engine() -> type:
+    """DeepSpeed's torch checkpoint engine with `load` through `trainer.safe_load` (the class is
+    made on first use: importing DeepSpeed's module at import time would load DeepSpeed)."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class SafeCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            return safe_load.load(path, map_location)
+
+    return SafeCheckpointEngine
+
+
+def install_safe_checkpoint_engine(engine) -> None:
+    """Make `engine` read checkpoints weights-only. `deepspeed.initialize` takes no checkpoint
+    engine, so ours replaces the one it made, keeping its settings (`engine._config`); refused if
+    DeepSpeed chose another kind (a configured writer), whose loading we would silently change."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    current = type(engine.checkpoint_engine)
+    if current not in (TorchCheckpointEngine, _safe_checkpoint_engine()):
+        raise ValueError(f"unsupported DeepSpeed checkpoint engine {current.__name__}")
+    engine.checkpoint_engine = _safe_checkpoint_engine()(engine._config)
+
+
+def load_checkpoint(engine, folder: str, tag: str) -> dict[str, Any] | None:
+    """Load checkpoint `folder/tag` into `engine` (weights, optimizer, scheduler); its client
+    state. The universal format's per-parameter files are read by DeepSpeed's optimizers
+    without the engine's hook, hence the weights-only mode around the whole load."""
+    with safe_load.weights_only_everywhere(Path(folder) / tag):
+        _, client = engine.load_checkpoint(folder, tag=tag)
+    return client
+
+
 def consolidated_state_dict(checkpoint_dir: str, tag: str) -> dict[str, torch.Tensor]:
     """fp32 weights from a DeepSpeed checkpoint of any ZeRO stage.
 
     Stages 1-3 partition the fp32 master weights across ranks: DeepSpeed's zero_to_fp32 joins
-    them. Stage 0 keeps whole weights in the model-states file, read with weights_only=True.
+    them (its reads made weights-only). Stage 0 keeps whole weights in the model-states file.
     """
     folder = Path(checkpoint_dir) / tag
     if not checkpoint_world_size(str(folder)):
-        states = torch.load(
-            folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True
-        )
+        states = safe_load.load(folder / "mp_rank_00_model_states.pt")
         return {k: v.float() for k, v in states["module"].items()}
+    select_accelerator()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)
+    with safe_load.weights_only_everywhere(folder):
+        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=tag)
 
 
 def checkpoint_world_size(folder: str) -> int:
@@ -128,16 +168,47 @@ def checkpoint_world_size(folder: str) -> int:
     return len(list(Path(folder).glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
 
 
+#: How the conversion subprocess reports a refused checkpoint: exit status, stderr line prefix.
+REFUSED_EXIT, REFUSED_PREFIX = 3, "career-refused: "
+
+
 def to_universal(checkpoint_dir: str, tag: str, out_dir: str) -> None:
     """Rewrite checkpoint `tag` as `out_dir/tag` in DeepSpeed's universal format, which loads on
-    any number of ranks (ZeRO partitions are merged per parameter, optimizer moments included)."""
+    any number of ranks (ZeRO partitions are merged per parameter, optimizer moments included).
+
+    DeepSpeed's ds_to_universal runs in a subprocess (`python -m trainer.engine`, below) with
+    every read weights-only; a refused file is raised here as `UnsafeCheckpointError`."""
     target = Path(out_dir) / tag
     shutil.rmtree(target, ignore_errors=True)
-    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+    command = [sys.executable, "-m", "trainer.engine",
                "--input_folder", str(Path(checkpoint_dir) / tag), "--output_folder", str(target),
                "--inject_missing_state", "--num_extract_workers", "1", "--num_merge_workers", "1"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode == REFUSED_EXIT:
+        lines = [ln for ln in done.stderr.splitlines() if ln.startswith(REFUSED_PREFIX)]
+        if lines:
+            raise safe_load.UnsafeCheckpointError(lines[-1].removeprefix(REFUSED_PREFIX))
     if done.returncode != 0:
         raise RuntimeError(
             f"converting checkpoint {tag} for another number of workers failed:\n{done.stderr[-2000:]}"
         )
+
+
+def _to_universal_main() -> int:
+    """The conversion subprocess: DeepSpeed's ds_to_universal (its own arguments) with every
+    `torch.load` weights-only."""
+    select_accelerator()
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = ds_to_universal.parse_arguments()
+    try:
+        with safe_load.weights_only_everywhere(args.input_folder):
+            ds_to_universal.main(args)
+    except safe_load.UnsafeCheckpointError as error:
+        print(f"{REFUSED_PREFIX}{error}", file=sys.stderr)
+        return REFUSED_EXIT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_to_universal_main())

@@ -1,19 +1,20 @@
 """Export: a training run's checkpoint -> a model package (`career export`, and the end of training).
 
-Uses DeepSpeed's consolidation (any ZeRO stage) and the `career.json` + `vocab.json` written
-beside every checkpoint; the result is what `trainer.package.load_model` opens. Runs in one
-process (rank 0 at the end of training).
+Uses DeepSpeed's consolidation (any ZeRO stage; every file read weights-only, `trainer.safe_load`)
+and the `career.json` + `vocab.json` written beside every checkpoint; the result is what
+`trainer.package.load_model` opens. Runs in one process (rank 0 at the end of training).
 """
 
 from __future__ import annotations
 
+from contextlib import closing
 from typing import Any
 
 from data_shards import storage
 from data_shards.errors import StructuralError
 from data_shards.vocab import Vocabulary
 from trainer import engine as ds_engine
-from trainer.checkpoint import CheckpointStore
+from trainer.checkpoint import CheckpointStore, check_tag
 from trainer.model import ModelConfig
 from trainer.package import write_package
 
@@ -34,6 +35,7 @@ def export_run(
     tag = tag or (store.best() or {}).get("tag") or store.latest()
     if not tag:
         raise StructuralError("no checkpoint found", path=storage.redact(store.url))
+    check_tag(tag, storage.redact(store.url))
     sidecar = store.read_sidecar(tag)
     vocab = Vocabulary.load(storage.join(store.url, tag, "vocab.json"), storage_options)
     if vocab.hash != sidecar["vocab_hash"]:
@@ -41,13 +43,14 @@ def export_run(
             f"checkpoint {tag}: vocab.json does not match career.json",
             path=storage.redact(store.url),
         )
-    store.download(tag)
-    try:
-        state = ds_engine.consolidated_state_dict(store.local, tag)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
-        raise StructuralError(
-            f"checkpoint {tag} is corrupt or incomplete: {exc}", path=storage.redact(store.url)
-        ) from None
+    with closing(store):  # a remote run's staging copy is removed
+        store.download(tag)
+        try:
+            state = ds_engine.consolidated_state_dict(store.local, tag)
+        except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
+            raise StructuralError(
+                f"checkpoint {tag} is corrupt or incomplete: {exc}", path=storage.redact(store.url)
+            ) from None
     state = {k.removeprefix("model."): v for k, v in state.items()}
     config = sidecar["model_config"]
     model_config = ModelConfig(**{**config, "covariates": tuple(config["covariates"])})
