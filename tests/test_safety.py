@@ -282,3 +282,42 @@ def test_storage_options_can_come_from_a_file_instead_of_argv(tmp_path, capsys):
         main(["inspect", "--input", "x.csv", "--format", "panel", "--storage-options",
               f"@{tmp_path / 'missing.json'}"])  # fmt: skip
     assert exit_.value.code == 2 and "cannot read" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- model packages
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_package_is_safetensors_and_a_pickle_in_its_place_runs_nothing(tmp_path):
+    """Packages hold no pickle: weights are safetensors, the rest JSON. A pickle put in place of
+    the weights is refused as unreadable, and its payload never runs."""
+    import pickle
+
+    import torch
+
+    from data_shards.vocab import Vocabulary
+    from trainer.model import build_model
+    from trainer.package import FILES, load_model, write_package
+
+    sizes = {"job": 9, "year": 7, "education": 5, "location": 5, "gender": 4, "ethnicity": 4,
+             "birth_year": 6}  # fmt: skip
+    vocab = Vocabulary({name: ["<pad>", "<bos>", "<unk>", *[f"{name}{i}" for i in range(n - 3)]]
+                        for name, n in sizes.items()})  # fmt: skip
+    model = build_model(sizes, "tiny")
+    package = tmp_path / "package"
+    write_package(str(package), model.state_dict(), model.config, vocab, {}, "sha")
+    assert sorted(p.name for p in package.iterdir()) == sorted(FILES)
+    assert all(p.suffix in (".json", ".safetensors") for p in package.iterdir())
+    loaded = load_model(str(package))
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in model.state_dict().items())
+
+    marker = tmp_path / "payload-ran"
+    (package / "model.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(StructuralError, match="model.safetensors is unreadable"):
+        load_model(str(package))
+    assert not marker.exists()
