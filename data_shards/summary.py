@@ -23,12 +23,14 @@ MAX_LABELS = 30
 
 def label_counts(column: pa.ChunkedArray) -> dict[str, int]:
     """Count per value of a categorical column (per job-year for a list column), most common
-    first; missing values are counted as "(missing)"."""
+    first; missing values are counted as "(missing)"; empty for a field with no values at all."""
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
         column = pc.list_flatten(column)
     if len(column) == 0:
         return {}
     counted = pc.value_counts(column).to_pylist()
+    if all(c["values"] is None for c in counted):
+        return {}  # a field the input does not have
     pairs = sorted(
         (("(missing)" if c["values"] is None else str(c["values"]), int(c["counts"]))
          for c in counted),
