@@ -96,3 +96,17 @@ def ray_address():
     address = connect_ray(num_cpus=2, object_store_memory=512 * 2**20)
     yield address
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def single_process_group():
+    """torch.distributed on one rank in this process (gloo), once per session: DeepSpeed caches
+    the world group it first sees, so a group destroyed and made again between tests would leave
+    it holding a dead one ("Group ... is not registered")."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -27,7 +27,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from data_shards import storage
 from data_shards.errors import StructuralError
@@ -75,18 +74,14 @@ def tamper(path: Path, marker: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_rank():
+def one_rank(single_process_group):
     """torch.distributed on one rank in this process (gloo), as DeepSpeed needs it."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29547",
                             "DS_ACCELERATOR": "cpu"}.items():  # fmt: skip
             patch.setenv(name, value)
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-        try:
-            yield run_info()
-        finally:
-            dist.destroy_process_group()
+        yield run_info()
 
 
 def new_engine(load_universal: bool = False):

@@ -256,11 +256,10 @@ def check_elastic_resume(out: Path, args: list[str], whole_36, markov: float, wh
     assert distance(at_36, whole_36) < 0.5 * distance(at_18, whole_36)
 
 
-def test_two_micro_batches_make_the_update_one_batch_makes(data, monkeypatch):
+def test_two_micro_batches_make_the_update_one_batch_makes(data, monkeypatch, single_process_group):
     """The same people as one batch or as two micro-batches (gradient accumulation): the same loss,
     gradient norm and weights after two updates (ZeRO-2, the default stage; one rank, in-process).
     The gradient norm is what catches a wrong loss scale: Adam's first steps hardly depend on it."""
-    import torch.distributed as dist
 
     from trainer.accelerator import select_accelerator
     from trainer.config import OptimConfig, TrainConfig
@@ -283,33 +282,25 @@ def test_two_micro_batches_make_the_update_one_batch_makes(data, monkeypatch):
         return [{k: v[part] for k, v in batch.items() if isinstance(v, torch.Tensor)}
                 for part in (slice(0, n), slice(n, None))]  # fmt: skip
 
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        names, results = ("inputs", "targets", *dataset.covariates), {}
-        for micro in (1, 2):
-            config = TrainConfig(preset="tiny", micro_batches=micro, tokens_per_update=1500, updates=2,
-                                 optim=OptimConfig(lr=0.003, warmup_updates=0)).resolve(1, False)  # fmt: skip
-            engine, _, _ = ds_engine.initialize(
-                NLLModule(initial_model(data["resumes"])), config, 1
-            )
-            engine.train()
-            rows = []
-            for batch in batches:
-                update = run_update(
-                    engine, [batch] if micro == 1 else halves(batch), run_info(), names
+    names, results = ("inputs", "targets", *dataset.covariates), {}
+    for micro in (1, 2):
+        config = TrainConfig(preset="tiny", micro_batches=micro, tokens_per_update=1500, updates=2,
+                             optim=OptimConfig(lr=0.003, warmup_updates=0)).resolve(1, False)  # fmt: skip
+        engine, _, _ = ds_engine.initialize(NLLModule(initial_model(data["resumes"])), config, 1)
+        engine.train()
+        rows = []
+        for batch in batches:
+            update = run_update(engine, [batch] if micro == 1 else halves(batch), run_info(), names)
+            rows.append(
+                (
+                    float(update.nll_sum / update.token_count),
+                    float(engine.get_global_grad_norm()),
                 )
-                rows.append(
-                    (
-                        float(update.nll_sum / update.token_count),
-                        float(engine.get_global_grad_norm()),
-                    )
-                )
-            results[micro] = (
-                rows,
-                {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
             )
-    finally:
-        dist.destroy_process_group()
+        results[micro] = (
+            rows,
+            {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
+        )
     (one, w1), (two, w2) = results[1], results[2]
     assert np.allclose(one, two, rtol=1e-5, atol=0)
     start = {f"model.{k}": v for k, v in initial_model(data["resumes"]).state_dict().items()}
