@@ -98,15 +98,17 @@ def ray_address():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def single_process_group():
-    """torch.distributed on one rank in this process (gloo), once per session: DeepSpeed caches
-    the world group it first sees, so a group destroyed and made again between tests would leave
-    it holding a dead one ("Group ... is not registered")."""
+    """torch.distributed on one rank in this process (gloo), for one test module, then gone (the
+    loader tests check behaviour without a process group). DeepSpeed keeps a clone of the first
+    world group it sees (`deepspeed.utils.groups._WORLD_GROUP`), which would be dead in the next
+    module's group ("Group ... is not registered"): it is forgotten with the group."""
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    dist.destroy_process_group()
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is not None:
+        groups._WORLD_GROUP = None
