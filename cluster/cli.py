@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cluster import flags, guards, settings
+from cluster import evaluate_job, flags, guards, settings
 from data_shards.errors import StructuralError
 from data_shards.formats import ALL_FORMATS, READABLE_FORMATS, describe_formats
 
@@ -184,6 +184,11 @@ COMMANDS: dict[str, Command] = {
                         "extends the package's."),
     "export": Command("consolidate a checkpoint into a model package", settings.ExportSettings,
                       run_export),
+    "evaluate": Command("score model packages on datasets and compare them (per-token scores, metrics, table)",
+                        evaluate_job.EvaluateSettings, evaluate_job.run_evaluate,
+                        add=evaluate_job.add_evaluate_flags, make=evaluate_job.evaluate_settings),
+    "predict": Command("predict next jobs with a model package (top-k, probabilities, P(stay))",
+                       evaluate_job.PredictSettings, evaluate_job.run_predict),
 }  # fmt: skip
 
 

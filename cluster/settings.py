@@ -164,8 +164,8 @@ class ShardSettings:
 
 #: TrainConfig fields offered as flags of pretrain/finetune (anything else: key=value overrides).
 TRAIN_FLAGS = (
-    "preset", "zero_stage", "updates", "tokens_per_update", "micro_batches", "precision", "seed",
-    "eval_every", "checkpoint_every",
+    "kind", "preset", "zero_stage", "updates", "tokens_per_update", "micro_batches", "precision",
+    "seed", "eval_every", "checkpoint_every",
 )  # fmt: skip
 
 

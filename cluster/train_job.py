@@ -2,7 +2,9 @@
 
 Everything that can be refused is refused here, before a worker starts and before anything is
 written under `--out`: a dataset without a manifest, a vocabulary the package cannot extend to,
-a corrupt checkpoint to resume from, a config that does not resolve.
+a package of a kind that cannot be fine-tuned, a corrupt checkpoint to resume from, a config that
+does not resolve. A closed-form kind (`--model markov`) is fitted here, in this process: no
+workers, no DeepSpeed.
 """
 
 from __future__ import annotations
@@ -61,11 +63,14 @@ def check_inputs(s: TrainingSettings) -> None:
 
     data, base, storage_options = s.data, s.base, s.storage_options
     manifest = load_manifest(data, storage_options)
-    check_training_blocks(manifest, s.workers, s.config.loader_workers, data)
+    if not closed_form(s):  # one process: no blocks to share out, no checkpoints to resume
+        check_training_blocks(manifest, s.workers, s.config.loader_workers, data)
     if base:
+        from trainer.context import check_finetune_kind
         from trainer.package import load_model
 
         package = load_model(base, storage_options)
+        check_finetune_kind(package.kind, s.config.kind, base)
         vocab = Vocabulary.load(storage.join(data, "vocab.json"), storage_options)
         problem = vocab.incompatibility(package.vocab)
         if problem:
@@ -74,7 +79,15 @@ def check_inputs(s: TrainingSettings) -> None:
                 "--vocab pointing at the pretraining dataset's vocab.json",
                 path=storage.redact(data),
             )
-    check_checkpoint(s.out, storage_options)
+    if not closed_form(s):
+        check_checkpoint(s.out, storage_options)
+
+
+def closed_form(s: TrainingSettings) -> bool:
+    """The kind is fitted by counting, in this process (markov)."""
+    from trainer.models.registry import get_kind
+
+    return get_kind(s.config.kind).closed_form
 
 
 # ----------------------------------------------------------------------------- dry run
@@ -94,6 +107,16 @@ def describe_model(s: TrainingSettings) -> dict[str, Any]:
 
 
 def dry_run(s: TrainingSettings) -> dict[str, Any]:
+    if closed_form(s) and not s.base:
+        resolved = s.config.resolve(1, False)
+        return {
+            "model": describe_model(s),
+            "config": resolved.to_dict(),
+            "fit": f"{s.config.kind}: closed form in this process, from counts over the train "
+            "split read through the loader; smoothing chosen on the valid split (no workers, no "
+            "DeepSpeed)",
+            "workers": 1,
+        }
     from trainer.engine import deepspeed_config
 
     resolved = s.config.resolve(s.workers, s.on_gpu)
@@ -172,7 +195,12 @@ def run_training(s: TrainingSettings) -> int:
         return 0
     check_inputs(s)
     s.config.resolve(s.workers, s.on_gpu)  # config errors surface before launching
-    metrics = launch(s)
+    if closed_form(s) and not s.base:
+        from trainer.models.fit import fit_closed_form
+
+        metrics = fit_closed_form(s.config, s.data, s.out, s.storage_options)
+    else:
+        metrics = launch(s)
     if "stopped_at" in metrics:
         console.print(
             f"stopped after update {metrics['stopped_at']} with a checkpoint in {storage.redact(s.out)}/checkpoints"

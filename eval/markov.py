@@ -4,6 +4,11 @@ The first year of a sequence uses the marginal distribution of first jobs. Both 
 interpolating counts with the overall job frequencies (add-`alpha` toward the unigram), so a
 transition never seen in training keeps a small probability. `alpha` is chosen on validation data
 by `fit_markov(..., valid=...)`, never on the test split.
+
+The same closed form is also a model kind (`career pretrain --model markov`,
+trainer/models/markov.py), fitted through the loader in vocabulary ids and saved as a model
+package; the two differ only in the jobs the unigram prior covers (here those seen in training,
+there the vocabulary's).
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+from trainer.models.markov import ALPHAS  # one grid of candidates for both
+
+__all__ = ["ALPHAS", "MarkovModel", "fit_markov"]
 
 
 def _encode(table: pa.Table, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -218,7 +218,9 @@ def test_inspect_counts_each_label_so_unknown_ones_show(tmp_path, capsys):
     folder.mkdir()
     (folder / "train.job").write_text("11 12\n13\n14 15\n")
     (folder / "train.year").write_text("2001 2002\n2003\n2001 2005\n")
-    (folder / "train.education").write_text("high_school phd\nHigh_School\nhigh_school high_school\n")
+    (folder / "train.education").write_text(
+        "high_school phd\nHigh_School\nhigh_school high_school\n"
+    )
     (folder / "train.gender").write_text("male\nfemale\nmale\n")
     assert main(["inspect", "--input", str(folder), "--format", "career-code", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

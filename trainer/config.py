@@ -1,9 +1,10 @@
 """Typed training configuration: recipes (the paper's), presets, dotted overrides, resolution.
 
-`TrainConfig` composes the model architecture (a preset plus overrides), the optimisation recipe,
-batching and the run's bookkeeping. `resolve()` fills what depends on the run (warmup of short
-runs, precision on CPU vs GPU) and says so in `notes`; `--dry-run` prints the resolved config.
-Overrides are `key=value` with dotted keys: `optim.lr=1e-4 model.n_layer=4 updates=200`.
+`TrainConfig` composes the model (its kind, a preset of that kind plus overrides), the
+optimisation recipe, batching and the run's bookkeeping. `resolve()` fills what depends on the run
+(warmup of short runs, precision on CPU vs GPU) and says so in `notes`; `--dry-run` prints the
+resolved config. Overrides are `key=value` with dotted keys: `optim.lr=1e-4 model.n_layer=4
+updates=200`; `model.*` names a setting of the kind's config (`trainer.models.registry`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.model import PRESETS, ModelConfig
+from trainer.models.registry import DEFAULT_KIND, KINDS, PRESET_NAMES, check_preset, check_settings
 
 
 @dataclass
@@ -40,9 +41,23 @@ PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast", "fp16")
 
 @dataclass
 class TrainConfig:
+    kind: str = field(
+        default=DEFAULT_KIND,
+        metadata={
+            "help": "model kind: " + "; ".join(f"{k.name}: {k.help}" for k in KINDS.values()),
+            "choices": tuple(KINDS),
+            "flag": "--model",
+            "metavar": "KIND",
+        },
+    )
     preset: str = field(
         default="paper",
-        metadata={"help": "model architecture preset", "choices": tuple(sorted(PRESETS))},
+        metadata={
+            "help": "the model kind's architecture preset ("
+            + "; ".join(f"{k.name}: {', '.join(k.presets)}" for k in KINDS.values())
+            + ")",
+            "choices": PRESET_NAMES,
+        },
     )
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's architecture
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -89,10 +104,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.optim, dict):
             self.optim = OptimConfig(**self.optim)
-        if self.preset not in PRESETS:
-            raise ValueError(
-                f"unknown model preset {self.preset!r}; choose from {', '.join(PRESETS)}"
-            )
+        check_preset(self.kind, self.preset)  # (an unknown kind is refused there too)
+        check_settings(self.kind, self.model)
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, not {self.zero_stage}")
         if self.precision not in PRECISIONS:
@@ -162,7 +175,8 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(payload: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=value` overrides to a config dict; unknown keys are errors."""
     payload = json.loads(json.dumps(payload))
-    known_model_names = {f.name for f in dataclasses.fields(ModelConfig)}
+    # Settings of any kind; TrainConfig checks them against the kind chosen.
+    known_model_names = {name for kind in KINDS.values() for name in kind.settings()}
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
@@ -170,7 +184,7 @@ def apply_overrides(payload: dict[str, Any], overrides: list[str]) -> dict[str, 
         parts = key.strip().split(".")
         value = _parse_value(text.strip())
         if parts[0] == "model":
-            if len(parts) != 2 or parts[1] not in known_model_names or parts[1] == "vocab_sizes":
+            if len(parts) != 2 or parts[1] not in known_model_names:
                 raise ValueError(f"unknown model setting {key!r}")
             payload.setdefault("model", {})[parts[1]] = value
             continue

@@ -3,7 +3,8 @@
 `prepare` runs first on every rank: it resolves the config for the run's world size and device,
 seeds every generator alike (every rank builds the same initial weights), checks the dataset (its
 vocabulary against the manifest, enough training blocks for every rank) and builds the model: a
-fresh one, or a model package adapted to the dataset's vocabulary (fine-tuning).
+fresh one of the config's kind (`trainer.models.registry`), or a model package adapted to the
+dataset's vocabulary (fine-tuning: CAREER packages only).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from trainer import rng
 from trainer.config import TrainConfig
 from trainer.distributed import RunInfo, run_info
 from trainer.finetune import adapt_to_dataset
-from trainer.model import COVARIATES, Career, build_model
+from trainer.model import COVARIATES
+from trainer.models.output import JobModel
+from trainer.models.registry import build, get_kind
 from trainer.package import load_model
 
 
@@ -48,7 +51,7 @@ class RunContext:
     out_url: str
     storage_options: dict | None
     data: Dataset
-    model: Career
+    model: JobModel
     adapt: dict[str, Any] = field(default_factory=dict)  # fine-tuning: what adapting changed
 
     @property
@@ -83,10 +86,12 @@ def check_training_blocks(manifest: Manifest, workers: int, loader_workers: int,
         )
 
 
-def covariates_of(manifest: Manifest) -> tuple[str, ...]:
-    """The covariates a model embeds on this dataset: those of the model's that it has."""
+def covariates_of(manifest: Manifest, kind: str | None = None) -> tuple[str, ...]:
+    """The covariates a model embeds on this dataset: those of the model's (of `kind`'s, else
+    CAREER's) that it has."""
     present = set(manifest.fields["token_fields"]) | set(manifest.fields["person_fields"])
-    return tuple(c for c in COVARIATES if c in present)
+    known = get_kind(kind).covariates if kind else COVARIATES
+    return tuple(c for c in known if c in present)
 
 
 def model_for(
@@ -95,20 +100,41 @@ def model_for(
     manifest: Manifest,
     base_package: str | None = None,
     storage_options=None,
-) -> tuple[Career, dict[str, Any]]:
-    """The model a run trains on this dataset: fresh (seeded by the caller), or the package
-    `base_package` adapted to the dataset's vocabulary; and notes on the adaptation."""
-    covariates = covariates_of(manifest)
+) -> tuple[JobModel, dict[str, Any]]:
+    """The model a run trains on this dataset: fresh, of `config.kind` (seeded by the caller),
+    or the package `base_package` adapted to the dataset's vocabulary; and notes on the
+    adaptation. Only CAREER packages can be fine-tuned: another kind is refused."""
     if not base_package:
+        covariates = covariates_of(manifest, config.kind)
         sizes = {name: vocab.size(name) for name in ("job", *covariates)}
-        return build_model(sizes, config.preset, covariates=covariates, **config.model), {}
+        model = build(config.kind, sizes, config.preset, covariates=covariates, **config.model)
+        return model, {}
     base = load_model(base_package, storage_options)
-    model, notes = adapt_to_dataset(base.model, base.vocab, vocab, covariates)
+    check_finetune_kind(base.kind, config.kind, base_package)
+    model, notes = adapt_to_dataset(base.model, base.vocab, vocab, covariates_of(manifest))
     return model, {
         "base_package": storage.redact(base_package),
         "base_vocab_hash": base.vocab.hash,
         "adapt": notes,
     }
+
+
+def check_finetune_kind(package_kind: str, config_kind: str, base_package: str) -> None:
+    """Fine-tuning adapts CAREER packages only, and keeps the package's kind."""
+    shown = storage.redact(base_package)
+    if package_kind != "career":
+        raise StructuralError(
+            f"fine-tuning a {package_kind} package is not implemented (only career packages adapt "
+            f"to a new vocabulary); train the {package_kind} baseline on the dataset itself with "
+            f"`career pretrain --model {package_kind}`",
+            path=shown,
+        )
+    if config_kind != package_kind:
+        raise StructuralError(
+            f"--model {config_kind} does not match the package's kind ({package_kind}): "
+            "fine-tuning keeps the package's kind",
+            path=shown,
+        )
 
 
 def prepare(
@@ -119,6 +145,11 @@ def prepare(
     storage_options: dict | None = None,
 ) -> RunContext:
     """This rank's run context (torch.distributed initialised)."""
+    if get_kind(config.kind).closed_form:
+        raise ValueError(
+            f"model kind {config.kind} is fitted in closed form, not trained by the training loop "
+            "(career pretrain fits it in one process: trainer.models.fit)"
+        )
     info = run_info()
     on_gpu = info.device.type == "cuda"
     config = config.resolve(info.world_size, on_gpu)

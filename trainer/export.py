@@ -2,7 +2,8 @@
 
 Uses DeepSpeed's consolidation (any ZeRO stage; every file read weights-only, `trainer.safe_load`)
 and the `career.json` + `vocab.json` written beside every checkpoint; the result is what
-`trainer.package.load_model` opens. Runs in one process (rank 0 at the end of training).
+`trainer.package.load_model` opens. Runs in one process (rank 0 at the end of training). The
+sidecar's model config names the kind (none: a CAREER checkpoint from before kinds).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from data_shards.errors import StructuralError
 from data_shards.vocab import Vocabulary
 from trainer import engine as ds_engine
 from trainer.checkpoint import CheckpointStore, check_tag
-from trainer.model import ModelConfig
+from trainer.models.registry import config_from_dict
 from trainer.package import write_package
 
 
@@ -52,8 +53,13 @@ def export_run(
                 f"checkpoint {tag} is corrupt or incomplete: {exc}", path=storage.redact(store.url)
             ) from None
     state = {k.removeprefix("model."): v for k, v in state.items()}
-    config = sidecar["model_config"]
-    model_config = ModelConfig(**{**config, "covariates": tuple(config["covariates"])})
+    try:
+        model_config = config_from_dict(sidecar["model_config"])
+    except (TypeError, ValueError) as exc:
+        raise StructuralError(
+            f"checkpoint {tag}: career.json holds no usable model config: {exc}",
+            path=storage.redact(store.url),
+        ) from None
     if metrics is None:
         metrics = {"valid_perplexity": sidecar.get("valid_perplexity"), "step": sidecar["step"],
                    "tokens_seen": sidecar.get("tokens_seen")}  # fmt: skip

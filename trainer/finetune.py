@@ -3,6 +3,7 @@
 The dataset's vocabulary must extend the package's (each field a prefix): existing ids keep their
 weights and new tokens (`unemployed`, new codes, new years) get fresh rows. Covariates the
 pretraining data lacked (gender and ethnicity are absent from resumes) get fresh embeddings.
+Only CAREER models adapt; the baselines are trained on each dataset itself.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def adapt_to_dataset(
     `missing_keys` (weights the base does not have: only the new covariates' embeddings) and
     `unexpected_keys` (base weights the copy has no place for: covariates the dataset lacks).
     """
+    if not isinstance(model, Career):
+        raise StructuralError(
+            f"fine-tuning a {model.config.kind} model is not implemented (only career models "
+            "adapt to a new vocabulary)"
+        )
     problem = vocab.incompatibility(base_vocab)
     if problem:
         raise StructuralError(

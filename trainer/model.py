@@ -5,7 +5,8 @@ the embedding of last year's job (`<bos>` first) plus learned embeddings of the 
 year being predicted (calendar year, education) and of static covariates (location, gender,
 ethnicity, birth year), plus sinusoidal positions; pre-LN blocks with GELU and dropout (also on
 attention); untied output layer. The default output is two-stage: a "stay" logit gives
-P(same job as last year) = sigmoid(stay), and otherwise a softmax over all other jobs.
+P(same job as last year) = sigmoid(stay), and otherwise a softmax over all other jobs (the output
+every model kind shares: `trainer.models.output`). Kind "career" of `trainer.models.registry`.
 
 No Ray or DeepSpeed here: parallelism is applied from outside (`trainer/engine.py`).
 Shapes: B people, T years, C width, V jobs.
@@ -22,14 +23,26 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from data_shards.vocab import BOS_ID, PAD_ID, UNK_ID  # the vocabulary's special ids, defined once
+from trainer.models import output
+from trainer.models.output import JobModel, check_covariates, check_kind, check_sizes
 
-__all__ = ["BOS_ID", "PAD_ID", "UNK_ID", "COVARIATES", "Career", "ModelConfig", "build_model"]
+__all__ = [
+    "BOS_ID",
+    "PAD_ID",
+    "UNK_ID",
+    "COVARIATES",
+    "KIND",
+    "Career",
+    "ModelConfig",
+    "build_model",
+]
 
 #: Attention kernels SDPA may use (it picks among them as usual). cuDNN's is left out on purpose:
 #: it plans each new (batch, length) shape, and token-budget batches change shape every update
 #: (it cost ~50 ms per update on an H200).
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 COVARIATES = ("year", "education", "location", "gender", "ethnicity", "birth_year")
+KIND = "career"  # its name in the registry of model kinds (trainer.models.registry)
 
 
 @dataclass
@@ -47,16 +60,15 @@ class ModelConfig:
     word_dropout: float = (
         0.0  # > 0: the paper's mixture for rationalization (history positions hidden)
     )
+    kind: str = KIND
 
     def __post_init__(self) -> None:
+        check_kind(self.kind, KIND)
         if self.d_model % self.n_head:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
         if not 0 <= self.dropout < 1 or not 0 <= self.word_dropout < 1:
             raise ValueError("dropout rates must be in [0, 1)")
-        unknown = set(self.covariates) - set(COVARIATES)
-        if unknown:
-            raise ValueError(f"unknown covariates {sorted(unknown)}; known: {COVARIATES}")
-        self.covariates = tuple(self.covariates)
+        self.covariates = check_covariates(self.covariates, COVARIATES, KIND)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -118,14 +130,10 @@ class Block(nn.Module):
         return x + self.dropout(self.ff(self.ln_ff(x)))
 
 
-class Career(nn.Module):
+class Career(JobModel):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if "job" not in config.vocab_sizes:
-            raise ValueError("vocab_sizes must include 'job'")
-        missing = [c for c in config.covariates if c not in config.vocab_sizes]
-        if missing:
-            raise ValueError(f"vocab_sizes lacks covariates {missing}")
+        check_sizes(config.vocab_sizes, config.covariates, KIND)
         self.config = config
         C = config.d_model
         self.job_embedding = nn.Embedding(config.vocab_sizes["job"], C, padding_idx=PAD_ID)
@@ -153,9 +161,6 @@ class Career(nn.Module):
             if module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ forward
     def _word_dropout_mask(self, inputs: torch.Tensor) -> torch.Tensor | None:
@@ -192,66 +197,16 @@ class Career(nn.Module):
         stay = self.stay_head(h).squeeze(-1) if self.stay_head is not None else None
         return logits, stay
 
+    def flops_per_token(self, seq_len: float) -> float:
+        """Training FLOPs per job-year token: 6 x parameters + attention over `seq_len` positions
+        (nanoGPT's estimate)."""
+        cfg = self.config
+        return 6 * self.num_parameters() + 12 * cfg.n_layer * cfg.d_model * seq_len
+
     # ------------------------------------------------------------------ probabilities
-    def log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """log P(job at year t | history) over all jobs: (B, T, V). Special tokens get -inf."""
-        logits, stay = self(batch)
-        return self.log_probs_from_logits(logits, stay, batch["inputs"])
-
-    @staticmethod
-    def log_probs_from_logits(
-        logits: torch.Tensor, stay: torch.Tensor | None, inputs: torch.Tensor
-    ) -> torch.Tensor:
-        logits = _mask_specials(logits)
-        plain = F.log_softmax(logits, dim=-1)
-        if stay is None:
-            return plain
-        prev = inputs.unsqueeze(-1)  # last year's job (<bos> at the first year)
-        has_prev = inputs > BOS_ID  # (B, T): a real previous job
-        masked = logits.scatter(-1, prev, float("-inf"))
-        move = F.log_softmax(masked, dim=-1) + F.logsigmoid(-stay.float()).unsqueeze(-1)
-        two_stage = move.scatter(-1, prev, F.logsigmoid(stay.float()).unsqueeze(-1))
-        return torch.where(has_prev.unsqueeze(-1), two_stage, plain)
-
-    def token_log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """log P(target) at each year (B, T); 0 at padded positions."""
-        logits, stay = self(batch)
-        return self.target_log_probs(logits, stay, batch["inputs"], batch["targets"])
-
-    @staticmethod
-    def target_log_probs(
-        logits: torch.Tensor, stay: torch.Tensor | None, inputs: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
-        """log P(target) without building the full (B, T, V) distribution twice."""
-        logits = _mask_specials(logits)
-        real = targets != PAD_ID
-        safe_targets = targets.clamp(min=0)
-        plain = F.log_softmax(logits, dim=-1).gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
-        if stay is None:
-            return torch.where(real, plain, torch.zeros_like(plain))
-        stay = stay.float()
-        has_prev = inputs > BOS_ID
-        prev = inputs.clamp(min=0).unsqueeze(-1)
-        masked = logits.scatter(-1, prev, float("-inf"))
-        move = F.log_softmax(masked, dim=-1).gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
-        same = targets == inputs
-        two_stage = torch.where(same, F.logsigmoid(stay), F.logsigmoid(-stay) + move)
-        out = torch.where(has_prev, two_stage, plain)
-        return torch.where(real, out, torch.zeros_like(out))
-
-    def nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of negative log-likelihood over real job-years, number of real job-years)."""
-        logp = self.token_log_probs(batch)
-        real = batch["targets"] != PAD_ID
-        return -(logp * real).sum(), real.sum()
-
-
-def _mask_specials(logits: torch.Tensor) -> torch.Tensor:
-    """float32 logits with <pad> and <bos> impossible (never targets); a new tensor."""
-    special = torch.zeros(logits.shape[-1], dtype=torch.float32, device=logits.device)
-    special[PAD_ID] = float("-inf")  # scalar indices: a list index would copy from host and sync
-    special[BOS_ID] = float("-inf")
-    return logits.float() + special
+    # `log_probs`, `token_log_probs` and `nll` come from `JobModel` (trainer.models.output).
+    log_probs_from_logits = staticmethod(output.log_probs_from_logits)
+    target_log_probs = staticmethod(output.target_log_probs)
 
 
 def build_model(vocab_sizes: dict[str, int], preset: str = "paper", **overrides) -> Career:

@@ -33,10 +33,14 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "V100": 125e12}
 
 
 def flops_per_token(model, seq_len: float) -> float:
-    """Training FLOPs per job-year token: 6 x parameters + attention over `seq_len` positions
-    (nanoGPT's estimate). Training passes the mean padded length T of the logged batches."""
-    cfg = model.config
-    return 6 * model.num_parameters() + 12 * cfg.n_layer * cfg.d_model * seq_len
+    """Training FLOPs per job-year token, the model kind's own estimate: CAREER 6 x parameters +
+    attention over `seq_len` positions (nanoGPT's); the kinds without attention (regression,
+    bag-of-jobs) 6 x parameters, a nominal upper bound for their lookup tables; markov 0 (fitted
+    by counting). Training passes the mean padded length T of the logged batches."""
+    estimate = getattr(model, "flops_per_token", None)
+    if estimate is None:  # a plain module: the estimate without attention
+        return 6.0 * sum(p.numel() for p in model.parameters())
+    return float(estimate(seq_len))
 
 
 #: Where rank 0 sends progress when it cannot draw a bar itself (a Ray Train worker, whose output

@@ -16,13 +16,14 @@ import torch.distributed as dist
 from torch import nn
 
 from trainer.distributed import RunInfo, to_device
-from trainer.model import Career
+from trainer.models.output import JobModel
 
 
 class NLLModule(nn.Module):
-    """What the engine runs: the model's NLL sum and token count for a batch (ZeRO-3 safe)."""
+    """What the engine runs: the model's NLL sum and token count for a batch (ZeRO-3 safe), for
+    a model of any gradient-trained kind."""
 
-    def __init__(self, model: Career):
+    def __init__(self, model: JobModel):
         super().__init__()
         self.model = model
 
