@@ -62,19 +62,21 @@ def survey_row(root: Path, survey: str, dataset: str, common: list[str], args) -
     runs, times = root / survey, {}
     runs.mkdir(parents=True, exist_ok=True)
     budget = ["--updates", str(args.survey_updates), "--eval-every", "25", "patience=4"]
+    career_preset = ["--preset", args.preset]
     times["finetuned"] = career("finetune", "--base", str(root / "pre" / "package"), "--data",
-                                dataset, "--out", str(runs / "finetuned"), *budget, *common)  # fmt: skip
+                                dataset, "--out", str(runs / "finetuned"), *budget, *common,
+                                *career_preset)  # fmt: skip
     times["scratch"] = career("pretrain", "--data", dataset, "--out", str(runs / "scratch"),
-                              *budget, *common)  # fmt: skip
+                              *budget, *common, *career_preset)  # fmt: skip
     regression = {}
     for decay in args.weight_decays:
         out = runs / f"regression-wd{decay:g}"
         times[out.name] = career("pretrain", "--model", "regression", "--data", dataset, "--out",
-                                 str(out), *budget, *common, f"optim.weight_decay={decay}")  # fmt: skip
+                                 str(out), *budget, *common, "--preset", "paper", f"optim.weight_decay={decay}")  # fmt: skip
         regression[decay] = best_valid(out)
     chosen = min(regression, key=regression.get)
     times["bag"] = career("pretrain", "--model", "bag-of-jobs", "--data", dataset, "--out",
-                          str(runs / "bag"), *budget, *common)  # fmt: skip
+                          str(runs / "bag"), *budget, *common, "--preset", args.bag_preset)  # fmt: skip
     times["markov"] = career("pretrain", "--model", "markov", "--data", dataset, "--out",
                              str(runs / "markov"))  # fmt: skip
     packages = {"finetuned": runs / "finetuned", "scratch": runs / "scratch",
@@ -125,7 +127,8 @@ def main() -> None:
                         help="people per survey (default: the preset's size)")  # fmt: skip
     parser.add_argument("--people-per-block", type=int, default=None,
                         help="smaller blocks for small smoke runs (default: the shard default)")  # fmt: skip
-    parser.add_argument("--preset", default="small")
+    parser.add_argument("--preset", default="small", help="CAREER's preset")
+    parser.add_argument("--bag-preset", default="paper", help="bag-of-jobs preset (paper: 1024)")
     parser.add_argument("--pretrain-updates", type=int, default=600)
     parser.add_argument("--survey-updates", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of every run")
@@ -148,13 +151,13 @@ def main() -> None:
     if not (store / "resumes" / "manifest.json").exists():
         career("shard", "--format", "synth", "--sim-preset", "resumes", "--people",
                str(args.resumes), "--out", str(store), "--name", "resumes", *ray_shard)  # fmt: skip
-    common = ["--preset", args.preset, "--workers", str(args.workers), "--zero-stage", "1", *ray,
+    common = ["--workers", str(args.workers), "--zero-stage", "1", *ray,
               "loader_workers=0", "cpu_threads=1", f"optim.lr={args.lr}"]  # fmt: skip
     pretrain_seconds = 0.0
     if not (root / "pre" / "package" / "config.json").exists():
         pretrain_seconds = career("pretrain", "--data", str(store / "resumes"), "--out",
                                   str(root / "pre"), "--updates", str(args.pretrain_updates),
-                                  "--eval-every", "100", *common)  # fmt: skip
+                                  "--eval-every", "100", *common, "--preset", args.preset)  # fmt: skip
     path = RESULTS / "survey_table.json"
     previous = json.loads(path.read_text())["results"] if path.exists() else {}
     results = dict(previous.get("surveys", {}))
