@@ -1,10 +1,15 @@
-"""Test helpers: read a dataset back through the loader as plain per-person records."""
+"""Test helpers: a dataset read back through the loader (as records, or as a model's perplexity),
+and the `career` command run as a user runs it."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from data_shards.manifest import load_manifest
 from data_shards.stream import CareerLoader, StreamConfig
@@ -61,3 +66,28 @@ def records_from_loader(
 
 def float32_list(values):
     return [None if v is None else float(np.float32(v)) for v in values]
+
+
+CAREER = str(Path(sys.executable).with_name("career"))
+
+
+def career(*args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the `career` command; with `check`, a failure raises with the end of its stderr."""
+    proc = subprocess.run([CAREER, *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"career {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def loader_perplexity(model, data_url: str, split: str = "valid", storage_options=None) -> float:
+    """exp(NLL / tokens) straight from the model over the loader (what training reports)."""
+    loader = CareerLoader(data_url, StreamConfig(split=split, loop=False, shuffle=False),
+                          num_workers=0, storage_options=storage_options)  # fmt: skip
+    nll = tokens = 0.0
+    with torch.no_grad():
+        for batch in loader:
+            loss, count = model.nll({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
+            nll, tokens = nll + float(loss), tokens + float(count)
+    return math.exp(nll / tokens)

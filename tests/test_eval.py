@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
-from helpers import records_from_loader
+from helpers import loader_perplexity, records_from_loader
 
 from cluster import evaluate_job
 from cluster.cli import COMMANDS, Command, main
@@ -72,18 +72,6 @@ def package(url: Path, data_url: str, seed: int, stay_bias: float = 0.0) -> str:
     state["stay_head.bias"] += stay_bias
     write_package(str(url), state, model.config, dataset.vocab, {}, dataset.manifest_sha)
     return str(url)
-
-
-def direct_perplexity(model, data_url: str, split: str = "test") -> float:
-    """exp(NLL / tokens) straight from the model over the loader (what training reports)."""
-    loader = CareerLoader(data_url, StreamConfig(split=split, loop=False, shuffle=False),
-                          num_workers=0)  # fmt: skip
-    nll = count = 0.0
-    with torch.no_grad():
-        for batch in loader:
-            loss, n = model.nll({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
-            nll, count = nll + float(loss), count + float(n)
-    return math.exp(nll / count)
 
 
 class FixedModel(torch.nn.Module):
@@ -149,7 +137,7 @@ def test_metrics_from_the_scores_file_equal_the_model_computed_directly(store, t
     scores.write_scores(scores.score_split(loaded, store["survey"], "test"), url)
     table = scores.read_scores(url)
     summary = metrics.summarize(table, bootstrap=200)
-    direct = direct_perplexity(loaded.model, store["survey"])
+    direct = loader_perplexity(loaded.model, store["survey"], "test")
     assert summary["perplexity"]["value"] == pytest.approx(direct, rel=1e-6)
     assert summary["perplexity"]["low"] < direct < summary["perplexity"]["high"]
     # The two-stage model: a stay token's probability is P(stay) itself.
@@ -236,7 +224,7 @@ def test_career_evaluate_two_models_through_ray(store, tmp_path, ray_address, co
     assert rows[-1]["perplexity"]["value"] == pytest.approx(manifest_oracle, rel=1e-5)
     assert report["datasets"]["survey"]["oracle_perplexity"] == manifest_oracle
     for name, url in (("a", store["a"]), ("b", store["b"]), ("stay", store["stayer"])):
-        direct = direct_perplexity(load_model(url).model, store["survey"])
+        direct = loader_perplexity(load_model(url).model, store["survey"], "test")
         assert report["metrics"][name]["survey"]["perplexity"]["value"] == pytest.approx(
             direct, rel=1e-6
         )

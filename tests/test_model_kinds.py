@@ -21,12 +21,11 @@ import dataclasses
 import hashlib
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import career
 
 from data_shards.errors import StructuralError
 from data_shards.vocab import BOS_ID, PAD_ID, Vocabulary
@@ -38,7 +37,6 @@ from trainer.package import FILES, load_model, write_package
 
 SIZES = {"job": 12, "year": 40, "education": 6, "location": 7, "gender": 5, "ethnicity": 6,
          "birth_year": 30}  # fmt: skip
-CAREER = str(Path(sys.executable).with_name("career"))
 
 
 def vocabulary(sizes=SIZES) -> Vocabulary:
@@ -516,15 +514,6 @@ def test_markov_dry_run_and_a_fixed_alpha(hand_made, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- training, slow
-def career(*args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([CAREER, *args], capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"career {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-        )
-    return proc
-
-
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory, ray_address):
     from data_shards.inputs import InputSpec

@@ -21,14 +21,13 @@ import math
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from helpers import records_from_loader
+from helpers import career, loader_perplexity, records_from_loader
 
 from data_shards.inputs import InputSpec
 from data_shards.manifest import load_manifest
@@ -40,7 +39,6 @@ from trainer import safe_load
 from trainer.model import build_model
 from trainer.package import load_model
 
-CAREER = str(Path(sys.executable).with_name("career"))
 pytestmark = pytest.mark.slow
 COMMON = ["--preset", "tiny", "--tokens-per-update", "1500", "--launcher", "torchrun", "--workers", "2",
           "optim.lr=0.003", "loader_workers=0", "model.dropout=0.1"]  # fmt: skip
@@ -96,26 +94,6 @@ def baselines(data):
     return out
 
 
-def career(*args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([CAREER, *args], capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"career {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-        )
-    return proc
-
-
-def perplexity(model, data_url: str, split: str = "valid", storage_options=None) -> float:
-    loader = CareerLoader(data_url, StreamConfig(split=split, loop=False, shuffle=False),
-                          num_workers=0, storage_options=storage_options)  # fmt: skip
-    nll = tokens = 0.0
-    with torch.no_grad():
-        for batch in loader:
-            loss, count = model.nll({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
-            nll, tokens = nll + float(loss), tokens + float(count)
-    return math.exp(nll / tokens)
-
-
 COVARIATES = ("year", "education", "location", "birth_year")  # those the resumes have
 
 
@@ -131,7 +109,7 @@ def initial_model(data_url: str):
 
 
 def untrained_perplexity(data_url: str) -> float:
-    return perplexity(initial_model(data_url), data_url)
+    return loader_perplexity(initial_model(data_url), data_url)
 
 
 def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
@@ -227,7 +205,7 @@ def test_stop_and_resume(data, baselines, tmp_path, stage):
         "export", "--run", str(whole), "--tag", "step0000036", "--package", str(tmp_path / "pkg")
     )
     package = load_model(str(tmp_path / "pkg"))
-    assert perplexity(package.model, data["resumes"]) == pytest.approx(at_36, rel=1e-5)
+    assert loader_perplexity(package.model, data["resumes"]) == pytest.approx(at_36, rel=1e-5)
     assert package.config["checkpoint"] == "step0000036"
     # ZeRO 1 and 3 shrink to 1 worker; ZeRO 2 grows to 3 (partitions re-cut into more pieces).
     workers = 3 if stage == 2 else 1
@@ -440,6 +418,6 @@ def test_training_with_data_and_out_on_s3(s3_endpoint, ray_address):
     assert metrics["updates"] == 6 and [s for s, _ in metrics["valid_history"]] == [3, 6]
     assert fs.find(f"{bucket}/run/tb") and fs.exists(f"{bucket}/run/checkpoints/step0000006")
     package = load_model(f"{out}/package", options)
-    assert perplexity(package.model, dataset, storage_options=options) == pytest.approx(
+    assert loader_perplexity(package.model, dataset, storage_options=options) == pytest.approx(
         metrics["best_valid_perplexity"], rel=1e-5
     )

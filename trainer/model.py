@@ -149,18 +149,7 @@ class Career(JobModel):
         self.head = nn.Linear(C, config.vocab_sizes["job"])
         self.stay_head = nn.Linear(C, 1) if config.two_stage else None
         self.embed_scale = math.sqrt(C)
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=module.embedding_dim**-0.5)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
+        self.apply(self.init_weights)
 
     # ------------------------------------------------------------------ forward
     def _word_dropout_mask(self, inputs: torch.Tensor) -> torch.Tensor | None:

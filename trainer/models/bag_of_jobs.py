@@ -86,17 +86,7 @@ class BagOfJobs(JobModel):
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.d_hidden, V)
         self.stay_head = nn.Linear(config.d_hidden, 1) if config.two_stage else None
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=module.embedding_dim**-0.5)
-            with torch.no_grad():
-                module.weight[PAD_ID].zero_()
+        self.apply(self.init_weights)
 
     def represent(self, batch: Batch) -> torch.Tensor:
         """Hidden state at each year (B, T, H)."""

@@ -73,6 +73,19 @@ class JobModel(nn.Module):
 
     config: object
 
+    @staticmethod
+    def init_weights(module: nn.Module) -> None:
+        """GPT-style initialisation (`self.apply(self.init_weights)`): linear layers N(0, 0.02)
+        with zero bias, embeddings N(0, 1/width) with the padding row zero."""
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=module.embedding_dim**-0.5)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
     def log_probs(self, batch: Batch) -> torch.Tensor:
         """log P(job at year t | history) over all jobs: (B, T, V). Special tokens get -inf."""
         logits, stay = self(batch)
