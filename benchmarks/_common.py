@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,3 +49,19 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     return path
+
+
+def career(*args: str) -> float:
+    """Run one `career` command of this virtualenv, failing loudly with the end of its output;
+    returns its wall time in seconds."""
+    command = str(Path(sys.executable).with_name("career"))
+    start = time.perf_counter()
+    done = subprocess.run([command, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"career {' '.join(args[:1])} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def best_valid(run: Path) -> float:
+    """The best validation perplexity a training run recorded."""
+    return json.loads((run / "metrics.json").read_text())["best_valid_perplexity"]

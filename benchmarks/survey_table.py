@@ -3,14 +3,14 @@ the survey alone and the econometric baselines, on each survey preset.
 
     python benchmarks/survey_table.py [--surveys nlsy79,nlsy97,psid] [--resumes 200000]
         [--preset small] [--pretrain-updates 600] [--survey-updates 300] [--lr 1e-3]
-        [--weight-decays 0,0.01,0.1] [--workers 2] [--keep DIR]
+        [--regression-lrs 0.02,0.05] [--weight-decays 0,0.1] [--workers 2] [--keep DIR]
 
 1. Shard `--resumes` simulated resumes, then each survey preset extending their vocabulary.
 2. Pretrain CAREER (`--preset`) on the resumes once (`career pretrain`, Ray Train).
-3. On each survey, with the same updates, peak learning rate and early stopping on validation:
-   CAREER fine-tuned from the resumes package (`career finetune`), CAREER from scratch, the
-   regression baseline (`--model regression`, its L2 penalty = weight decay chosen on validation
-   among `--weight-decays`), bag-of-jobs (`--model bag-of-jobs`) and Markov (`--model markov`,
+3. On each survey, with the same updates and early stopping on validation: CAREER fine-tuned
+   from the resumes package (`career finetune`), CAREER from scratch, the regression baseline
+   (`--model regression`; its peak learning rate and L2 penalty = weight decay chosen on
+   validation among `--regression-lrs` x `--weight-decays`), bag-of-jobs (`--model bag-of-jobs`) and Markov (`--model markov`,
    closed form, smoothing chosen on validation).
 4. `career evaluate` scores every package on the survey's test split; paired differences come
    from its per-token scores files (the same people resampled for both models).
@@ -25,36 +25,21 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, save  # noqa: E402
+from _common import RESULTS, best_valid, career, machine, save  # noqa: E402
 
 from cluster.ray_session import connect_ray  # noqa: E402
 from eval.metrics import paired_difference  # noqa: E402
 from eval.scores import read_scores  # noqa: E402
 
-CAREER = str(Path(sys.executable).with_name("career"))
 #: (lower, higher): the lower model must beat the higher one beyond the interval.
 ORDER = (("finetuned", "scratch"), ("scratch", "markov"), ("finetuned", "regression"),
          ("regression", "markov"))  # fmt: skip
-
-
-def career(*args: str) -> float:
-    """Run one command, failing loudly with its last output; its wall time."""
-    start = time.perf_counter()
-    done = subprocess.run([CAREER, *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"career {' '.join(args[:1])} failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
-
-
-def best_valid(run: Path) -> float:
-    return json.loads((run / "metrics.json").read_text())["best_valid_perplexity"]
 
 
 def survey_row(root: Path, survey: str, dataset: str, common: list[str], args) -> dict:
@@ -68,19 +53,21 @@ def survey_row(root: Path, survey: str, dataset: str, common: list[str], args) -
                                 *career_preset)  # fmt: skip
     times["scratch"] = career("pretrain", "--data", dataset, "--out", str(runs / "scratch"),
                               *budget, *common, *career_preset)  # fmt: skip
-    regression = {}
-    for decay in args.weight_decays:
-        out = runs / f"regression-wd{decay:g}"
-        times[out.name] = career("pretrain", "--model", "regression", "--data", dataset, "--out",
-                                 str(out), *budget, *common, "--preset", "paper", f"optim.weight_decay={decay}")  # fmt: skip
-        regression[decay] = best_valid(out)
+    regression = {}  # run name -> best validation perplexity
+    for lr in args.regression_lrs:
+        for decay in args.weight_decays:
+            out = runs / f"regression-lr{lr:g}-wd{decay:g}"
+            times[out.name] = career("pretrain", "--model", "regression", "--data", dataset,
+                                     "--out", str(out), *budget, *common, "--preset", "paper",
+                                     f"optim.lr={lr}", f"optim.weight_decay={decay}")  # fmt: skip
+            regression[out.name] = best_valid(out)
     chosen = min(regression, key=regression.get)
     times["bag"] = career("pretrain", "--model", "bag-of-jobs", "--data", dataset, "--out",
                           str(runs / "bag"), *budget, *common, "--preset", args.bag_preset)  # fmt: skip
     times["markov"] = career("pretrain", "--model", "markov", "--data", dataset, "--out",
                              str(runs / "markov"))  # fmt: skip
     packages = {"finetuned": runs / "finetuned", "scratch": runs / "scratch",
-                "regression": runs / f"regression-wd{chosen:g}", "bag-of-jobs": runs / "bag",
+                "regression": runs / chosen, "bag-of-jobs": runs / "bag",
                 "markov": runs / "markov"}  # fmt: skip
     models = [f"{name}={path / 'package'}" for name, path in packages.items()]
     evaluation = runs / "evaluation"
@@ -109,12 +96,22 @@ def survey_row(root: Path, survey: str, dataset: str, common: list[str], args) -
         "gap_closed": round(gap, 4),
         "checks": checks,
         "pass": all(checks.values()),
-        "regression_weight_decay": {"valid_perplexity": regression, "chosen": chosen},
+        "regression_sweep": {"valid_perplexity": regression, "chosen": chosen},
         "tokens_seen": {m: r.get("tokens_seen") for m, r in runs_metrics.items()},
         "best_step": {m: r.get("best_step") for m, r in runs_metrics.items()},
         "wall_seconds": {k: round(v) for k, v in times.items()},
         "table_md": (evaluation / "table.md").read_text(),
+        "settings": settings(args),
     }
+
+
+def settings(args) -> dict:
+    """What one survey's row was run with (rows of several invocations accumulate)."""
+    return {"resumes": args.resumes, "preset": args.preset, "bag_preset": args.bag_preset,
+            "peak_lr": args.lr, "regression_lrs": args.regression_lrs,
+            "weight_decays": args.weight_decays,
+            "updates": {"pretrain": args.pretrain_updates, "survey": args.survey_updates},
+            "survey_people": args.survey_people, "workers": args.workers}  # fmt: skip
 
 
 def main() -> None:
@@ -132,13 +129,17 @@ def main() -> None:
     parser.add_argument("--pretrain-updates", type=int, default=600)
     parser.add_argument("--survey-updates", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of every run")
-    parser.add_argument("--weight-decays", default="0,0.01,0.1",
+    parser.add_argument("--weight-decays", default="0,0.1",
                         help="regression L2 penalties tried, chosen on validation")  # fmt: skip
+    parser.add_argument("--regression-lrs", default="0.02,0.05",
+                        help="regression peak learning rates tried (its effects start at 0, so "
+                        "it needs a higher one than CAREER), chosen on validation")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", default=None, help="keep the runs in this folder (and reuse "
                         "its resumes dataset and pretrained package)")  # fmt: skip
     args = parser.parse_args()
     args.weight_decays = [float(x) for x in args.weight_decays.split(",")]
+    args.regression_lrs = [float(x) for x in args.regression_lrs.split(",")]
     args.ray_address = connect_ray(num_cpus=args.workers)
     root = Path(args.keep or tempfile.mkdtemp(prefix="survey-table-")).resolve()
     started = time.perf_counter()
@@ -170,10 +171,7 @@ def main() -> None:
         results[survey] = survey_row(root, survey, str(store / survey), common, args)
         print(results[survey]["table_md"])
         print(json.dumps({k: v for k, v in results[survey].items() if k != "table_md"}, indent=1))
-    settings = {"resumes": args.resumes, "preset": args.preset, "peak_lr": args.lr,
-                "updates": {"pretrain": args.pretrain_updates, "survey": args.survey_updates},
-                "survey_people": args.survey_people, "workers": args.workers}  # fmt: skip
-    out = save("survey_table", {"results": {"settings": settings, "surveys": results,
+    out = save("survey_table", {"results": {"surveys": results,
                                             "pretrain_seconds": round(pretrain_seconds),
                                             "wall_seconds": round(time.perf_counter() - started)}})  # fmt: skip
     print(f"machine: {machine()}\nwrote {out}")

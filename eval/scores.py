@@ -98,10 +98,12 @@ def score_batch(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.T
     """(B, T) tensors for one batch in the model's ids: `logp`, `p_stay` (NaN where there is no
     previous job) and `rank` (1 + the number of jobs more probable than the target)."""
     inputs, targets = batch["inputs"], batch["targets"]
-    with torch.inference_mode():
-        logp = model.token_log_probs(batch).float()  # (B, T)
+    with torch.inference_mode():  # one forward pass: every score is read off the (B, T, V) table
         full = model.log_probs(batch).float()  # (B, T, V)
         target = full.gather(-1, targets.clamp(min=0).unsqueeze(-1))  # (B, T, 1)
+        logp = torch.where(
+            targets != PAD_ID, target.squeeze(-1), torch.zeros_like(targets, dtype=full.dtype)
+        )
         rank = (full > target).sum(-1) + 1  # (B, T)
         stay = full.gather(-1, inputs.clamp(min=0).unsqueeze(-1)).squeeze(-1).exp()
         p_stay = torch.where(inputs > BOS_ID, stay, torch.full_like(stay, float("nan")))

@@ -146,11 +146,14 @@ def markdown(tables: Mapping[str, dict[str, Any]], split: str) -> str:
                 cells[0] = f"**{cells[0]}**"
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append(
+    note = (
         "Perplexity: exp of the mean negative log-likelihood over every job-year of the split "
         "(first years included). Δ: the model's perplexity minus the best model's, on the same "
-        "people. The oracle row (simulated data) is the true process."
+        "people."
     )
+    if any(row["model"] == ORACLE for c in tables.values() for row in c["rows"]):
+        note += " The oracle row (simulated data) is the true process."
+    lines.append(note)
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ SIZES = {
     "ethnicity": 7,
     "birth_year": 254,
 }
-EXPECTED_PARAMETERS = {"tiny": (0.03e6, 0.1e6), "small": (0.5e6, 2e6), "paper": (5.3e6, 5.8e6),
+EXPECTED_PARAMETERS = {"tiny": (0.03e6, 0.1e6), "panel": (0.1e6, 0.3e6), "small": (0.5e6, 2e6), "paper": (5.3e6, 5.8e6),
                        "medium": (30e6, 50e6), "large": (100e6, 130e6)}  # fmt: skip
 
 

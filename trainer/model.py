@@ -79,6 +79,9 @@ class ModelConfig:
 #: Architectures for scaling experiments (vocab sizes come from the dataset).
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, d_model=32, n_head=2, d_ff=64, dropout=0.0),
+    # For panels of a few thousand person-years trained from scratch (wagepan: 4,360): narrow,
+    # shallow and heavily regularised, since the data, not the compute, is what is scarce.
+    "panel": dict(n_layer=2, d_model=64, n_head=2, d_ff=256, dropout=0.3),
     "small": dict(n_layer=4, d_model=128, n_head=4, d_ff=512),
     "paper": dict(n_layer=12, d_model=192, n_head=3, d_ff=768),
     "medium": dict(n_layer=12, d_model=512, n_head=8, d_ff=2048),
