@@ -11,11 +11,11 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import new_bucket
 
 # Never reach a real AWS account from a test, whatever the developer's environment holds.
 for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
@@ -77,13 +77,8 @@ class Store:
 def store(request, tmp_path) -> Store:
     if request.param == "local":
         return Store("local", str(tmp_path), None)
-    endpoint = request.getfixturevalue("s3_endpoint")
-    import s3fs
-
-    options = {"client_kwargs": {"endpoint_url": endpoint}, "key": "testing", "secret": "testing"}
-    bucket = f"test-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem(**options).mkdir(bucket)
-    return Store("s3", f"s3://{bucket}", options)
+    url, options = new_bucket(request.getfixturevalue("s3_endpoint"))
+    return Store("s3", url, options)
 
 
 @pytest.fixture(scope="session")

@@ -91,3 +91,21 @@ def loader_perplexity(model, data_url: str, split: str = "valid", storage_option
             loss, count = model.nll({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
             nll, tokens = nll + float(loss), tokens + float(count)
     return math.exp(nll / tokens)
+
+
+def new_bucket(endpoint: str, prefix: str = "test", **options) -> tuple[str, dict]:
+    """A fresh bucket on the session's S3 endpoint (moto): its `s3://` URL and the storage
+    options that reach it (moto's test credentials unless `options` say otherwise)."""
+    import uuid
+
+    import s3fs
+
+    options = {
+        "client_kwargs": {"endpoint_url": endpoint},
+        "key": "testing",
+        "secret": "testing",
+        **options,
+    }
+    bucket = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(**options).mkdir(bucket)
+    return f"s3://{bucket}", options

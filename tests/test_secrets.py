@@ -15,10 +15,10 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
+from helpers import new_bucket
 
 CAREER = str(Path(sys.executable).with_name("career"))
 ENV_SECRET = "CanaryEnv/5ecret+Key+0001"
@@ -55,15 +55,9 @@ def test_no_secret_is_written_or_printed(tmp_path, s3_endpoint, ray_address):
     import s3fs
 
     started = time.time() - 1
-    bucket = f"secrets-{uuid.uuid4().hex[:12]}"
-    options = {
-        "key": "testing",
-        "secret": OPTION_SECRET,
-        "token": TOKEN_SECRET,
-        "client_kwargs": {"endpoint_url": s3_endpoint},
-    }
+    root, options = new_bucket(s3_endpoint, "secrets", secret=OPTION_SECRET, token=TOKEN_SECRET)
+    bucket = root.removeprefix("s3://")
     fs = s3fs.S3FileSystem(**options)
-    fs.mkdir(bucket)
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "AWS_SECRET_ACCESS_KEY": ENV_SECRET, "AWS_ENDPOINT_URL": s3_endpoint,
            "TMPDIR": str(tmp_path / "tmp")}  # fmt: skip

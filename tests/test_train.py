@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from helpers import career, loader_perplexity, records_from_loader
+from helpers import career, loader_perplexity, new_bucket, records_from_loader
 
 from data_shards.inputs import InputSpec
 from data_shards.manifest import load_manifest
@@ -390,18 +390,11 @@ def test_training_with_data_and_out_on_s3(s3_endpoint, ray_address):
     """`--data` and `--out` on a real S3 endpoint (moto): checkpoints are uploaded, and downloaded
     again when the run resumes; the package, TensorBoard events and metrics.json land there; the
     package opens from S3. Storage options travel to the torchrun workers in a 0600 file."""
-    import uuid
-
     import s3fs
 
-    options = {
-        "client_kwargs": {"endpoint_url": s3_endpoint},
-        "key": "testing",
-        "secret": "testing",
-    }
-    bucket = f"train-{uuid.uuid4().hex[:12]}"
+    root, options = new_bucket(s3_endpoint, "train")
+    bucket = root.removeprefix("s3://")
     fs = s3fs.S3FileSystem(**options)
-    fs.mkdir(bucket)
     dataset = shard_dataset(InputSpec(format="synth", preset="nlsy79", people=400, seed=4),
                             f"s3://{bucket}", "survey", ShardConfig(people_per_block=64),
                             storage_options=options).dataset_url  # fmt: skip

@@ -156,7 +156,10 @@ class RecordBuilder:
 #: The UTF-8 byte-order mark some editors put at the start of a file (`utf-8-sig`).
 BOM = "\ufeff"
 BOM_BYTES = BOM.encode("utf-8")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: The control characters no code, id or label holds (tab and line feed excepted), as the body of
+#: a regex character class (Python's `re` and Arrow's RE2 both read it).
+CONTROL_CHARACTERS = r"\x00-\x08\x0b-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 
 
 def strip_bom(text: str) -> str:

@@ -35,6 +35,7 @@ from data_shards import storage
 from data_shards.errors import StructuralError
 from data_shards.quarantine import MAX_RECORD_CHARS, Quarantine, ReadReport
 from data_shards.readers.common import (
+    CONTROL_CHARACTERS,
     ReadResult,
     RecordError,
     check_text,
@@ -505,7 +506,7 @@ def _categorical(table: pa.Table, mapping: PanelMapping, name: str):
 
 #: The characters `check_text` refuses (control characters but tab and line feed), and the line
 #: feed, which no id, code or label holds either (in a CSV it is a quote that was not closed).
-_SUSPECT = r"[\x00-\x08\x0a-\x1f\x7f-\x9f]"
+_SUSPECT = f"[{CONTROL_CHARACTERS}\\x0a]"
 
 
 def _text_problems(text: pa.Array, what: str) -> np.ndarray:
