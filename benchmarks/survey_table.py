@@ -2,8 +2,8 @@
 the survey alone and the econometric baselines, on each survey preset.
 
     python benchmarks/survey_table.py [--surveys nlsy79,nlsy97,psid] [--resumes 200000]
-        [--preset small] [--pretrain-updates 600] [--survey-updates 300] [--lr 1e-3]
-        [--regression-lrs 0.02,0.05] [--weight-decays 0,0.1] [--workers 2] [--keep DIR]
+        [--preset small] [--pretrain-updates 600] [--survey-updates 300] [--survey-tokens 4000]
+        [--lr 1e-3] [--regression-lrs 0.02,0.05] [--weight-decays 0,0.1] [--workers 2] [--keep DIR]
 
 1. Shard `--resumes` simulated resumes, then each survey preset extending their vocabulary.
 2. Pretrain CAREER (`--preset`) on the resumes once (`career pretrain`, Ray Train).
@@ -46,7 +46,8 @@ def survey_row(root: Path, survey: str, dataset: str, common: list[str], args) -
     """Train every model of one survey's table, evaluate them, and check the order."""
     runs, times = root / survey, {}
     runs.mkdir(parents=True, exist_ok=True)
-    budget = ["--updates", str(args.survey_updates), "--eval-every", "25", "patience=4"]
+    budget = ["--updates", str(args.survey_updates), "--tokens-per-update",
+              str(args.survey_tokens), "--eval-every", "25", "patience=4"]  # fmt: skip
     career_preset = ["--preset", args.preset]
     times["finetuned"] = career("finetune", "--base", str(root / "pre" / "package"), "--data",
                                 dataset, "--out", str(runs / "finetuned"), *budget, *common,
@@ -111,6 +112,7 @@ def settings(args) -> dict:
             "peak_lr": args.lr, "regression_lrs": args.regression_lrs,
             "weight_decays": args.weight_decays,
             "updates": {"pretrain": args.pretrain_updates, "survey": args.survey_updates},
+            "survey_tokens_per_update": args.survey_tokens,
             "survey_people": args.survey_people, "workers": args.workers}  # fmt: skip
 
 
@@ -128,6 +130,8 @@ def main() -> None:
     parser.add_argument("--bag-preset", default="paper", help="bag-of-jobs preset (paper: 1024)")
     parser.add_argument("--pretrain-updates", type=int, default=600)
     parser.add_argument("--survey-updates", type=int, default=300)
+    parser.add_argument("--survey-tokens", type=int, default=4000,
+                        help="job-years per update of the survey runs (pretraining: 16,000)")  # fmt: skip
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of every run")
     parser.add_argument("--weight-decays", default="0,0.1",
                         help="regression L2 penalties tried, chosen on validation")  # fmt: skip

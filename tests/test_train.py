@@ -200,6 +200,13 @@ def test_stop_and_resume(data, baselines, tmp_path, stage):
     )
     (_, at_18), (_, at_36) = metrics["valid_history"]
     assert at_36 < at_18 and at_36 < baselines["resumes"]["markov"]
+    # The training-loss curve is carried by the checkpoint: the windows before the stop and those
+    # after the first full one of the resumed run (the resumed run logs its first update alone).
+    resumed = json.loads((split / "metrics.json").read_text())["train_history"]
+    kept = [e for e in metrics["train_history"] if e[0] <= 18 or e[0] >= 30]
+    again = [e for e in resumed if e[0] <= 18 or e[0] >= 30]
+    assert len(kept) >= 3 and [e[0] for e in again] == [e[0] for e in kept]
+    assert [e[1] for e in again] == pytest.approx([e[1] for e in kept])
     # The exported package reproduces the live engine's validation perplexity at the last step.
     career(
         "export", "--run", str(whole), "--tag", "step0000036", "--package", str(tmp_path / "pkg")

@@ -33,6 +33,8 @@ class TrainState:
     step: int = 0
     tokens_seen: float = 0.0
     valid_history: list[list[float]] = field(default_factory=list)  # [update, perplexity]
+    # [update, mean training loss per job-year (nats) since the previous entry], every log window
+    train_history: list[list[float]] = field(default_factory=list)
 
 
 class Checkpointer:
@@ -60,6 +62,7 @@ class Checkpointer:
             "loader": all_gather(self.loader.state_dict()), "rng": all_gather(rng.rng_state()),
             "config": run.config.to_dict(), "vocab_hash": run.data.vocab.hash,
             "valid_perplexity": valid, "valid_history": state.valid_history,
+            "train_history": state.train_history,
         }  # fmt: skip
 
     def _sidecar(self, state: TrainState, valid: float | None) -> dict[str, Any]:
@@ -108,8 +111,9 @@ class Checkpointer:
         if client["vocab_hash"] != run.data.vocab.hash:
             raise StructuralError("the checkpoint was trained on another vocabulary", path=shown)
         state = TrainState(
-            client["step"], client["tokens_seen"], list(client.get("valid_history", []))
-        )
+            client["step"], client["tokens_seen"], list(client.get("valid_history", [])),
+            list(client.get("train_history", [])),
+        )  # fmt: skip
         # The same workers continue exactly; another number re-plans the rest of the epoch so
         # that no person is skipped or read twice (data_shards.elastic).
         mode = self.loader.load_states(client["loader"])

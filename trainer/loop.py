@@ -108,6 +108,7 @@ def train(
         if due.log:
             loss, tokens, seq_len = meter.flush(timed=state.step > first_step + 1)
             state.tokens_seen += tokens
+            state.train_history.append([state.step, round(loss, 5)])
             monitor.log(state.step, loss, meter.rate(), engine, seq_len)
         valid = validator.run(state.step) if due.evaluate else None
         if valid is not None:
@@ -140,6 +141,7 @@ def _metrics(run: RunContext, checkpointer: Checkpointer, validator: Validator,
         "best_valid_perplexity": best["valid_perplexity"],
         "best_step": best["step"],
         "valid_history": state.valid_history,
+        "train_history": state.train_history,
         "updates": state.step,
         "tokens_seen": state.tokens_seen,
         "wall_seconds": round(wall, 3),

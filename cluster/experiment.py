@@ -1,0 +1,320 @@
+"""The experiment `career run` carries out: one YAML file, a dataclass underneath.
+
+    store: career_run                  # a local folder or s3://bucket/prefix; the run is STORE/RUN_ID
+    resumes: {name: resumes, simulate: resumes, people: 20000}
+    surveys:
+      - {name: nlsy79, simulate: nlsy79, people: 3000}
+      - name: wagepan                  # a real panel: input URL, reader format and column mapping
+        input: wagepan.csv
+        format: panel
+        panel: {person: nr, occupation_dummies: [occ1, occ2, ...], education: educ}
+    pretrain: {preset: small, updates: 200, tokens_per_update: 8000, lr: 0.001, eval_every: 50}
+    finetune: {updates: 100, tokens_per_update: 4000, lr: 0.001, eval_every: 20, patience: 3}
+    baselines:                         # trained like fine-tuning, with these changes
+      scratch: {}                      # CAREER on the survey alone
+      regression: {preset: paper, lr: 0.05}
+      bag-of-jobs: {preset: small}
+      markov: {}                       # closed form
+    workers: 2                         # Ray Train workers of pretraining
+    survey_workers: 1                  # ... of each survey run (survey tasks run side by side)
+    gpus_per_worker: 0
+
+Every key is checked: a misspelt one is an error naming the file and the key, never a silent
+default. `--size demo|small|paper` starts from a built-in experiment (`SIZES`); a file given with
+`--config` replaces it whole. The resolved experiment is written to RUN/experiment.json and a
+resumed run must match it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_shards.errors import StructuralError
+
+#: The baselines a run can train next to fine-tuned CAREER, in the report's order.
+BASELINES = ("scratch", "regression", "bag-of-jobs", "markov")
+#: baseline -> the model kind it trains
+BASELINE_KIND = {
+    "scratch": "career",
+    "regression": "regression",
+    "bag-of-jobs": "bag-of-jobs",
+    "markov": "markov",
+}
+
+
+@dataclass
+class DatasetSpec:
+    """One corpus: simulated (`simulate`: a simulator preset) or read from `input` with `format`."""
+
+    name: str
+    simulate: str | None = None
+    people: int | None = None
+    seed: int = 0
+    input: str | None = None
+    format: str | None = None
+    panel: dict[str, Any] = field(default_factory=dict)  # data_shards.readers.PanelMapping fields
+    resume: dict[str, Any] = field(default_factory=dict)  # ResumeOptions fields (e.g. as_of)
+    people_per_block: int | None = None
+    split_fractions: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"dataset name {self.name!r} must be a plain folder name")
+        if bool(self.simulate) == bool(self.input):
+            raise ValueError(f"{self.name}: give either `simulate` (a preset) or `input` (a URL)")
+        if self.input and not self.format:
+            raise ValueError(
+                f"{self.name}: `input` needs `format` (resume-jsonl, panel, career-code)"
+            )
+        if self.split_fractions is not None:
+            self.split_fractions = tuple(float(x) for x in self.split_fractions)  # type: ignore[assignment]
+
+    def input_spec(self, storage_options: dict | None = None):
+        from data_shards.inputs import InputSpec
+        from data_shards.readers import PanelMapping
+        from data_shards.readers.resume_jsonl import ResumeOptions
+
+        if self.simulate:
+            return InputSpec(
+                format="synth", preset=self.simulate, people=self.people, seed=self.seed
+            )
+        panel = PanelMapping(**_tuples(self.panel)) if self.format == "panel" else None
+        resume = ResumeOptions(**self.resume) if self.format == "resume-jsonl" else None
+        return InputSpec(format=self.format or "", url=self.input, panel=panel, resume=resume,
+                         storage_options=storage_options)  # fmt: skip
+
+    def shard_config(self):
+        from data_shards.shard import ShardConfig
+
+        given = {"people_per_block": self.people_per_block, "split_fractions": self.split_fractions}
+        return ShardConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def _tuples(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()}
+
+
+@dataclass
+class TrainSpec:
+    """How one kind of run trains (the `career pretrain` flags that matter, and overrides)."""
+
+    preset: str = "small"
+    updates: int = 200
+    tokens_per_update: int = 8000
+    lr: float = 1e-3
+    weight_decay: float | None = None
+    eval_every: int = 50
+    patience: int = 0
+    zero_stage: int = 1
+    overrides: list[str] = field(default_factory=list)  # dotted, e.g. model.dropout=0.2
+
+    def __post_init__(self) -> None:
+        if min(self.updates, self.tokens_per_update, self.eval_every) < 1 or self.lr <= 0:
+            raise ValueError("updates, tokens_per_update and eval_every must be >= 1, lr > 0")
+
+    def with_changes(self, changes: dict[str, Any], where: str) -> TrainSpec:
+        return _build(TrainSpec, {**dataclasses.asdict(self), **changes}, where)
+
+
+@dataclass
+class Experiment:
+    store: str = "career_run"
+    resumes: DatasetSpec = field(
+        default_factory=lambda: DatasetSpec("resumes", simulate="resumes", people=20_000)
+    )
+    surveys: list[DatasetSpec] = field(default_factory=list)
+    pretrain: TrainSpec = field(default_factory=TrainSpec)
+    finetune: TrainSpec = field(default_factory=TrainSpec)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workers: int = 2
+    survey_workers: int = 1
+    gpus_per_worker: float = 0
+    cpus_per_evaluation: int = 1
+
+    def __post_init__(self) -> None:
+        names = [self.resumes.name, *(s.name for s in self.surveys)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must differ: {names}")
+        if not self.surveys:
+            raise ValueError("an experiment needs at least one survey")
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
+        if self.workers < 1 or self.survey_workers < 1 or self.gpus_per_worker < 0:
+            raise ValueError("workers and survey_workers must be >= 1, gpus_per_worker >= 0")
+
+    def baseline_spec(self, baseline: str) -> TrainSpec:
+        """How `baseline` trains: fine-tuning's settings with its changes."""
+        return self.finetune.with_changes(self.baselines.get(baseline, {}), f"baselines.{baseline}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must share with the run it continues (the store may move)."""
+        return {k: v for k, v in self.to_dict().items() if k != "store"}
+
+
+def _build(cls: type, values: Any, where: str):
+    """`cls(**values)`, refusing keys `cls` does not have, with `where` in the message."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**values)
+    except TypeError as error:  # a required key missing
+        raise ValueError(f"{where}: {error}") from None
+
+
+def from_dict(values: dict[str, Any], where: str = "experiment") -> Experiment:
+    values = dict(values)
+    if "resumes" in values:
+        values["resumes"] = _build(DatasetSpec, values["resumes"], f"{where}: resumes")
+    if "surveys" in values:
+        if not isinstance(values["surveys"], list):
+            raise ValueError(f"{where}: surveys must be a list")
+        values["surveys"] = [
+            _build(DatasetSpec, s, f"{where}: surveys[{i}]")
+            for i, s in enumerate(values["surveys"])
+        ]
+    for key in ("pretrain", "finetune"):
+        if key in values:
+            values[key] = _build(TrainSpec, values[key], f"{where}: {key}")
+    experiment = _build(Experiment, values, where)
+    for baseline in experiment.baselines:  # every baseline's settings resolve
+        experiment.baseline_spec(baseline)
+    return experiment
+
+
+def load(path: str) -> Experiment:
+    """The experiment in a YAML (or JSON) file; any problem names the file."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise StructuralError(
+            f"cannot read the experiment file: {error.strerror}", path=path
+        ) from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise StructuralError(f"not valid YAML: {getattr(error, 'problem', error)}", path=path,
+                              line=line) from None  # fmt: skip
+    if not isinstance(values, dict):
+        raise StructuralError(
+            "an experiment file holds a mapping (store:, surveys:, ...)", path=path
+        )
+    try:
+        return from_dict(values, where=path)
+    except ValueError as error:
+        raise StructuralError(str(error), path=path) from None
+
+
+#: Built-in experiments. demo: minutes on a laptop's CPU; small: about an hour on a CPU machine;
+#: paper: the paper's corpus and model (24M resumes, `paper` preset, 85,000 updates) for a GPU
+#: cluster.
+SIZES: dict[str, dict[str, Any]] = {
+    "demo": {
+        "resumes": {"name": "resumes", "simulate": "resumes", "people": 20_000},
+        "surveys": [
+            {"name": n, "simulate": n, "people": 2_500, "people_per_block": 128}
+            for n in ("nlsy79", "nlsy97", "psid")
+        ],  # fmt: skip
+        "pretrain": {
+            "preset": "small",
+            "updates": 150,
+            "tokens_per_update": 8000,
+            "lr": 1e-3,
+            "eval_every": 50,
+        },  # fmt: skip
+        "finetune": {
+            "preset": "small",
+            "updates": 60,
+            "tokens_per_update": 4000,
+            "lr": 1e-3,
+            "eval_every": 20,
+            "patience": 2,
+        },  # fmt: skip
+        "baselines": {
+            "scratch": {},
+            "regression": {"preset": "paper", "lr": 0.05},
+            "bag-of-jobs": {"preset": "small"},
+            "markov": {},
+        },  # fmt: skip
+        "workers": 2,
+        "survey_workers": 1,
+    },
+    "small": {
+        "resumes": {"name": "resumes", "simulate": "resumes", "people": 200_000},
+        "surveys": [{"name": n, "simulate": n} for n in ("nlsy79", "nlsy97", "psid")],
+        "pretrain": {
+            "preset": "small",
+            "updates": 800,
+            "tokens_per_update": 16_000,
+            "lr": 1e-3,
+            "eval_every": 100,
+        },  # fmt: skip
+        "finetune": {
+            "preset": "small",
+            "updates": 600,
+            "tokens_per_update": 16_000,
+            "lr": 1e-3,
+            "eval_every": 25,
+            "patience": 4,
+        },  # fmt: skip
+        "baselines": {
+            "scratch": {},
+            "regression": {"preset": "paper", "lr": 0.05},
+            "bag-of-jobs": {"preset": "small"},
+            "markov": {},
+        },  # fmt: skip
+        "workers": 2,
+        "survey_workers": 2,
+    },
+    "paper": {
+        "resumes": {"name": "resumes", "simulate": "resumes", "people": 24_000_000},
+        "surveys": [{"name": n, "simulate": n} for n in ("nlsy79", "nlsy97", "psid")],
+        "pretrain": {
+            "preset": "paper",
+            "updates": 85_000,
+            "tokens_per_update": 16_000,
+            "lr": 5e-4,
+            "eval_every": 1000,
+            "zero_stage": 2,
+        },  # fmt: skip
+        "finetune": {
+            "preset": "paper",
+            "updates": 5_000,
+            "tokens_per_update": 16_000,
+            "lr": 1e-4,
+            "eval_every": 250,
+            "patience": 5,
+        },  # fmt: skip
+        "baselines": {
+            "scratch": {"lr": 5e-4},
+            "regression": {"lr": 0.05},
+            "bag-of-jobs": {"lr": 5e-4},
+            "markov": {},
+        },  # fmt: skip
+        "workers": 8,
+        "survey_workers": 1,
+        "gpus_per_worker": 1,
+        "cpus_per_evaluation": 4,
+    },
+}
+
+
+def builtin(size: str) -> Experiment:
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    return from_dict(json.loads(json.dumps(SIZES[size])), where=f"--size {size}")

@@ -1,0 +1,421 @@
+"""`career run`: the whole experiment as resumable steps on Ray, ending in one table per survey.
+
+The run lives in RUN = STORE/RUN_ID (a local folder or an object-store prefix):
+
+    experiment.json             the resolved experiment (a resumed run must match it)
+    steps.json                  each step's status and wall time, rewritten as steps end
+    datasets/NAME/              `career shard` of the resumes and of every survey (the surveys
+                                extend the resume vocabulary)
+    pretrain/                   CAREER on the resumes (Ray Train, DeepSpeed ZeRO)
+    surveys/SURVEY/MODEL/       finetuned, then the baselines (scratch, regression, ...)
+    surveys/SURVEY/evaluation/  `career evaluate` of them all on the survey's test split
+    report/                     `career report` (HTML and Markdown)
+
+A step is complete only when its last file is written (a dataset's manifest.json, a run's
+metrics.json), so a run stopped anywhere (Ctrl-C, a lost node, a killed driver) is continued by
+`career run --run-id ID`: completed steps are skipped, and pretraining and fine-tuning continue
+from their last checkpoint (every evaluation writes one).
+
+After pretraining, one Ray task per survey trains that survey's models and evaluates them. The
+tasks run side by side as far as the cluster's CPUs and GPUs allow: each holds no CPU itself
+(`num_cpus=0`), only the Ray Train workers and scoring tasks it starts do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cluster import flags
+from cluster.experiment import BASELINE_KIND, BASELINES, SIZES, Experiment, TrainSpec
+from cluster.settings import RaySettings, StorageSettings
+from data_shards import storage
+from data_shards.errors import StructuralError
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass
+class RunLayout:
+    """Where each step of a run writes (see the module docstring)."""
+
+    url: str
+
+    def dataset(self, name: str) -> str:
+        return storage.join(self.url, "datasets", name)
+
+    @property
+    def pretrain(self) -> str:
+        return storage.join(self.url, "pretrain")
+
+    def model(self, survey: str, model: str) -> str:
+        return storage.join(self.url, "surveys", survey, model)
+
+    def evaluation(self, survey: str) -> str:
+        return storage.join(self.url, "surveys", survey, "evaluation")
+
+    @property
+    def report(self) -> str:
+        return storage.join(self.url, "report")
+
+
+@dataclass
+class StepLog:
+    """steps.json: every step's status and time, rewritten whenever one ends (from the driver)."""
+
+    url: str
+    storage_options: dict | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, step: str, status: str, seconds: float, **extra: Any) -> None:
+        self.steps = [s for s in self.steps if s["step"] != step]
+        self.steps.append({"step": step, "status": status, "seconds": round(seconds, 1), **extra})
+        storage.write_bytes_atomic(
+            storage.join(self.url, "steps.json"),
+            json.dumps(self.steps, indent=1).encode(),
+            self.storage_options,
+        )
+
+
+def _done(url: str, last_file: str, storage_options) -> bool:
+    return storage.exists(storage.join(url, last_file), storage_options)
+
+
+# ----------------------------------------------------------------------------- one model
+def train_settings(
+    spec: TrainSpec,
+    kind: str,
+    recipe: str,
+    data: str,
+    out: str,
+    workers: int,
+    gpus_per_worker: float,
+    base: str | None,
+    ray_address: str | None,
+    storage_options: dict | None,
+):
+    """The `career pretrain` / `career finetune` settings one step trains with."""
+    from cluster.settings import TrainingSettings
+    from trainer.config import make_config
+
+    overrides = [f"optim.lr={spec.lr}", "loader_workers=0", *spec.overrides]
+    if spec.weight_decay is not None:
+        overrides.append(f"optim.weight_decay={spec.weight_decay}")
+    if not gpus_per_worker:
+        overrides.append("cpu_threads=1")
+    config = make_config(
+        recipe, spec.preset, overrides, kind=kind, updates=spec.updates,
+        tokens_per_update=spec.tokens_per_update, eval_every=spec.eval_every,
+        patience=spec.patience, zero_stage=spec.zero_stage,
+    )  # fmt: skip
+    return TrainingSettings(
+        recipe=recipe, config=config, data=data, out=out, base=base, workers=workers,
+        gpus_per_worker=gpus_per_worker, ray=RaySettings(ray_address=ray_address),
+        storage=StorageSettings(storage_options=storage_options),
+    )  # fmt: skip
+
+
+def train_one(settings) -> dict[str, Any]:
+    """Train (or fit) one model as `career pretrain` would; its metrics.json."""
+    from cluster import train_job
+
+    train_job.check_inputs(settings)
+    settings.config.resolve(settings.workers, settings.on_gpu)
+    if train_job.closed_form(settings) and not settings.base:
+        from trainer.models.fit import fit_closed_form
+
+        return fit_closed_form(
+            settings.config, settings.data, settings.out, settings.storage_options
+        )
+    return train_job.launch(settings)
+
+
+def read_metrics(url: str, storage_options) -> dict[str, Any]:
+    return json.loads(storage.read_text(storage.join(url, "metrics.json"), storage_options))
+
+
+# ----------------------------------------------------------------------------- one survey
+def survey_models(experiment: Experiment) -> list[str]:
+    """The models trained on every survey, in the table's order."""
+    return ["finetuned", *[b for b in BASELINES if b in experiment.baselines]]
+
+
+def survey_pipeline(
+    experiment_dict: dict[str, Any],
+    survey: str,
+    run_url: str,
+    ray_address: str | None,
+    storage_options: dict | None,
+) -> dict[str, Any]:
+    """Train every model of one survey and evaluate them (a Ray task, or in the driver)."""
+    from cluster.evaluate_job import EvaluateSettings, run_evaluate
+    from cluster.experiment import from_dict
+
+    experiment = from_dict(experiment_dict)
+    layout = RunLayout(run_url)
+    data = layout.dataset(survey)
+    times: dict[str, float] = {}
+    for model in survey_models(experiment):
+        out = layout.model(survey, model)
+        if _done(out, "metrics.json", storage_options):
+            continue
+        started = time.perf_counter()
+        if model == "finetuned":
+            spec, kind, recipe, base = (
+                experiment.finetune,
+                "career",
+                "finetune",
+                storage.join(layout.pretrain, "package"),
+            )
+        else:
+            spec, kind, recipe, base = (
+                experiment.baseline_spec(model),
+                BASELINE_KIND[model],
+                "pretrain",
+                None,
+            )
+        settings = train_settings(spec, kind, recipe, data, out, experiment.survey_workers,
+                                  experiment.gpus_per_worker, base, ray_address, storage_options)  # fmt: skip
+        train_one(settings)
+        times[model] = time.perf_counter() - started
+    evaluation = layout.evaluation(survey)
+    if not _done(evaluation, "metrics.json", storage_options):
+        started = time.perf_counter()
+        models = [
+            f"{m}={storage.join(layout.model(survey, m), 'package')}"
+            for m in survey_models(experiment)
+        ]
+        run_evaluate(
+            EvaluateSettings(
+                model=models, data=[data], out=evaluation,
+                cpus_per_task=experiment.cpus_per_evaluation,
+                gpus_per_task=experiment.gpus_per_worker,
+                ray=RaySettings(ray_address=ray_address),
+                storage=StorageSettings(storage_options=storage_options),
+            )
+        )  # fmt: skip
+        times["evaluate"] = time.perf_counter() - started
+    return {"survey": survey, "seconds": times}
+
+
+# ----------------------------------------------------------------------------- the run
+def check_experiment(layout: RunLayout, experiment: Experiment, storage_options) -> bool:
+    """Write experiment.json, or check that a resumed run's matches; True when resuming."""
+    url = storage.join(layout.url, "experiment.json")
+    if storage.exists(url, storage_options):
+        recorded = json.loads(storage.read_text(url, storage_options))
+        if recorded.get("fingerprint") != experiment.fingerprint():
+            raise StructuralError(
+                "this run was started with another experiment: resume it with the same --config / "
+                "--size, or start a new run (another --run-id)",
+                path=storage.redact(url),
+            )
+        return True
+    payload = {"experiment": experiment.to_dict(), "fingerprint": experiment.fingerprint()}
+    storage.write_bytes_atomic(url, json.dumps(payload, indent=1).encode(), storage_options)
+    return False
+
+
+def run_experiment(
+    experiment: Experiment,
+    run_url: str,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    storage_options: dict | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Carry out every step not yet complete; the per-survey evaluation metrics."""
+    from cluster.ray_session import connect_ray
+    from data_shards.shard import shard_dataset
+
+    layout = RunLayout(storage.absolute(run_url))
+    resuming = check_experiment(layout, experiment, storage_options)
+    log = StepLog(layout.url, storage_options)
+    if resuming and storage.exists(storage.join(layout.url, "steps.json"), storage_options):
+        log.steps = json.loads(
+            storage.read_text(storage.join(layout.url, "steps.json"), storage_options)
+        )
+    address = connect_ray(ray_address, num_cpus)
+    say(f"run {storage.redact(layout.url)}{' (resumed)' if resuming else ''}")
+
+    def step(name: str, done: bool, work: Callable[[], Any]) -> Any:
+        if done:
+            say(f"  {name}: done before, skipped")
+            return None
+        started = time.perf_counter()
+        result = work()
+        seconds = time.perf_counter() - started
+        log.record(name, "done", seconds)
+        say(f"  {name}: {seconds:,.0f} s")
+        return result
+
+    datasets_url = storage.join(layout.url, "datasets")
+    resume_vocab = storage.join(layout.dataset(experiment.resumes.name), "vocab.json")
+    for spec in [experiment.resumes, *experiment.surveys]:
+        parent = None if spec is experiment.resumes else resume_vocab
+        step(f"shard {spec.name}", _done(layout.dataset(spec.name), "manifest.json", storage_options),
+             lambda spec=spec, parent=parent: shard_dataset(
+                 spec.input_spec(storage_options), datasets_url, spec.name, spec.shard_config(),
+                 parent, storage_options=storage_options))  # fmt: skip
+
+    pretrain = train_settings(experiment.pretrain, "career", "pretrain",
+                              layout.dataset(experiment.resumes.name), layout.pretrain,
+                              experiment.workers, experiment.gpus_per_worker, None, address,
+                              storage_options)  # fmt: skip
+    step("pretrain", _done(layout.pretrain, "metrics.json", storage_options),
+         lambda: train_one(pretrain))  # fmt: skip
+
+    import ray
+
+    task = ray.remote(num_cpus=0)(survey_pipeline)
+    pending = {
+        task.remote(experiment.to_dict(), s.name, layout.url, address, storage_options): s.name
+        for s in experiment.surveys
+        if not _done(layout.evaluation(s.name), "metrics.json", storage_options)
+    }
+    for s in experiment.surveys:
+        if s.name not in pending.values():
+            say(f"  survey {s.name}: done before, skipped")
+    started = time.perf_counter()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        name = pending.pop(ready[0])
+        result = ray.get(ready[0])  # a task's error is raised here, as itself
+        seconds = time.perf_counter() - started
+        log.record(f"survey {name}", "done", seconds, models=result["seconds"])
+        say(f"  survey {name}: {seconds:,.0f} s since pretraining "
+            + ", ".join(f"{m} {t:,.0f} s" for m, t in result["seconds"].items()))  # fmt: skip
+    return {
+        s.name: json.loads(
+            storage.read_text(
+                storage.join(layout.evaluation(s.name), "metrics.json"), storage_options
+            )
+        )  # fmt: skip
+        for s in experiment.surveys
+    }
+
+
+# ----------------------------------------------------------------------------- the command
+@dataclass(kw_only=True)
+class RunSettings:
+    """Run the whole experiment: shard the resumes and the surveys, pretrain CAREER, then on each
+    survey (side by side) fine-tune it, train the baselines and evaluate them all, and write the
+    report. Resumable: `--run-id ID` (or `--resume`) continues a stopped run where it stopped."""
+
+    config: str | None = flags.option(
+        None, help="experiment file (YAML; see cluster/experiment.py); default: --size", metavar="FILE",
+        path=True,
+    )  # fmt: skip
+    size: str = flags.option(
+        "demo",
+        help="built-in experiment: demo (minutes on a laptop CPU), small (about an hour on a CPU "
+        "machine), paper (24M resumes and the paper's model and updates, for a GPU cluster)",
+        choices=tuple(SIZES),
+    )
+    store: str | None = flags.option(
+        None, help="where runs live, a folder or s3:// prefix (default: the experiment's, "
+        "./career_run)", metavar="URL", path=True,
+    )  # fmt: skip
+    run_id: str | None = flags.option(
+        None, help="the run to start or continue (default: a new one, named by date and time)",
+        metavar="ID",
+    )  # fmt: skip
+    resume: bool = flags.option(False, help="continue the store's most recent run")
+    dry_run: bool = flags.option(
+        False, help="print the resolved experiment and the plan of steps, then exit"
+    )
+    ray: RaySettings = field(default_factory=RaySettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+
+    def __post_init__(self) -> None:
+        if self.run_id is not None and not RUN_ID.fullmatch(self.run_id):
+            raise ValueError(f"--run-id {self.run_id!r}: letters, digits, '-', '_' and '.' only")
+        if self.run_id and self.resume:
+            raise ValueError("give --run-id or --resume, not both")
+
+    def experiment(self) -> Experiment:
+        from cluster.experiment import builtin, load
+
+        experiment = load(self.config) if self.config else builtin(self.size)
+        if self.store:
+            experiment.store = self.store
+        experiment.store = storage.absolute(experiment.store)
+        return experiment
+
+    def paths_read(self) -> dict[str, str | None]:
+        return {"--config": self.config}
+
+    def paths_written(self) -> dict[str, str | None]:
+        return {"--store": self.store}
+
+
+def plan(experiment: Experiment, layout: RunLayout) -> list[dict[str, str]]:
+    """The steps in order, each with what it writes (what `--dry-run` prints)."""
+    steps = [{"step": f"shard {d.name}", "writes": layout.dataset(d.name)}
+             for d in [experiment.resumes, *experiment.surveys]]  # fmt: skip
+    steps.append({"step": "pretrain", "writes": layout.pretrain})
+    for survey in experiment.surveys:
+        models = ", ".join(survey_models(experiment))
+        steps.append({"step": f"survey {survey.name} (one Ray task: {models}, then evaluate)",
+                      "writes": storage.join(layout.url, "surveys", survey.name)})  # fmt: skip
+    steps.append({"step": "report", "writes": layout.report})
+    return [{k: storage.redact(v) for k, v in s.items()} for s in steps]
+
+
+def latest_run(store: str, storage_options) -> str:
+    """The most recent run in `store` (run ids sort by the time they were started)."""
+    fs, root = storage.filesystem(store, storage_options)
+    runs = sorted(
+        path.rstrip("/").rsplit("/", 1)[-1]
+        for path in (fs.ls(root, detail=False) if fs.exists(root) else [])
+        if fs.exists(f"{path.rstrip('/')}/experiment.json")
+    )
+    if not runs:
+        raise StructuralError("no run to resume here (no folder with an experiment.json)",
+                              path=storage.redact(store))  # fmt: skip
+    return runs[-1]
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def print_tables(results: dict[str, dict[str, Any]]) -> None:
+    from cluster.report import print_rows
+    from eval import table
+
+    for survey, metrics in results.items():
+        split = metrics["split"]
+        for dataset, comparison in metrics["comparison"].items():
+            print_rows(table.caption(f"{survey}: {dataset}", split, comparison), table.COLUMNS,
+                       [table.row_cells(row) for row in comparison["rows"]])  # fmt: skip
+
+
+def run_command(s: RunSettings) -> int:
+    from cluster.report import console
+
+    experiment = s.experiment()
+    options = s.storage.storage_options
+    run_id = latest_run(experiment.store, options) if s.resume else s.run_id or new_run_id()
+    layout = RunLayout(storage.join(experiment.store, run_id))
+    if s.dry_run:
+        print(json.dumps({"run": storage.redact(layout.url), "experiment": experiment.to_dict(),
+                          "steps": plan(experiment, layout)}, indent=1))  # fmt: skip
+        return 0
+    started = time.perf_counter()
+    try:
+        results = run_experiment(experiment, layout.url, s.ray.ray_address, s.ray.num_cpus,
+                                 options, say=console.print)  # fmt: skip
+    except KeyboardInterrupt:
+        console.print(f"interrupted: continue with `career run --run-id {run_id}`"
+                      + (f" --store {storage.redact(experiment.store)}" if s.store else ""))  # fmt: skip
+        return 130
+    print_tables(results)
+    console.print(f"run {run_id} done in {time.perf_counter() - started:,.0f} s: "
+                  f"{storage.redact(layout.url)}")  # fmt: skip
+    return 0
