@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cluster import evaluate_job, flags, guards, settings
+from cluster import evaluate_job, flags, guards, run_job, settings, submit_job
 from data_shards.errors import StructuralError
 from data_shards.formats import ALL_FORMATS, READABLE_FORMATS, describe_formats
 
@@ -117,15 +117,6 @@ def run_export(s: settings.ExportSettings) -> int:
     return export(s)
 
 
-def run_pipeline(s: settings.RunSettings) -> int:
-    from cluster.pipeline import run_local
-
-    run_local(out=s.out, resume_people=s.resume_people, survey_people=s.survey_people,
-              seed=s.seed, train_updates=s.train_updates, ray_address=s.ray.ray_address,
-              num_cpus=s.ray.num_cpus)  # fmt: skip
-    return 0
-
-
 # ----------------------------------------------------------------------------- training flags
 def _recipe_defaults(recipe: str) -> dict[str, Any]:
     from trainer.config import make_config
@@ -163,8 +154,8 @@ def _training_settings(recipe: str) -> Callable[[argparse.Namespace], settings.T
 
 
 COMMANDS: dict[str, Command] = {
-    "run": Command("run the pipeline end to end on simulated data (the default demo)",
-                   settings.RunSettings, run_pipeline),
+    "run": Command("run the whole experiment (shard, pretrain, per-survey fine-tuning, baselines "
+                   "and evaluation, report); resumable", run_job.RunSettings, run_job.run_command),
     "synth": Command("simulate careers (resumes, NLSY79, NLSY97, PSID) with their oracle",
                      settings.SynthSettings, run_synth),
     "inspect": Command("summarise an input corpus before training", settings.InspectSettings,
@@ -189,6 +180,13 @@ COMMANDS: dict[str, Command] = {
                         add=evaluate_job.add_evaluate_flags, make=evaluate_job.evaluate_settings),
     "predict": Command("predict next jobs with a model package (top-k, probabilities, P(stay))",
                        evaluate_job.PredictSettings, evaluate_job.run_predict),
+    "submit": Command("run a career command on a Ray cluster as a job (Ray Jobs API)",
+                      submit_job.SubmitSettings,
+                      lambda s: submit_job.run_submit(s, COMMANDS),
+                      add=submit_job.add_submit_flags, make=submit_job.submit_settings),
+    "jobs": Command("list, inspect, read or stop the jobs of a Ray cluster",
+                    submit_job.JobsSettings, submit_job.run_jobs,
+                    add=submit_job.add_jobs_flags, make=submit_job.jobs_settings),
 }  # fmt: skip
 
 

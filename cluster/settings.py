@@ -248,25 +248,3 @@ class ExportSettings:
 
     def paths_written(self) -> dict[str, str | None]:
         return {"--package": self.package}
-
-
-@dataclass(kw_only=True)
-class RunSettings:
-    """Run the whole pipeline on the embedded default (simulated data, local folder)."""
-
-    out: str = option("career_run", help="output folder", metavar="DIR", path=True)
-    resume_people: int = option(20_000, help="simulated resumes", metavar="N")
-    survey_people: int = option(2_000, help="people per simulated survey", metavar="N")
-    seed: int = option(0, help="random seed")
-    train_updates: int = option(
-        60,
-        help="updates of the pretraining and fine-tuning demo (0 skips training)",
-        metavar="N",
-    )
-    ray: RaySettings = field(default_factory=RaySettings)
-
-    def paths_read(self) -> dict[str, str | None]:
-        return {}
-
-    def paths_written(self) -> dict[str, str | None]:
-        return {"--out": self.out}

@@ -1,7 +1,7 @@
 """Write records out as a career-code folder, a person-year panel (Parquet/CSV) or resume JSON Lines.
 
 The layouts, in one registry (`LAYOUTS`: name -> writer, description, the input format that
-reads it back), serve `career synth --layout` and the demo pipeline. Every writer takes a table or an iterable of record batches and streams it, so a corpus larger
+reads it back), serve `career synth --layout`. Every writer takes a table or an iterable of record batches and streams it, so a corpus larger
 than memory (`career synth --people 24000000`) is written one chunk at a time. Outputs appear
 whole or not at all: files are written through `storage.open_atomic`, and a career-code folder is
 written beside its destination and moved into place.

@@ -131,41 +131,6 @@ def test_quarantine_out_is_written(tmp_path, capsys):
     assert entry["person_id"] == "a" and entry["source"].endswith("r.jsonl:1")
 
 
-@pytest.mark.slow
-def test_career_run_end_to_end(tmp_path, ray_address):
-    """As `make run` on a fresh clone: from an empty folder, with the default relative --out
-    (./career_run), through Ray Train workers (which run in another working directory)."""
-    proc = subprocess.run(
-        [CAREER, "run", "--resume-people", "3000", "--survey-people", "500", "--train-updates", "4",
-         "--ray-address", ray_address],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for preset in ("resumes", "nlsy79", "nlsy97", "psid"):
-        assert preset in proc.stdout
-        manifest = json.loads(
-            (tmp_path / "career_run" / "datasets" / preset / "manifest.json").read_text()
-        )
-        assert manifest["totals"]["people_written"] == (3000 if preset == "resumes" else 500)
-    resumes = json.loads(
-        (tmp_path / "career_run" / "datasets" / "resumes" / "vocab.json").read_text()
-    )
-    for survey in ("nlsy79", "nlsy97", "psid"):
-        vocab = json.loads(
-            (tmp_path / "career_run" / "datasets" / survey / "vocab.json").read_text()
-        )
-        assert vocab["parent_hash"] == resumes["hash"]
-        assert vocab["fields"]["job"][: len(resumes["fields"]["job"])] == resumes["fields"]["job"]
-    for run in ("pretrain", "finetune"):
-        metrics = json.loads((tmp_path / "career_run" / "runs" / run / "metrics.json").read_text())
-        assert (
-            metrics["updates"] == 4
-            and (tmp_path / "career_run" / "runs" / run / "package" / "model.safetensors").exists()
-        )
-    assert "fine-tuned" in proc.stdout
-
-
 def test_quarantine_out_into_a_folder_fails_cleanly(tmp_path):
     (tmp_path / "r.jsonl").write_text('{"id": "a", "jobs": []}\n')
     target = tmp_path / "qdir"
@@ -195,7 +160,9 @@ def test_local_paths_are_made_absolute_once_at_the_command_line(tmp_path, monkey
     assert s.source.input == str(tmp_path / "p.csv") and s.out == str(tmp_path / "store")
     assert s.vocab == str(tmp_path / "store" / "resumes" / "vocab.json")
     _, s = _parse(["run"])
-    assert s.out == str(tmp_path / "career_run")
+    assert s.experiment().store == str(tmp_path / "career_run")
+    _, s = _parse(["run", "--store", "runs", "--config", "exp.yaml"])
+    assert s.store == str(tmp_path / "runs") and s.config == str(tmp_path / "exp.yaml")
 
 
 @pytest.mark.parametrize(

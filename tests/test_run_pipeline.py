@@ -1,0 +1,110 @@
+"""`career run` end to end as a user runs it: an experiment file with a relative store, from an
+empty folder, through Ray Train workers (which run in another working directory); then the same
+experiment killed mid-run and resumed with `--run-id`, to the same final table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CAREER = str(Path(sys.executable).with_name("career"))
+EXPERIMENT = """\
+store: store
+resumes: {name: resumes, simulate: resumes, people: 1500}
+surveys:
+  - {name: nlsy79, simulate: nlsy79, people: 400, people_per_block: 32}
+  - {name: psid, simulate: psid, people: 400, people_per_block: 32}
+pretrain: {preset: tiny, updates: 6, tokens_per_update: 1500, eval_every: 3}
+finetune: {preset: tiny, updates: 4, tokens_per_update: 1000, eval_every: 2}
+baselines: {scratch: {}, regression: {preset: tiny, lr: 0.05}, markov: {}}
+workers: 2
+survey_workers: 1
+"""
+MODELS = {"finetuned", "scratch", "regression", "markov"}
+
+
+def perplexities(run: Path) -> dict[str, dict[str, float]]:
+    out = {}
+    for survey in ("nlsy79", "psid"):
+        metrics = json.loads((run / "surveys" / survey / "evaluation" / "metrics.json").read_text())
+        out[survey] = {m: v[survey]["perplexity"]["value"] for m, v in metrics["metrics"].items()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, ray_address):
+    """One whole run, from an empty folder with relative paths."""
+    folder = tmp_path_factory.mktemp("career-run")
+    (folder / "exp.yaml").write_text(EXPERIMENT)
+    proc = subprocess.run(
+        [CAREER, "run", "--config", "exp.yaml", "--run-id", "first", "--ray-address", ray_address],
+        capture_output=True, text=True, cwd=folder, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder, proc
+
+
+@pytest.mark.slow
+def test_the_whole_experiment_from_an_empty_folder(finished):
+    folder, proc = finished
+    run = folder / "store" / "first"
+    assert "Traceback" not in proc.stderr
+    for step in ("shard resumes", "shard nlsy79", "shard psid", "pretrain", "survey nlsy79",
+                 "survey psid"):  # fmt: skip
+        assert f"{step}:" in proc.stdout
+    resumes = json.loads((run / "datasets" / "resumes" / "vocab.json").read_text())
+    for survey in ("nlsy79", "psid"):
+        vocab = json.loads((run / "datasets" / survey / "vocab.json").read_text())
+        assert vocab["parent_hash"] == resumes["hash"]  # the surveys extend the resume vocabulary
+        for model in MODELS:
+            assert (run / "surveys" / survey / model / "package" / "config.json").exists()
+        assert set(perplexities(run)[survey]) == MODELS
+    steps = {s["step"]: s for s in json.loads((run / "steps.json").read_text())}
+    assert steps["pretrain"]["status"] == "done" and steps["survey psid"]["seconds"] > 0
+    finetune = json.loads((run / "surveys" / "nlsy79" / "finetuned" / "metrics.json").read_text())
+    assert finetune["finetune"]["base_package"].endswith("first/pretrain/package")
+    # The comparison table of each survey is printed at the end, with the oracle row.
+    assert proc.stdout.count("oracle") >= 2 and "run first done" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_table(finished, ray_address):
+    folder, _ = finished
+    run = folder / "store" / "second"
+    args = [CAREER, "run", "--config", "exp.yaml", "--run-id", "second", "--ray-address",
+            ray_address]  # fmt: skip
+    driver = subprocess.Popen(args, cwd=folder, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    checkpoint = run / "pretrain" / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the torch/Ray processes it started
+    driver.wait()
+    assert checkpoint.exists(), "the run never reached its first pretraining checkpoint"
+    assert not (run / "surveys" / "nlsy79" / "evaluation" / "metrics.json").exists()
+    resumed = subprocess.run(args, capture_output=True, text=True, cwd=folder, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(resumed)" in resumed.stdout and "shard resumes: done before, skipped" in resumed.stdout
+    first = perplexities(folder / "store" / "first")
+    again = perplexities(run)
+    for survey, models in first.items():
+        assert again[survey] == pytest.approx(models, rel=1e-6), survey
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_experiment(finished, ray_address):
+    folder, _ = finished
+    (folder / "other.yaml").write_text(EXPERIMENT.replace("updates: 4", "updates: 5"))
+    proc = subprocess.run(
+        [CAREER, "run", "--config", "other.yaml", "--run-id", "first", "--ray-address", ray_address],
+        capture_output=True, text=True, cwd=folder,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "started with another experiment" in proc.stderr
