@@ -192,10 +192,15 @@ def test_node_types_head_gpu_and_sharding():
 def test_no_credentials_anywhere():
     text = CONFIG_PATH.read_text()
     config = load()
+    # file_mounts maps node paths to local paths (the token travels as a file, by SSH): its keys
+    # are paths, not settings, and its values must be paths too, never an inline value.
+    mounts = config.pop("file_mounts")
     assert credential_keys(config) == []
+    assert all(isinstance(v, str) and v.startswith((".", "~", "/")) for v in mounts.values())
     assert not CREDENTIAL_TEXT.search(text)
     # The detectors see what they are for.
     broken = load()
+    broken.pop("file_mounts")
     broken["provider"]["aws_credentials"] = {"aws_session_token": "x"}
     broken["available_node_types"]["head"]["node_config"]["UserData"] = {"db_password": "x"}
     assert credential_keys(broken) == [
@@ -250,3 +255,12 @@ def test_cluster_ray_is_the_launchers_ray():
     assert version == ray.__version__
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert f"ray[{extras}]" in dependencies
+
+
+def test_ray_token_authentication_on_every_node():
+    """Every node gets the user's token file and starts Ray with RAY_AUTH_MODE=token."""
+    config = load()
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        if "ray start" in command:
+            assert "RAY_AUTH_MODE=token ray start" in command, command
