@@ -17,7 +17,9 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -241,9 +243,20 @@ def _parse(argv: Sequence[str] | None) -> tuple[str, Any]:
         parser.exit(EXIT_STRUCTURAL, f"career {namespace.command}: error: {_safe(exc, None)}\n")
 
 
+class Terminated(BaseException):
+    """SIGTERM (`career jobs stop`, a cluster taking its node back): raised where the process
+    is, so that atomic writes remove their temporary files on the way out."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     name, typed = _parse(argv)
     options = _storage_options_of(typed)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         guards.refuse_unsafe_outputs(typed)
         return COMMANDS[name].handler(typed)
@@ -253,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"career {name}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"career {name}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except Exception as exc:
         from data_shards.storage import object_store_errors
 

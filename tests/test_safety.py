@@ -13,6 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -321,3 +322,22 @@ def test_a_package_is_safetensors_and_a_pickle_in_its_place_runs_nothing(tmp_pat
     with pytest.raises(StructuralError, match="model.safetensors is unreadable"):
         load_model(str(package))
     assert not marker.exists()
+
+
+def test_sigterm_leaves_no_temporary_file(tmp_path):
+    """`career jobs stop` (or a cluster taking its node back) sends SIGTERM: the command stops
+    with exit 143 and its atomic write removes its temporary file; nothing is half-written."""
+    out = tmp_path / "big.jsonl"
+    proc = subprocess.Popen(
+        [CAREER, "synth", "--preset", "resumes", "--people", "2000000", "--layout", "resume-jsonl",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("big.jsonl.tmp*")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in stderr, stderr
+    assert list(tmp_path.iterdir()) == []
