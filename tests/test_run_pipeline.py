@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import new_bucket
 
 CAREER = str(Path(sys.executable).with_name("career"))
 EXPERIMENT = """\
@@ -108,3 +109,29 @@ def test_resume_refuses_another_experiment(finished, ray_address):
         capture_output=True, text=True, cwd=folder,
     )  # fmt: skip
     assert proc.returncode == 2 and "started with another experiment" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_run_with_its_store_on_s3(tmp_path, s3_endpoint, ray_address):
+    """`--store s3://…`: every step reads and writes the object store (moto's S3 server)."""
+    import s3fs
+
+    root, options = new_bucket(s3_endpoint, "run")
+    (tmp_path / "options.json").write_text(json.dumps(options))
+    one_survey = EXPERIMENT.replace(
+        "  - {name: psid, simulate: psid, people: 400, people_per_block: 32}\n", ""
+    ).replace("{scratch: {}, regression: {preset: tiny, lr: 0.05}, markov: {}}", "{markov: {}}")
+    (tmp_path / "exp.yaml").write_text(one_survey)
+    proc = subprocess.run(
+        [CAREER, "run", "--config", "exp.yaml", "--store", f"{root}/runs", "--run-id", "s3",
+         "--storage-options", "@options.json", "--ray-address", ray_address],
+        capture_output=True, text=True, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fs = s3fs.S3FileSystem(**options)
+    run = f"{root.removeprefix('s3://')}/runs/s3"
+    metrics = json.loads(fs.cat(f"{run}/surveys/nlsy79/evaluation/metrics.json"))
+    assert set(metrics["metrics"]) == {"finetuned", "markov"}
+    assert fs.exists(f"{run}/pretrain/package/model.safetensors")
+    assert not (tmp_path / "store").exists()  # nothing fell back to a local folder
+    assert "testing" not in proc.stdout + proc.stderr  # moto's secret is never printed
