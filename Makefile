@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench clean
+.PHONY: run test test-fast lint bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/career run
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium (Debian's chromium + chromium-driver) for tests/test_report.py's page check.
+browser:
+	bash tests/install_chromium.sh
 
 # Quick iteration: everything but the tests marked slow (multi-process training, long sharding).
 test-fast: $(STAMP)

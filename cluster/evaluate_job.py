@@ -5,6 +5,8 @@ each pair in its own Ray task (`eval.scores.score_package`), then builds every m
 scores files alone (`eval.metrics`, `eval.table`):
 
     OUT/scores/<model>__<dataset>.parquet    per-token scores (the Scores contract)
+    OUT/transitions/<model>__<dataset>.json  observed and predicted next jobs after the split's
+                                              most common jobs (`eval.transitions`, for the report)
     OUT/metrics.json                          every metric of every pair, and the comparisons
     OUT/table.md                              one comparison table per dataset
 
@@ -99,6 +101,12 @@ class EvaluateSettings:
         1000, help="person-bootstrap replicates of the 95% intervals (0: none)", metavar="N"
     )
     seed: int = flags.option(0, help="seed of the bootstrap")
+    transition_jobs: int = flags.option(
+        20,
+        help="most common previous jobs of the transition aggregate, "
+        "transitions/MODEL__DATASET.json (0: none)",
+        metavar="K",
+    )
     tokens_per_batch: int = flags.option(
         8192, help="job-year tokens per scoring batch", metavar="N"
     )
@@ -119,6 +127,8 @@ class EvaluateSettings:
             raise ValueError("give at least one --data DATASET")
         if self.bootstrap < 0:
             raise ValueError(f"--bootstrap must not be negative, not {self.bootstrap}")
+        if self.transition_jobs < 0:
+            raise ValueError(f"--transition-jobs must not be negative, not {self.transition_jobs}")
         if self.tokens_per_batch < 1 or self.cpus_per_task < 1:
             raise ValueError("--tokens-per-batch and --cpus-per-task must be at least 1")
         if self.gpus_per_task < 0:
@@ -143,6 +153,11 @@ class EvaluateSettings:
 
     def scores_url(self, model: str, dataset: str) -> str:
         return storage.join(self.out, "scores", f"{model}__{dataset}.parquet")
+
+    def transitions_url(self, model: str, dataset: str) -> str | None:
+        if not self.transition_jobs:
+            return None
+        return storage.join(self.out, "transitions", f"{model}__{dataset}.json")
 
 
 @dataclass(kw_only=True)
@@ -296,6 +311,8 @@ def run_evaluate(s: EvaluateSettings) -> int:
             tokens_per_batch=s.tokens_per_batch,
             device="cuda" if gpus else "cpu",
             threads=s.cpus_per_task,
+            transitions_url=s.transitions_url(m, d),
+            transition_jobs=s.transition_jobs,
         )  # fmt: skip
         for m, d in pairs
     ]
@@ -328,6 +345,8 @@ def run_evaluate(s: EvaluateSettings) -> int:
             for d, url in s.datasets
         },
         "scores": {m: {d: f"scores/{m}__{d}.parquet" for d, _ in s.datasets} for m, _ in s.models},
+        **({"transitions": {m: {d: f"transitions/{m}__{d}.json" for d, _ in s.datasets}
+                            for m, _ in s.models}} if s.transition_jobs else {}),
         "metrics": per_pair,
         "comparison": comparisons,
     }  # fmt: skip

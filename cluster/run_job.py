@@ -290,7 +290,7 @@ def run_experiment(
         log.record(f"survey {name}", "done", seconds, models=result["seconds"])
         say(f"  survey {name}: {seconds:,.0f} s since pretraining "
             + ", ".join(f"{m} {t:,.0f} s" for m, t in result["seconds"].items()))  # fmt: skip
-    return {
+    results = {
         s.name: json.loads(
             storage.read_text(
                 storage.join(layout.evaluation(s.name), "metrics.json"), storage_options
@@ -298,6 +298,14 @@ def run_experiment(
         )  # fmt: skip
         for s in experiment.surveys
     }
+    # The report is rewritten by every invocation: it shows the run as it now stands.
+    from eval.report import build_report
+
+    started = time.perf_counter()
+    written = build_report(layout.url, layout.report, storage_options)
+    log.record("report", "done", time.perf_counter() - started)
+    say(f"  report: {storage.redact(written.html)}")
+    return results
 
 
 # ----------------------------------------------------------------------------- the command

@@ -13,7 +13,10 @@ person once) and asks the model, through the two methods every model kind offers
     weight                                              the person's weight, when the data has them
 
 Rows are sorted by (person_id, position), so a table does not depend on how batches were cut.
-Every metric is a function of such a table (`eval.metrics`), never of a live model.
+Every metric is a function of such a table (`eval.metrics`), never of a live model. The one
+aggregate that needs more than the target's probability, the mean predicted distribution of the
+next job after each of the split's most common jobs, is filled in the same pass when asked for
+(`eval.transitions`; `score_package` writes it as JSON next to the scores).
 
 The dataset's vocabulary must extend the package's (each package field a prefix of the
 dataset's). Ids the package does not know (codes, years or covariate values added after it was
@@ -23,9 +26,11 @@ targets that concerns is kept in the file's metadata (`targets_unknown_to_model`
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,6 +43,7 @@ from data_shards.errors import StructuralError
 from data_shards.manifest import MANIFEST
 from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.vocab import BOS_ID, FIELD_COLUMNS, PAD_ID, UNK_ID, Vocabulary
+from eval.transitions import DEFAULT_JOBS, TransitionSums, frequent_previous_jobs
 from trainer.context import Dataset, load_dataset
 from trainer.package import LoadedModel, load_model
 
@@ -94,12 +100,19 @@ def to_model_ids(batch: dict[str, Any], package_vocab: Vocabulary, device) -> di
     return out
 
 
-def score_batch(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def score_batch(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    on_log_probs: Callable[[torch.Tensor], None] | None = None,
+) -> dict[str, torch.Tensor]:
     """(B, T) tensors for one batch in the model's ids: `logp`, `p_stay` (NaN where there is no
-    previous job) and `rank` (1 + the number of jobs more probable than the target)."""
+    previous job) and `rank` (1 + the number of jobs more probable than the target).
+    `on_log_probs` is handed the (B, T, V) log-probabilities (the transition aggregate)."""
     inputs, targets = batch["inputs"], batch["targets"]
     with torch.inference_mode():  # one forward pass: every score is read off the (B, T, V) table
         full = model.log_probs(batch).float()  # (B, T, V)
+        if on_log_probs is not None:
+            on_log_probs(full)
         target = full.gather(-1, targets.clamp(min=0).unsqueeze(-1))  # (B, T, 1)
         logp = torch.where(
             targets != PAD_ID, target.squeeze(-1), torch.zeros_like(targets, dtype=full.dtype)
@@ -129,8 +142,10 @@ def score_split(
     storage_options=None,
     tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
     dataset: Dataset | None = None,
+    transitions: TransitionSums | None = None,
 ) -> pa.Table:
-    """The scores table of `loaded` on a split of the dataset at `data_url` (see the module)."""
+    """The scores table of `loaded` on a split of the dataset at `data_url` (see the module).
+    `transitions`: an aggregate to fill in the same pass (`eval.transitions`)."""
     dataset = dataset or load_dataset(data_url, storage_options)
     check_compatible(loaded.vocab, dataset, split)
     fields = dataset.manifest.fields
@@ -151,7 +166,10 @@ def score_split(
     weight: list[np.ndarray] = []
     unknown_targets = 0
     for batch in loader:
-        scored = score_batch(loaded.model, to_model_ids(batch, loaded.vocab, device))
+        aggregate = None
+        if transitions is not None:
+            aggregate = functools.partial(transitions.add, batch["inputs"], batch["targets"])
+        scored = score_batch(loaded.model, to_model_ids(batch, loaded.vocab, device), aggregate)
         targets = batch["targets"].numpy()
         rows, cols = np.nonzero(targets != PAD_ID)  # real targets, row-major: person, then year
         target = targets[rows, cols]
@@ -251,18 +269,39 @@ def score_package(
     tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
     device: str = "cpu",
     threads: int | None = None,
+    transitions_url: str | None = None,
+    transition_jobs: int = DEFAULT_JOBS,
 ) -> dict[str, Any]:
     """Load a package, score it on a split and write the scores to `out_url` (one Parquet file);
     returns `describe` of the table. What a scoring task runs (`career evaluate`: one per model
-    and dataset); `device` "cuda" falls back to the CPU where there is no GPU."""
+    and dataset); `device` "cuda" falls back to the CPU where there is no GPU. With
+    `transitions_url`, the transition aggregate of the `transition_jobs` most frequent previous
+    jobs is written there too (JSON, `eval.transitions`)."""
     if threads:
         torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
         log.warning("no GPU here: scoring %s on the CPU", storage.redact(model_url))
         device = "cpu"
     loaded = load_model(model_url, storage_options, device=device)
-    table = score_split(
-        loaded, data_url, split, storage_options=storage_options, tokens_per_batch=tokens_per_batch
-    )
+    dataset = load_dataset(data_url, storage_options)
+    transitions = None
+    if transitions_url:
+        check_compatible(loaded.vocab, dataset, split)  # before a pass over the split
+        job_count = dataset.vocab.size("job")
+        rows = frequent_previous_jobs(data_url, split, transition_jobs, job_count,
+                                      storage_options=storage_options,
+                                      tokens_per_batch=tokens_per_batch)  # fmt: skip
+        transitions = TransitionSums(rows, job_count, loaded.vocab.size("job"))
+    table = score_split(loaded, data_url, split, storage_options=storage_options,
+                        tokens_per_batch=tokens_per_batch, dataset=dataset,
+                        transitions=transitions)  # fmt: skip
     write_scores(table, out_url, storage_options)
-    return describe(table)
+    described = describe(table)
+    if transitions is not None and transitions_url:
+        payload = {**transitions.to_dict(dataset.vocab), **described}
+        storage.write_bytes_atomic(
+            transitions_url,
+            (json.dumps(payload, indent=1, sort_keys=True, allow_nan=False) + "\n").encode(),
+            storage_options,
+        )
+    return described

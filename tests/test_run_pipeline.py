@@ -73,6 +73,9 @@ def test_the_whole_experiment_from_an_empty_folder(finished):
     assert finetune["finetune"]["base_package"].endswith("first/pretrain/package")
     # The comparison table of each survey is printed at the end, with the oracle row.
     assert proc.stdout.count("oracle") >= 2 and "run first done" in proc.stdout
+    # ... and the report, from the run's metrics and scores (tests/test_report.py checks it).
+    assert "report:" in proc.stdout and (run / "report" / "report.html").exists()
+    assert "report" in steps and (run / "report" / "report.md").read_text().count("oracle") >= 2
 
 
 @pytest.mark.slow
@@ -133,5 +136,6 @@ def test_a_run_with_its_store_on_s3(tmp_path, s3_endpoint, ray_address):
     metrics = json.loads(fs.cat(f"{run}/surveys/nlsy79/evaluation/metrics.json"))
     assert set(metrics["metrics"]) == {"finetuned", "markov"}
     assert fs.exists(f"{run}/pretrain/package/model.safetensors")
+    assert fs.exists(f"{run}/report/report.html")
     assert not (tmp_path / "store").exists()  # nothing fell back to a local folder
     assert "testing" not in proc.stdout + proc.stderr  # moto's secret is never printed
