@@ -74,7 +74,9 @@ class StepLog:
 
     def record(self, step: str, status: str, seconds: float, **extra: Any) -> None:
         self.steps = [s for s in self.steps if s["step"] != step]
-        self.steps.append({"step": step, "status": status, "seconds": round(seconds, 1), **extra})
+        entry = {"step": step, "status": status, "seconds": round(seconds, 1)}
+        entry["ended"] = round(time.time(), 1)  # wall clock: how steps overlapped
+        self.steps.append({**entry, **extra})
         storage.write_bytes_atomic(
             storage.join(self.url, "steps.json"),
             json.dumps(self.steps, indent=1).encode(),
@@ -156,6 +158,7 @@ def survey_pipeline(
     from cluster.evaluate_job import EvaluateSettings, run_evaluate
     from cluster.experiment import from_dict
 
+    began = time.time()
     experiment = from_dict(experiment_dict)
     layout = RunLayout(run_url)
     data = layout.dataset(survey)
@@ -200,7 +203,7 @@ def survey_pipeline(
             )
         )  # fmt: skip
         times["evaluate"] = time.perf_counter() - started
-    return {"survey": survey, "seconds": times}
+    return {"survey": survey, "seconds": times, "started": round(began, 1)}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -287,7 +290,8 @@ def run_experiment(
         name = pending.pop(ready[0])
         result = ray.get(ready[0])  # a task's error is raised here, as itself
         seconds = time.perf_counter() - started
-        log.record(f"survey {name}", "done", seconds, models=result["seconds"])
+        log.record(f"survey {name}", "done", seconds, models=result["seconds"],
+                   started=result["started"])  # fmt: skip
         say(f"  survey {name}: {seconds:,.0f} s since pretraining "
             + ", ".join(f"{m} {t:,.0f} s" for m, t in result["seconds"].items()))  # fmt: skip
     results = {
