@@ -32,7 +32,11 @@ def machine() -> str:
 def code_version() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,  # the repository's, wherever the script runs from
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
