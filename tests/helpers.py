@@ -71,7 +71,7 @@ def float32_list(values):
 CAREER = str(Path(sys.executable).with_name("career"))
 
 
-def career(*args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+def career(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the `career` command; with `check`, a failure raises with the end of its stderr."""
     proc = subprocess.run([CAREER, *args], capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
