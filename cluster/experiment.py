@@ -267,14 +267,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "finetune": {
             "preset": "small",
             "updates": 600,
-            "tokens_per_update": 16_000,
+            "tokens_per_update": 4000,
             "lr": 1e-3,
             "eval_every": 25,
             "patience": 4,
         },  # fmt: skip
         "baselines": {
             "scratch": {},
-            "regression": {"preset": "paper", "lr": 0.05},
+            "regression": {"preset": "paper", "lr": 0.05, "weight_decay": 0.1},
             "bag-of-jobs": {"preset": "small"},
             "markov": {},
         },  # fmt: skip
