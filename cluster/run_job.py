@@ -122,21 +122,6 @@ def train_settings(
     )  # fmt: skip
 
 
-def train_one(settings) -> dict[str, Any]:
-    """Train (or fit) one model as `career pretrain` would; its metrics.json."""
-    from cluster import train_job
-
-    train_job.check_inputs(settings)
-    settings.config.resolve(settings.workers, settings.on_gpu)
-    if train_job.closed_form(settings) and not settings.base:
-        from trainer.models.fit import fit_closed_form
-
-        return fit_closed_form(
-            settings.config, settings.data, settings.out, settings.storage_options
-        )
-    return train_job.launch(settings)
-
-
 def read_metrics(url: str, storage_options) -> dict[str, Any]:
     return json.loads(storage.read_text(storage.join(url, "metrics.json"), storage_options))
 
@@ -155,6 +140,7 @@ def survey_pipeline(
     storage_options: dict | None,
 ) -> dict[str, Any]:
     """Train every model of one survey and evaluate them (a Ray task, or in the driver)."""
+    from cluster import train_job
     from cluster.evaluate_job import EvaluateSettings, run_evaluate
     from cluster.experiment import from_dict
 
@@ -184,7 +170,7 @@ def survey_pipeline(
             )
         settings = train_settings(spec, kind, recipe, data, out, experiment.survey_workers,
                                   experiment.gpus_per_worker, base, ray_address, storage_options)  # fmt: skip
-        train_one(settings)
+        train_job.train(settings)
         times[model] = time.perf_counter() - started
     evaluation = layout.evaluation(survey)
     if not _done(evaluation, "metrics.json", storage_options):
@@ -233,6 +219,7 @@ def run_experiment(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Carry out every step not yet complete; the per-survey evaluation metrics."""
+    from cluster import train_job
     from cluster.ray_session import connect_ray
     from data_shards.shard import shard_dataset
 
@@ -271,7 +258,7 @@ def run_experiment(
                               experiment.workers, experiment.gpus_per_worker, None, address,
                               storage_options)  # fmt: skip
     step("pretrain", _done(layout.pretrain, "metrics.json", storage_options),
-         lambda: train_one(pretrain))  # fmt: skip
+         lambda: train_job.train(pretrain))  # fmt: skip
 
     import ray
 

@@ -189,18 +189,22 @@ def launch(s: TrainingSettings) -> dict[str, Any]:
     return json.loads(storage.read_text(metrics_url, s.storage_options))
 
 
-def run_training(s: TrainingSettings) -> int:
-    if s.dry_run:
-        print(json.dumps(dry_run(s), indent=1, sort_keys=True))
-        return 0
+def train(s: TrainingSettings) -> dict[str, Any]:
+    """Check, then fit (closed-form kinds) or launch training; the run's metrics."""
     check_inputs(s)
     s.config.resolve(s.workers, s.on_gpu)  # config errors surface before launching
     if closed_form(s) and not s.base:
         from trainer.models.fit import fit_closed_form
 
-        metrics = fit_closed_form(s.config, s.data, s.out, s.storage_options)
-    else:
-        metrics = launch(s)
+        return fit_closed_form(s.config, s.data, s.out, s.storage_options)
+    return launch(s)
+
+
+def run_training(s: TrainingSettings) -> int:
+    if s.dry_run:
+        print(json.dumps(dry_run(s), indent=1, sort_keys=True))
+        return 0
+    metrics = train(s)
     if "stopped_at" in metrics:
         console.print(
             f"stopped after update {metrics['stopped_at']} with a checkpoint in {storage.redact(s.out)}/checkpoints"
