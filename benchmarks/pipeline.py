@@ -8,9 +8,10 @@ folder that already finished, with `--run`), then splits its wall time:
 - inside each training step, the training loop's own time (metrics.json `wall_seconds`: updates,
   validation, checkpoints) against its start-up (worker processes, DeepSpeed, the dataset's
   first read) and, for the survey tasks, the evaluation;
-- orchestration overhead: the run's wall time minus the steps' own work along the critical path
-  (shard jobs, the pretraining loop, the survey phase's longest task without its runs' start-ups,
-  the report), i.e. Ray start-up, process and worker start-ups and the driver's glue.
+- orchestration overhead: the run's wall time minus the steps' own work (shard jobs, the
+  pretraining loop, the survey phase's wall time times the share of the survey tasks' time spent
+  in training loops and evaluation, the report), i.e. Ray start-up, Ray Train and DeepSpeed
+  start-ups, exports, waiting for workers and the driver's glue.
 Figures go to benchmarks/results/pipeline.json.
 """
 
@@ -56,18 +57,25 @@ def analyse(run: Path, total: float | None) -> dict:
     phase = max((s["seconds"] for s in surveys.values()), default=0.0)  # since pretraining ended
     tasks = {}
     for name, s in surveys.items():
-        models = s.get("models", {})
-        loops = {m: loop_seconds(run, "surveys", name, m) for m in models if m != "evaluate"}
+        models = s.get("models", {})  # each model's training loop, "start-ups", "evaluate"
+        loops = {m: loop_seconds(run, "surveys", name, m) for m in models
+                 if m not in ("evaluate", "start-ups")}  # fmt: skip
         tasks[name] = {
             "task_seconds": round(sum(models.values()), 1),
             "training_loops_seconds": round(sum(loops.values()), 1),
-            "start_ups_seconds": round(sum(models[m] - loops[m] for m in loops), 1),
+            "start_ups_seconds": round(
+                sum(models.values()) - sum(loops.values()) - models.get("evaluate", 0.0), 1
+            ),  # fmt: skip
             "evaluate_seconds": round(models.get("evaluate", 0.0), 1),
             "started": s.get("started"),
             "ended": s.get("ended"),
         }
-    longest = max(tasks.values(), key=lambda t: t["task_seconds"], default=None)
-    phase_work = (longest["training_loops_seconds"] + longest["evaluate_seconds"]) if longest else 0
+    # The survey tasks run side by side, so their work is not a sum: the phase's own work is its
+    # wall time times the share of the tasks' time spent in their training loops and evaluation
+    # (the rest: Ray Train start-ups, DeepSpeed set-up, exports, waiting for a worker).
+    task_time = sum(t["task_seconds"] for t in tasks.values())
+    task_work = sum(t["training_loops_seconds"] + t["evaluate_seconds"] for t in tasks.values())
+    phase_work = phase * task_work / task_time if task_time else 0.0
     report = by_name.get("report", {}).get("seconds", 0.0)
     total = total or sum(s["seconds"] for s in steps if not s["step"].startswith("survey ")) + phase
     own = shard + pretrain_loop + phase_work + report
@@ -87,6 +95,7 @@ def analyse(run: Path, total: float | None) -> dict:
             "start_up_seconds": round(pretrain_step - pretrain_loop, 1),
         },  # fmt: skip
         "survey_phase_seconds": phase,
+        "survey_phase_own_work_seconds": round(phase_work, 1),
         "survey_tasks": tasks,
         "survey_tasks_side_by_side": overlap,
         "report_seconds": report,
@@ -103,6 +112,8 @@ def main() -> None:
     parser.add_argument("--run", default=None, help="analyse this finished run instead")
     args = parser.parse_args()
     if args.run:
+        if not (Path(args.run) / "steps.json").exists():
+            raise SystemExit(f"{args.run}: not a career run folder (no steps.json)")
         result = analyse(Path(args.run).resolve(), None)
     else:
         store = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))

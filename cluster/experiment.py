@@ -17,6 +17,7 @@
       markov: {}                       # closed form
     workers: 2                         # Ray Train workers of pretraining
     survey_workers: 1                  # ... of each survey run (survey tasks run side by side)
+    survey_worker_cpus: 1              # Ray CPUs each of them holds (0.5: two share a core)
     gpus_per_worker: 0
 
 Every key is checked: a misspelt one is an error naming the file and the key, never a silent
@@ -133,6 +134,9 @@ class Experiment:
     workers: int = 2
     survey_workers: int = 1
     gpus_per_worker: float = 0
+    #: Ray CPUs each CPU worker of a survey run holds: below 1, more surveys train side by side
+    #: than there are cores (the demo's three surveys share 2 cores instead of two at a time).
+    survey_worker_cpus: float = 1.0
     cpus_per_evaluation: int = 1
 
     def __post_init__(self) -> None:
@@ -146,6 +150,8 @@ class Experiment:
             raise ValueError(f"unknown baselines {unknown}; choose from {', '.join(BASELINES)}")
         if self.workers < 1 or self.survey_workers < 1 or self.gpus_per_worker < 0:
             raise ValueError("workers and survey_workers must be >= 1, gpus_per_worker >= 0")
+        if self.survey_worker_cpus <= 0:
+            raise ValueError("survey_worker_cpus must be > 0")
 
     def baseline_spec(self, baseline: str) -> TrainSpec:
         """How `baseline` trains: fine-tuning's settings with its changes."""
@@ -253,6 +259,7 @@ SIZES: dict[str, dict[str, Any]] = {
         },  # fmt: skip
         "workers": 2,
         "survey_workers": 1,
+        "survey_worker_cpus": 0.5,
     },
     "small": {
         "resumes": {"name": "resumes", "simulate": "resumes", "people": 200_000},

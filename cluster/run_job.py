@@ -89,6 +89,22 @@ def _done(url: str, last_file: str, storage_options) -> bool:
 
 
 # ----------------------------------------------------------------------------- one model
+def spec_config(spec: TrainSpec, kind: str, recipe: str, gpus_per_worker: float):
+    """The training config of one of the experiment's models (`trainer.config.TrainConfig`)."""
+    from trainer.config import make_config
+
+    overrides = [f"optim.lr={spec.lr}", "loader_workers=0", *spec.overrides]
+    if spec.weight_decay is not None:
+        overrides.append(f"optim.weight_decay={spec.weight_decay}")
+    if not gpus_per_worker:
+        overrides.append("cpu_threads=1")
+    return make_config(
+        recipe, spec.preset, overrides, kind=kind, updates=spec.updates,
+        tokens_per_update=spec.tokens_per_update, eval_every=spec.eval_every,
+        patience=spec.patience, zero_stage=spec.zero_stage,
+    )  # fmt: skip
+
+
 def train_settings(
     spec: TrainSpec,
     kind: str,
@@ -100,26 +116,33 @@ def train_settings(
     base: str | None,
     ray_address: str | None,
     storage_options: dict | None,
+    cpus_per_worker: float = 1.0,
 ):
     """The `career pretrain` / `career finetune` settings one step trains with."""
     from cluster.settings import TrainingSettings
-    from trainer.config import make_config
 
-    overrides = [f"optim.lr={spec.lr}", "loader_workers=0", *spec.overrides]
-    if spec.weight_decay is not None:
-        overrides.append(f"optim.weight_decay={spec.weight_decay}")
-    if not gpus_per_worker:
-        overrides.append("cpu_threads=1")
-    config = make_config(
-        recipe, spec.preset, overrides, kind=kind, updates=spec.updates,
-        tokens_per_update=spec.tokens_per_update, eval_every=spec.eval_every,
-        patience=spec.patience, zero_stage=spec.zero_stage,
-    )  # fmt: skip
     return TrainingSettings(
-        recipe=recipe, config=config, data=data, out=out, base=base, workers=workers,
-        gpus_per_worker=gpus_per_worker, ray=RaySettings(ray_address=ray_address),
+        recipe=recipe, config=spec_config(spec, kind, recipe, gpus_per_worker), data=data,
+        out=out, base=base, workers=workers, gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        ray=RaySettings(ray_address=ray_address),
         storage=StorageSettings(storage_options=storage_options),
     )  # fmt: skip
+
+
+def check_trainable(experiment: Experiment) -> None:
+    """Build every model's training config before anything runs, so that a preset a kind lacks or
+    a misspelt override stops the run at once, naming its section, rather than a survey task
+    after pretraining."""
+    sections = [("pretrain", experiment.pretrain, "career", "pretrain"),
+                ("finetune", experiment.finetune, "career", "finetune")]  # fmt: skip
+    sections += [(f"baselines.{b}", experiment.baseline_spec(b), BASELINE_KIND[b], "pretrain")
+                 for b in survey_models(experiment)[1:]]  # fmt: skip
+    for where, spec, kind, recipe in sections:
+        try:
+            spec_config(spec, kind, recipe, experiment.gpus_per_worker)
+        except ValueError as error:
+            raise ValueError(f"experiment {where}: {error}") from None
 
 
 def read_metrics(url: str, storage_options) -> dict[str, Any]:
@@ -149,29 +172,29 @@ def survey_pipeline(
     layout = RunLayout(run_url)
     data = layout.dataset(survey)
     times: dict[str, float] = {}
+    pending = {}  # model -> its training settings, the models not trained before
     for model in survey_models(experiment):
         out = layout.model(survey, model)
         if _done(out, "metrics.json", storage_options):
             continue
-        started = time.perf_counter()
         if model == "finetuned":
-            spec, kind, recipe, base = (
-                experiment.finetune,
-                "career",
-                "finetune",
-                storage.join(layout.pretrain, "package"),
-            )
+            spec, kind, recipe = experiment.finetune, "career", "finetune"
+            base = storage.join(layout.pretrain, "package")
         else:
-            spec, kind, recipe, base = (
-                experiment.baseline_spec(model),
-                BASELINE_KIND[model],
-                "pretrain",
-                None,
-            )
-        settings = train_settings(spec, kind, recipe, data, out, experiment.survey_workers,
-                                  experiment.gpus_per_worker, base, ray_address, storage_options)  # fmt: skip
-        train_job.train(settings)
-        times[model] = time.perf_counter() - started
+            spec, kind = experiment.baseline_spec(model), BASELINE_KIND[model]
+            recipe, base = "pretrain", None
+        pending[model] = train_settings(spec, kind, recipe, data, out, experiment.survey_workers,
+                                        experiment.gpus_per_worker, base, ray_address,
+                                        storage_options, experiment.survey_worker_cpus)  # fmt: skip
+    if pending:
+        # One Ray Train start-up for all of them (train_job.launch_together); each model's time
+        # is its training loop, and "start-ups" the rest (workers, DeepSpeed, exports).
+        started = time.perf_counter()
+        metrics = train_job.train_all(list(pending.values()))
+        times.update(
+            {m: r.get("wall_seconds") or 0.0 for m, r in zip(pending, metrics, strict=True)}
+        )
+        times["start-ups"] = max(0.0, time.perf_counter() - started - sum(times.values()))
     evaluation = layout.evaluation(survey)
     if not _done(evaluation, "metrics.json", storage_options):
         started = time.perf_counter()
@@ -344,6 +367,7 @@ class RunSettings:
         if self.store:
             experiment.store = self.store
         experiment.store = storage.absolute(experiment.store)
+        check_trainable(experiment)
         return experiment
 
     def paths_read(self) -> dict[str, str | None]:

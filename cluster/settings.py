@@ -186,6 +186,10 @@ class TrainingSettings:
         2, help="training workers (a run may resume on another number)", metavar="N"
     )
     gpus_per_worker: float = option(0, help="GPUs per worker (default 0: CPU, gloo)", metavar="G")
+    cpus_per_worker: float = option(
+        1, help="Ray CPUs a CPU worker asks for (default 1; below 1 lets runs share a core)",
+        metavar="C",
+    )  # fmt: skip
     launcher: str = option(
         "ray",
         help="ray: Ray Train workers (local Ray unless --ray-address); torchrun: this node",
@@ -213,6 +217,8 @@ class TrainingSettings:
             raise ValueError(f"--workers must be at least 1, not {self.workers}")
         if self.gpus_per_worker < 0:
             raise ValueError(f"--gpus-per-worker must not be negative, not {self.gpus_per_worker}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"--cpus-per-worker must be positive, not {self.cpus_per_worker}")
 
     def paths_read(self) -> dict[str, str | None]:
         return {"--data": self.data, "--base": self.base}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cluster.cli import main
 from cluster.experiment import SIZES, builtin, from_dict, load
+from cluster.run_job import check_trainable
 from data_shards.errors import StructuralError
 
 WAGEPAN_YAML = """\
@@ -29,6 +31,7 @@ def test_every_builtin_size_resolves(size):
     assert [s.name for s in experiment.surveys] == ["nlsy79", "nlsy97", "psid"]
     assert set(experiment.baselines) == {"scratch", "regression", "bag-of-jobs", "markov"}
     assert experiment.baseline_spec("regression").lr > experiment.finetune.lr
+    check_trainable(experiment)  # every model's training config builds (markov lacked `small`)
 
 
 def test_paper_size_is_the_papers():
@@ -85,3 +88,21 @@ def test_a_missing_file_and_an_unknown_size():
         load("/nonexistent/exp.yaml")
     with pytest.raises(ValueError, match="unknown size 'huge'"):
         builtin("huge")
+
+
+def test_a_model_that_cannot_be_built_stops_the_run_before_it_starts(tmp_path, capsys):
+    """A preset the kind lacks, or an override it does not have, is an error at once (exit 2,
+    naming the section), not a survey task's failure after pretraining; nothing is written."""
+    cases = [
+        ("regression: {preset: paper, lr: 0.05}", "regression: {preset: small, lr: 0.05}",
+         "experiment baselines.regression: model kind regression has no preset 'small'"),
+        ("finetune: {preset: tiny, updates: 5, patience: 2}",
+         "finetune: {preset: tiny, updates: 5, patience: 2, overrides: [model.widht=3]}",
+         "experiment finetune: unknown model setting 'model.widht'"),
+    ]  # fmt: skip
+    for old, new, message in cases:
+        path = tmp_path / "exp.yaml"
+        path.write_text(WAGEPAN_YAML.replace(old, new).replace("s3://bucket/runs", "store"))
+        code = main(["run", "--config", str(path), "--dry-run"])
+        assert code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "store").exists()

@@ -331,3 +331,18 @@ def chromium():
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     yield driver
     driver.quit()
+
+
+def test_the_step_table_counts_side_by_side_tasks_once():
+    """Two survey tasks that ran at the same time over 100 s, after a 50 s step, then a pause
+    (a crash and a resume) and a 10 s step: 160 s of wall time, not the 260 s the steps add to."""
+    from eval.report.sections import busy_seconds
+
+    steps = [
+        {"step": "pretrain", "seconds": 50.0, "ended": 1050.0},
+        {"step": "survey a", "seconds": 100.0, "ended": 1150.0},
+        {"step": "survey b", "seconds": 90.0, "ended": 1145.0},
+        {"step": "report", "seconds": 10.0, "ended": 5000.0},
+    ]
+    assert busy_seconds(steps) == pytest.approx(160.0)
+    assert busy_seconds([*steps, {"step": "old", "seconds": 7.0}]) == pytest.approx(167.0)

@@ -79,12 +79,6 @@ def test_the_whole_experiment_from_an_empty_folder(finished):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug under investigation (issue 11): when the driver is killed mid-pretraining "
-    "on the S3 store, the resumed run's fine-tuned perplexity can differ by about 1% from the "
-    "uninterrupted run's (seen once in CI: 8.816 vs 8.732); the other models match exactly",
-)
 def test_a_run_on_s3_killed_and_resumed_to_the_same_table(finished, s3_endpoint, ray_address):
     """The same experiment with `--store s3://…` (moto), its driver killed once pretraining has
     checkpointed: `--run-id` skips the completed steps, continues pretraining from the object

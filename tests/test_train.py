@@ -214,9 +214,28 @@ def test_stop_and_resume(data, baselines, tmp_path, stage):
     package = load_model(str(tmp_path / "pkg"))
     assert loader_perplexity(package.model, data["resumes"]) == pytest.approx(at_36, rel=1e-5)
     assert package.config["checkpoint"] == "step0000036"
+    if stage == 2:
+        check_a_kill_between_the_two_pointers(whole, tmp_path / "pointers", args, metrics)
     # ZeRO 1 and 3 shrink to 1 worker; ZeRO 2 grows to 3 (partitions re-cut into more pieces).
     workers = 3 if stage == 2 else 1
     check_elastic_resume(elastic, args, a, baselines["resumes"]["markov"], metrics, workers)
+
+
+def check_a_kill_between_the_two_pointers(whole: Path, out: Path, args: list[str],
+                                          metrics: dict) -> None:  # fmt: skip
+    """A run killed after writing `latest.json` for update 36 and before its `best.json` (still
+    naming update 18): the rerun has nothing left to train, and must export update 36, the best
+    by the validation history its checkpoint carries (it exported update 18 once)."""
+    shutil.copytree(whole / "checkpoints", out / "checkpoints")
+    assert metrics["best_step"] == 36  # the uninterrupted run's best (at_36 < at_18 above)
+    (out / "checkpoints" / "best.json").write_text(json.dumps(
+        {"tag": "step0000018", "step": 18, "valid_perplexity": metrics["valid_history"][0][1]}
+    ))  # fmt: skip
+    career("pretrain", "--out", str(out), *args)
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["best_step"] == 36 and again["valid_history"] == metrics["valid_history"]
+    assert json.loads((out / "checkpoints" / "best.json").read_text())["tag"] == "step0000036"
+    assert load_model(str(out / "package")).config["checkpoint"] == "step0000036"
 
 
 def check_elastic_resume(out: Path, args: list[str], whole_36, markov: float, whole,

@@ -95,6 +95,20 @@ class Checkpointer:
         return tag
 
     # -- resuming ---------------------------------------------------------------------------------
+    def repair_best(self, best_step: int | None, best_perplexity: float | None) -> None:
+        """Point `best.json` at the best evaluation of the resumed history (every rank).
+
+        `save` writes `latest.json` and then `best.json`: a run killed between the two resumes from
+        a checkpoint whose own validation history says it is the best while `best.json` still
+        names an older tag (or none), and would export that one at the end. The history travels
+        inside the checkpoint, so it is the truth; an evaluated update is always checkpointed,
+        and the newest tag is never pruned before its `best.json` is written."""
+        if self.run.info.rank == 0 and best_step is not None:
+            pointer = self.store.best()
+            if pointer is None or pointer.get("step") != best_step:
+                self.store.set_best(tag_of(best_step), best_step, best_perplexity)
+        dist.barrier()
+
     def resume(self, engine, source: ResumeSource) -> tuple[TrainState, str]:
         """Load `source` into the engine, the loader and this rank's RNG; (state, what happened)."""
         run, info = self.run, self.run.info

@@ -62,12 +62,27 @@ def deepspeed_config(
     return ds
 
 
+def _import_deepspeed():
+    """DeepSpeed, with its CPU shared-memory all-reduce op marked unavailable.
+
+    DeepSpeed's torch backend JIT-compiles that C++ op (`deepspeed_shm_comm`, ~45 s with gcc on a
+    fresh machine, again whenever another venv's build is cached) when the process group is
+    made, but only `inference_all_reduce` uses it: training's collectives go through
+    torch.distributed. Marked incompatible, the backend skips it (`build_shm_op` returns None)."""
+    select_accelerator()
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
 def initialize(
     model: nn.Module, config: TrainConfig, world_size: int, load_universal: bool = False
 ):
     """Wrap `model` in a DeepSpeed engine with AdamW and the inverse-sqrt schedule."""
-    select_accelerator()
-    import deepspeed
+    deepspeed = _import_deepspeed()
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [
@@ -103,9 +118,7 @@ def initialize(
 
 def init_distributed(backend: str | None = None) -> None:
     """Join (or create) the process group: gloo on CPU, nccl on GPU. Reuses Ray Train's group."""
-    select_accelerator()
-    import deepspeed
-
+    deepspeed = _import_deepspeed()
     deepspeed.init_distributed(
         dist_backend=backend or ("nccl" if torch.cuda.is_available() else "gloo")
     )

@@ -78,23 +78,25 @@ class Validator:
         self.history: list[list[float]] = history if history is not None else []
         # `best`: the best checkpoint's perplexity, for a run whose history holds no evaluation.
         self.best, self.stale = None if self.history else best, 0
-        for _, perplexity in self.history:
-            self._score(perplexity)
+        self.best_step: int | None = None  # the update whose evaluation is `best` (from history)
+        for step, perplexity in self.history:
+            self._score(int(step), perplexity)
         self.improved = False
 
     def due(self, step: int) -> bool:
         return step % self.config.eval_every == 0 or step == self.config.updates
 
-    def _score(self, perplexity: float) -> None:
+    def _score(self, step: int, perplexity: float) -> None:
         self.improved = self.best is None or perplexity < self.best
-        self.best = perplexity if self.improved else self.best
+        if self.improved:
+            self.best, self.best_step = perplexity, step
         self.stale = 0 if self.improved else self.stale + 1
 
     def run(self, step: int) -> float:
         """Validation perplexity after update `step`, scored and recorded."""
         perplexity = evaluate(self.engine, self.data_url, "valid", self.info,
                               self.config.tokens_per_update, self.names, self.storage_options)  # fmt: skip
-        self._score(perplexity)
+        self._score(step, perplexity)
         self.history.append([step, perplexity])
         return perplexity
 

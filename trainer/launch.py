@@ -49,14 +49,20 @@ def _worker(payload: dict[str, Any], progress_sink=None) -> dict[str, Any]:
 
 
 def _ray_worker(payload: dict[str, Any]) -> None:
+    """Every training run of `payload["jobs"]`, one after another, on the same workers and
+    process group (one Ray Train start-up for a survey's models instead of one per model)."""
     # No ray.train.report: in Ray Train V2 it is a collective, and the run's metrics and
     # checkpoints already live under --out (metrics.json, checkpoints/).
+    import gc
+
     relay = payload.get("progress")
 
     def sink(step: int, total: int, detail: str, message: str | None) -> None:
         relay.update.remote(step, total, detail, message)  # fire and forget
 
-    _worker(payload, sink if relay is not None else None)
+    for job in payload["jobs"]:
+        _worker(job, sink if relay is not None else None)
+        gc.collect()  # the finished run's engine, optimizer and loader before the next
 
 
 class ProgressRelay:
@@ -153,20 +159,26 @@ def worker_error(failure: BaseException) -> BaseException | None:
     return None
 
 
-def ray_train(
-    config: TrainConfig,
-    data: str,
-    out: str,
+def job_payload(config: TrainConfig, data: str, out: str, base: str | None = None,
+                storage_options: dict | None = None, stop_after: int = 0) -> dict[str, Any]:  # fmt: skip
+    """One training run as the workers receive it (local paths made absolute: the workers run in
+    another working directory)."""
+    return {"config": config.to_dict(), "data": storage.absolute(data), "out": storage.absolute(out),
+            "base": storage.absolute(base), "storage_options": storage_options,
+            "stop_after": stop_after}  # fmt: skip
+
+
+def ray_train_jobs(
+    jobs: list[dict[str, Any]],
     workers: int = 2,
     gpus_per_worker: float = 0,
-    base: str | None = None,
-    storage_options: dict | None = None,
-    stop_after: int = 0,
+    cpus_per_worker: float = 1,
 ) -> None:
-    """Run the loop on `workers` Ray Train workers (the Ray instance this process is connected to).
-
-    Local paths are made absolute first: the workers run in another working directory. A worker's
-    error of ours (bad input, a refused checkpoint) is raised here as itself."""
+    """Run the training runs `jobs` (`job_payload`s) in turn on one set of `workers` Ray Train
+    workers (the Ray instance this process is connected to): each resumes from its own
+    checkpoints and writes its own metrics and package. `cpus_per_worker`: the Ray CPUs a CPU
+    worker holds (below 1: runs share cores). A worker's error of ours (bad input, a refused
+    checkpoint) is raised here as itself."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -175,16 +187,14 @@ def ray_train(
     use_gpu = gpus_per_worker > 0
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     relay = ray.remote(num_cpus=0)(ProgressRelay).options(scheduling_strategy=here).remote()
-    payload = {"config": config.to_dict(), "data": storage.absolute(data), "out": storage.absolute(out),
-               "base": storage.absolute(base), "storage_options": storage_options,
-               "stop_after": stop_after, "progress": relay}  # fmt: skip
+    payload = {"jobs": jobs, "progress": relay}
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config=payload,
         scaling_config=ScalingConfig(
             num_workers=workers,
             use_gpu=use_gpu,
-            resources_per_worker={"GPU": gpus_per_worker} if use_gpu else {"CPU": 1},
+            resources_per_worker={"GPU": gpus_per_worker} if use_gpu else {"CPU": cpus_per_worker},
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(

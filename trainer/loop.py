@@ -95,6 +95,7 @@ def train(
     best = checkpointer.store.best()
     validator = Validator(engine, data_url, run.info, config, run.names, storage_options,
                           history=state.valid_history, best=best and best["valid_perplexity"])  # fmt: skip
+    checkpointer.repair_best(validator.best_step, validator.best)
     started, meter, first_step = time.perf_counter(), Meter(), state.step
     iterator = iter(loader)
     monitor.start(state.step, config.updates)

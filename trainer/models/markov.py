@@ -52,7 +52,7 @@ class MarkovConfig:
 
 
 #: Nothing to size: presets exist so that every kind accepts the same names.
-PRESETS: dict[str, dict] = {"tiny": {}, "paper": {}}
+PRESETS: dict[str, dict] = {"tiny": {}, "panel": {}, "small": {}, "paper": {}}
 
 
 def count_transitions(batch: Batch, vocab_size: int) -> torch.Tensor:
