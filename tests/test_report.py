@@ -183,7 +183,7 @@ def test_the_report_holds_every_section_and_says_what_is_missing(run, report):
     manifest = json.loads((run / "datasets" / "nlsy79" / "manifest.json").read_text())
     totals = manifest["totals"]
     assert f"| nlsy79 | {totals['people_written']:,} | {totals['tokens']:,} | 0 | 0 |" in md
-    assert "| shard resumes | 12.5 | done |" in md and "42.8 s in all" in md
+    assert "| shard resumes | 12.5 | done |" in md and "42.8 s of wall time" in md
     # What is missing is named, in both.
     for text in ("psid: not started (surveys/psid/)",
                  "nlsy79: not trained yet: scratch, bag-of-jobs",
