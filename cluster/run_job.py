@@ -134,10 +134,9 @@ def check_trainable(experiment: Experiment) -> None:
     """Build every model's training config before anything runs, so that a preset a kind lacks or
     a misspelt override stops the run at once, naming its section, rather than a survey task
     after pretraining."""
-    sections = [("pretrain", experiment.pretrain, "career", "pretrain"),
-                ("finetune", experiment.finetune, "career", "finetune")]  # fmt: skip
-    sections += [(f"baselines.{b}", experiment.baseline_spec(b), BASELINE_KIND[b], "pretrain")
-                 for b in survey_models(experiment)[1:]]  # fmt: skip
+    sections = [("pretrain", experiment.pretrain, "career", "pretrain")]
+    sections += [("finetune" if m == "finetuned" else f"baselines.{m}", *model_spec(experiment, m))
+                 for m in survey_models(experiment)]  # fmt: skip
     for where, spec, kind, recipe in sections:
         try:
             spec_config(spec, kind, recipe, experiment.gpus_per_worker)
@@ -153,6 +152,13 @@ def read_metrics(url: str, storage_options) -> dict[str, Any]:
 def survey_models(experiment: Experiment) -> list[str]:
     """The models trained on every survey, in the table's order."""
     return ["finetuned", *[b for b in BASELINES if b in experiment.baselines]]
+
+
+def model_spec(experiment: Experiment, model: str) -> tuple[TrainSpec, str, str]:
+    """How a survey model trains: its settings, model kind and recipe."""
+    if model == "finetuned":
+        return experiment.finetune, "career", "finetune"
+    return experiment.baseline_spec(model), BASELINE_KIND[model], "pretrain"
 
 
 def survey_pipeline(
@@ -177,12 +183,8 @@ def survey_pipeline(
         out = layout.model(survey, model)
         if _done(out, "metrics.json", storage_options):
             continue
-        if model == "finetuned":
-            spec, kind, recipe = experiment.finetune, "career", "finetune"
-            base = storage.join(layout.pretrain, "package")
-        else:
-            spec, kind = experiment.baseline_spec(model), BASELINE_KIND[model]
-            recipe, base = "pretrain", None
+        spec, kind, recipe = model_spec(experiment, model)
+        base = storage.join(layout.pretrain, "package") if model == "finetuned" else None
         pending[model] = train_settings(spec, kind, recipe, data, out, experiment.survey_workers,
                                         experiment.gpus_per_worker, base, ray_address,
                                         storage_options, experiment.survey_worker_cpus)  # fmt: skip

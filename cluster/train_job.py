@@ -216,15 +216,18 @@ def train_all(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
     for s in runs:
         check_inputs(s)
         s.config.resolve(s.workers, s.on_gpu)  # config errors surface before launching
-    fitted = {id(s): _fit(s) for s in runs if closed_form(s) and not s.base}
-    launched = iter(launch_together([s for s in runs if id(s) not in fitted]))
-    return [fitted[id(s)] if id(s) in fitted else next(launched) for s in runs]
-
-
-def _fit(s: TrainingSettings) -> dict[str, Any]:
     from trainer.models.fit import fit_closed_form
 
-    return fit_closed_form(s.config, s.data, s.out, s.storage_options)
+    def fitted_here(s: TrainingSettings) -> bool:
+        return closed_form(s) and not s.base
+
+    launched = iter(launch_together([s for s in runs if not fitted_here(s)]))
+    return [
+        fit_closed_form(s.config, s.data, s.out, s.storage_options)
+        if fitted_here(s)
+        else next(launched)
+        for s in runs
+    ]
 
 
 def train(s: TrainingSettings) -> dict[str, Any]:
