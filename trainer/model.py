@@ -8,6 +8,10 @@ attention); untied output layer. The default output is two-stage: a "stay" logit
 P(same job as last year) = sigmoid(stay), and otherwise a softmax over all other jobs (the output
 every model kind shares: `trainer.models.output`). Kind "career" of `trainer.models.registry`.
 
+Incremental decoding for sampling (`start_cache`, `decode_step`, `DecodeCache`; inference only):
+a batch of prefixes runs once, then every path continuing a prefix costs one position per step,
+with the same log-probabilities as the full forward (`tests/test_decode.py`).
+
 No Ray or DeepSpeed here: parallelism is applied from outside (`trainer/engine.py`).
 Shapes: B people, T years, C width, V jobs.
 """
@@ -28,6 +32,7 @@ from trainer.models.output import JobModel, check_covariates, check_kind, check_
 
 __all__ = [
     "BOS_ID",
+    "DecodeCache",
     "PAD_ID",
     "UNK_ID",
     "COVARIATES",
@@ -116,12 +121,27 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.attn_dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys, values (..., T, C) -> each (..., H, T, C/H)."""
+        *lead, T, C = x.shape
+        q, k, v = self.qkv(self.ln_attn(x)).split(C, dim=-1)
+        return tuple(
+            t.view(*lead, T, self.n_head, C // self.n_head).transpose(-3, -2) for t in (q, k, v)
+        )
+
+    def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The residual after attention output `y` (..., C), then the feed-forward half."""
+        x = x + self.dropout(self.proj(y))
+        return x + self.dropout(self.ff(self.ln_ff(x)))
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, kv: list | None = None
+    ) -> torch.Tensor:
+        """`kv`, when given, receives this layer's (keys, values) (B, H, T, C/H) for a cache."""
         B, T, C = x.shape
-        q, k, v = self.qkv(self.ln_attn(x)).split(C, dim=2)
-        q, k, v = (
-            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
-        )  # (B, H, T, C/H)
+        q, k, v = self.heads(x)  # (B, H, T, C/H)
+        if kv is not None:
+            kv.append((k, v))
         with sdpa_kernel(ATTENTION_BACKENDS):
             y = F.scaled_dot_product_attention(
                 q, k, v,
@@ -129,8 +149,87 @@ class Block(nn.Module):
                 is_causal=mask is None,
                 dropout_p=self.attn_dropout if self.training else 0.0,
             )  # fmt: skip
-        x = x + self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
-        return x + self.dropout(self.ff(self.ln_ff(x)))
+        return self.finish(x, y.transpose(1, 2).reshape(B, T, C))
+
+    def decode(self, x: torch.Tensor, cache: DecodeCache, layer: int) -> torch.Tensor:
+        """One new position per path: x (B, P, C) attends to its person's prefix and to its own
+        earlier decoded positions; its keys and values join the cache."""
+        B, P, C = x.shape
+        q, k, v = (t.squeeze(-2) for t in self.heads(x.unsqueeze(-2)))  # (B, P, H, C/H)
+        cache.suffix[layer].append((k, v))
+        scale = (C // self.n_head) ** -0.5
+        # Against the prefix: one (P x C/H) @ (C/H x T) product per person and head, the prefix
+        # read once for all P paths (never copied per path).
+        q_heads = q.transpose(1, 2)  # (B, H, P, C/H)
+        prefix_keys, prefix_values = cache.prefix[layer]  # (B, H, T, C/H)
+        before = (q_heads @ prefix_keys.transpose(-1, -2)) * scale  # (B, H, P, T)
+        before = before.masked_fill(~cache.prefix_mask[:, None, None, :], float("-inf"))
+        # Against its own positions, one at a time (they are few; stacking them would copy).
+        own = torch.stack([(q * keys).sum(-1) for keys, _ in cache.suffix[layer]], dim=-1)
+        own = (own * scale).transpose(1, 2)  # (B, H, P, steps)
+        weights = torch.softmax(torch.cat([before, own], dim=-1), dim=-1)
+        T = prefix_keys.shape[2]
+        y = (weights[..., :T] @ prefix_values).transpose(1, 2)  # (B, P, H, C/H)
+        own_weights = weights[..., T:].transpose(1, 2)  # (B, P, H, steps)
+        for step, (_, values) in enumerate(cache.suffix[layer]):
+            y = y + own_weights[..., step, None] * values
+        return self.finish(x, y.reshape(B, P, C))
+
+
+@dataclass
+class DecodeCache:
+    """Keys and values for incremental decoding (`Career.start_cache`, `Career.decode_step`).
+
+    Each of the B rows (people) has a *prefix*, run once and right-padded like a loader batch
+    (`prefix_lengths` real positions, the rest masked), and P *paths* continuing it, each with its
+    own decoded positions (the suffix). Every path of every row advances one position per step, so
+    the new position of row b is `prefix_lengths[b] + steps`: its absolute position, which the
+    sinusoidal encoding uses. Paths share their row's prefix keys instead of copying them: per step,
+    a path costs one position's compute and reads the prefix once per person, not once per path.
+    """
+
+    prefix: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, H, T, C/H)
+    prefix_lengths: torch.Tensor  # (B,) real prefix positions
+    # per layer, per decoded step: keys, values (B, P, H, C/H)
+    suffix: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.suffix:
+            self.suffix = [[] for _ in self.prefix]
+
+    @property
+    def steps(self) -> int:
+        """Positions decoded after the prefix."""
+        return len(self.suffix[0])
+
+    @property
+    def paths(self) -> int | None:
+        """Paths per row (None before the first step)."""
+        return self.suffix[0][0][0].shape[1] if self.steps else None
+
+    @property
+    def prefix_mask(self) -> torch.Tensor:
+        """(B, T) True at real prefix positions."""
+        T = self.prefix[0][0].shape[2]
+        return torch.arange(T, device=self.prefix_lengths.device) < self.prefix_lengths[:, None]
+
+    def fork(self) -> DecodeCache:
+        """The same prefixes with no decoded positions (another set of paths from the same start)."""
+        return DecodeCache(self.prefix, self.prefix_lengths)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Make path j of row b continue from path `index[b, j]` (B, P'), as beam search does:
+        the sampler merges paths that drew the same history and splits them again. P' may differ
+        from P. Before the first step there is nothing to copy."""
+        if not self.steps:
+            return
+        B, P = self.suffix[0][0][0].shape[:2]
+        flat = (index + torch.arange(B, device=index.device)[:, None] * P).flatten()
+
+        def pick(t: torch.Tensor) -> torch.Tensor:  # whole rows: faster than a 4-D gather
+            return t.flatten(0, 1).index_select(0, flat).view(B, -1, *t.shape[2:])
+
+        self.suffix = [[(pick(k), pick(v)) for k, v in layer] for layer in self.suffix]
 
 
 class Career(JobModel):
@@ -167,14 +266,19 @@ class Career(JobModel):
         mask |= torch.eye(T, dtype=torch.bool, device=inputs.device)[None]  # always see yourself
         return mask[:, None]  # (B, 1, T, T)
 
-    def represent(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Hidden state at each year (B, T, C): a representation of the history up to that year."""
-        inputs = batch["inputs"]
-        B, T = inputs.shape
-        x = self.job_embedding(inputs) * self.embed_scale
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Input vectors (..., C) of last year's job and the covariates, before positions."""
+        x = self.job_embedding(batch["inputs"]) * self.embed_scale
         for name in self.config.covariates:
             if name in batch:
                 x = x + self.covariate_embeddings[name](batch[name])
+        return x
+
+    def represent(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden state at each year (B, T, C): a representation of the history up to that year."""
+        inputs = batch["inputs"]
+        T = inputs.shape[1]
+        x = self.embed(batch)
         x = x + sinusoidal_positions(T, self.config.d_model, inputs.device).to(x.dtype)[None]
         x = self.dropout(x)
         mask = self._word_dropout_mask(inputs)
@@ -182,12 +286,75 @@ class Career(JobModel):
             x = block(x, mask)
         return self.ln_out(x)
 
+    def outputs(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Job logits (..., V) and stay logits (...) (None for the one-stage model) of hidden states."""
+        stay = self.stay_head(h).squeeze(-1) if self.stay_head is not None else None
+        return self.head(h), stay
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Job logits (B, T, V) and stay logits (B, T) (None for the one-stage model)."""
-        h = self.represent(batch)
-        logits = self.head(h)
-        stay = self.stay_head(h).squeeze(-1) if self.stay_head is not None else None
-        return logits, stay
+        return self.outputs(self.represent(batch))
+
+    def next_log_probs(self, h: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """log P(job) over all jobs (..., V) from hidden states (..., C) and the inputs (last
+        year's jobs) they were computed from: the distribution `log_probs` gives, for decoding."""
+        logits, stay = self.outputs(h)
+        return self.log_probs_from_logits(logits, stay, inputs)
+
+    # ------------------------------------------------------------------ incremental decoding
+    # Inference only (eval mode: no dropout, no word dropout). A prefix runs once; each decoded
+    # position then costs one position's compute (see `DecodeCache` for the layout).
+    def _check_eval(self) -> None:
+        if self.training:
+            raise RuntimeError("incremental decoding is for inference: call model.eval() first")
+
+    @torch.no_grad()
+    def start_cache(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, DecodeCache]:
+        """Run each row's prefix once: `batch` as `represent` takes it (right-padded; `lengths`
+        (B,) when given, else the non-pad inputs, count its real positions, at least 1).
+
+        Returns the hidden state at each row's last real position (B, C) and the cache.
+        """
+        self._check_eval()
+        inputs = batch["inputs"]
+        lengths = batch.get("lengths")
+        lengths = (inputs != PAD_ID).sum(1) if lengths is None else lengths.to(inputs.device)
+        if bool((lengths < 1).any()) or bool((lengths > inputs.shape[1]).any()):
+            raise ValueError("every prefix needs between 1 and T real positions")
+        T = inputs.shape[1]
+        x = self.embed(batch)
+        x = x + sinusoidal_positions(T, self.config.d_model, inputs.device).to(x.dtype)[None]
+        prefix: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for block in self.blocks:  # causal: right padding never reaches a real position
+            x = block(x, None, prefix)
+        last = x[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (B, C)
+        return self.ln_out(last), DecodeCache(prefix, lengths)
+
+    @torch.no_grad()
+    def decode_step(
+        self, step: dict[str, torch.Tensor], cache: DecodeCache
+    ) -> tuple[torch.Tensor, DecodeCache]:
+        """One new position for every path: `step` holds "inputs" (B, P) (the job of the year
+        before, as in a batch) and covariates (B, P) of the year being predicted, or (B, 1) when
+        all paths of a row share them (embedded once, broadcast); the position is
+        `cache.prefix_lengths + cache.steps`. Returns hidden states (B, P, C) and the cache,
+        updated in place (one more step)."""
+        self._check_eval()
+        inputs = step["inputs"]
+        if inputs.dim() != 2 or inputs.shape[0] != cache.prefix_lengths.shape[0]:
+            raise ValueError(f"step inputs must be (B, P) with B = {cache.prefix_lengths.shape[0]}")
+        if cache.paths not in (None, inputs.shape[1]):
+            raise ValueError(
+                f"this cache decodes {cache.paths} paths per row, not {inputs.shape[1]}"
+            )
+        positions = cache.prefix_lengths + cache.steps  # (B,) absolute
+        table = sinusoidal_positions(
+            cache.prefix[0][0].shape[2] + cache.steps + 1, self.config.d_model, inputs.device
+        )
+        x = self.embed(step) + table.to(cache.prefix[0][0].dtype)[positions][:, None]  # (B, P, C)
+        for layer, block in enumerate(self.blocks):
+            x = block.decode(x, cache, layer)
+        return self.ln_out(x), cache
 
     def flops_per_token(self, seq_len: float) -> float:
         """Training FLOPs per job-year token: 6 x parameters + attention over `seq_len` positions
