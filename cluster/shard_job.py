@@ -87,6 +87,15 @@ def run_shard(s: ShardSettings) -> ShardResult:
         rows,
     )
     totals = manifest.totals
+    until = manifest.config.get("until")
+    if until is not None:
+        cut = {split: info.get("people_cut", 0) for split, info in manifest.splits.items()}
+        gone = {split: info.get("tokens_cut", 0) for split, info in manifest.splits.items()}
+        console.print(
+            f"cutoff {until}: train/valid keep their years <= {until}; people with none dropped: "
+            f"{cut['train']:,} train, {cut['valid']:,} valid; job-years after it removed: "
+            f"{gone['train']:,} train, {gone['valid']:,} valid; test people keep their future"
+        )
     console.print(
         f"{totals['people_read']:,} people in {elapsed:,.1f} s ({totals['people_read'] / elapsed:,.0f} people/s); "
         f"{manifest.extra.get('bytes_per_token')} bytes per job-year; vocab {manifest.vocab_hash[:12]}"

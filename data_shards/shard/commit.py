@@ -132,6 +132,10 @@ def _split_counts(job: Commit) -> tuple[dict[str, dict[str, Any]], dict[str, flo
             "shards": len(mine),
             "bytes": sum(o.info.bytes for o in mine),
         }
+        if job.identity["config"].get("until") is not None:
+            splits[split]["people_cut"] = sum(s.cut_people.get(split, 0) for s in plan.summaries)
+            splits[split]["tokens_cut"] = sum(s.cut_tokens.get(split, 0) for s in plan.summaries)
+            splits[split]["people_in"] += splits[split]["people_cut"]
         complete = all(s.oracle_complete for s in plan.summaries) and plan.fields.oracle_logp
         if complete and tokens:
             oracle[split] = round(math.exp(-sum(o.oracle_sum for o in mine) / tokens), 6)
@@ -155,7 +159,10 @@ def _manifest(job: Commit) -> Manifest:
         "bytes": total_bytes,
         "shards": len(shards),
     }
-    if totals["people_read"] != totals["people_written"] + totals["people_quarantined"]:
+    cut = sum(s.get("people_cut", 0) for s in splits.values())
+    if cut:
+        totals["people_cut"] = cut
+    if totals["people_read"] != totals["people_written"] + totals["people_quarantined"] + cut:
         raise RuntimeError(f"sharding lost people: {totals}")
     return Manifest(
         name=job.name,

@@ -16,6 +16,7 @@ from data_shards.blocks import PEOPLE_PER_BLOCK
 from data_shards.inputs import LINES_PER_BLOCK
 from data_shards.manifest import Manifest
 from data_shards.schema import FORMAT_VERSION as RECORD_FORMAT
+from data_shards.schema import YEAR_RANGE
 from data_shards.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, check_fractions
 
 Progress = Callable[[str, int, int, int], None]  # (stage, done, total, people so far)
@@ -47,16 +48,29 @@ class ShardConfig:
         default=LINES_PER_BLOCK,
         metadata={"help": "lines of a text input per Ray task", "metavar": "N"},
     )
+    until: int | None = field(
+        default=None,
+        metadata={
+            "help": "forecasting cutoff: train and valid people keep their years <= YEAR (people "
+            "with none are dropped and counted); test people keep everything (their future is "
+            "what `career forecast` scores). Recorded in the manifest",
+            "metavar": "YEAR",
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fractions(self.split_fractions)
         for name in ("people_per_block", "blocks_per_shard", "min_count", "lines_per_block"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.until is not None and not YEAR_RANGE[0] <= self.until <= YEAR_RANGE[1]:
+            raise ValueError(f"--until {self.until} is not a calendar year in {YEAR_RANGE}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["split_fractions"] = list(self.split_fractions)
+        if out["until"] is None:  # datasets without a cutoff keep the identity they had
+            del out["until"]
         return out
 
 

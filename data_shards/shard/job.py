@@ -58,6 +58,7 @@ def shard_dataset(
     import ray
 
     summaries, table_refs = _read_pass(ray, spec, blocks, config, dataset_url, options, progress)
+    _check_cutoff(summaries, config, spec, dataset_url, options)
     if overwrite:  # the new input read cleanly: only now de-commit the old dataset
         storage.remove_tree(storage.join(dataset_url, MANIFEST), options)
     plan = plan_dataset(summaries, config, parent, ray, table_refs)
@@ -119,6 +120,29 @@ def _existing_dataset(
             path=storage.redact(dataset_url),
         )
     return None
+
+
+def _check_cutoff(
+    summaries: list[BlockSummary], config: ShardConfig, spec: InputSpec, dataset_url: str, options
+) -> None:
+    """A cutoff must leave years on both sides: some to train on, some to forecast."""
+    if config.until is None:
+        return
+    spans = [s.year_span for s in summaries if s.year_span is not None]
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    problem = None
+    if config.until < first:
+        problem = "no year to train on"
+    elif config.until >= last:
+        problem = "no year after it to forecast"
+    elif not sum(s.split_rows["train"] for s in summaries):
+        problem = "no training person has a year up to it"
+    if problem:
+        storage.remove_tree(storage.join(dataset_url, STAGING), options)
+        raise StructuralError(
+            f"--until {config.until} is outside the data's years {first}-{last}: {problem}",
+            path=spec.describe().get("url") or f"--format {spec.format}",
+        )
 
 
 def _as_completed(ray, refs: dict[Any, K]) -> Iterator[tuple[K, Any]]:

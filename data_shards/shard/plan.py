@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from data_shards.blocks import PERSON_FIELDS
+from data_shards.cutoff import CUT_SPLITS, cut_after, year_span
 from data_shards.encode import FieldSet
 from data_shards.inputs import InputBlock, InputSpec, read_block
 from data_shards.quarantine import QuarantineEntry
@@ -49,6 +50,10 @@ class BlockSummary:
     oracle_complete: bool
     quarantined_split: dict[str, int] = field(default_factory=dict)
     rows_quarantined_split: dict[str, int] = field(default_factory=dict)
+    # A cutoff (`ShardConfig.until`): people dropped and job-years removed, per split.
+    cut_people: dict[str, int] = field(default_factory=dict)
+    cut_tokens: dict[str, int] = field(default_factory=dict)
+    year_span: tuple[int, int] | None = None  # before any cutoff
 
 
 def _quarantine_split(entry: QuarantineEntry, own_split: str | None, config: ShardConfig) -> str:
@@ -68,6 +73,13 @@ def read_and_split(
         zero_copy_only=False
     )
     tables = {s: table.filter(pa.array(splits == s)) for s in SPLITS}
+    cut_people: dict[str, int] = {}
+    cut_tokens: dict[str, int] = {}
+    if config.until is not None:
+        for split in CUT_SPLITS:
+            tables[split], cut_people[split], cut_tokens[split] = cut_after(
+                tables[split], config.until
+            )
     own_split = getattr(block.part, "split", None)
     quarantined: dict[str, int] = collections.Counter()
     rows_quarantined: dict[str, int] = collections.Counter()
@@ -82,13 +94,16 @@ def read_and_split(
         people_read=result.report.people_read,
         rows_read=result.report.rows_read,
         entries=list(result.quarantine),
-        counts=count_tokens(table),
+        counts=merge_counts(count_tokens(t) for t in tables.values()),
         split_rows={s: t.num_rows for s, t in tables.items()},
         id_hashes={s: _id_hash(t) for s, t in tables.items()},
         fields=FieldSet.of([table]),
         oracle_complete=oracle_complete(table),
         quarantined_split=dict(quarantined),
         rows_quarantined_split=dict(rows_quarantined),
+        cut_people=cut_people,
+        cut_tokens=cut_tokens,
+        year_span=year_span(table),
     )
     return summary, tables
 

@@ -24,6 +24,7 @@ differ between two computations of the same probabilities.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ import torch
 from data_shards.schema import NON_EMPLOYMENT_STATES
 from data_shards.vocab import PAD_ID, Vocabulary
 from trainer.model import Career
+from trainer.models.output import JobModel
 
 Batch = dict[str, torch.Tensor]
 
@@ -77,7 +79,7 @@ def split_at(batch: Batch, history_lengths: torch.Tensor) -> tuple[Batch, Batch,
 
 
 def sample_futures(
-    model: Career,
+    model: JobModel,
     history: Batch,
     future: Batch,
     paths: int = 1000,
@@ -87,6 +89,7 @@ def sample_futures(
     full_recompute: bool = False,
     keep_paths: bool = True,
     merge_paths: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Forecast:
     """Sample `paths` futures per person; see the module docstring.
 
@@ -98,10 +101,12 @@ def sample_futures(
     last year trained) or the model's year vocabulary use that year's embedding. `chunk_size`
     bounds the sequences (people x paths) run at once (4,096 was the fastest on a 2-core CPU).
     The model is put in eval mode (no dropout). `merge_paths=False` decodes every path on its
-    own (for the benchmark: the same draws, more work).
+    own (for the benchmark: the same draws, more work). `on_progress(people done, people)` is
+    called after each chunk. Kinds other than CAREER (the Markov
+    and regression baselines) have no cache and re-run each path's sequence every step.
     """
     model.eval()
-    device = next(model.parameters()).device
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     N = history["inputs"].shape[0]
     steps = future["year"] != PAD_ID
     S = steps.shape[1]
@@ -131,7 +136,7 @@ def sample_futures(
             part = {n: v[rows, :width].to(device) for n, v in prefix.items() if n != "lengths"}
             part["lengths"] = prefix["lengths"][rows].to(device)
             covs = {n: v[rows, :horizon].to(device) for n, v in covariates.items()}
-            if full_recompute:
+            if full_recompute or not isinstance(model, Career):
                 total, jobs, count = _run_full(model, part, covs, u.to(device), path_chunk)
             else:
                 total, jobs, count = _run_cached(
@@ -141,6 +146,8 @@ def sample_futures(
             probs[rows, :horizon] = total.cpu() / paths
             if drawn is not None:
                 drawn[rows, :, :horizon] = jobs.cpu().to(torch.int32)
+            if on_progress is not None:
+                on_progress(rows.stop, N)
     probs *= steps.unsqueeze(-1)
     if drawn is not None:
         drawn.masked_fill_(~steps[:, None, :], PAD_ID)
@@ -157,7 +164,7 @@ def _mix(seed: int, index: int) -> int:
 
 
 def _future_covariates(
-    model: Career, history: Batch, future: Batch, last_year_id: int | None
+    model: JobModel, history: Batch, future: Batch, last_year_id: int | None
 ) -> Batch:
     """Each model covariate per future step (N, S): from `future`, else the last history year's."""
     missing = [n for n in model.config.covariates if n not in future and n not in history]
@@ -172,9 +179,12 @@ def _future_covariates(
         else:
             carried = history[name].gather(1, last[:, None]).long()
             out[name] = carried.expand(-1, S)
-    top = model.config.vocab_sizes["year"] - 1
-    top = top if last_year_id is None else min(top, last_year_id)
-    if "year" in out:
+    # CAREER's embeddings of years it never saw are random: it uses the last trained year's (the
+    # paper's rule). The regression keeps the true year ids: its effects of unseen years are zero
+    # (initialised so, never trained) and its non-consecutive-year dummy needs the real calendar.
+    if "year" in out and isinstance(model, Career):
+        top = model.config.vocab_sizes["year"] - 1
+        top = top if last_year_id is None else min(top, last_year_id)
         out["year"] = out["year"].clamp(max=top)
     return out
 
@@ -277,16 +287,24 @@ def _run_cached(
     return total, jobs, decoded
 
 
+def _log_probs_at(model: JobModel, batch: Batch, at: torch.Tensor) -> torch.Tensor:
+    """log P(job) (B, V) at position `at` (B,) of each row: CAREER runs its output layer there
+    alone; other kinds (Markov, regression: cheap per position) give every position's."""
+    rows = torch.arange(at.shape[0], device=at.device)
+    inputs = batch["inputs"][rows, at]
+    if isinstance(model, Career):
+        return model.next_log_probs(model.represent(batch)[rows, at], inputs)
+    return model.log_probs_at(batch, at)
+
+
 def _run_full(
-    model: Career, prefix: Batch, covs: Batch, u: torch.Tensor, path_chunk: int
+    model: JobModel, prefix: Batch, covs: Batch, u: torch.Tensor, path_chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """As `_run_cached`, re-running every path's whole sequence at each step (no cache)."""
+    """As `_run_cached`, re-running every path's whole sequence at each step (no cache): CAREER's
+    baseline, and how the kinds without a cache (Markov, regression) sample."""
     n, P, S = u.shape
-    rows = torch.arange(n, device=u.device)
     L = prefix["lengths"]
-    first = model.next_log_probs(
-        model.represent(prefix)[rows, L - 1], prefix["inputs"][rows, L - 1]
-    ).exp()
+    first = _log_probs_at(model, prefix, L - 1).exp()
     total = torch.zeros(n, S, first.shape[-1], device=u.device)
     total[:, 0] = first * P
     jobs = torch.zeros(n, P, S, dtype=torch.long, device=u.device)
@@ -310,9 +328,8 @@ def _run_full(
             flat = {
                 name: v[..., : int(L.max()) + s].reshape(n * p_n, -1) for name, v in seq.items()
             }
-            h = model.represent(flat).view(n, p_n, -1, model.config.d_model)
-            h = h.gather(2, col.unsqueeze(-1).expand(-1, -1, -1, h.shape[-1])).squeeze(2)
-            p = model.next_log_probs(h, job).exp()
+            at = (L - 1 + s)[:, None].expand(n, p_n).reshape(-1)
+            p = _log_probs_at(model, flat, at).exp().view(n, p_n, -1)
             total[:, s] += p.sum(1)
             job = _draw(p.cumsum(-1), u[:, chunk, s, None]).squeeze(-1)
             jobs[:, chunk, s] = job

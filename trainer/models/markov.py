@@ -22,7 +22,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from data_shards.vocab import PAD_ID, UNK_ID
-from trainer.models.output import Batch, JobModel, check_covariates, check_kind, check_sizes
+from trainer.models.output import (
+    Batch,
+    JobModel,
+    check_covariates,
+    check_kind,
+    check_sizes,
+    log_probs_from_logits,
+)
 
 KIND = "markov"
 ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -122,6 +129,12 @@ class Markov(JobModel):
         """Log-probabilities as one-stage logits (B, T, V): the table's row of last year's job
         (they are normalised already; the output's softmax leaves them as they are)."""
         return self.log_table[batch["inputs"]], None
+
+    def log_probs_at(self, batch: Batch, at: torch.Tensor) -> torch.Tensor:
+        """log P(job) (B, V) at position `at` (B,): the table's row of that position's input."""
+        rows = torch.arange(at.shape[0], device=at.device)
+        inputs = batch["inputs"][rows, at]
+        return log_probs_from_logits(self.log_table[inputs], None, inputs)
 
     def num_parameters(self) -> int:
         """The table's entries (fitted by counting, not by gradient)."""

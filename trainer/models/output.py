@@ -91,6 +91,13 @@ class JobModel(nn.Module):
         logits, stay = self(batch)
         return log_probs_from_logits(logits, stay, batch["inputs"])
 
+    def log_probs_at(self, batch: Batch, at: torch.Tensor) -> torch.Tensor:
+        """log P(job) over all jobs (B, V) at one position `at` (B,) of each row: what sampling
+        needs (`eval.forecast`). Kinds whose output at a position is cheap to compute alone
+        override it; this default computes every position and keeps one."""
+        rows = torch.arange(at.shape[0], device=at.device)
+        return self.log_probs(batch)[rows, at]
+
     def token_log_probs(self, batch: Batch) -> torch.Tensor:
         """log P(target) at each year (B, T); 0 at padded positions."""
         logits, stay = self(batch)

@@ -39,7 +39,14 @@ import torch
 from torch import nn
 
 from data_shards.vocab import BOS_ID, PAD_ID, UNK_ID
-from trainer.models.output import Batch, JobModel, check_covariates, check_kind, check_sizes
+from trainer.models.output import (
+    Batch,
+    JobModel,
+    check_covariates,
+    check_kind,
+    check_sizes,
+    log_probs_from_logits,
+)
 
 KIND = "regression"
 #: The covariates of the paper's regression (no birth year).
@@ -197,11 +204,29 @@ class Regression(JobModel):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Job logits (B, T, V) and stay logits (B, T) (None for the one-stage model)."""
-        logits = self.bias.expand(*batch["inputs"].shape, -1)  # (B, T, V+1)
+        return self._logits(batch, lambda values: values)
+
+    def _logits(
+        self, batch: Batch, pick: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logits at the positions `pick` keeps of each (B, T) feature."""
+        logits = self.bias
         for name, feature in self.features.items():
             if feature.reads in batch:
-                logits = logits + self.effects[name](feature.values(batch))
-        logits = logits.clamp(-self.config.clamp, self.config.clamp)
+                logits = logits + self.effects[name](pick(feature.values(batch)))
+        shape = (*pick(batch["inputs"]).shape, -1)
+        logits = logits.expand(shape).clamp(-self.config.clamp, self.config.clamp)
         if not self.config.two_stage:
             return logits, None
         return logits[..., :-1], logits[..., -1]
+
+    def log_probs_at(self, batch: Batch, at: torch.Tensor) -> torch.Tensor:
+        """log P(job) (B, V) at position `at` (B,): the features need the whole history, the
+        (B, V) logits only that position (not the (B, T, V) of every one)."""
+        rows = torch.arange(at.shape[0], device=at.device)
+
+        def pick(values: torch.Tensor) -> torch.Tensor:
+            return values[rows, at]
+
+        logits, stay = self._logits(batch, pick)
+        return log_probs_from_logits(logits, stay, pick(batch["inputs"]))

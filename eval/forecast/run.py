@@ -1,0 +1,136 @@
+"""Forecast with a model package on a cutoff dataset: sample, score, write, summarise.
+
+    forecast_package   one package: the scored people (`protocol`), `paths` futures each
+                       (`sample`), the scores table and per-path rates written under OUT, and
+                       the model's summary (`score.summarize`)
+    compare            the summaries of several packages on the same people, with the paired
+                       person-bootstrap difference of each one's forecast perplexity against the
+                       first (its "reference", CAREER in `career run`)
+
+Files under OUT (a local folder or any fsspec URL):
+
+    scores/NAME.parquet     the forecast scores (`eval.forecast.score`)
+    rates/NAME.json         per state and calendar year, the rate along each path
+    forecast.json           every model's summary, the comparison, and how it was made
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from data_shards import storage
+from eval import metrics
+from eval.forecast.protocol import ForecastPeople, forecast_people
+from eval.forecast.sample import sample_futures, state_ids
+from eval.forecast.score import forecast_scores, path_rates, summarize
+from eval.scores import read_scores, write_scores
+from trainer.context import Dataset
+from trainer.package import load_model
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "forecast.json"
+
+
+def scores_url(out: str, name: str) -> str:
+    return storage.join(out, "scores", f"{name}.parquet")
+
+
+def rates_url(out: str, name: str) -> str:
+    return storage.join(out, "rates", f"{name}.json")
+
+
+def _write_json(url: str, value: Any, storage_options) -> None:
+    text = json.dumps(value, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    storage.write_bytes_atomic(url, text.encode(), storage_options)
+
+
+def describe_people(people: ForecastPeople) -> dict[str, Any]:
+    """Who was scored and how (for the summary and the report)."""
+    return {
+        "cutoff": people.cutoff,
+        "last_year": people.last_year,
+        "future_education": people.future_education,
+        "test_people": people.considered,
+        "scored_people": len(people.person_id),
+        "excluded": people.excluded,
+        "future_years": int(people.steps.sum()),
+    }
+
+
+def forecast_package(
+    name: str,
+    model_url: str,
+    dataset: Dataset,
+    out: str,
+    *,
+    paths: int = 1000,
+    seed: int = 0,
+    cutoff: int | None = None,
+    future_education: str = "carried",
+    chunk_size: int = 4096,
+    bootstrap: int = metrics.DEFAULT_REPLICATES,
+    storage_options=None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Forecast the test people of `dataset` with the package at `model_url`; write its scores
+    and rates under `out` and return its summary (with "people": `describe_people`)."""
+    loaded = load_model(model_url, storage_options)
+    people = forecast_people(loaded, dataset, cutoff, future_education, storage_options)
+    states = state_ids(loaded.vocab)
+    if not states:
+        raise ValueError(
+            f"the model {name} knows none of the states unemployed/not_in_labor_force/education: "
+            "forecast a survey's model, not a resume model"
+        )
+    start = time.perf_counter()
+    forecast = sample_futures(
+        loaded.model, people.history, people.future, paths=paths, seed=seed,
+        chunk_size=chunk_size, last_year_id=people.last_trained_year_id,
+        on_progress=on_progress,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    scores = forecast_scores(forecast, people, loaded.vocab, states)
+    described = {
+        "model": name, "kind": loaded.kind, "paths": paths, "seed": seed,
+        "sampling_seconds": round(seconds, 3), **describe_people(people),
+    }  # fmt: skip
+    scores = scores.replace_schema_metadata({b"career_forecast": json.dumps(described)})
+    rates = path_rates(forecast, people, states)
+    write_scores(scores, scores_url(out, name), storage_options)
+    _write_json(rates_url(out, name), rates, storage_options)
+    summary = summarize(scores, rates, bootstrap=bootstrap, seed=seed)
+    return {**summary, **described}
+
+
+def compare(
+    summaries: dict[str, dict[str, Any]],
+    out: str,
+    *,
+    bootstrap: int = metrics.DEFAULT_REPLICATES,
+    seed: int = 0,
+    storage_options=None,
+) -> dict[str, Any]:
+    """The summary of several models forecast on the same people: each one's forecast
+    perplexity minus the first's, paired over people (written as OUT/forecast.json)."""
+    names = list(summaries)
+    reference = names[0]
+    tables: dict[str, pa.Table] = {n: read_scores(scores_url(out, n), storage_options) for n in names}
+    differences = {}
+    for n in names[1:]:
+        differences[n] = metrics.paired_difference(
+            tables[n], tables[reference], bootstrap=bootstrap, seed=seed
+        ).to_dict()
+    result = {
+        "reference": reference,
+        "models": summaries,
+        "difference_to_reference": differences,
+    }
+    _write_json(storage.join(out, SUMMARY), result, storage_options)
+    return result
