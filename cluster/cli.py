@@ -24,7 +24,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cluster import evaluate_job, flags, guards, report_job, run_job, settings, submit_job
+from cluster import (
+    evaluate_job,
+    flags,
+    forecast_job,
+    guards,
+    report_job,
+    run_job,
+    settings,
+    submit_job,
+)
 from data_shards.errors import StructuralError
 from data_shards.formats import ALL_FORMATS, READABLE_FORMATS, describe_formats
 
@@ -182,6 +191,11 @@ COMMANDS: dict[str, Command] = {
                         add=evaluate_job.add_evaluate_flags, make=evaluate_job.evaluate_settings),
     "predict": Command("predict next jobs with a model package (top-k, probabilities, P(stay))",
                        evaluate_job.PredictSettings, evaluate_job.run_predict),
+    "forecast": Command("forecast years ahead from a dataset's cutoff by Monte Carlo (paths of "
+                        "sampled careers): perplexity, unemployment/out-of-labor-force/school "
+                        "AUC and rates, models compared", forecast_job.ForecastSettings,
+                        forecast_job.run_forecast, add=forecast_job.add_forecast_flags,
+                        make=forecast_job.forecast_settings),
     "report": Command("write a run's report: an HTML page and its Markdown twin, with PNG plots, "
                       "from the run's metrics and scores", report_job.ReportSettings,
                       report_job.run_report, add=report_job.add_report_flags,

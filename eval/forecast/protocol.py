@@ -157,7 +157,9 @@ def forecast_people(
             path=where,
         )
     rows = torch.from_numpy(np.nonzero(keep)[0])
-    chosen = {k: v[rows] for k, v in batch.items() if torch.is_tensor(v) and v.shape[0] == len(keep)}
+    chosen = {
+        k: v[rows] for k, v in batch.items() if torch.is_tensor(v) and v.shape[0] == len(keep)
+    }
     model_batch = to_model_ids(chosen, loaded.vocab, "cpu")
     history_lengths = torch.from_numpy(before[keep])
     history, after_cov, realised = split_at(model_batch, history_lengths)

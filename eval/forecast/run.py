@@ -121,7 +121,9 @@ def compare(
     perplexity minus the first's, paired over people (written as OUT/forecast.json)."""
     names = list(summaries)
     reference = names[0]
-    tables: dict[str, pa.Table] = {n: read_scores(scores_url(out, n), storage_options) for n in names}
+    tables: dict[str, pa.Table] = {
+        n: read_scores(scores_url(out, n), storage_options) for n in names
+    }
     differences = {}
     for n in names[1:]:
         differences[n] = metrics.paired_difference(

@@ -149,3 +149,38 @@ def transition_heatmaps(aggregate: Mapping[str, Any], model: str, title: str) ->
     figure.colorbar(image, ax=axes, shrink=0.8, label="P(next job | previous job)")
     figure.suptitle(title)
     return _png(figure)
+
+
+def forecast_rates(models: Mapping[str, Mapping[str, Any]], title: str) -> bytes | None:
+    """Per non-employment state, the realised rate by calendar year (black) and each model's
+    forecast rate (path-averaged probability) with its band over paths (`eval.forecast.score`)."""
+    states = sorted({s for m in models.values() for s in (m.get("states") or {})})
+    if not states:
+        return None
+    figure = Figure(figsize=(4.0 * len(states), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(states), squeeze=False)[0]
+    for ax, state in zip(axes, states, strict=True):
+        realised_drawn = False
+        for i, (name, summary) in enumerate(models.items()):
+            by_year = ((summary.get("states") or {}).get(state) or {}).get("by_year") or {}
+            years = sorted(by_year, key=int)
+            if not years:
+                continue
+            x = [int(y) for y in years]
+            if not realised_drawn:
+                ax.plot(x, [by_year[y]["realised"] for y in years], color="black", marker="o",
+                        ms=4, lw=1.6, label="realised")  # fmt: skip
+                realised_drawn = True
+            color = f"C{i % 10}"
+            ax.plot(x, [by_year[y]["forecast"] for y in years], color=color, marker=".",
+                    lw=1.3, label=name)  # fmt: skip
+            low = [by_year[y]["band"][0] for y in years]
+            high = [by_year[y]["band"][1] for y in years]
+            if all(v is not None for v in (*low, *high)):
+                ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
+        ax.set(xlabel="year", ylabel="share of people", title=state.replace("_", " "))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="best")
+    figure.suptitle(title)
+    return _png(figure)

@@ -1,0 +1,236 @@
+"""`career forecast`: Monte Carlo forecasts of model packages on a cutoff dataset, compared.
+
+    career forecast --model career=RUN/nlsy79/finetuned --model markov=... --data DATA/nlsy79 \
+        --out forecast/ [--paths 1000] [--future-education carried|observed]
+
+The dataset carries the cutoff (`career shard --until YEAR`). Each model forecasts the same
+people (`eval.forecast.protocol`) with `--paths` futures each; everything is written under --out
+(`eval.forecast.run`: scores/, rates/, forecast.json) with a plot of the forecast rates,
+forecast.png. The first --model is the reference the others are compared with (paired person
+bootstrap of the forecast perplexity). Forecasting is torch alone, in this process: no Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster import flags
+from cluster.evaluate_job import _named_urls
+from cluster.settings import StorageSettings
+from data_shards import storage
+
+log = logging.getLogger(__name__)
+
+PLOT = "forecast.png"
+
+
+@dataclass(kw_only=True)
+class ForecastSettings:
+    """Forecast where people will be after a dataset's cutoff (the paper's Monte Carlo protocol):
+    per future year, the forecast perplexity of the realised job, the binary NLL and AUC of
+    unemployment, leaving the labor force and school, and forecast vs realised rates."""
+
+    model: list[str] = flags.option(
+        help="model package (CAREER or a baseline), NAME=PKG to name it; repeat to compare "
+        "(the first is the reference)",
+        metavar="PKG",
+        default_factory=list,
+        repeat=True,
+        path=True,
+    )
+    data: str = flags.option(
+        help="dataset made with `career shard --until YEAR` (its test people are forecast)",
+        metavar="DATASET",
+        path=True,
+    )
+    out: str = flags.option(
+        help="output folder: forecast.json, forecast.png, scores/, rates/", metavar="URL",
+        path=True,
+    )  # fmt: skip
+    cutoff: int | None = flags.option(
+        None, help="the cutoff to check against the dataset's (default: the dataset's)",
+        metavar="YEAR",
+    )  # fmt: skip
+    paths: int = flags.option(1000, help="Monte Carlo futures per person", metavar="N")
+    future_education: str = flags.option(
+        "carried",
+        help="education in future years: carried forward from the cutoff, or read from the "
+        "realised future as the public code does (observed: leaks information)",
+        choices=("carried", "observed"),
+    )
+    seed: int = flags.option(0, help="seed of the paths and of the bootstrap")
+    bootstrap: int = flags.option(
+        1000, help="person-bootstrap replicates of the 95% intervals (0: none)", metavar="N"
+    )
+    chunk_size: int = flags.option(
+        4096, help="sequences (people x paths) sampled at once", metavar="N"
+    )
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    models: list[tuple[str, str]] = field(init=False, repr=False, metadata={"skip": True})
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("give at least one --model PKG")
+        for name in ("paths", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.bootstrap < 0:
+            raise ValueError(f"--bootstrap must not be negative, not {self.bootstrap}")
+        self.models = _named_urls(self.model, "model")
+        self.data = storage.absolute(self.data)
+        self.out = storage.absolute(self.out)
+
+    def paths_read(self) -> dict[str, str | None]:
+        return {**{f"--model {n}": u for n, u in self.models}, "--data": self.data}
+
+    def paths_written(self) -> dict[str, str | None]:
+        return {"--out": self.out}
+
+
+def add_forecast_flags(parser: argparse.ArgumentParser) -> None:
+    """The generated flags, with `--model` repeatable."""
+    meta = {f.name: f for f in dataclasses.fields(ForecastSettings)}["model"].metadata
+    parser.add_argument("--model", dest="model", action="append", required=True,
+                        metavar=meta["metavar"], help=meta["help"])  # fmt: skip
+    flags.add_flags(parser, ForecastSettings, adjust={"model": {"skip": True}})
+
+
+def forecast_settings(namespace: argparse.Namespace) -> ForecastSettings:
+    return flags.build(ForecastSettings, namespace, model=list(namespace.model))
+
+
+def _check_models(s: ForecastSettings, dataset) -> None:
+    """Every package loads before any sampling; one trained on another dataset is named (it may
+    have seen years after the cutoff)."""
+    from trainer.package import load_model
+
+    for name, url in s.models:
+        loaded = load_model(url, s.storage.storage_options)
+        trained_on = loaded.config.get("dataset_manifest_sha256")
+        if trained_on and trained_on != dataset.manifest_sha:
+            log.warning(
+                "%s was trained on another dataset than %s: make sure it saw no year after the "
+                "cutoff, or its forecast is not one", name, storage.redact(s.data),
+            )  # fmt: skip
+
+
+def _cell(estimate: dict | None, digits: int = 3) -> str:
+    if not estimate or estimate.get("value") is None:
+        return "-"
+    text = f"{estimate['value']:.{digits}f}"
+    if estimate.get("low") is not None:
+        text += f" [{estimate['low']:.{digits}f}, {estimate['high']:.{digits}f}]"
+    return text
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_forecast(result: dict[str, Any]) -> None:
+    """The comparison table, then the reference's forecast vs realised rates per year."""
+    from cluster.report import console, print_rows
+
+    models = result["models"]
+    reference = result["reference"]
+    states = list(models[reference]["states"])
+    rows = []
+    for name, summary in models.items():
+        difference = result["difference_to_reference"].get(name)
+        rows.append([
+            name, summary["kind"], _cell(summary["perplexity"]), _cell(difference),
+            *(f"{_number(summary['states'][s]['auc'])} / {_number(summary['states'][s]['nll'])}"
+              for s in states),
+        ])  # fmt: skip
+    first = models[reference]
+    print_rows(
+        f"forecast after {first['cutoff']} ({first['scored_people']:,} people, "
+        f"{first['future_years']:,} future years, {first['paths']:,} paths each, education "
+        f"{first['future_education']})",
+        [
+            "model",
+            "kind",
+            "perplexity [95%]",
+            f"- {reference} [95%]",
+            *(f"{s}: AUC / NLL" for s in states),
+        ],  # fmt: skip
+        rows,
+    )
+    excluded = ", ".join(f"{n:,} {why}" for why, n in first["excluded"].items() if n)
+    console.print(
+        f"{first['scored_people']:,} of {first['test_people']:,} test people scored"
+        + (f"; not scored: {excluded}" if excluded else "")
+    )
+    years = sorted(first["by_year"], key=int)
+    print_rows(
+        f"{reference}: forecast vs realised rates (band: 95% of paths)",
+        ["year", "perplexity", *states],
+        [
+            [
+                y,
+                _number(first["by_year"][y]["perplexity"]),
+                *(_rate(first["states"][s]["by_year"].get(y)) for s in states),
+            ]
+            for y in years
+        ],  # fmt: skip
+    )
+
+
+def _rate(entry: dict | None) -> str:
+    if not entry:
+        return "-"
+    low, high = entry["band"]
+    band = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
+    return f"{entry['forecast']:.3f}{band} vs {entry['realised']:.3f}"
+
+
+def run_forecast(s: ForecastSettings) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cluster.report import console, progress_console
+    from eval.forecast.protocol import dataset_cutoff
+    from eval.forecast.run import compare, forecast_package
+    from eval.report import plots
+    from trainer.context import load_dataset
+
+    options = s.storage.storage_options
+    dataset = load_dataset(s.data, options)
+    dataset_cutoff(dataset, s.cutoff)  # before any package is read
+    _check_models(s, dataset)
+    if s.future_education == "observed":
+        log.warning(
+            "--future-education observed reads each person's realised future education: it "
+            "leaks information about the years forecast (the public code's choice)"
+        )
+    summaries: dict[str, dict[str, Any]] = {}
+    start = time.perf_counter()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} people"), TimeElapsedColumn(),
+                  console=progress_console) as bar:  # fmt: skip
+        for name, url in s.models:
+            task = bar.add_task(f"forecasting with {name}", total=None)
+
+            def progress(done: int, total: int, task: int = task) -> None:
+                bar.update(task, completed=done, total=total)
+
+            summaries[name] = forecast_package(
+                name, url, dataset, s.out, paths=s.paths, seed=s.seed, cutoff=s.cutoff,
+                future_education=s.future_education, chunk_size=s.chunk_size,
+                bootstrap=s.bootstrap, storage_options=options, on_progress=progress,
+            )  # fmt: skip
+    result = compare(summaries, s.out, bootstrap=s.bootstrap, seed=s.seed, storage_options=options)
+    cutoff = summaries[s.models[0][0]]["cutoff"]
+    png = plots.forecast_rates(summaries, f"{dataset.manifest.name}: forecast after {cutoff}")
+    if png is not None:
+        storage.write_bytes_atomic(storage.join(s.out, PLOT), png, options)
+    print_forecast(result)
+    console.print(
+        f"forecast in {time.perf_counter() - start:,.1f} s; written to {storage.redact(s.out)} "
+        f"(forecast.json, {PLOT}, scores/, rates/)"
+    )
+    return 0
