@@ -15,6 +15,9 @@
       regression: {preset: paper, lr: 0.05}
       bag-of-jobs: {preset: small}
       markov: {}                       # closed form
+    forecast: {cutoff: 2014, models: [finetuned, regression, markov], paths: 1000}
+    wages: {gap: gender}               # the wage model, and the history-adjusted gender gap
+    explain: {people: 5, word_dropout: 0.5}   # rationales from a word-dropout fine-tune
     workers: 2                         # Ray Train workers of pretraining
     survey_workers: 1                  # ... of each survey run (survey tasks run side by side)
     survey_worker_cpus: 1              # Ray CPUs each of them holds (0.5: two share a core)
@@ -61,6 +64,11 @@ class DatasetSpec:
     resume: dict[str, Any] = field(default_factory=dict)  # ResumeOptions fields (e.g. as_of)
     people_per_block: int | None = None
     split_fractions: tuple[float, float, float] | None = None
+    #: This survey's forecasting cutoff, instead of the experiment's (`forecast.cutoff`); a panel
+    #: whose years end before it sets its own, or `downstream: false` skips it.
+    forecast_cutoff: int | None = None
+    #: Forecasting, the wage model and rationalization on this survey (see `Experiment`).
+    downstream: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -88,10 +96,12 @@ class DatasetSpec:
         return InputSpec(format=self.format or "", url=self.input, panel=panel, resume=resume,
                          storage_options=storage_options)  # fmt: skip
 
-    def shard_config(self):
+    def shard_config(self, until: int | None = None):
+        """How this dataset is cut; `until`: its forecasting twin, cut at that year."""
         from data_shards.shard import ShardConfig
 
-        given = {"people_per_block": self.people_per_block, "split_fractions": self.split_fractions}
+        given = {"people_per_block": self.people_per_block, "split_fractions": self.split_fractions,
+                 "until": until}  # fmt: skip
         return ShardConfig(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -122,6 +132,50 @@ class TrainSpec:
 
 
 @dataclass
+class ForecastSpec:
+    """Forecasting on each survey: its models retrained on the survey cut at `cutoff` (the
+    dataset `NAME-until-YEAR`), then `career forecast` of them all (the first is the reference)."""
+
+    cutoff: int = 2014
+    models: list[str] = field(default_factory=lambda: ["finetuned", "regression", "markov"])
+    paths: int = 1000
+    future_education: str = "carried"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.paths < 1:
+            raise ValueError("forecast.paths must be at least 1")
+        if self.future_education not in ("carried", "observed"):
+            raise ValueError("forecast.future_education is carried or observed")
+        if not self.models:
+            raise ValueError("forecast.models needs at least one model")
+
+
+@dataclass
+class WagesSpec:
+    """The wage model on each survey with wages (`career wages` with the fine-tuned model);
+    `gap`: a group for the history-adjusted wage gap (gender), or null for none."""
+
+    gap: str | None = "gender"
+    bootstrap: int = 200
+    folds: int = 5
+
+
+@dataclass
+class ExplainSpec:
+    """Rationalization on each survey: CAREER fine-tuned again with word dropout (fine-tuning's
+    settings with `changes`), then the rationales of `people` test people."""
+
+    people: int = 5
+    word_dropout: float = 0.5
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.people < 1 or not 0 < self.word_dropout < 1:
+            raise ValueError("explain.people must be >= 1 and explain.word_dropout in (0, 1)")
+
+
+@dataclass
 class Experiment:
     store: str = "career_run"
     resumes: DatasetSpec = field(
@@ -138,6 +192,10 @@ class Experiment:
     #: than there are cores (the demo's three surveys share 2 cores instead of two at a time).
     survey_worker_cpus: float = 1.0
     cpus_per_evaluation: int = 1
+    #: Downstream uses per survey (issue 12); null (absent) turns one off.
+    forecast: ForecastSpec | None = None
+    wages: WagesSpec | None = None
+    explain: ExplainSpec | None = None
 
     def __post_init__(self) -> None:
         names = [self.resumes.name, *(s.name for s in self.surveys)]
@@ -152,6 +210,34 @@ class Experiment:
             raise ValueError("workers and survey_workers must be >= 1, gpus_per_worker >= 0")
         if self.survey_worker_cpus <= 0:
             raise ValueError("survey_worker_cpus must be > 0")
+        if self.forecast is not None:
+            trained = {"finetuned", *self.baselines}
+            unknown = [m for m in self.forecast.models if m not in trained]
+            if unknown:
+                raise ValueError(
+                    f"forecast.models {unknown} are not models of this experiment "
+                    f"({', '.join(sorted(trained))})"
+                )
+
+    def forecast_cutoff(self, survey: DatasetSpec) -> int | None:
+        """The cutoff `survey` is forecast from, or None when it is not forecast."""
+        if self.forecast is None or not survey.downstream:
+            return None
+        return survey.forecast_cutoff or self.forecast.cutoff
+
+    def forecast_name(self, survey: DatasetSpec) -> str | None:
+        """The name of the survey's cutoff dataset (None when it is not forecast)."""
+        cutoff = self.forecast_cutoff(survey)
+        return None if cutoff is None else f"{survey.name}-until-{cutoff}"
+
+    def explain_spec(self) -> TrainSpec:
+        """How the word-dropout model for rationales trains: fine-tuning's settings, changed."""
+        assert self.explain is not None
+        spec = self.finetune.with_changes(self.explain.changes, "explain.changes")
+        overrides = [o for o in spec.overrides if not o.startswith("model.word_dropout=")]
+        return dataclasses.replace(
+            spec, overrides=[*overrides, f"model.word_dropout={self.explain.word_dropout}"]
+        )
 
     def baseline_spec(self, baseline: str) -> TrainSpec:
         """How `baseline` trains: fine-tuning's settings with its changes."""
@@ -193,6 +279,9 @@ def from_dict(values: dict[str, Any], where: str = "experiment") -> Experiment:
     for key in ("pretrain", "finetune"):
         if key in values:
             values[key] = _build(TrainSpec, values[key], f"{where}: {key}")
+    for key, cls in (("forecast", ForecastSpec), ("wages", WagesSpec), ("explain", ExplainSpec)):
+        if values.get(key) is not None:
+            values[key] = _build(cls, values[key], f"{where}: {key}")
     experiment = _build(Experiment, values, where)
     for baseline in experiment.baselines:  # every baseline's settings resolve
         experiment.baseline_spec(baseline)
@@ -260,6 +349,9 @@ SIZES: dict[str, dict[str, Any]] = {
         "workers": 2,
         "survey_workers": 1,
         "survey_worker_cpus": 0.5,
+        "forecast": {"cutoff": 2014, "paths": 1000},
+        "wages": {"gap": "gender"},
+        "explain": {"people": 3, "changes": {"updates": 40}},
     },
     "small": {
         "resumes": {"name": "resumes", "simulate": "resumes", "people": 200_000},
@@ -287,6 +379,9 @@ SIZES: dict[str, dict[str, Any]] = {
         },  # fmt: skip
         "workers": 2,
         "survey_workers": 2,
+        "forecast": {"cutoff": 2014, "paths": 1000},
+        "wages": {"gap": "gender"},
+        "explain": {"people": 5},
     },
     "paper": {
         "resumes": {"name": "resumes", "simulate": "resumes", "people": 24_000_000},
@@ -317,6 +412,9 @@ SIZES: dict[str, dict[str, Any]] = {
         "survey_workers": 1,
         "gpus_per_worker": 1,
         "cpus_per_evaluation": 4,
+        "forecast": {"cutoff": 2014, "paths": 1000},
+        "wages": {"gap": "gender"},
+        "explain": {"people": 10},
     },
 }
 

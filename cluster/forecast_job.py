@@ -26,8 +26,6 @@ from data_shards import storage
 
 log = logging.getLogger(__name__)
 
-PLOT = "forecast.png"
-
 
 @dataclass(kw_only=True)
 class ForecastSettings:
@@ -195,7 +193,6 @@ def run_forecast(s: ForecastSettings) -> int:
     from cluster.report import console, progress_console
     from eval.forecast.protocol import dataset_cutoff
     from eval.forecast.run import compare, forecast_package
-    from eval.report import plots
     from trainer.context import load_dataset
 
     options = s.storage.storage_options
@@ -223,14 +220,12 @@ def run_forecast(s: ForecastSettings) -> int:
                 future_education=s.future_education, chunk_size=s.chunk_size,
                 bootstrap=s.bootstrap, storage_options=options, on_progress=progress,
             )  # fmt: skip
-    result = compare(summaries, s.out, bootstrap=s.bootstrap, seed=s.seed, storage_options=options)
     cutoff = summaries[s.models[0][0]]["cutoff"]
-    png = plots.forecast_rates(summaries, f"{dataset.manifest.name}: forecast after {cutoff}")
-    if png is not None:
-        storage.write_bytes_atomic(storage.join(s.out, PLOT), png, options)
+    result = compare(summaries, s.out, bootstrap=s.bootstrap, seed=s.seed, storage_options=options,
+                     title=f"{dataset.manifest.name}: forecast after {cutoff}")  # fmt: skip
     print_forecast(result)
     console.print(
         f"forecast in {time.perf_counter() - start:,.1f} s; written to {storage.redact(s.out)} "
-        f"(forecast.json, {PLOT}, scores/, rates/)"
+        f"(forecast.json, forecast.png, scores/, rates/)"
     )
     return 0

@@ -59,6 +59,24 @@ class RunLayout:
     def evaluation(self, survey: str) -> str:
         return storage.join(self.url, "surveys", survey, "evaluation")
 
+    def forecast(self, survey: str) -> str:
+        """`career forecast`'s output for the survey (forecast.json last)."""
+        return storage.join(self.url, "surveys", survey, "forecast")
+
+    def forecast_model(self, survey: str, model: str) -> str:
+        """A model trained on the survey cut at the forecasting cutoff."""
+        return storage.join(self.forecast(survey), "models", model)
+
+    def wages(self, survey: str) -> str:
+        return storage.join(self.url, "surveys", survey, "wages")
+
+    def explain(self, survey: str) -> str:
+        return storage.join(self.url, "surveys", survey, "explain")
+
+    def explain_model(self, survey: str) -> str:
+        """CAREER fine-tuned with word dropout, for rationales."""
+        return storage.join(self.explain(survey), "model")
+
     @property
     def report(self) -> str:
         return storage.join(self.url, "report")
@@ -137,6 +155,8 @@ def check_trainable(experiment: Experiment) -> None:
     sections = [("pretrain", experiment.pretrain, "career", "pretrain")]
     sections += [("finetune" if m == "finetuned" else f"baselines.{m}", *model_spec(experiment, m))
                  for m in survey_models(experiment)]  # fmt: skip
+    if experiment.explain is not None:
+        sections.append(("explain", experiment.explain_spec(), "career", "finetune"))
     for where, spec, kind, recipe in sections:
         try:
             spec_config(spec, kind, recipe, experiment.gpus_per_worker)
@@ -175,19 +195,30 @@ def survey_pipeline(
 
     began = time.time()
     experiment = from_dict(experiment_dict)
+    spec_of = next(s for s in experiment.surveys if s.name == survey)
     layout = RunLayout(run_url)
     data = layout.dataset(survey)
+    pretrained = storage.join(layout.pretrain, "package")
     times: dict[str, float] = {}
-    pending = {}  # model -> its training settings, the models not trained before
-    for model in survey_models(experiment):
-        out = layout.model(survey, model)
+    # Every model this survey trains: (its name in the step times, data, out, spec, kind, recipe)
+    wanted = [(m, data, layout.model(survey, m), *model_spec(experiment, m))
+              for m in survey_models(experiment)]  # fmt: skip
+    cut = experiment.forecast_name(spec_of)
+    if cut is not None:
+        wanted += [(f"forecast {m}", layout.dataset(cut), layout.forecast_model(survey, m),
+                    *model_spec(experiment, m)) for m in experiment.forecast.models]  # fmt: skip
+    if experiment.explain is not None and spec_of.downstream:
+        wanted.append(("explain model", data, layout.explain_model(survey),
+                       experiment.explain_spec(), "career", "finetune"))  # fmt: skip
+    pending = {}  # name -> its training settings, the models not trained before
+    for name, model_data, out, spec, kind, recipe in wanted:
         if _done(out, "metrics.json", storage_options):
             continue
-        spec, kind, recipe = model_spec(experiment, model)
-        base = storage.join(layout.pretrain, "package") if model == "finetuned" else None
-        pending[model] = train_settings(spec, kind, recipe, data, out, experiment.survey_workers,
-                                        experiment.gpus_per_worker, base, ray_address,
-                                        storage_options, experiment.survey_worker_cpus)  # fmt: skip
+        base = pretrained if recipe == "finetune" else None
+        pending[name] = train_settings(spec, kind, recipe, model_data, out,
+                                       experiment.survey_workers, experiment.gpus_per_worker,
+                                       base, ray_address, storage_options,
+                                       experiment.survey_worker_cpus)  # fmt: skip
     if pending:
         # One Ray Train start-up for all of them (train_job.launch_together); each model's time
         # is its training loop, and "start-ups" the rest (workers, DeepSpeed, exports).
@@ -214,7 +245,34 @@ def survey_pipeline(
             )
         )  # fmt: skip
         times["evaluate"] = time.perf_counter() - started
+    if cut is not None and not _done(layout.forecast(survey), "forecast.json", storage_options):
+        started = time.perf_counter()
+        forecast_survey(experiment, survey, layout, cut, storage_options)
+        times["forecast"] = time.perf_counter() - started
     return {"survey": survey, "seconds": times, "started": round(began, 1)}
+
+
+def forecast_survey(
+    experiment: Experiment, survey: str, layout: RunLayout, cut: str, storage_options
+) -> None:
+    """`career forecast` of the survey's forecasting models on its cutoff dataset."""
+    from eval.forecast.run import compare, forecast_package
+    from trainer.context import load_dataset
+
+    settings = experiment.forecast
+    dataset = load_dataset(layout.dataset(cut), storage_options)
+    out = layout.forecast(survey)
+    summaries = {
+        m: forecast_package(
+            m, storage.join(layout.forecast_model(survey, m), "package"), dataset, out,
+            paths=settings.paths, seed=settings.seed,
+            future_education=settings.future_education, storage_options=storage_options,
+        )
+        for m in settings.models
+    }  # fmt: skip
+    cutoff = summaries[settings.models[0]]["cutoff"]
+    compare(summaries, out, seed=settings.seed, storage_options=storage_options,
+            title=f"{survey}: forecast after {cutoff}")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the run
@@ -271,11 +329,14 @@ def run_experiment(
 
     datasets_url = storage.join(layout.url, "datasets")
     resume_vocab = storage.join(layout.dataset(experiment.resumes.name), "vocab.json")
-    for spec in [experiment.resumes, *experiment.surveys]:
+    shards = [(spec, spec.name, None) for spec in [experiment.resumes, *experiment.surveys]]
+    shards += [(spec, experiment.forecast_name(spec), experiment.forecast_cutoff(spec))
+               for spec in experiment.surveys if experiment.forecast_name(spec)]  # fmt: skip
+    for spec, name, until in shards:
         parent = None if spec is experiment.resumes else resume_vocab
-        step(f"shard {spec.name}", _done(layout.dataset(spec.name), "manifest.json", storage_options),
-             lambda spec=spec, parent=parent: shard_dataset(
-                 spec.input_spec(storage_options), datasets_url, spec.name, spec.shard_config(),
+        step(f"shard {name}", _done(layout.dataset(name), "manifest.json", storage_options),
+             lambda spec=spec, name=name, parent=parent, until=until: shard_dataset(
+                 spec.input_spec(storage_options), datasets_url, name, spec.shard_config(until),
                  parent, storage_options=storage_options))  # fmt: skip
 
     pretrain = train_settings(experiment.pretrain, "career", "pretrain",
@@ -383,10 +444,22 @@ def plan(experiment: Experiment, layout: RunLayout) -> list[dict[str, str]]:
     """The steps in order, each with what it writes (what `--dry-run` prints)."""
     steps = [{"step": f"shard {d.name}", "writes": layout.dataset(d.name)}
              for d in [experiment.resumes, *experiment.surveys]]  # fmt: skip
+    steps += [{"step": f"shard {experiment.forecast_name(d)} (cut at "
+                       f"{experiment.forecast_cutoff(d)}, for forecasting)",
+               "writes": layout.dataset(experiment.forecast_name(d))}
+              for d in experiment.surveys if experiment.forecast_name(d)]  # fmt: skip
     steps.append({"step": "pretrain", "writes": layout.pretrain})
     for survey in experiment.surveys:
         models = ", ".join(survey_models(experiment))
-        steps.append({"step": f"survey {survey.name} (one Ray task: {models}, then evaluate)",
+        then = ["evaluate"]
+        if experiment.forecast_name(survey):
+            then.append(f"forecast ({', '.join(experiment.forecast.models)} retrained on the cut)")
+        if survey.downstream and experiment.wages is not None:
+            then.append("wages")
+        if survey.downstream and experiment.explain is not None:
+            then.append("explain (a word-dropout fine-tune)")
+        steps.append({"step": f"survey {survey.name} (one Ray task: {models}, then "
+                              f"{', '.join(then)})",
                       "writes": storage.join(layout.url, "surveys", survey.name)})  # fmt: skip
     steps.append({"step": "report", "writes": layout.report})
     return [{k: storage.redact(v) for k, v in s.items()} for s in steps]

@@ -27,6 +27,7 @@ finetune: {preset: tiny, updates: 4, tokens_per_update: 1000, eval_every: 2}
 baselines: {scratch: {}, regression: {preset: tiny, lr: 0.05}, markov: {}}
 workers: 2
 survey_workers: 1
+forecast: {cutoff: 2014, models: [finetuned, markov], paths: 40}
 """
 MODELS = {"finetuned", "scratch", "regression", "markov"}
 
@@ -76,6 +77,22 @@ def test_the_whole_experiment_from_an_empty_folder(finished):
     # ... and the report, from the run's metrics and scores (tests/test_report.py checks it).
     assert "report:" in proc.stdout and (run / "report" / "report.html").exists()
     assert "report" in steps and (run / "report" / "report.md").read_text().count("oracle") >= 2
+    # Forecasting: the cut datasets, the models retrained on them and the forecast of each.
+    for survey in ("nlsy79", "psid"):
+        cut = json.loads((run / "datasets" / f"{survey}-until-2014" / "manifest.json").read_text())
+        assert cut["config"]["until"] == 2014
+        forecast = json.loads((run / "surveys" / survey / "forecast" / "forecast.json").read_text())
+        assert list(forecast["models"]) == ["finetuned", "markov"]
+        assert forecast["models"]["finetuned"]["paths"] == 40
+        assert forecast["models"]["finetuned"]["scored_people"] > 0
+        base = json.loads(
+            (
+                run / "surveys" / survey / "forecast" / "models" / "finetuned" / "metrics.json"
+            ).read_text()
+        )
+        assert base["finetune"]["base_package"].endswith("first/pretrain/package")
+    assert "Forecasting" in (run / "report" / "report.md").read_text()
+    assert "Forecast from 2014" in (run / "report" / "report.md").read_text()
 
 
 @pytest.mark.slow

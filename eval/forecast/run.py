@@ -11,7 +11,9 @@ Files under OUT (a local folder or any fsspec URL):
 
     scores/NAME.parquet     the forecast scores (`eval.forecast.score`)
     rates/NAME.json         per state and calendar year, the rate along each path
-    forecast.json           every model's summary, the comparison, and how it was made
+    forecast.png            forecast vs realised rates of every model, with bands over paths
+    forecast.json           every model's summary, the comparison, and how it was made (last:
+                            the step is complete when it exists)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from trainer.package import load_model
 log = logging.getLogger(__name__)
 
 SUMMARY = "forecast.json"
+PLOT = "forecast.png"
 
 
 def scores_url(out: str, name: str) -> str:
@@ -116,9 +119,11 @@ def compare(
     bootstrap: int = metrics.DEFAULT_REPLICATES,
     seed: int = 0,
     storage_options=None,
+    title: str | None = None,
 ) -> dict[str, Any]:
     """The summary of several models forecast on the same people: each one's forecast
-    perplexity minus the first's, paired over people (written as OUT/forecast.json)."""
+    perplexity minus the first's, paired over people (written as OUT/forecast.json, last), and
+    the plot of their forecast rates (OUT/forecast.png)."""
     names = list(summaries)
     reference = names[0]
     tables: dict[str, pa.Table] = {
@@ -134,5 +139,11 @@ def compare(
         "models": summaries,
         "difference_to_reference": differences,
     }
+    from eval.report import plots
+
+    cutoff = summaries[reference].get("cutoff")
+    png = plots.forecast_rates(summaries, title or f"forecast after {cutoff}")
+    if png is not None:
+        storage.write_bytes_atomic(storage.join(out, PLOT), png, storage_options)
     _write_json(storage.join(out, SUMMARY), result, storage_options)
     return result

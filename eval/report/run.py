@@ -10,6 +10,9 @@ The layout `career run` writes (a local folder or any fsspec URL, read through
     RUN/surveys/<survey>/<model>/metrics.json    finetuned, scratch, regression, bag-of-jobs, markov
     RUN/surveys/<survey>/evaluation/         what `career evaluate` writes (metrics.json,
                                              transitions/<model>__<dataset>.json)
+    RUN/surveys/<survey>/forecast/           `career forecast` (forecast.json, forecast.png)
+    RUN/surveys/<survey>/wages/              `career wages` (wages.json)
+    RUN/surveys/<survey>/explain/            `career explain` (rationales.json)
 
 A run still in progress has only some of these: each absent or unreadable file becomes a note
 (`Run.missing`, `Survey.missing`), never an error. Only a folder that holds none of
@@ -29,6 +32,8 @@ from data_shards.manifest import MANIFEST
 #: The models `career run` trains on each survey, in the order the report shows them.
 MODELS = ("finetuned", "scratch", "regression", "bag-of-jobs", "markov")
 EVALUATION = "evaluation"
+#: Folders of a survey that hold downstream uses, not models, and the file each step ends with.
+DOWNSTREAM = {"forecast": "forecast.json", "wages": "wages.json", "explain": "rationales.json"}
 METRICS = "metrics.json"
 STEP_FOLDERS = ("datasets", "pretrain", "surveys")
 
@@ -40,6 +45,9 @@ class Survey:
     evaluation: dict[str, Any] | None  # the evaluation's metrics.json
     transitions: dict[str, dict[str, dict[str, Any]]]  # dataset -> model -> aggregate
     missing: list[str] = field(default_factory=list)
+    #: downstream step -> its result (`DOWNSTREAM`), for the steps the run has done
+    downstream: dict[str, Any] = field(default_factory=dict)
+    url: str = ""  # the survey's folder (plots of downstream steps are read from it)
 
 
 @dataclass
@@ -136,7 +144,8 @@ def _survey(reader: _Reader, name: str) -> Survey:
     if not present:
         return Survey(name, {}, None, {}, [f"{name}: not started ({base}/)"])
     models, untrained = {}, []
-    for model in [*MODELS, *(m for m in present if m not in MODELS and m != EVALUATION)]:
+    others = [m for m in present if m not in MODELS and m != EVALUATION and m not in DOWNSTREAM]
+    for model in [*MODELS, *others]:
         if not reader.exists(f"{base}/{model}/{METRICS}"):
             untrained.append(model)
             continue
@@ -156,4 +165,11 @@ def _survey(reader: _Reader, name: str) -> Survey:
                 transitions.setdefault(dataset, {})[model] = found
     if evaluation is not None and not index:
         notes.append(f"{name}: no transition aggregate (an evaluation from before it was added)")
-    return Survey(name, models, evaluation, transitions, notes)
+    downstream = {}
+    for step, last in DOWNSTREAM.items():
+        if step in present:
+            found = reader.json(f"{base}/{step}/{last}", notes, f"{name}: {step}")
+            if found is not None:
+                downstream[step] = found
+    return Survey(name, models, evaluation, transitions, notes, downstream,
+                  storage.join(reader.url, base))  # fmt: skip

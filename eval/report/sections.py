@@ -7,6 +7,8 @@ need (`eval.report.plots`), from a run read back by `eval.report.run` and nothin
     perplexity    test perplexity per model with its interval, the oracle as a line
     calibration   reliability diagram of P(stay) per survey, with ECE and Brier score
     transitions   observed vs predicted next job after the most common jobs
+    forecast      per survey, the forecast comparison and forecast vs realised rates
+                  (`eval.report.downstream`, with the wage model and the rationales)
     data          each dataset's people, job-years, quarantine and splits; step times
 """
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eval import table
-from eval.report import plots
+from eval.report import downstream, plots
 from eval.report.render import Block, Heading, Image, Missing, Table, Text
 from eval.report.run import EVALUATION, Run, Survey
 
@@ -31,6 +33,7 @@ SECTIONS = (
     ("perplexity", "Test perplexity"),
     ("calibration", "P(stay) calibration"),
     ("transitions", "Transitions between the most common jobs"),
+    ("forecast", "Forecasting"),
     ("data", "Data and steps"),
 )
 
@@ -78,7 +81,7 @@ def build(run: Run) -> Document:
     builders: dict[str, Callable[[Document, Run], None]] = {
         "status": _status, "comparison": _comparison, "learning": _learning,
         "perplexity": _perplexity, "calibration": _calibration, "transitions": _transitions,
-        "data": _data,
+        "forecast": downstream.forecast, "data": _data,
     }  # fmt: skip
     for anchor, title in SECTIONS:
         doc.add(Heading(title, 2, anchor))

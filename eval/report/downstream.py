@@ -1,0 +1,72 @@
+"""The report's sections on the downstream uses of each survey's models (issue 12): forecasting,
+the wage model and the wage gap, rationales. Each is built from the step's JSON alone
+(`eval.report.run.Survey.downstream`); a survey without the step gets a note."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from eval.report import plots
+from eval.report.render import Heading, Missing, Table, Text
+from eval.report.run import Run
+
+if TYPE_CHECKING:
+    from eval.report.sections import Document
+
+STATES = ("unemployed", "not_in_labor_force", "education")
+
+
+def _x(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _interval(estimate: dict | None, digits: int = 3) -> str:
+    if not estimate or estimate.get("value") is None:
+        return "–"
+    text = _x(estimate["value"], digits)
+    if estimate.get("low") is not None and estimate.get("high") is not None:
+        text += f" [{_x(estimate['low'], digits)}, {_x(estimate['high'], digits)}]"
+    return text
+
+
+def forecast(doc: Document, run: Run) -> None:
+    """Per survey: the forecast comparison table and the forecast vs realised rates."""
+    shown = False
+    for survey in run.surveys:
+        result = survey.downstream.get("forecast")
+        doc.add(Heading(survey.name, 3))
+        if not result:
+            doc.add(Missing(f"{survey.name}: no forecast (surveys/{survey.name}/forecast/)"))
+            continue
+        shown = True
+        models, reference = result["models"], result["reference"]
+        first = models[reference]
+        states = [s for s in STATES if s in first["states"]]
+        rows = []
+        for name, summary in models.items():
+            rows.append([
+                name, summary.get("kind", ""), _interval(summary["perplexity"]),
+                _interval(result["difference_to_reference"].get(name)),
+                *(f"{_x(summary['states'][s]['auc'])} / {_x(summary['states'][s]['nll'])}"
+                  for s in states),
+            ])  # fmt: skip
+        excluded = ", ".join(f"{n:,} {why}" for why, n in first["excluded"].items() if n)
+        caption = (
+            f"Forecast from {first['cutoff']} to {first['last_year']}: {first['scored_people']:,} "
+            f"of {first['test_people']:,} test people ({first['future_years']:,} future years), "
+            f"{first['paths']:,} paths each, education {first['future_education']}"
+            + (f"; not scored: {excluded}" if excluded else "")
+        )
+        doc.add(Table(["model", "kind", "forecast perplexity [95%]", f"Δ vs {reference} [95%]",
+                       *(f"{s}: AUC / binary NLL" for s in states)], rows, caption))  # fmt: skip
+        png = plots.forecast_rates(models, f"{survey.name}: forecast after {first['cutoff']}")
+        doc.figure(f"forecast_{survey.name}", png, f"{survey.name}: forecast vs realised rates",
+                   "Realised share of the scored people in each state (black) and each model's "
+                   "forecast (the path-averaged probability), with the band that 95% of the "
+                   "sampled paths fall in.")  # fmt: skip
+    if shown:
+        doc.add(Text("Models trained only on years up to the cutoff (train and valid people cut "
+                     "there) forecast each test person's years after it by Monte Carlo: each "
+                     "path draws a job per future wave and feeds it back. Forecast perplexity: "
+                     "exp of the mean negative log of the path-averaged probability of the "
+                     "realised job. Δ: paired over people (person bootstrap)."))  # fmt: skip
