@@ -159,6 +159,8 @@ def test_scored_people_and_their_histories_follow_the_protocol(toy):
     assert people.steps.sum(1).tolist() == [4] * 20  # 2015-2018
     assert (people.years[:, 0] == 2015).all() and (people.years[:, -1] == 2018).all()
     assert "education" not in people.future  # carried forward by default
+    # Later years use the embedding of the last wave up to the cutoff (here 2014 itself).
+    assert people.last_trained_year_id == loaded.vocab.ids("year")["2014"]
 
 
 def test_a_dataset_without_a_cutoff_or_with_another_is_refused(toy, tmp_path, capsys):

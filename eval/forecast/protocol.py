@@ -54,7 +54,7 @@ class ForecastPeople:
     weight: np.ndarray | None  # (N,) survey weights, when the data has them
     cutoff: int
     last_year: int
-    last_trained_year_id: int  # the package's year id of the cutoff
+    last_trained_year_id: int  # the package's id of the last wave up to the cutoff
     future_education: str
     considered: int  # test people read
     excluded: dict[str, int] = field(default_factory=dict)
@@ -133,13 +133,13 @@ def forecast_people(
     cutoff = dataset_cutoff(dataset, cutoff)
     check_compatible(loaded.vocab, dataset, "test")
     where = storage.redact(dataset.url)
-    year_ids = loaded.vocab.ids("year")
-    if str(cutoff) not in year_ids:
-        raise StructuralError(f"the model's year vocabulary has no {cutoff}", path=where)
     batch = _stack(_read_split(dataset.url, "test", storage_options, tokens_per_batch))
     calendar = _calendar(dataset)
     real = batch["targets"] != PAD_ID
     years = np.where(real.numpy(), calendar[batch["year"].numpy()], 0)
+    # The last wave up to the cutoff (a biennial survey may have none in the cutoff year itself):
+    # the last year whose embedding the model was trained on.
+    last_trained = int(years[real.numpy() & (years <= cutoff)].max(initial=0))
     last_year = int(years.max())
     before = (real.numpy() & (years <= cutoff)).sum(1)
     after = (real.numpy() & (years > cutoff)).sum(1)
@@ -156,6 +156,9 @@ def forecast_people(
             f"{last_year}: nothing to forecast",
             path=where,
         )
+    year_ids = loaded.vocab.ids("year")
+    if str(last_trained) not in year_ids:
+        raise StructuralError(f"the model's year vocabulary has no {last_trained}", path=where)
     rows = torch.from_numpy(np.nonzero(keep)[0])
     chosen = {
         k: v[rows] for k, v in batch.items() if torch.is_tensor(v) and v.shape[0] == len(keep)
@@ -188,7 +191,7 @@ def forecast_people(
         weight=weight,
         cutoff=cutoff,
         last_year=last_year,
-        last_trained_year_id=year_ids[str(cutoff)],
+        last_trained_year_id=year_ids[str(last_trained)],
         future_education=future_education,
         considered=len(keep),
         excluded={reason: int(mask.sum()) for reason, mask in reasons.items()},
