@@ -166,7 +166,9 @@ def print_forecast(result: dict[str, Any]) -> None:
     )
     years = sorted(first["by_year"], key=int)
     print_rows(
-        f"{reference}: forecast vs realised rates (band: 95% of paths)",
+        f"{reference}: forecast vs realised rates (band: 95% of paths)"
+        if states
+        else f"{reference}: forecast perplexity by year",
         ["year", "perplexity", *states],
         [
             [

@@ -86,12 +86,12 @@ def forecast_package(
     and rates under `out` and return its summary (with "people": `describe_people`)."""
     loaded = load_model(model_url, storage_options)
     people = forecast_people(loaded, dataset, cutoff, future_education, storage_options)
-    states = state_ids(loaded.vocab)
+    states = state_ids(loaded.vocab)  # none in a panel of occupations only (wagepan)
     if not states:
-        raise ValueError(
-            f"the model {name} knows none of the states unemployed/not_in_labor_force/education: "
-            "forecast a survey's model, not a resume model"
-        )
+        log.warning(
+            "%s knows none of the states unemployed/not_in_labor_force/education: only the "
+            "forecast perplexity of the realised jobs is scored", name,
+        )  # fmt: skip
     start = time.perf_counter()
     forecast = sample_futures(
         loaded.model, people.history, people.future, paths=paths, seed=seed,
