@@ -249,7 +249,34 @@ def survey_pipeline(
         started = time.perf_counter()
         forecast_survey(experiment, survey, layout, cut, storage_options)
         times["forecast"] = time.perf_counter() - started
+    explain = layout.explain(survey)
+    if (experiment.explain is not None and spec_of.downstream
+            and not _done(explain, "rationales.json", storage_options)):  # fmt: skip
+        started = time.perf_counter()
+        explain_survey(experiment, survey, layout, storage_options)
+        times["explain"] = time.perf_counter() - started
     return {"survey": survey, "seconds": times, "started": round(began, 1)}
+
+
+def explain_survey(experiment: Experiment, survey: str, layout: RunLayout, storage_options) -> None:
+    """Rationales of the first test people who changed jobs in their last year (the year they
+    moved to, explained by their earlier years), from the word-dropout fine-tune."""
+    from eval.explain import explain_people
+    from trainer.package import load_model
+
+    package = storage.join(layout.explain_model(survey), "package")
+    loaded = load_model(package, storage_options)
+    people = explain_people(loaded, layout.dataset(survey), "test", experiment.explain.people,
+                            storage_options, target="observed", movers=True)  # fmt: skip
+    payload = {
+        "model": "explain/model", "word_dropout": loaded.model.config.word_dropout,
+        "target": "observed", "movers": True, "people": people,
+    }  # fmt: skip
+    storage.write_bytes_atomic(
+        storage.join(layout.explain(survey), "rationales.json"),
+        (json.dumps(payload, indent=1, sort_keys=True, allow_nan=False) + "\n").encode(),
+        storage_options,
+    )
 
 
 def forecast_survey(

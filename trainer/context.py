@@ -111,7 +111,9 @@ def model_for(
         return model, {}
     base = load_model(base_package, storage_options)
     check_finetune_kind(base.kind, config.kind, base_package)
-    model, notes = adapt_to_dataset(base.model, base.vocab, vocab, covariates_of(manifest))
+    model, notes = adapt_to_dataset(
+        base.model, base.vocab, vocab, covariates_of(manifest), config.model
+    )
     return model, {
         "base_package": storage.redact(base_package),
         "base_vocab_hash": base.vocab.hash,

@@ -33,10 +33,33 @@ def _grow_linear(old: torch.nn.Linear, size: int) -> torch.nn.Linear:
     return new
 
 
+#: Model settings a fine-tune may change (`model.word_dropout=0.5`: the paper's mixture for
+#: rationales); the architecture itself is the package's.
+TUNABLE = ("dropout", "word_dropout")
+
+
+def _changed_config(model: Career, changes: dict) -> dict:
+    """The package's model config with the `model.*` settings of the fine-tune applied: once
+    they were silently ignored, so `model.word_dropout=0.5` trained without word dropout."""
+    config = model.config.to_dict()
+    for name, value in changes.items():
+        if name not in TUNABLE and value != config.get(name):
+            raise StructuralError(
+                f"model.{name}={value!r}: fine-tuning keeps the package's architecture "
+                f"({name} {config.get(name)!r}); only {', '.join(TUNABLE)} can change"
+            )
+    return {**config, **{name: changes[name] for name in TUNABLE if name in changes}}
+
+
 def adapt_to_dataset(
-    model: Career, base_vocab: Vocabulary, vocab: Vocabulary, covariates: tuple[str, ...]
+    model: Career,
+    base_vocab: Vocabulary,
+    vocab: Vocabulary,
+    covariates: tuple[str, ...],
+    changes: dict | None = None,
 ) -> tuple[Career, dict]:
-    """A copy of `model` sized for `vocab` and embedding `covariates`; notes on what changed.
+    """A copy of `model` sized for `vocab` and embedding `covariates`, with the `changes` of
+    `TUNABLE` settings (`model.*` overrides); notes on what changed.
 
     Notes: `new_job_tokens`, `new_tokens` (rows added per grown field), `new_covariates` (fresh
     embeddings), and the two key lists of loading the base's weights into the copy:
@@ -56,7 +79,7 @@ def adapt_to_dataset(
         )
     sizes = {name: vocab.size(name) for name in ("job", *covariates)}
     config = ModelConfig(
-        **{**model.config.to_dict(), "vocab_sizes": sizes, "covariates": covariates}
+        **{**_changed_config(model, changes or {}), "vocab_sizes": sizes, "covariates": covariates}
     )
     adapted = Career(config)
     # Every base weight, the vocabulary-sized ones grown (old rows kept, new rows initialised).

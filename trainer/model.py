@@ -254,12 +254,19 @@ class Career(JobModel):
         self.apply(self.init_weights)
 
     # ------------------------------------------------------------------ forward
-    def _word_dropout_mask(self, inputs: torch.Tensor) -> torch.Tensor | None:
-        """Causal mask that also hides random history positions (training only)."""
-        if not (self.training and self.config.word_dropout > 0):
-            return None
+    def _word_dropout_mask(
+        self, inputs: torch.Tensor, visible: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Causal mask that also hides history positions: random ones in training (word dropout),
+        or those `visible` (B, T) marks False, in any mode (rationales: the very mask training
+        showed the model, so a subset of the history is seen as it learned to see one)."""
         B, T = inputs.shape
-        keep = torch.rand(B, T, device=inputs.device) >= self.config.word_dropout
+        if visible is not None:
+            keep = visible.to(device=inputs.device, dtype=torch.bool).clone()
+        elif self.training and self.config.word_dropout > 0:
+            keep = torch.rand(B, T, device=inputs.device) >= self.config.word_dropout
+        else:
+            return None
         keep[:, 0] = True  # <bos> stays visible
         causal = torch.ones(T, T, dtype=torch.bool, device=inputs.device).tril()
         mask = causal[None] & keep[:, None, :]
@@ -275,13 +282,14 @@ class Career(JobModel):
         return x
 
     def represent(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Hidden state at each year (B, T, C): a representation of the history up to that year."""
+        """Hidden state at each year (B, T, C): a representation of the history up to that year.
+        `batch["visible"]` (B, T) bool, when given, hides the history positions it marks False."""
         inputs = batch["inputs"]
         T = inputs.shape[1]
         x = self.embed(batch)
         x = x + sinusoidal_positions(T, self.config.d_model, inputs.device).to(x.dtype)[None]
         x = self.dropout(x)
-        mask = self._word_dropout_mask(inputs)
+        mask = self._word_dropout_mask(inputs, batch.get("visible"))
         for block in self.blocks:
             x = block(x, mask)
         return self.ln_out(x)

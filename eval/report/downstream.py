@@ -4,14 +4,11 @@ the wage model and the wage gap, rationales. Each is built from the step's JSON 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from eval.report import plots
 from eval.report.render import Heading, Missing, Table, Text
 from eval.report.run import Run
-
-if TYPE_CHECKING:
-    from eval.report.sections import Document
 
 STATES = ("unemployed", "not_in_labor_force", "education")
 
@@ -29,7 +26,7 @@ def _interval(estimate: dict | None, digits: int = 3) -> str:
     return text
 
 
-def forecast(doc: Document, run: Run) -> None:
+def forecast(doc: Any, run: Run) -> None:  # doc: sections.Document (which imports this)
     """Per survey: the forecast comparison table and the forecast vs realised rates."""
     shown = False
     for survey in run.surveys:
@@ -70,3 +67,39 @@ def forecast(doc: Document, run: Run) -> None:
                      "path draws a job per future wave and feeds it back. Forecast perplexity: "
                      "exp of the mean negative log of the path-averaged probability of the "
                      "realised job. Δ: paired over people (person bootstrap)."))  # fmt: skip
+
+
+def explain(doc: Any, run: Run) -> None:
+    """Per survey: the rationales of a few test people's last-year job changes."""
+    shown = False
+    for survey in run.surveys:
+        result = survey.downstream.get("explain")
+        doc.add(Heading(survey.name, 3))
+        if not result:
+            doc.add(Missing(f"{survey.name}: no rationales (surveys/{survey.name}/explain/)"))
+            continue
+        shown = True
+        rows = []
+        for person in result.get("people") or []:
+            history = {row["year"]: row["job"] for row in person.get("rows") or []}
+            kept = ", ".join(f"{y}: {history.get(y, '?')}" for y in person.get("kept_years") or [])
+            last = next((r for r in person.get("rows") or [] if r.get("last")), None)
+            rows.append([
+                person.get("id") or "", str(person.get("year")), person.get("target") or "",
+                f"{last['year']}: {last['job']}" if last else "–", kept or "(none)",
+                _x(person.get("p_target_kept")), _x(person.get("p_target_full")),
+                "yes" if person.get("is_top") else f"no ({person.get('top_kept')})",
+            ])  # fmt: skip
+        if not rows:
+            doc.add(Missing(f"{survey.name}: no test person changed jobs in their last year"))
+            continue
+        doc.add(Table(["person", "year", "job moved to", "last year (always seen)",
+                       "rationale: the years kept", "P with them", "P with all", "top job?"],
+                      rows, f"CAREER fine-tuned with word dropout "
+                      f"{result.get('word_dropout')}: the fewest earlier years that, with last "
+                      "year, make the realised job the model's top choice (greedy)"))  # fmt: skip
+    if shown:
+        doc.add(Text("Greedy rationalization (Vafa et al. 2021): starting from last year alone, "
+                     "the earlier year that raises the job's probability most is added until the "
+                     "job is the model's top prediction. A model fine-tuned with word dropout "
+                     "predicts from such subsets as it was trained to."))  # fmt: skip
