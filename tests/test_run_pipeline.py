@@ -28,6 +28,7 @@ baselines: {scratch: {}, regression: {preset: tiny, lr: 0.05}, markov: {}}
 workers: 2
 survey_workers: 1
 forecast: {cutoff: 2014, models: [finetuned, markov], paths: 40}
+explain: {people: 2}
 """
 MODELS = {"finetuned", "scratch", "regression", "markov"}
 
@@ -93,6 +94,14 @@ def test_the_whole_experiment_from_an_empty_folder(finished):
         assert base["finetune"]["base_package"].endswith("first/pretrain/package")
     assert "Forecasting" in (run / "report" / "report.md").read_text()
     assert "Forecast from 2014" in (run / "report" / "report.md").read_text()
+    # Rationales from the word-dropout fine-tune.
+    for survey in ("nlsy79", "psid"):
+        explained = json.loads(
+            (run / "surveys" / survey / "explain" / "rationales.json").read_text()
+        )
+        assert explained["word_dropout"] == 0.5 and 1 <= len(explained["people"]) <= 2
+        assert all(p["year"] and p["rows"] for p in explained["people"])
+    assert "## Rationales" in (run / "report" / "report.md").read_text()
 
 
 @pytest.mark.slow
