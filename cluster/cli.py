@@ -26,6 +26,7 @@ from typing import Any
 
 from cluster import (
     evaluate_job,
+    explain_job,
     flags,
     forecast_job,
     guards,
@@ -33,6 +34,7 @@ from cluster import (
     run_job,
     settings,
     submit_job,
+    wages_job,
 )
 from data_shards.errors import StructuralError
 from data_shards.formats import ALL_FORMATS, READABLE_FORMATS, describe_formats
@@ -191,6 +193,9 @@ COMMANDS: dict[str, Command] = {
                         add=evaluate_job.add_evaluate_flags, make=evaluate_job.evaluate_settings),
     "predict": Command("predict next jobs with a model package (top-k, probabilities, P(stay))",
                        evaluate_job.PredictSettings, evaluate_job.run_predict),
+    "explain": Command("explain a next-job prediction: the fewest past years that alone make "
+                       "a word-dropout CAREER package predict the job (greedy rationalization)",
+                       explain_job.ExplainSettings, explain_job.run_explain),
     "forecast": Command("forecast years ahead from a dataset's cutoff by Monte Carlo (paths of "
                         "sampled careers): perplexity, unemployment/out-of-labor-force/school "
                         "AUC and rates, models compared", forecast_job.ForecastSettings,
@@ -200,6 +205,10 @@ COMMANDS: dict[str, Command] = {
                       "from the run's metrics and scores", report_job.ReportSettings,
                       report_job.run_report, add=report_job.add_report_flags,
                       make=report_job.report_settings),
+    "wages": Command("wage models: Mincer vs Mincer + the history representation (R^2, MSE), "
+                     "or with --gap FIELD the wage gap raw, with Mincer controls and given the "
+                     "whole job history (double machine learning)", wages_job.WagesSettings,
+                     wages_job.run_wages),
     "submit": Command("run a career command on a Ray cluster as a job (Ray Jobs API)",
                       submit_job.SubmitSettings,
                       lambda s: submit_job.run_submit(s, COMMANDS),

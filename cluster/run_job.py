@@ -249,6 +249,12 @@ def survey_pipeline(
         started = time.perf_counter()
         forecast_survey(experiment, survey, layout, cut, storage_options)
         times["forecast"] = time.perf_counter() - started
+    wages = layout.wages(survey)
+    if (experiment.wages is not None and spec_of.downstream
+            and not _done(wages, "wages.json", storage_options)):  # fmt: skip
+        started = time.perf_counter()
+        wages_survey(experiment, survey, layout, storage_options)
+        times["wages"] = time.perf_counter() - started
     explain = layout.explain(survey)
     if (experiment.explain is not None and spec_of.downstream
             and not _done(explain, "rationales.json", storage_options)):  # fmt: skip
@@ -256,6 +262,36 @@ def survey_pipeline(
         explain_survey(experiment, survey, layout, storage_options)
         times["explain"] = time.perf_counter() - started
     return {"survey": survey, "seconds": times, "started": round(began, 1)}
+
+
+def wages_survey(experiment: Experiment, survey: str, layout: RunLayout, storage_options) -> None:
+    """The wage table of the fine-tuned model (Mincer vs Mincer + its history representation)
+    and, with `wages.gap`, the history-adjusted wage gap; a survey without wages gets a note in
+    wages.json instead (the step is done: rerunning would not find wages either)."""
+    from data_shards.errors import StructuralError as NoWages
+    from eval.wages import wage_gap, wage_table
+    from trainer.package import load_model
+
+    settings = experiment.wages
+    data = layout.dataset(survey)
+    loaded = load_model(storage.join(layout.model(survey, "finetuned"), "package"), storage_options)
+    payload: dict[str, Any] = {"model": "finetuned"}
+    try:
+        payload["table"] = wage_table(loaded, data, storage_options,
+                                      bootstrap=settings.bootstrap)  # fmt: skip
+    except NoWages as error:
+        payload["skipped"] = str(error)
+    if "table" in payload and settings.gap:
+        try:
+            payload["gap"] = wage_gap(loaded, data, by=settings.gap, folds=settings.folds,
+                                      storage_options=storage_options)  # fmt: skip
+        except (NoWages, ValueError) as error:
+            payload["gap_skipped"] = str(error)
+    storage.write_bytes_atomic(
+        storage.join(layout.wages(survey), "wages.json"),
+        (json.dumps(payload, indent=1, sort_keys=True, allow_nan=False) + "\n").encode(),
+        storage_options,
+    )
 
 
 def explain_survey(experiment: Experiment, survey: str, layout: RunLayout, storage_options) -> None:

@@ -29,6 +29,7 @@ workers: 2
 survey_workers: 1
 forecast: {cutoff: 2014, models: [finetuned, markov], paths: 40}
 explain: {people: 2}
+wages: {gap: gender, bootstrap: 20, folds: 2}
 """
 MODELS = {"finetuned", "scratch", "regression", "markov"}
 
@@ -102,6 +103,12 @@ def test_the_whole_experiment_from_an_empty_folder(finished):
         assert explained["word_dropout"] == 0.5 and 1 <= len(explained["people"]) <= 2
         assert all(p["year"] and p["rows"] for p in explained["people"])
     assert "## Rationales" in (run / "report" / "report.md").read_text()
+    # The wage model of the fine-tuned CAREER and the history-adjusted gender gap.
+    for survey in ("nlsy79", "psid"):
+        wages = json.loads((run / "surveys" / survey / "wages" / "wages.json").read_text())
+        assert set(wages["table"]["models"]) == {"mincer", "history"}
+        assert set(wages["gap"]["estimates"]) == {"raw", "mincer_ols", "history_dml"}
+    assert "## Wage model and wage gap" in (run / "report" / "report.md").read_text()
 
 
 @pytest.mark.slow

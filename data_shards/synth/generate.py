@@ -225,9 +225,12 @@ def simulate_chunk(
 
 
 def _wages(world, preset, who, types, years, jobs, education, lengths, rng) -> np.ndarray | None:
-    """Log wages: occupation, level, tenure, type, education and year; NaN when not employed."""
+    """Log wages: occupation, level, tenure, type, education and year (`presets.WageDesign`, which
+    may add a penalty per earlier year out of work and a gender gap); NaN when not employed.
+    Terms a design leaves at zero are not added, so the frozen presets keep their exact bytes."""
     if not preset.wages:
         return None
+    design = preset.wage_design
     n, T = jobs.shape
     is_occ = jobs < world.num_occupations
     fam = np.where(is_occ, world.family_of[jobs], 0)
@@ -237,10 +240,18 @@ def _wages(world, preset, who, types, years, jobs, education, lengths, rng) -> n
         same = jobs[:, t] == jobs[:, t - 1]
         tenure[:, t] = np.where(same, tenure[:, t - 1] + (years[:, t] - years[:, t - 1]), 1)
     type_wage = np.array([t.wage for t in world.types])[types][:, None]
+    if design.type_effect != 1.0:
+        type_wage = design.type_effect * type_wage
     wage = (
-        2.0 + world.family_wage[fam] + 0.09 * lvl + 0.08 * education + 0.06 * np.log(np.maximum(tenure, 1))
+        2.0 + world.family_wage[fam] + 0.09 * lvl + 0.08 * education + design.tenure * np.log(np.maximum(tenure, 1))
         + type_wage + 0.01 * (years - 1990) + rng.normal(0.0, 0.3, (n, T))
     )  # fmt: skip
+    if design.scar:
+        out_of_work = (jobs == world.unemployed_id) | (jobs == world.nilf_id)
+        earlier = np.cumsum(out_of_work, axis=1) - out_of_work  # before year t, not at it
+        wage = wage - design.scar * earlier
+    if design.female_gap:
+        wage = wage + design.female_gap * who.female[:, None]
     missing = ~is_occ | (rng.random((n, T)) < preset.wage_missing)
     return np.where(missing, np.nan, wage)
 

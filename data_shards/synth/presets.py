@@ -3,10 +3,13 @@
 `resumes` imitates an online resume corpus (no non-employment states, a white-collar type mix,
 randomly unlisted years); the survey presets follow each survey's sampling frame and interview
 calendar, with the three non-employment states, wages, attrition and missed interviews.
+`wage-gap` is the NLSY79 design with another wage equation (`WageDesign`): a known gender gap in
+log wages given the whole history, for checking wage-gap estimators (`eval.wages.gap`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from data_shards.synth.world import EDUCATION_LEVELS, ETHNICITIES, WORKER_TYPES
@@ -15,6 +18,47 @@ from data_shards.synth.world import EDUCATION_LEVELS, ETHNICITIES, WORKER_TYPES
 def interview_years(first: int, yearly_until: int, last: int) -> tuple[int, ...]:
     """Yearly waves from `first` to `yearly_until`, then every two years up to `last`."""
     return tuple(range(first, yearly_until + 1)) + tuple(range(yearly_until + 2, last + 1, 2))
+
+
+@dataclass(frozen=True)
+class WageDesign:
+    """How log wages are made (`generate._wages`); the defaults are the frozen process.
+
+    log wage = 2 + family premium + 0.09 level + 0.08 education + `tenure` x log(tenure)
+               + `type_effect` x the latent type's premium + 0.01 (year - 1990)
+               - `scar` x earlier observed years out of work (unemployed, out of the labor force)
+               + `female_gap` x female + N(0, 0.3^2)
+
+    With `type_effect` 0 every term but the gap and the noise is a function of what a model is
+    shown (the observed jobs, years, education): the gap given the whole history is then exactly
+    `female_gap` for everyone, which is what makes it a known truth.
+    """
+
+    type_effect: float = 1.0
+    tenure: float = 0.06
+    scar: float = 0.0
+    female_gap: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.scar < 0 or self.type_effect < 0:
+            raise ValueError("WageDesign: scar and type_effect must not be negative")
+
+    @property
+    def history_explains_all(self) -> bool:
+        """True when, given the observed history and gender, only noise is left (no latent type)."""
+        return self.type_effect == 0
+
+    def true_gap(self, by: str) -> float | None:
+        """The log-wage gap of women minus men given the whole history (None: not known exactly,
+        because the latent type, which gender tilts, also enters wages)."""
+        if by != "gender" or not self.history_explains_all:
+            return None
+        return self.female_gap
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            name: getattr(self, name) for name in ("type_effect", "tenure", "scar", "female_gap")
+        }
 
 
 @dataclass(frozen=True)
@@ -40,6 +84,7 @@ class Preset:
     ethnicity_mix: tuple[float, ...] = (0.70, 0.13, 0.12, 0.05)
     wages: bool = True
     wage_missing: float = 0.10
+    wage_design: WageDesign = WageDesign()
     survey_weights: bool = True
     notes: str = field(default="", compare=False)
 
@@ -122,6 +167,19 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
+
+#: NLSY79's design with a known gender gap: women earn 10% less (log) than men with the same
+#: history; each earlier year out of work costs 8%, and women are out of work more often (the
+#: process's gender terms), so history confounds the gap; no latent-type wage premium, so the gap
+#: given the history is exactly -0.10. The other presets are untouched by it.
+WAGE_GAP = dataclasses.replace(
+    PRESETS["nlsy79"],
+    name="wage-gap",
+    default_people=5_000,
+    wage_design=WageDesign(type_effect=0.0, scar=0.08, female_gap=-0.10),
+    notes="NLSY79 design; log wages with a known gender gap given history (-0.10)",
+)
+PRESETS[WAGE_GAP.name] = WAGE_GAP
 
 
 def get_preset(name: str) -> Preset:

@@ -103,3 +103,58 @@ def explain(doc: Any, run: Run) -> None:
                      "the earlier year that raises the job's probability most is added until the "
                      "job is the model's top prediction. A model fine-tuned with word dropout "
                      "predicts from such subsets as it was trained to."))  # fmt: skip
+
+
+def wages(doc: Any, run: Run) -> None:
+    """Per survey: the wage table (Mincer vs Mincer + CAREER's representation) and the gap."""
+    shown = False
+    for survey in run.surveys:
+        result = survey.downstream.get("wages")
+        doc.add(Heading(survey.name, 3))
+        if not result:
+            doc.add(Missing(f"{survey.name}: no wage model (surveys/{survey.name}/wages/)"))
+            continue
+        if "table" not in result:
+            doc.add(Missing(f"{survey.name}: no wage model: {result.get('skipped', '?')}"))
+            continue
+        shown = True
+        table = result["table"]
+        rows = []
+        for name, entry in table["models"].items():
+            test = entry.get("test") or {}
+            rows.append([entry.get("label", name), _x((entry.get("valid") or {}).get("r2")),
+                         _interval(test.get("r2")), _interval(test.get("mse"))])  # fmt: skip
+        difference = table.get("difference") or {}
+        rows.append(["difference (history − Mincer)", "", _interval(difference.get("r2")),
+                     _interval(difference.get("mse"))])  # fmt: skip
+        test_rows = (table.get("person_years") or {}).get("test") or {}
+        doc.add(Table(["wage model", "valid R²", "test R² [95%]", "test MSE [95%]"], rows,
+                      f"log wages of {_count(test_rows.get('person_years_with_wage'))} test "
+                      f"person-years ({_count(test_rows.get('people_with_wage'))} people); ridge "
+                      f"penalty {(table.get('penalty') or {}).get('chosen')} chosen on valid; "
+                      "person-bootstrap intervals"))  # fmt: skip
+        gap = result.get("gap")
+        if gap:
+            truth = gap.get("truth")
+            covers = gap.get("covers_truth") or {}
+            gap_rows = [[name.replace("_", " "), _x(e.get("estimate"), 4), _x(e.get("se"), 4),
+                         f"[{_x(e.get('low'), 4)}, {_x(e.get('high'), 4)}]",
+                         ("yes" if covers.get(name) else "no") if truth is not None else "–"]
+                        for name, e in gap["estimates"].items()]  # fmt: skip
+            doc.add(Table(["estimate", "gap", "SE", "95% interval", "covers the truth"], gap_rows,
+                          f"{gap.get('by')} log-wage gap, {gap.get('group')} minus "
+                          f"{gap.get('reference')}" + (f"; the simulator's true gap given "
+                          f"history: {truth:.4f}" if truth is not None else "")))  # fmt: skip
+        elif result.get("gap_skipped"):
+            doc.add(Missing(f"{survey.name}: no wage gap: {result['gap_skipped']}"))
+    if shown:
+        doc.add(Text("Mincer: education, experience and its square, occupation and year effects "
+                     "and demographic controls, fitted on the train people. History: the same "
+                     "plus the fine-tuned CAREER's representation of the job history up to that "
+                     "year (ridge). Gap: raw difference, OLS with the Mincer controls, and a "
+                     "partially linear model whose nuisance functions use the representation, "
+                     "cross-fitted over person folds (double machine learning)."))  # fmt: skip
+
+
+def _count(value: Any) -> str:
+    return "–" if value is None else f"{value:,}"

@@ -34,6 +34,7 @@ SECTIONS = (
     ("calibration", "P(stay) calibration"),
     ("transitions", "Transitions between the most common jobs"),
     ("forecast", "Forecasting"),
+    ("wages", "Wage model and wage gap"),
     ("explain", "Rationales"),
     ("data", "Data and steps"),
 )
@@ -82,7 +83,8 @@ def build(run: Run) -> Document:
     builders: dict[str, Callable[[Document, Run], None]] = {
         "status": _status, "comparison": _comparison, "learning": _learning,
         "perplexity": _perplexity, "calibration": _calibration, "transitions": _transitions,
-        "forecast": downstream.forecast, "explain": downstream.explain, "data": _data,
+        "forecast": downstream.forecast, "wages": downstream.wages,
+        "explain": downstream.explain, "data": _data,
     }  # fmt: skip
     for anchor, title in SECTIONS:
         doc.add(Heading(title, 2, anchor))
