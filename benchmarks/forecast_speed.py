@@ -11,7 +11,7 @@ past 2014 use 2014's embedding). Timed, in one process:
 - small, cached: the whole task, with the key/value cache and identical paths merged;
 - small, not merged: the cache, each path decoded on its own, on `--subset` people, scaled;
 - small, full recompute: every path's whole sequence re-run each year, on `--full-subset` people,
-  scaled; its paths are checked to equal the cached run's;
+  scaled; the share of its paths identical to the cached run's is recorded;
 - small, stay-heavy: the cached run with the stay logit set to P(stay) = 0.8 (a trained model on
   survey data stays about that often), where merging saves more;
 - paper, cached: on `--subset` people, scaled to the whole task.
@@ -115,7 +115,8 @@ def main() -> None:
     n = min(args.full_subset, N)
     seconds, full = timed(small, subset(history, n), subset(future, n), P, full_recompute=True)
     record("small full recompute", seconds, n, full)
-    same = bool(torch.equal(full.paths, cached.paths[:n]))
+    # The same uniforms drive both; a draw can differ only within float rounding of a CDF step.
+    same = round(float((full.paths == cached.paths[:n]).all(-1).float().mean()), 4)
     with torch.no_grad():
         small.stay_head.bias.fill_(math.log(0.8 / 0.2))
     seconds, forecast = timed(small, history, future, P)
@@ -131,7 +132,7 @@ def main() -> None:
     cache_alone = full_s / rows["small cached, not merged"]["seconds_for_all"]
     print(
         f"speed-up over full recompute: {speedup:.1f}x ({cache_alone:.1f}x from the cache "
-        f"alone, without merging paths); same paths: {same}"
+        f"alone, without merging paths); share of paths drawn identically: {same}"
     )
     path = save("forecast_speed", {
         "command": "nice -n 10 python benchmarks/forecast_speed.py " + " ".join(sys.argv[1:]),
@@ -140,7 +141,7 @@ def main() -> None:
         "target_seconds": 300, "runs": rows,
         "speedup_over_full_recompute": round(speedup, 1),
         "speedup_cache_alone": round(cache_alone, 1),
-        "full_recompute_same_paths": same,
+        "full_recompute_identical_path_share": same,
     })  # fmt: skip
     print(f"wrote {path}")
 

@@ -9,9 +9,8 @@ another group is a quadratic form in that group's Gram, so choosing a penalty co
 the data. Only the final predictions (for bootstrap intervals and cross-fitted residuals) take
 a second pass.
 
-Solves go through an eigendecomposition with a pseudo-inverse, so collinear columns (a year
-dummy and observed experience on a panel that starts in one year) give the minimum-norm fit
-instead of failing. numpy alone does all of it: scikit-learn is not a dependency, and its
+Solves add a tiny jitter to the diagonal (`solve`), so collinear or empty columns do not make
+them fail. numpy alone does all of it: scikit-learn is not a dependency, and its
 estimators would each need the dense design.
 """
 
@@ -107,13 +106,26 @@ def grams(
 
 
 def solve(gram: Gram, penalty: np.ndarray | float = 0.0) -> np.ndarray:
-    """Coefficients (k, m) of least squares with a ridge `penalty` (per column, or one for all)."""
+    """Coefficients (k, m) of least squares with a ridge `penalty` (per column, or one for all).
+
+    A jitter of 1e-9 of the mean diagonal makes the system definite: a column that is zero on
+    these rows (a level no fitting row has) gets coefficient 0, as its base would; collinear
+    columns (a year dummy and observed experience on a panel that starts in one year) share the
+    fit without blowing up. Should the solve still fail, the eigendecomposition's pseudo-inverse
+    gives the minimum-norm fit."""
     k = gram.xx.shape[0]
     lhs = gram.xx + np.diag(np.broadcast_to(np.asarray(penalty, dtype=np.float64), (k,)))
-    values, vectors = np.linalg.eigh((lhs + lhs.T) / 2)
+    lhs = (lhs + lhs.T) / 2
+    jitter = 1e-9 * max(float(np.trace(lhs)) / max(k, 1), 1.0)
+    try:
+        beta = np.linalg.solve(lhs + jitter * np.eye(k), gram.xy)
+        if np.isfinite(beta).all():
+            return beta
+    except np.linalg.LinAlgError:
+        pass
+    values, vectors = np.linalg.eigh(lhs)
     keep = values > max(values.max(initial=0.0), 1.0) * 1e-10
-    inverse = (vectors[:, keep] / values[keep]) @ vectors[:, keep].T
-    return inverse @ gram.xy
+    return (vectors[:, keep] / values[keep]) @ (vectors[:, keep].T @ gram.xy)
 
 
 def squared_error(gram: Gram, beta: np.ndarray) -> np.ndarray:
