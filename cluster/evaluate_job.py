@@ -160,6 +160,20 @@ class EvaluateSettings:
         return storage.join(self.out, "transitions", f"{model}__{dataset}.json")
 
 
+def given_covariates(settings: Any) -> dict[str, Any]:
+    """The covariate flags a person-level command was given (`career predict`, `career
+    explain`): static ones as they are, `--education` one degree or one per year."""
+    given: dict[str, Any] = {
+        name: getattr(settings, name)
+        for name in ("location", "gender", "ethnicity", "birth_year")
+        if getattr(settings, name) is not None
+    }
+    if settings.education:
+        degrees = settings.education.split()
+        given["education"] = degrees[0] if len(degrees) == 1 else tuple(degrees)
+    return given
+
+
 @dataclass(kw_only=True)
 class PredictSettings:
     """Predict next jobs with a model package: the top-k jobs with their probabilities and
@@ -209,15 +223,7 @@ class PredictSettings:
             raise ValueError(f"--top-k must be at least 1, not {self.top_k}")
 
     def covariates(self) -> dict[str, Any]:
-        given: dict[str, Any] = {
-            name: getattr(self, name)
-            for name in ("location", "gender", "ethnicity", "birth_year")
-            if getattr(self, name) is not None
-        }
-        if self.education:
-            degrees = self.education.split()
-            given["education"] = degrees[0] if len(degrees) == 1 else tuple(degrees)
-        return given
+        return given_covariates(self)
 
     def paths_read(self) -> dict[str, str | None]:
         return {"--model": self.model, "--input": self.input}

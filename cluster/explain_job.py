@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import flags
+from cluster.evaluate_job import given_covariates
 from cluster.settings import StorageSettings
 from data_shards import storage
 
@@ -75,15 +76,7 @@ class ExplainSettings:
             raise ValueError("--out goes with --input; --history prints its rationale")
 
     def covariates(self) -> dict[str, Any]:
-        given: dict[str, Any] = {
-            name: getattr(self, name)
-            for name in ("location", "gender", "ethnicity", "birth_year")
-            if getattr(self, name) is not None
-        }
-        if self.education:
-            degrees = self.education.split()
-            given["education"] = degrees[0] if len(degrees) == 1 else tuple(degrees)
-        return given
+        return given_covariates(self)
 
     def paths_read(self) -> dict[str, str | None]:
         return {"--model": self.model, "--input": self.input}
