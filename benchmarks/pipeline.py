@@ -30,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, save  # noqa: E402
 
 
-def run_demo(size: str, store: Path) -> tuple[Path, float]:
-    command = [str(Path(sys.executable).with_name("career")), "run", "--size", size, "--store",
+def run_demo(size: str, store: Path, config: Path | None = None) -> tuple[Path, float]:
+    """`career run` of a built-in size (or of the experiment file `config`) in `store`."""
+    chosen = ["--config", str(config.resolve())] if config else ["--size", size]
+    command = [str(Path(sys.executable).with_name("career")), "run", *chosen, "--store",
                str(store), "--run-id", "bench"]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)

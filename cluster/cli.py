@@ -32,6 +32,7 @@ from cluster import (
     guards,
     report_job,
     run_job,
+    scale_job,
     settings,
     submit_job,
     wages_job,
@@ -201,6 +202,9 @@ COMMANDS: dict[str, Command] = {
                         "AUC and rates, models compared", forecast_job.ForecastSettings,
                         forecast_job.run_forecast, add=forecast_job.add_forecast_flags,
                         make=forecast_job.forecast_settings),
+    "scale": Command("a scaling study: models x corpus sizes pretrained as Ray jobs on nested "
+                     "subsets of one corpus; fitted scaling laws, plots, report (resumable)",
+                     scale_job.ScaleSettings, scale_job.run_scale),
     "report": Command("write a run's report: an HTML page and its Markdown twin, with PNG plots, "
                       "from the run's metrics and scores", report_job.ReportSettings,
                       report_job.run_report, add=report_job.add_report_flags,

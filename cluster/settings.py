@@ -165,7 +165,7 @@ class ShardSettings:
 #: TrainConfig fields offered as flags of pretrain/finetune (anything else: key=value overrides).
 TRAIN_FLAGS = (
     "kind", "preset", "zero_stage", "updates", "tokens_per_update", "micro_batches", "precision",
-    "seed", "eval_every", "checkpoint_every",
+    "seed", "eval_every", "checkpoint_every", "train_people",
 )  # fmt: skip
 
 

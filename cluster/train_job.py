@@ -64,7 +64,8 @@ def check_inputs(s: TrainingSettings) -> None:
     data, base, storage_options = s.data, s.base, s.storage_options
     manifest = load_manifest(data, storage_options)
     if not closed_form(s):  # one process: no blocks to share out, no checkpoints to resume
-        check_training_blocks(manifest, s.workers, s.config.loader_workers, data)
+        check_training_blocks(manifest, s.workers, s.config.loader_workers, data,
+                              s.config.train_people)  # fmt: skip
     if base:
         from trainer.context import check_finetune_kind
         from trainer.package import load_model

@@ -1,11 +1,13 @@
 """The streaming loader: batch contract, token budget, slot splitting, exact resume, refusals."""
 
 import collections
+import itertools
 
 import numpy as np
 import pytest
 import torch
 
+from data_shards.blocks import decode_block
 from data_shards.errors import StructuralError
 from data_shards.inputs import InputSpec
 from data_shards.shard import ShardConfig, shard_dataset
@@ -270,3 +272,61 @@ def test_resume_on_another_split_is_refused(datasets):
     )
     with pytest.raises(ValueError, match="another split"):
         other.load_states([loader.state_dict()])
+
+
+# ----------------------------------------------------------------------------- nested subsets
+def _people_read(url, config, num_workers=0):
+    loader = CareerLoader(url, config, num_workers=num_workers)
+    read = [p for batch in loader for p in batch["person_id"]]
+    return read, sum(int(b["lengths"].sum()) for b in CareerLoader(url, config, num_workers=0))
+
+
+@pytest.mark.parametrize("which", ["many", "few"])
+def test_corpus_subsets_are_nested_deterministic_prefixes_with_exact_token_counts(datasets, which):
+    """`StreamConfig.people`: the first N people in manifest order, each read once per epoch
+    over any layout of ranks, the cut block's tail skipped; `tokens()` counts them exactly."""
+    data = dict(zip(["many", "few"], datasets, strict=True))[which]
+    url = data.dataset_url
+    stream = CareerStream(url, StreamConfig(split="train", shuffle=False, loop=False))
+    everyone = [str(p) for _, data in stream.read_pieces(stream.plan(0, 1, 0))
+                for p in decode_block(data).person_id]  # manifest order  # fmt: skip
+    subsets = {}
+    for people in (1, 37, 120, 449, len(everyone)):  # inside a block, across blocks and shards
+        config = StreamConfig(split="train", tokens_per_update=900, people=people, loop=False)
+        read, tokens = _people_read(url, config)
+        assert len(read) == len(set(read)) == people
+        assert set(read) == set(everyone[:people])  # the prefix, whatever the shuffling
+        assert CareerStream(url, config).tokens() == tokens
+        ranks = [_people_read(url, StreamConfig(split="train", people=people, loop=False,
+                                                rank=r, world_size=2), num_workers=1)[0]
+                 for r in range(2)] if people >= 120 else None  # fmt: skip
+        if ranks:
+            assert sorted(ranks[0] + ranks[1]) == sorted(read)
+        subsets[people] = set(read)
+    sizes = sorted(subsets)
+    assert all(subsets[a] < subsets[b] for a, b in itertools.pairwise(sizes))  # nested
+    full = CareerStream(url, StreamConfig(split="train", people=len(everyone)))
+    assert full.tokens() == data.manifest.splits["train"]["tokens"]
+
+
+def test_corpus_subset_refusals(datasets):
+    many, _ = datasets
+    people = many.manifest.splits["train"]["people"]
+    with pytest.raises(ValueError, match=f"has {people:,} people"):
+        CareerStream(many.dataset_url, StreamConfig(split="train", people=people + 1))
+    with pytest.raises(ValueError, match="at least 1"):
+        StreamConfig(people=0)
+    # A loader state of one subset does not continue another (exactly or elastically).
+    first = CareerLoader(many.dataset_url, StreamConfig(split="train", people=200), num_workers=0)
+    iterator = iter(first)
+    next(iterator)
+    state = first.state_dict()
+    other = CareerLoader(many.dataset_url, StreamConfig(split="train", people=300), num_workers=0)
+    with pytest.raises(ValueError, match="people"):
+        other.load_states([state])
+    same = CareerLoader(many.dataset_url, StreamConfig(split="train", people=200), num_workers=0)
+    assert same.load_states([state]) == "exact"
+    # A state saved before subsets existed (no `people` key) still resumes exactly.
+    old = {**state, "config": {k: v for k, v in state["config"].items() if k != "people"}}
+    full = CareerLoader(many.dataset_url, StreamConfig(split="train"), num_workers=0)
+    full.load_state_dict({**old, "manifest_shards": [s.sha256 for s in full.stream.shards]})

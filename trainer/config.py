@@ -83,6 +83,14 @@ class TrainConfig:
             "choices": PRECISIONS,
         },
     )
+    train_people: int | None = field(
+        default=None,
+        metadata={
+            "help": "train on the first N people of the train split only (a deterministic prefix: "
+            "nested corpus sizes for scaling studies); default: all",
+            "metavar": "N",
+        },
+    )
     compile: bool = False  # torch.compile the model (GPU; shapes vary, so dynamic shapes)
     seed: int = field(default=0, metadata={"help": "random seed"})
     eval_every: int = field(
@@ -112,6 +120,8 @@ class TrainConfig:
             raise ValueError(
                 f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
             )
+        if self.train_people is not None and self.train_people < 1:
+            raise ValueError(f"train_people must be at least 1, not {self.train_people}")
         for name in (
             "updates",
             "tokens_per_update",

@@ -20,6 +20,7 @@ from data_shards import storage
 from data_shards.errors import StructuralError
 from data_shards.manifest import MANIFEST, Manifest, load_manifest
 from data_shards.stream import CareerLoader, StreamConfig
+from data_shards.stream.subset import prefix_of
 from data_shards.vocab import Vocabulary
 from trainer import rng
 from trainer.config import TrainConfig
@@ -71,15 +72,24 @@ def load_dataset(data_url: str, storage_options=None) -> Dataset:
     return Dataset(data_url, manifest, vocab, hashlib.sha256(manifest_bytes).hexdigest())
 
 
-def check_training_blocks(manifest: Manifest, workers: int, loader_workers: int, url: str) -> None:
-    """Every (worker, DataLoader worker) reads whole blocks of the train split: with fewer blocks
-    than that, one would wait forever for data. Refuse before any collective starts."""
-    blocks = sum(shard.blocks for shard in manifest.shards_of("train"))
+def check_training_blocks(manifest: Manifest, workers: int, loader_workers: int, url: str,
+                          people: int | None = None) -> None:  # fmt: skip
+    """Every (worker, DataLoader worker) reads whole blocks of the train split (of its first
+    `people` people): with fewer blocks than that, one would wait forever for data. Refuse before
+    any collective starts; a subset larger than the split is refused too."""
+    shards = manifest.shards_of("train")
+    if people is not None:
+        try:
+            shards = prefix_of(manifest, "train", people).shards
+        except ValueError as error:
+            raise StructuralError(f"train_people: {error}", path=storage.redact(url)) from None
+    blocks = sum(shard.blocks for shard in shards)
     readers = workers * max(loader_workers, 1)
     if blocks < readers:
         per = f" x {loader_workers} loader workers" if loader_workers > 1 else ""
         raise StructuralError(
-            f"the dataset has fewer training blocks ({blocks}) than workers ({workers}{per}): "
+            f"the {'subset' if people else 'dataset'} has fewer training blocks ({blocks}) than "
+            f"workers ({workers}{per}): "
             "some would get no training data. Shard it with a smaller --people-per-block, or "
             "train with fewer --workers (or loader_workers)",
             path=storage.redact(url),
@@ -160,7 +170,8 @@ def prepare(
         torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // local_world))
     rng.seed_everything(config.seed)  # same initial weights on every rank
     data = load_dataset(data_url, storage_options)
-    check_training_blocks(data.manifest, info.world_size, config.loader_workers, data_url)
+    check_training_blocks(data.manifest, info.world_size, config.loader_workers, data_url,
+                          config.train_people)  # fmt: skip
     model, adapt = model_for(config, data.vocab, data.manifest, base_package, storage_options)
     return RunContext(info, config, data_url, out_url, storage_options, data, model, adapt)
 
@@ -169,7 +180,8 @@ def training_loader(run: RunContext) -> CareerLoader:
     """This rank's endless, shuffled, resumable stream of training batches."""
     config, info = run.config, run.info
     stream = StreamConfig(split="train", tokens_per_update=config.tokens_per_update, rank=info.rank,
-                          world_size=info.world_size, micro_batches=config.micro_batches, seed=config.seed)  # fmt: skip
+                          world_size=info.world_size, micro_batches=config.micro_batches, seed=config.seed,
+                          people=config.train_people)  # fmt: skip
     return CareerLoader(
         run.data_url, stream, num_workers=config.loader_workers, storage_options=run.storage_options
     )

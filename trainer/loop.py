@@ -89,6 +89,10 @@ def train(
     run = prepare(config, data_url, out_url, base_package, storage_options)
     config = run.config
     loader = training_loader(run)
+    # What it trains on (a scaling study's corpus size): people and job-years of the split or
+    # of its first `train_people`.
+    corpus = {"people": config.train_people or run.data.manifest.splits["train"]["people"],
+              "tokens": loader.stream.tokens()}  # fmt: skip
     checkpointer = Checkpointer(run, loader)
     monitor = Monitor(out_url, run.info.rank, config, run.model, storage_options, progress_sink)
     engine, state = _start(run, checkpointer, monitor)
@@ -126,6 +130,9 @@ def train(
     best, metrics = _metrics(
         run, checkpointer, validator, state, meter, time.perf_counter() - started
     )
+    metrics["train_corpus"] = corpus
+    if first_step:
+        metrics["resumed_from"] = first_step  # the update its last checkpoint had reached
     _finish(run, best["tag"], metrics)
     monitor.close()
     return metrics

@@ -364,6 +364,14 @@ class Career(JobModel):
             x = block.decode(x, cache, layer)
         return self.ln_out(x), cache
 
+    def non_embedding_parameters(self) -> int:
+        """Parameters of the transformer blocks, the final LayerNorm and the stay head: Kaplan et
+        al.'s N for scaling laws, which leaves out the vocabulary-sized tables (the job and
+        covariate embeddings and the untied job output layer, which a tied model shares with the
+        embedding): they grow with the vocabulary, not with the model's depth and width."""
+        tables = [self.job_embedding, *self.covariate_embeddings.values(), self.head]
+        return self.num_parameters() - sum(p.numel() for t in tables for p in t.parameters())
+
     def flops_per_token(self, seq_len: float) -> float:
         """Training FLOPs per job-year token: 6 x parameters + attention over `seq_len` positions
         (nanoGPT's estimate)."""

@@ -27,6 +27,9 @@ class StreamConfig:
     loop: bool = True  # endless epochs (training); False: one pass (evaluation)
     seed: int = 0
     buffer_blocks: int = 16
+    #: Only the first `people` people of the split (`subset.prefix_of`: nested corpus sizes of
+    #: a scaling study); None: all of them.
+    people: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -35,6 +38,8 @@ class StreamConfig:
             raise ValueError("tokens_per_update is smaller than world_size x micro_batches")
         if self.buffer_blocks < 1:
             raise ValueError("buffer_blocks must be at least 1")
+        if self.people is not None and self.people < 1:
+            raise ValueError(f"people must be at least 1 (or None: all), not {self.people}")
 
     @property
     def tokens_per_batch(self) -> int:

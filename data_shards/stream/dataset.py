@@ -1,5 +1,8 @@
 """`CareerStream`: one rank's iterable of batches over a split, split over slots and resumable.
 
+Subsets: `StreamConfig.people` keeps the first N people of the split (`subset.prefix_of`), so
+a scaling study's corpus sizes are nested prefixes of one sharded corpus.
+
 Splitting: every (rank, DataLoader worker) pair is a *slot*; slot g of G takes shards g, g+G, ...
 of the epoch's (seeded) shard order, or, when a split has fewer shards than slots, every G-th block
 of every shard. Either way each block is read by exactly one slot per epoch. Running under
@@ -22,11 +25,12 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data_shards import storage
-from data_shards.blocks import Block
+from data_shards.blocks import Block, decode_block
 from data_shards.manifest import Manifest, ShardInfo, load_manifest
 from data_shards.stream.collate import collate, decode_group, make_batches
 from data_shards.stream.config import Piece, Position, StreamConfig, seeded_rng
 from data_shards.stream.sources import shard_members
+from data_shards.stream.subset import Prefix, prefix_of
 
 
 class CareerStream(IterableDataset):
@@ -40,6 +44,10 @@ class CareerStream(IterableDataset):
         self.storage_options = storage_options
         self.manifest = manifest or load_manifest(data_url, storage_options)
         self.shards: list[ShardInfo] = self.manifest.shards_of(config.split)
+        self.prefix: Prefix | None = None
+        if config.people is not None:
+            self.prefix = prefix_of(self.manifest, config.split, config.people)
+            self.shards = self.prefix.shards
         self.fields = self.manifest.fields
         self.resume: dict[int, Position] = {}
         self.rotation = 0
@@ -82,7 +90,24 @@ class CareerStream(IterableDataset):
         ids = [int(self.block_base[i]) + b for i in order for b in range(self.shards[i].blocks)]
         if not whole_shards:
             ids = ids[slot::slots]
-        return [(block_id, ()) for block_id in ids]
+        skipped = self.prefix.skipped if self.prefix else {}
+        return [(block_id, skipped.get(block_id, ())) for block_id in ids]
+
+    def tokens(self) -> int:
+        """Job-year tokens of this stream's people: the manifest's, and for a subset that cuts a
+        shard, that shard's blocks read and counted (the manifest has no per-block counts)."""
+        if self.prefix is None:
+            return sum(s.tokens for s in self.shards)
+        if self.prefix.cut_shard is None:
+            return self.prefix.whole_shard_tokens
+        base = int(self.block_base[len(self.shards) - 1])
+        pieces = [(base + b, self.prefix.skipped.get(base + b, ()))
+                  for b in range(self.prefix.cut_shard.blocks)]  # fmt: skip
+        counted = 0
+        for (_, skipped), data in self.read_pieces(pieces):
+            lengths = decode_block(data).lengths
+            counted += int(lengths.sum()) - int(lengths[list(skipped)].sum())
+        return self.prefix.whole_shard_tokens + counted
 
     def read_pieces(self, pieces: list[Piece]) -> Iterator[tuple[Piece, bytes]]:
         """The encoded blocks of `pieces`, in order: consecutive pieces of a shard share one read."""

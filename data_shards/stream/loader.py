@@ -100,7 +100,7 @@ class CareerLoader:
             )
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"unsupported loader state format {state.get('format')!r}")
-        if state["config"] != asdict(self.config) or state["num_workers"] != self.num_workers:
+        if _saved_config(state) != asdict(self.config) or state["num_workers"] != self.num_workers:
             raise ValueError(
                 "loader state was saved with a different configuration or number of DataLoader workers; "
                 f"saved {state['config']} with {state['num_workers']} workers"
@@ -119,7 +119,7 @@ class CareerLoader:
         still read once per epoch ("elastic"; see `data_shards.stream.elastic`).
         """
         first = states[0]
-        saved = {k: v for k, v in first["config"].items() if k != "rank"}
+        saved = {k: v for k, v in _saved_config(first).items() if k != "rank"}
         same_layout = (
             len(states) == self.config.world_size
             and first["num_workers"] == self.num_workers
@@ -131,7 +131,8 @@ class CareerLoader:
         if first.get("format") != STATE_FORMAT:
             raise ValueError(f"unsupported loader state format {first.get('format')!r}")
         # The earlier order is rebuilt from the saved config; only what is read must be the same.
-        changed = [k for k in ("split", "loop") if saved[k] != getattr(self.config, k)]
+        changed = [k for k in ("split", "loop", "people")
+                   if saved.get(k) != getattr(self.config, k)]  # fmt: skip
         if changed:
             raise ValueError(f"loader state cannot continue with another {', '.join(changed)}")
         if first["manifest_shards"] != [s.sha256 for s in self.stream.shards]:
@@ -146,3 +147,9 @@ class CareerLoader:
         self.stream.catchup = remaining_plan(earlier, slots, positions)
         self.last, self.consumed = {}, 0
         return "elastic"
+
+
+def _saved_config(state: dict[str, Any]) -> dict[str, Any]:
+    """A saved loader's `StreamConfig` fields, with those added since as their defaults (a state
+    saved before `people` existed read every person)."""
+    return {"people": None, **state["config"]}

@@ -26,9 +26,12 @@ from trainer.models.registry import get_kind
 from trainer.package import write_package
 
 
-def batches(data_url: str, split: str, tokens: int, storage_options=None):
-    """One pass over a split's batches, in order (the tensors only)."""
-    stream = StreamConfig(split=split, tokens_per_update=tokens, shuffle=False, loop=False)
+def batches(data_url: str, split: str, tokens: int, storage_options=None,
+            people: int | None = None):  # fmt: skip
+    """One pass over a split's batches (of its first `people` people), in order (the tensors
+    only)."""
+    stream = StreamConfig(split=split, tokens_per_update=tokens, shuffle=False, loop=False,
+                          people=people)  # fmt: skip
     for batch in CareerLoader(data_url, stream, num_workers=0, storage_options=storage_options):
         yield {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
@@ -45,13 +48,16 @@ def split_perplexity(model: JobModel, data_url: str, split: str, tokens: int,
     return math.exp(nll / count) if count else float("nan")
 
 
-def fit_markov(model: markov.Markov, data_url: str, tokens: int, storage_options=None) -> dict:
-    """Count, choose alpha (unless the config fixes it) and set the table; what was decided."""
+def fit_markov(model: markov.Markov, data_url: str, tokens: int, storage_options=None,
+               train_people: int | None = None) -> dict:  # fmt: skip
+    """Count (on the first `train_people` of the train split, or all), choose alpha (unless the
+    config fixes it) and set the table; what was decided."""
     V = model.config.vocab_sizes["job"]
 
     def counts(split: str) -> torch.Tensor:
         total = torch.zeros(V, V, dtype=torch.float64)
-        for batch in batches(data_url, split, tokens, storage_options):
+        people = train_people if split == "train" else None
+        for batch in batches(data_url, split, tokens, storage_options, people):
             total += markov.count_transitions(batch, V)
         return total
 
@@ -82,7 +88,8 @@ def fit_closed_form(
     config = config.resolve(1, False)
     data = load_dataset(data_url, storage_options)
     model, _ = model_for(config, data.vocab, data.manifest)
-    fitted = FITTERS[config.kind](model, data_url, config.tokens_per_update, storage_options)
+    fitted = FITTERS[config.kind](model, data_url, config.tokens_per_update, storage_options,
+                                  config.train_people)  # fmt: skip
     seconds = time.perf_counter() - started
     valid = split_perplexity(model, data_url, "valid", config.tokens_per_update, storage_options)
     metrics = {

@@ -1,0 +1,167 @@
+"""What each point of a scaling study costs before it runs (`career scale --plan`): parameters,
+tokens, FLOPs and an estimated time from measured throughput.
+
+Parameters are counted on the model itself, built on the corpus's vocabulary (a sharded
+corpus's, or for a simulated corpus not sharded yet, the vocabulary of a small simulated sample,
+said in the plan). Tokens are the point's budget (updates x tokens per update); early stopping
+may end it sooner. FLOPs: the model's `flops_per_token` (6 N plus attention over the corpus's mean
+sequence length) times tokens.
+
+Time: `MEASURED` holds training throughputs measured in BENCHMARKS.md, one reference model per
+device. A point's throughput is the reference's effective FLOP/s over its own FLOPs per token, so
+a 10x bigger model is 10x slower, capped at the fastest throughput measured on that device
+(small models are held back by per-update overheads, not FLOPs), plus a start-up per point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from cluster.scale_grid import ModelSpec, Study, count_label
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """A measured training throughput: tokens/s of one worker on `device` for a preset."""
+
+    device: str
+    preset: str
+    tokens_per_second: float
+    fastest: float  # the most tokens/s measured per worker on that device (any preset)
+    start_up_seconds: float  # per point: Ray Train workers, DeepSpeed, evaluations, export
+    source: str
+
+
+MEASURED: dict[str, Throughput] = {
+    "cpu": Throughput(
+        "cpu", "small", 5_097, 20_000, 45,
+        "BENCHMARKS.md, survey table: `career pretrain --preset small`, 2 workers x 1 thread, "
+        "10,194 tokens/s (5,097 per worker)",
+    ),
+    "gpu": Throughput(
+        "gpu", "paper", 721_883, 721_883, 120,
+        "BENCHMARKS.md, GPU throughput: `paper` preset, one H200, bf16, ZeRO-1, 64k tokens per "
+        "update",
+    ),
+}  # fmt: skip
+
+#: A simulated corpus's vocabulary, when it is not sharded yet, comes from this many people.
+SAMPLE_PEOPLE = 5_000
+
+
+def sample_corpus(preset: str, seed: int = 0) -> tuple[dict[str, int], float]:
+    """Each field's vocabulary size (values + the 3 special ids) in a small simulated sample,
+    and its mean sequence length (job-years per person)."""
+    import pyarrow.compute as pc
+
+    from data_shards.synth.generate import simulate_chunk
+    from data_shards.synth.presets import PRESETS
+
+    batch = simulate_chunk(PRESETS[preset], SAMPLE_PEOPLE, seed, 0)
+    sizes = {}
+    for name, column in (("job", "jobs"), ("year", "years"), ("education", "education"),
+                         ("location", "location"), ("gender", "gender"),
+                         ("ethnicity", "ethnicity"), ("birth_year", "birth_year")):  # fmt: skip
+        if column not in batch.schema.names:
+            continue
+        values = batch.column(column)
+        if hasattr(values, "flatten") and str(values.type).startswith("list"):
+            values = values.flatten()
+        distinct = len(pc.unique(values.drop_null()))
+        if distinct:  # a field the preset leaves empty (resumes' demographics) is not embedded
+            sizes[name] = distinct + 3
+    lengths = pc.list_value_length(batch.column("jobs"))
+    return sizes, float(pc.mean(lengths).as_py())
+
+
+def describe(model: ModelSpec, vocab_sizes: dict[str, int], mean_length: float) -> dict[str, Any]:
+    """Parameters (total, non-embedding) and training FLOPs per token of one model."""
+    from trainer.model import COVARIATES, build_model
+
+    covariates = tuple(c for c in COVARIATES if c in vocab_sizes)  # those the corpus has
+    built = build_model(vocab_sizes, model.preset, covariates=covariates, **model.widths())
+    return {
+        "n_layer": built.config.n_layer,
+        "d_model": built.config.d_model,
+        "parameters": built.num_parameters(),
+        "non_embedding_parameters": built.non_embedding_parameters(),
+        "flops_per_token": built.flops_per_token(mean_length),
+    }
+
+
+def estimated_seconds(flops_per_token: float, tokens: float, workers: int, device: str,
+                      reference_flops_per_token: float) -> float:  # fmt: skip
+    """A point's time from the device's measured throughput (see the module docstring)."""
+    measured = MEASURED[device]
+    rate = measured.tokens_per_second * reference_flops_per_token / flops_per_token
+    rate = min(rate, measured.fastest) * workers
+    return tokens / rate + measured.start_up_seconds
+
+
+def plan(study: Study, vocab_sizes: dict[str, int], mean_length: float) -> list[dict[str, Any]]:
+    """One row per point: model, corpus size, parameters, tokens, FLOPs, estimated seconds."""
+    device = "gpu" if study.gpus_per_worker else "cpu"
+    reference = describe(ModelSpec(MEASURED[device].preset, MEASURED[device].preset),
+                         vocab_sizes, mean_length)["flops_per_token"]  # fmt: skip
+    described = {m.name: describe(m, vocab_sizes, mean_length) for m in study.models}
+    rows = []
+    for point in study.points():
+        model = described[point.model.name]
+        tokens = point.updates * study.pretrain.tokens_per_update
+        seconds = estimated_seconds(model["flops_per_token"], tokens, study.workers_per_point,
+                                    device, reference)  # fmt: skip
+        rows.append({
+            "point": point.name, "model": point.model.name, "preset": point.model.preset,
+            "people": point.people, **model, "tokens": tokens, "updates": point.updates,
+            "flops": model["flops_per_token"] * tokens, "estimated_seconds": round(seconds),
+            "device": device, "workers": study.workers_per_point,
+        })  # fmt: skip
+    return rows
+
+
+def totals(study: Study, rows: list[dict[str, Any]], slots: int) -> dict[str, Any]:
+    """The study's cost: device-hours over all points, and its wall time with `slots` points at
+    a time (longest first)."""
+    device = rows[0]["device"] if rows else "cpu"
+    per_point = study.workers_per_point * (study.gpus_per_worker if device == "gpu" else
+                                           study.cpus_per_worker)  # fmt: skip
+    busy = [0.0] * max(slots, 1)
+    for seconds in sorted((r["estimated_seconds"] for r in rows), reverse=True):
+        busy[busy.index(min(busy))] += seconds
+    hours = sum(r["estimated_seconds"] for r in rows) * per_point / 3600
+    return {
+        "points": len(rows),
+        "flops": sum(r["flops"] for r in rows),
+        f"{device}_hours": round(hours, 2),
+        "wall_seconds": round(max(busy)),
+        "side_by_side": max(slots, 1),
+        "throughput_source": MEASURED[device].source,
+    }
+
+
+def plan_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and cells for printing the plan."""
+    columns = ["point", "layers x width", "params (non-emb.)", "people", "tokens", "FLOPs",
+               "est. time"]  # fmt: skip
+    cells = [[r["point"], f"{r['n_layer']} x {r['d_model']}",
+              f"{count_label(r['parameters'])} ({count_label(r['non_embedding_parameters'])})",
+              count_label(r["people"]), count_label(r["tokens"]), f"{r['flops']:.2e}",
+              _duration(r["estimated_seconds"])] for r in rows]  # fmt: skip
+    return columns, cells
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def slots_for(study: Study, cpus: float, gpus: float) -> int:
+    """How many points fit side by side on a cluster with these resources."""
+    if study.gpus_per_worker:
+        return max(1, math.floor(gpus / (study.workers_per_point * study.gpus_per_worker)))
+    return max(1, math.floor(cpus / (study.workers_per_point * study.cpus_per_worker)))
