@@ -148,3 +148,21 @@ def test_rerunning_a_finished_study_trains_nothing(killed_and_finished):
 def test_study_dataclass_round_trips():
     study = from_dict({"models": ["tiny"], "people": [10]})
     assert isinstance(study, Study) and from_dict(study.to_dict()).to_dict() == study.to_dict()
+
+
+def test_a_subset_larger_than_the_corpus_is_refused_before_training(tmp_path, ray_address):
+    """`career pretrain --train-people N` beyond the train split: exit 2 naming the dataset and
+    its size, before any worker starts and with nothing written under --out."""
+    from data_shards.inputs import InputSpec
+    from data_shards.shard import ShardConfig, shard_dataset
+
+    shard_dataset(InputSpec(format="synth", preset="resumes", people=300, seed=1),
+                  str(tmp_path), "data", ShardConfig(people_per_block=50))  # fmt: skip
+    proc = subprocess.run(
+        [CAREER, "pretrain", "--data", "data", "--out", "run", "--preset", "tiny",
+         "--train-people", "100000", "--ray-address", ray_address],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "train_people" in proc.stderr and "needs a larger corpus" in proc.stderr
+    assert "data" in proc.stderr and not (tmp_path / "run").exists()
