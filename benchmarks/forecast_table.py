@@ -97,7 +97,9 @@ def main() -> None:
         reference = next(iter(first.values()))
         payload = {
             "machine": machine(),
-            "size": str(args.config) if args.config else args.size, "run_seconds": seconds,
+            "size": None if args.run else str(args.config) if args.config else args.size,
+            "run": str(args.run) if args.run else None,
+            "experiment": json.loads((run / "experiment.json").read_text())["experiment"], "run_seconds": seconds,
             "cutoff": reference["cutoff"], "paths": reference["paths"],
             "future_education": reference["future_education"],
             "surveys": {

@@ -315,7 +315,7 @@ def load(path: str) -> Experiment:
         raise StructuralError(str(error), path=path) from None
 
 
-#: Built-in experiments. demo: minutes on a laptop's CPU; small: about an hour on a CPU machine;
+#: Built-in experiments. demo: minutes on a laptop's CPU; small: about two hours on 2 cores;
 #: paper: the paper's corpus and model (24M resumes, `paper` preset, 85,000 updates) for a GPU
 #: cluster.
 SIZES: dict[str, dict[str, Any]] = {

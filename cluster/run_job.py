@@ -461,7 +461,7 @@ class RunSettings:
     )  # fmt: skip
     size: str = flags.option(
         "demo",
-        help="built-in experiment: demo (minutes on a laptop CPU), small (about an hour on a CPU "
+        help="built-in experiment: demo (minutes on a laptop CPU), small (about two hours on a 2-core "
         "machine), paper (24M resumes and the paper's model and updates, for a GPU cluster)",
         choices=tuple(SIZES),
     )
