@@ -6,24 +6,15 @@ Each function returns None when it has nothing to draw.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-DPI = 100
-NATS = "nats per job-year"
-
-
-def _png(figure: Figure) -> bytes:
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    return buffer.getvalue()
+from eval.figures import NATS
+from eval.figures import png as _png
 
 
 def _pairs(history: Any) -> list[tuple[float, float]]:

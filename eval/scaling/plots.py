@@ -9,33 +9,23 @@ when it has nothing to draw.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from eval.figures import NATS
+from eval.figures import png as _png
 from eval.scaling.fit import LawFit, compute_optimal
 from eval.scaling.fit import iso_flop as iso_flop_losses
 
-# As eval.report.plots (not imported: importing eval.report loads torch, through eval.table).
-DPI = 100
-NATS = "nats per job-year"
 N_LABEL = "non-embedding parameters"
 D_LABEL = "unique training job-years"
 LOSS_LABEL = f"best validation loss ({NATS})"
 SURVEY = "survey_test_perplexity"
-
-
-def _png(figure: Figure) -> bytes:
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    return buffer.getvalue()
 
 
 def _columns(fit: Mapping[str, Any] | None) -> tuple[str, str, str]:
