@@ -422,8 +422,7 @@ def run_scale(s: ScaleSettings) -> int:
     print_rows("points", ["point", "N (non-emb.)", "D (unique job-years)", "valid nats",
                           "best step"], rows)  # fmt: skip
     if law:
-        fitted = law["fit"]
-        console.print(f"L(N, D) = {fitted['E']:.3f} + {fitted['A']:.3g}/N^{fitted['alpha']:.3f} + "
-                      f"{fitted['B']:.3g}/D^{fitted['beta']:.3f}")  # fmt: skip
+        console.print(f"L(N, D) = {law['E']:.3f} + {law['A']:.3g}/N^{law['alpha']:.3f} + "
+                      f"{law['B']:.3g}/D^{law['beta']:.3f}")  # fmt: skip
     console.print(f"study done in {time.perf_counter() - started:,.0f} s: {storage.redact(s.out)}")
     return 0

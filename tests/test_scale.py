@@ -84,8 +84,10 @@ def killed_and_finished(tmp_path_factory, ray_address):
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     assert glob.glob(pattern), "no point reached its first checkpoint"
+    # The points the kill interrupted after a checkpoint: these must continue from it.
     unfinished = [p for p in glob.glob(str(folder / "study" / "points" / "*"))
-                  if not os.path.exists(os.path.join(p, "metrics.json"))]  # fmt: skip
+                  if not os.path.exists(os.path.join(p, "metrics.json"))
+                  and os.path.exists(os.path.join(p, "checkpoints", "latest.json"))]  # fmt: skip
     resumed = subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=1200)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return folder, args, unfinished, resumed

@@ -31,6 +31,13 @@ def _n(value: Any, digits: int = 4) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _count(value: Any) -> str:
+    """A rate or a duration, to the unit."""
+    if value is None or not math.isfinite(float(value)):
+        return "–"
+    return f"{float(value):,.0f}"
+
+
 def _interval(estimate: dict | None) -> str:
     if not estimate or estimate.get("low") is None:
         return "–"
@@ -57,7 +64,7 @@ def blocks(points, fit: dict[str, Any], floor: float | None, study: dict[str, An
         row = [p["name"], _n(int(p["non_embedding_parameters"])), _n(int(p["people"])),
                _n(float(p["unique_tokens"]), 3), _n(p["epochs"], 3),
                f"{p['best_valid_loss']:.4f}", f"{int(p['best_step'])} / {int(p['updates'])}",
-               f"{p['flops']:.2e}", _n(p["tokens_per_second"], 4), _n(p["wall_seconds"], 4)]  # fmt: skip
+               f"{p['flops']:.2e}", _count(p["tokens_per_second"]), _count(p["wall_seconds"])]  # fmt: skip
         if "survey test ppl" in columns:
             rows.append([*row, _n(p["survey_test_perplexity"], 4)])
         else:
@@ -78,7 +85,7 @@ def blocks(points, fit: dict[str, Any], floor: float | None, study: dict[str, An
                           for name, key in (("E", "E"), ("A", "A"), ("B", "B"), ("α", "alpha"),
                                             ("β", "beta"))]))  # fmt: skip
     else:
-        out.append(Missing("no L(N, D) fit: " + "; ".join(fit.get("notes") or ["too few points"])))
+        out.append(Missing("no L(N, D) fit (the notes below say why)"))
     if floor is not None:
         verdict = ""
         if law:
