@@ -330,6 +330,7 @@ class ScaleSettings:
         False, help="print the points, their parameters, tokens, FLOPs and estimated time (and "
         "device-hours), then exit without training",
     )  # fmt: skip
+    dry_run: bool = flags.option(False, help="the same as --plan")
     ray: RaySettings = field(default_factory=RaySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
 
@@ -406,7 +407,7 @@ def run_scale(s: ScaleSettings) -> int:
     from cluster.report import console, print_rows
 
     study = s.study()
-    if s.plan:
+    if s.plan or s.dry_run:
         print_plan(study, s)
         return 0
     started = time.perf_counter()

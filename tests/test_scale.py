@@ -66,6 +66,9 @@ def test_plan_prints_points_parameters_flops_and_device_hours(tmp_path):
     for text in ("large-24M", "small-100k", "GPU-hours", "FLOPs"):
         assert text in proc.stdout, text
     assert not (tmp_path / "s").exists()  # a plan writes nothing
+    dry = subprocess.run([CAREER, "scale", "--models", "tiny", "--people", "1k,4k", "--out", "s",
+                          "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert dry.returncode == 0 and "tiny-4k" in dry.stdout and "CPU-hours" in dry.stdout
 
 
 @pytest.fixture(scope="module")
