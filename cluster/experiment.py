@@ -288,16 +288,15 @@ def from_dict(values: dict[str, Any], where: str = "experiment") -> Experiment:
     return experiment
 
 
-def load(path: str) -> Experiment:
-    """The experiment in a YAML (or JSON) file; any problem names the file."""
+def read_mapping(path: str, what: str, keys: str) -> dict[str, Any]:
+    """The mapping in the YAML (or JSON) `what` file at `path` (an experiment, a scaling grid);
+    an unreadable file, invalid YAML (with its line) or another top level stops naming the file."""
     import yaml
 
     try:
         text = Path(path).read_text()
     except OSError as error:
-        raise StructuralError(
-            f"cannot read the experiment file: {error.strerror}", path=path
-        ) from None
+        raise StructuralError(f"cannot read the {what} file: {error.strerror}", path=path) from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -306,9 +305,14 @@ def load(path: str) -> Experiment:
         raise StructuralError(f"not valid YAML: {getattr(error, 'problem', error)}", path=path,
                               line=line) from None  # fmt: skip
     if not isinstance(values, dict):
-        raise StructuralError(
-            "an experiment file holds a mapping (store:, surveys:, ...)", path=path
-        )
+        article = "an" if what[0] in "aeiou" else "a"
+        raise StructuralError(f"{article} {what} file holds a mapping ({keys})", path=path)
+    return values
+
+
+def load(path: str) -> Experiment:
+    """The experiment in a YAML (or JSON) file; any problem names the file."""
+    values = read_mapping(path, "experiment", "store:, surveys:, ...")
     try:
         return from_dict(values, where=path)
     except ValueError as error:

@@ -26,11 +26,9 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from cluster.experiment import DatasetSpec, TrainSpec, _build
-from data_shards.errors import StructuralError
+from cluster.experiment import DatasetSpec, TrainSpec, _build, read_mapping
 
 #: Architecture settings a model of the grid may give over its preset.
 WIDTHS = ("n_layer", "d_model", "n_head", "d_ff")
@@ -181,21 +179,7 @@ def from_dict(values: dict[str, Any], where: str = "study") -> Study:
 def load(path: str) -> dict[str, Any]:
     """The grid in a YAML (or JSON) file, as a mapping (flags may change it before it is built);
     any problem names the file."""
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise StructuralError(f"cannot read the grid file: {error.strerror}", path=path) from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise StructuralError(f"not valid YAML: {getattr(error, 'problem', error)}", path=path,
-                              line=mark.line + 1 if mark is not None else None) from None  # fmt: skip
-    if not isinstance(values, dict):
-        raise StructuralError("a grid file holds a mapping (models:, people:, ...)", path=path)
-    return values
+    return read_mapping(path, "grid", "models:, people:, ...")
 
 
 #: Built-in grids. small: this 2-core CPU machine in under 45 minutes; paper: the paper-scale
