@@ -121,6 +121,10 @@ def dry_run(s: TrainingSettings) -> dict[str, Any]:
     from trainer.engine import deepspeed_config
 
     resolved = s.config.resolve(s.workers, s.on_gpu)
+    if not s.on_gpu:
+        from trainer.models.dropout import kernel_status
+
+        resolved.notes.append(f"dropout: {kernel_status(resolved.hash_dropout)}")
     per_micro_batch = resolved.tokens_per_update // (s.workers * resolved.micro_batches)
     return {
         "model": describe_model(s),

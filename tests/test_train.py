@@ -36,6 +36,7 @@ from data_shards.stream import CareerLoader, StreamConfig
 from eval.markov import fit_markov
 from trainer import engine as ds_engine
 from trainer import safe_load
+from trainer.accelerator import cpu_bf16_flags
 from trainer.model import build_model
 from trainer.package import load_model
 
@@ -404,6 +405,13 @@ def test_bad_inputs_are_refused_before_launch(data, tmp_path):
         resolved["deepspeed"]["train_batch_size"] == 2
         and resolved["config"]["optim"]["warmup_updates"] == 10
     )
+    # The CPU defaults are stated: precision by this CPU's bf16 flags, and the dropout kernel.
+    native = cpu_bf16_flags()
+    assert resolved["config"]["precision"] == ("bf16-autocast" if native else "fp32")
+    assert ("torch_autocast" in resolved["deepspeed"]) == bool(native)
+    notes = resolved["config"]["notes"]
+    assert any(n.startswith("precision auto -> ") and "CPU" in n for n in notes)
+    assert "dropout: hash dropout (C kernel)" in notes
     # GPU options resolve into DeepSpeed's config: torch autocast over fp32 weights, compilation.
     amp = pretrain(data["resumes"], "--dry-run", "--precision", "bf16-autocast", "compile=True",
                    check=True)  # fmt: skip

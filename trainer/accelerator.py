@@ -1,4 +1,5 @@
-"""Which DeepSpeed accelerator a process uses: the one place `DS_ACCELERATOR` is decided.
+"""Which DeepSpeed accelerator a process uses (the one place `DS_ACCELERATOR` is decided), and
+whether this CPU computes in bfloat16 natively (what `precision: auto` picks on a CPU).
 
 DeepSpeed reads `DS_ACCELERATOR` when it is first imported; on a machine without CUDA it would
 otherwise warn and guess. Launchers pass `accelerator_env(...)` to the processes they start;
@@ -8,8 +9,13 @@ a process that imports DeepSpeed itself calls `select_accelerator()` first.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 CPU = "cpu"
+#: CPU feature flags (Linux /proc/cpuinfo) of native bfloat16 arithmetic: AVX-512 BF16 (Cooper
+#: Lake, Sapphire Rapids and later, Zen 4+) and AMX (Sapphire Rapids+). Without them oneDNN
+#: emulates bf16 matmuls and they run slower than fp32.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def accelerator_env(use_gpu: bool) -> dict[str, str]:
@@ -25,3 +31,16 @@ def select_accelerator(use_gpu: bool | None = None) -> None:
         use_gpu = torch.cuda.is_available()
     for name, value in accelerator_env(use_gpu).items():
         os.environ.setdefault(name, value)
+
+
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The native-bf16 feature flags this CPU reports (empty where it has none, or off Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return [flag for flag in BF16_FLAGS if flag in flags]
+    return []

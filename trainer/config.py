@@ -78,7 +78,8 @@ class TrainConfig:
     precision: str = field(
         default="auto",
         metadata={
-            "help": "auto: bf16 on GPU, fp32 on CPU; bf16 (DeepSpeed's: bf16 weights, fp32 master "
+            "help": "auto: bf16 on GPU; on CPU bf16-autocast where it has native bf16 "
+            "(avx512_bf16, amx_bf16), else fp32; bf16 (DeepSpeed's: bf16 weights, fp32 master "
             "copy); bf16-autocast keeps fp32 weights and runs matmuls in bf16; fp16",
             "choices": PRECISIONS,
         },
@@ -92,6 +93,9 @@ class TrainConfig:
         },
     )
     compile: bool = False  # torch.compile the model (GPU; shapes vary, so dynamic shapes)
+    # CPU training: dropout masks from a counter hash (trainer.models.dropout, 12x faster than
+    # torch's generator); False: torch's dropout (the masks of runs before it)
+    hash_dropout: bool = True
     seed: int = field(default=0, metadata={"help": "random seed"})
     eval_every: int = field(
         default=1000, metadata={"help": "updates between validations", "metavar": "N"}
@@ -142,15 +146,16 @@ class TrainConfig:
     def from_dict(cls, payload: dict[str, Any]) -> TrainConfig:
         return cls(**{**payload, "optim": OptimConfig(**payload.get("optim", {}))})
 
-    def resolve(self, world_size: int, on_gpu: bool) -> TrainConfig:
-        """A copy with run-dependent values decided and explained in `notes`."""
+    def resolve(
+        self, world_size: int, on_gpu: bool, cpu_bf16: list[str] | None = None
+    ) -> TrainConfig:
+        """A copy with run-dependent values decided and explained in `notes`. `cpu_bf16`: the
+        CPU's native-bf16 flags (default: this machine's, `trainer.accelerator.cpu_bf16_flags`)."""
         resolved = TrainConfig.from_dict(json.loads(json.dumps(self.to_dict())))
         resolved.notes = list(self.notes)
         if resolved.precision == "auto":
-            resolved.precision = "bf16" if on_gpu else "fp32"
-            resolved.notes.append(
-                f"precision auto -> {resolved.precision} ({'GPU' if on_gpu else 'CPU'})"
-            )
+            resolved.precision, why = _auto_precision(on_gpu, cpu_bf16)
+            resolved.notes.append(f"precision auto -> {resolved.precision} ({why})")
         warmup = resolved.optim.warmup_updates
         if warmup * 10 > resolved.updates:
             short = max(1, int(resolved.updates * resolved.warmup_fraction_short_runs))
@@ -166,6 +171,22 @@ class TrainConfig:
             f"{resolved.tokens_per_update // (world_size * resolved.micro_batches):,} tokens per micro-batch"
         )
         return resolved
+
+
+def _auto_precision(on_gpu: bool, cpu_bf16: list[str] | None) -> tuple[str, str]:
+    """What `precision: auto` becomes, and why."""
+    if on_gpu:
+        return "bf16", "GPU"
+    if cpu_bf16 is None:
+        from trainer.accelerator import cpu_bf16_flags
+
+        cpu_bf16 = cpu_bf16_flags()
+    if cpu_bf16:
+        return (
+            "bf16-autocast",
+            f"CPU with native bf16: {', '.join(cpu_bf16)}; fp32: --precision fp32",
+        )
+    return "fp32", "CPU without native bf16 (avx512_bf16, amx_bf16): bf16 would be emulated, slower"
 
 
 #: The paper's recipes (DOMAIN.md).

@@ -27,6 +27,7 @@ from trainer.config import TrainConfig
 from trainer.distributed import RunInfo, run_info
 from trainer.finetune import adapt_to_dataset
 from trainer.model import COVARIATES
+from trainer.models import dropout as hash_dropout
 from trainer.models.output import JobModel
 from trainer.models.registry import build, get_kind
 from trainer.package import load_model
@@ -57,8 +58,8 @@ class RunContext:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The batch tensors the model reads."""
-        return ("inputs", "targets", *self.model.config.covariates)
+        """The batch tensors the model reads (`lengths`: where the padding starts)."""
+        return ("inputs", "targets", "lengths", *self.model.config.covariates)
 
 
 def load_dataset(data_url: str, storage_options=None) -> Dataset:
@@ -168,6 +169,8 @@ def prepare(
     if not on_gpu:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
         torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // local_world))
+        hash_dropout.use(config.hash_dropout)
+        config.notes.append(f"dropout: {hash_dropout.kernel_status(config.hash_dropout)}")
     rng.seed_everything(config.seed)  # same initial weights on every rank
     data = load_dataset(data_url, storage_options)
     check_training_blocks(data.manifest, info.world_size, config.loader_workers, data_url,

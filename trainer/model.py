@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from data_shards.vocab import BOS_ID, PAD_ID, UNK_ID  # the vocabulary's special ids, defined once
+from trainer.models import dropout as hash_dropout
 from trainer.models import output
 from trainer.models.output import JobModel, check_covariates, check_kind, check_sizes
 
@@ -39,6 +40,7 @@ __all__ = [
     "KIND",
     "Career",
     "ModelConfig",
+    "Packing",
     "build_model",
 ]
 
@@ -106,6 +108,26 @@ def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
     return table
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              dropout_p: float) -> torch.Tensor:  # fmt: skip
+    """Scaled dot-product attention (B, H, T, C/H), causal when `mask` (True: may attend) is None.
+
+    With attention dropout on a CPU tensor, the computation of SDPA's math kernel with the hash
+    dropout mask on the weights (`trainer.models.dropout`): SDPA would take the same math path
+    there and draw its mask with `bernoulli_`. Otherwise SDPA's own kernels."""
+    if dropout_p > 0 and hash_dropout.applies(q):
+        T = q.shape[-2]
+        if mask is None:
+            mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, H, T, T)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        return hash_dropout.dropout(weights, dropout_p) @ v
+    with sdpa_kernel(ATTENTION_BACKENDS):
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout_p
+        )
+
+
 class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -115,18 +137,25 @@ class Block(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.ln_ff = nn.LayerNorm(config.d_model)
         self.ff = nn.Sequential(
-            nn.Linear(config.d_model, config.d_ff), nn.GELU(), nn.Dropout(config.dropout),
+            nn.Linear(config.d_model, config.d_ff), nn.GELU(), hash_dropout.Dropout(config.dropout),
             nn.Linear(config.d_ff, config.d_model),
         )  # fmt: skip
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = hash_dropout.Dropout(config.dropout)
         self.attn_dropout = config.dropout
 
-    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys, values (..., T, C) -> each (..., H, T, C/H)."""
-        *lead, T, C = x.shape
-        q, k, v = self.qkv(self.ln_attn(x)).split(C, dim=-1)
+    def heads(
+        self, x: torch.Tensor, packing: Packing | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys, values (..., T, C) -> each (..., H, T, C/H); from packed rows (N, C)
+        when `packing` is given (projected as rows, then laid out (B, T) for attention)."""
+        qkv = self.qkv(self.ln_attn(x))
+        if packing is not None:
+            qkv = packing.pad(qkv)  # (B, T, 3C)
+        *lead, T, C3 = qkv.shape
+        C = C3 // 3
         return tuple(
-            t.view(*lead, T, self.n_head, C // self.n_head).transpose(-3, -2) for t in (q, k, v)
+            t.view(*lead, T, self.n_head, C // self.n_head).transpose(-3, -2)
+            for t in qkv.split(C, dim=-1)
         )
 
     def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -135,21 +164,21 @@ class Block(nn.Module):
         return x + self.dropout(self.ff(self.ln_ff(x)))
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, kv: list | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        kv: list | None = None,
+        packing: Packing | None = None,
     ) -> torch.Tensor:
-        """`kv`, when given, receives this layer's (keys, values) (B, H, T, C/H) for a cache."""
-        B, T, C = x.shape
-        q, k, v = self.heads(x)  # (B, H, T, C/H)
+        """x (B, T, C), or its real positions (N, C) with their `packing`; `kv`, when given,
+        receives this layer's (keys, values) (B, H, T, C/H) for a cache."""
+        q, k, v = self.heads(x, packing)  # (B, H, T, C/H)
         if kv is not None:
             kv.append((k, v))
-        with sdpa_kernel(ATTENTION_BACKENDS):
-            y = F.scaled_dot_product_attention(
-                q, k, v,
-                attn_mask=mask,
-                is_causal=mask is None,
-                dropout_p=self.attn_dropout if self.training else 0.0,
-            )  # fmt: skip
-        return self.finish(x, y.transpose(1, 2).reshape(B, T, C))
+        y = attention(q, k, v, mask, self.attn_dropout if self.training else 0.0)
+        B, H, T, D = y.shape
+        y = y.transpose(1, 2).reshape(B, T, H * D)
+        return self.finish(x, y if packing is None else packing.pack(y))
 
     def decode(self, x: torch.Tensor, cache: DecodeCache, layer: int) -> torch.Tensor:
         """One new position per path: x (B, P, C) attends to its person's prefix and to its own
@@ -174,6 +203,37 @@ class Block(nn.Module):
         for step, (_, values) in enumerate(cache.suffix[layer]):
             y = y + own_weights[..., step, None] * values
         return self.finish(x, y.reshape(B, P, C))
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where the real positions of a right-padded (B, T) batch lie, so that the work done per
+    position (layer norms, projections, feed-forward: nearly all of it) runs on those N rows
+    only, and attention, which needs the (B, T) layout, pads and packs around itself.
+
+    Why: token-budget batches are padded to their longest person (12% of positions on average,
+    half of them in a batch of short careers), and every padded position cost a real one's
+    matrix products; ranks of one update also differ less in time when each computes only its
+    own real tokens. Used on CPU, where finding the rows costs nothing; on a GPU it would wait
+    for the device (`nonzero`), so the padded layout stays there."""
+
+    index: torch.Tensor  # (N,) flat positions b * T + t of the real rows
+    batch: int  # B
+    length: int  # T
+
+    @staticmethod
+    def of(lengths: torch.Tensor, length: int) -> Packing:
+        real = torch.arange(length, device=lengths.device) < lengths[:, None]  # (B, T)
+        return Packing(real.flatten().nonzero().squeeze(1), lengths.shape[0], length)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (N, D)."""
+        return x.reshape(self.batch * self.length, -1).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (B, T, D), zeros at padded positions."""
+        out = x.new_zeros(self.batch * self.length, x.shape[-1])
+        return out.index_copy(0, self.index, x).view(self.batch, self.length, -1)
 
 
 @dataclass
@@ -245,7 +305,7 @@ class Career(JobModel):
                 for name in config.covariates
             }
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = hash_dropout.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_out = nn.LayerNorm(C)
         self.head = nn.Linear(C, config.vocab_sizes["job"])
@@ -288,11 +348,23 @@ class Career(JobModel):
         T = inputs.shape[1]
         x = self.embed(batch)
         x = x + sinusoidal_positions(T, self.config.d_model, inputs.device).to(x.dtype)[None]
-        x = self.dropout(x)
         mask = self._word_dropout_mask(inputs, batch.get("visible"))
+        packing = self._packing(batch)
+        if packing is not None:
+            x = packing.pack(x)  # (N, C)
+        x = self.dropout(x)
         for block in self.blocks:
-            x = block(x, mask)
-        return self.ln_out(x)
+            x = block(x, mask, packing=packing)
+        x = self.ln_out(x)
+        return x if packing is None else packing.pad(x)
+
+    def _packing(self, batch: dict[str, torch.Tensor]) -> Packing | None:
+        """The real positions of a CPU training batch that has `lengths` (see `Packing`); else
+        None. Inference keeps the padded layout: callers there may read any position."""
+        inputs, lengths = batch["inputs"], batch.get("lengths")
+        if not self.training or lengths is None or inputs.device.type != "cpu":
+            return None
+        return Packing.of(lengths.to(inputs.device), inputs.shape[1])
 
     def outputs(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Job logits (..., V) and stay logits (...) (None for the one-stage model) of hidden states."""

@@ -19,6 +19,7 @@ from torch import nn
 
 from data_shards.vocab import BOS_ID, PAD_ID
 from trainer.model import COVARIATES
+from trainer.models import dropout as hash_dropout
 from trainer.models.output import Batch, JobModel, check_covariates, check_kind, check_sizes
 
 KIND = "bag-of-jobs"
@@ -83,7 +84,7 @@ class BagOfJobs(JobModel):
             }
         )
         self.hidden = nn.Linear(D, config.d_hidden)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = hash_dropout.Dropout(config.dropout)
         self.head = nn.Linear(config.d_hidden, V)
         self.stay_head = nn.Linear(config.d_hidden, 1) if config.two_stage else None
         self.apply(self.init_weights)
