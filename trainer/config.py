@@ -96,6 +96,9 @@ class TrainConfig:
     # CPU training: dropout masks from a counter hash (trainer.models.dropout, 12x faster than
     # torch's generator); False: torch's dropout (the masks of runs before it)
     hash_dropout: bool = True
+    # CPU training: layer norms, projections and feed-forward on the real job-years only, not on
+    # padding (trainer.model.Packing); False: the padded layout
+    pack_rows: bool = True
     seed: int = field(default=0, metadata={"help": "random seed"})
     eval_every: int = field(
         default=1000, metadata={"help": "updates between validations", "metavar": "N"}

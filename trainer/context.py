@@ -58,8 +58,10 @@ class RunContext:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The batch tensors the model reads (`lengths`: where the padding starts)."""
-        return ("inputs", "targets", "lengths", *self.model.config.covariates)
+        """The batch tensors the model reads (`lengths`, where the padding starts, lets it pack
+        the real rows: `TrainConfig.pack_rows`)."""
+        lengths = ("lengths",) if self.config.pack_rows else ()
+        return ("inputs", "targets", *lengths, *self.model.config.covariates)
 
 
 def load_dataset(data_url: str, storage_options=None) -> Dataset:
