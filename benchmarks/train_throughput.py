@@ -47,7 +47,7 @@ from trainer.context import model_for  # noqa: E402
 from trainer.models import dropout as hash_dropout  # noqa: E402
 
 CAREER = str(Path(sys.executable).with_name("career"))
-UPDATES = {"tiny": 20, "small": 12, "paper": 8}  # timed updates per run
+UPDATES = {"tiny": 20, "small": 10, "paper": 6}  # timed updates per run
 WARMUP = 2  # untimed first updates (compilation happens there)
 ANCHOR = "bare: eager fp32, torch dropout, padded"
 
