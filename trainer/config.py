@@ -92,7 +92,9 @@ class TrainConfig:
             "metavar": "N",
         },
     )
-    compile: bool = False  # torch.compile the model (GPU; shapes vary, so dynamic shapes)
+    # torch.compile the model (dynamic shapes: batches vary); on CPU 1.08x on `paper` after
+    # minutes of compilation per run (BENCHMARKS.md), so opt-in
+    compile: bool = False
     # CPU training: dropout masks from a counter hash (trainer.models.dropout, 12x faster than
     # torch's generator); False: torch's dropout (the masks of runs before it)
     hash_dropout: bool = True
