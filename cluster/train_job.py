@@ -24,6 +24,7 @@ from data_shards.errors import StructuralError
 from data_shards.manifest import load_manifest
 from data_shards.vocab import Vocabulary
 from trainer.accelerator import accelerator_env
+from trainer.config import precision_record
 from trainer.launch import ERROR_FILE_ENV
 
 
@@ -130,6 +131,7 @@ def dry_run(s: TrainingSettings) -> dict[str, Any]:
         "model": describe_model(s),
         "config": resolved.to_dict(),
         "deepspeed": deepspeed_config(resolved, s.workers),
+        "precision": precision_record(resolved),
         "batching": (
             f"batches are token budgets: one update = {resolved.tokens_per_update:,} job-years over "
             f"all workers; DeepSpeed's train_batch_size counts micro-batches ({s.workers} workers x "

@@ -165,15 +165,3 @@ def test_finetune_growth_keeps_existing_rows_and_adds_covariates():
     with pytest.raises(Exception, match="does not extend"):
         adapt_to_dataset(model, base_vocab, wrong, COVARIATES)
 
-
-def test_the_evaluation_stand_in_batch_is_valid_and_adds_nothing():
-    """What a rank with no validation data runs so that ZeRO-3's collective forwards match."""
-    from trainer.evaluation import stand_in_batch
-
-    model = build_model(SIZES, "tiny").eval()
-    batch = stand_in_batch(("inputs", "targets", *COVARIATES), torch.device("cpu"))
-    with torch.no_grad():
-        nll, count = model.nll(batch)
-    assert batch["inputs"].tolist() == [[BOS_ID]] and batch["targets"].tolist() == [[PAD_ID]]
-    assert float(nll) == 0 and int(count) == 0
-    assert all(batch[name].tolist() == [[PAD_ID]] for name in COVARIATES)

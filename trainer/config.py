@@ -129,6 +129,11 @@ class TrainConfig:
             raise ValueError(
                 f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
             )
+        if self.precision == "fp16" and self.zero_stage == 0:
+            raise ValueError(
+                "precision fp16 needs zero_stage 1 or more: without ZeRO, DeepSpeed keeps no fp32 "
+                "master weights to validate and export"
+            )
         if self.train_people is not None and self.train_people < 1:
             raise ValueError(f"train_people must be at least 1, not {self.train_people}")
         for name in (
@@ -192,6 +197,28 @@ def _auto_precision(on_gpu: bool, cpu_bf16: list[str] | None) -> tuple[str, str]
             f"CPU with native bf16: {', '.join(cpu_bf16)}; fp32: --precision fp32",
         )
     return "fp32", "CPU without native bf16 (avx512_bf16, amx_bf16): bf16 would be emulated, slower"
+
+
+#: What validation runs in, whatever the training precision (trainer.evaluation): the package's
+#: fp32 master weights with autocast off, so that the perplexity a run records is the one
+#: `career evaluate` gives its package.
+VALIDATION_PRECISION = "fp32"
+VALIDATION_WHY = (
+    "the fp32 master weights the package holds, autocast off: the recorded perplexity is the one "
+    "`career evaluate` gives the package"
+)
+
+
+def precision_record(resolved: TrainConfig) -> dict[str, str]:
+    """Which precision training and validation run in, and why (metrics.json and --dry-run)."""
+    auto = [n for n in resolved.notes if n.startswith("precision auto -> ")]
+    why = auto[0].split("(", 1)[1].rstrip(")") if auto else "asked for (--precision)"
+    return {
+        "training": resolved.precision,
+        "training_why": f"auto: {why}" if auto else why,
+        "validation": VALIDATION_PRECISION,
+        "validation_why": VALIDATION_WHY,
+    }
 
 
 #: The paper's recipes (DOMAIN.md).

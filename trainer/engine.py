@@ -116,6 +116,23 @@ def initialize(
     return engine, optimizer, scheduler
 
 
+def master_weights(engine) -> dict[str, torch.Tensor]:
+    """The fp32 weights the engine trains, whole, on every rank (a collective): DeepSpeed's master
+    copy where it keeps one (ZeRO 1-3 partitions, the bf16 optimizer), else the module's own fp32
+    weights (ZeRO 0 in fp32 or bf16 autocast). These are the weights an export writes."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    weights = {}
+    for name, param in engine.module.named_parameters():
+        full = safe_get_full_fp32_param(param)
+        if full is None:
+            if param.dtype != torch.float32:  # (TrainConfig refuses fp16 without ZeRO)
+                raise ValueError(f"no fp32 master copy of {name} ({param.dtype})")
+            full = param.detach()
+        weights[name] = full.float()
+    return weights
+
+
 def init_distributed(backend: str | None = None) -> None:
     """Join (or create) the process group: gloo on CPU, nccl on GPU. Reuses Ray Train's group."""
     deepspeed = _import_deepspeed()

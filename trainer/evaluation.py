@@ -1,32 +1,52 @@
 """Validation: whole-split perplexity, early stopping and which checkpoint is the best.
 
-`evaluate` reads a split once, each rank its part, and all-reduces once at the end. Under ZeRO-3
-every forward is a collective (parameters are gathered), so every rank runs as many forwards as
-the rank with the most batches: a rank out of data repeats its last batch, and a rank with no data
-at all (a split of one block on two ranks) runs a stand-in batch, both with results ignored.
+The precision contract: the perplexity a run records (metrics.json, the best-checkpoint choice,
+early stopping, the learning curves) is the perplexity `career evaluate` gives the exported
+package, whatever the run trains in. The package holds DeepSpeed's fp32 master weights, and
+`career evaluate` scores it in fp32, so validation does the same: before each validation every
+rank copies the master weights (`trainer.engine.master_weights`: gathered from the ZeRO
+partitions, or the bf16 optimizer's fp32 copy) into an fp32 replica of the model and runs it with
+autocast off. Training may run in bf16 autocast or DeepSpeed's bf16; validation never does.
+
+The replica holds whole weights on every rank, so a validation forward is no collective, even
+under ZeRO-3: each rank reads its part of the split and the sums are all-reduced once at the end
+(a rank with no validation data, a split of one block on two ranks, simply adds nothing).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
+from torch import nn
 
 from data_shards.stream import CareerLoader, StreamConfig
-from data_shards.vocab import BOS_ID, PAD_ID
-from trainer.distributed import RunInfo, all_sum, any_rank, from_rank0, to_device
+from trainer import engine as ds_engine
+from trainer.distributed import RunInfo, all_sum, from_rank0, to_device
 
 
-def stand_in_batch(names: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
-    """A batch valid for the model that adds nothing: one person of length 1, `<bos>` input, a pad
-    target (so NLL and token count are 0) and pad covariates."""
-    batch = {name: torch.full((1, 1), PAD_ID, dtype=torch.long, device=device) for name in names}
-    batch["inputs"] = torch.full((1, 1), BOS_ID, dtype=torch.long, device=device)
-    return batch
+class Replica:
+    """An fp32 copy of the module the engine trains, that validation loads and runs. Made before
+    DeepSpeed wraps the module (ZeRO-3 partitions it in place, bf16 casts it)."""
+
+    def __init__(self, module: nn.Module, device: torch.device):
+        self.module = copy.deepcopy(module).to(device=device, dtype=torch.float32).eval()
+        self.module.requires_grad_(False)
+        self.parameters = dict(self.module.named_parameters())
+
+    def load(self, engine) -> None:
+        """The engine's fp32 master weights into the replica (a collective: every rank calls)."""
+        weights = ds_engine.master_weights(engine)
+        if weights.keys() != self.parameters.keys():
+            raise RuntimeError("the validation replica and the engine's module differ in weights")
+        with torch.no_grad():
+            for name, value in weights.items():
+                self.parameters[name].copy_(value)
 
 
 def evaluate(
-    engine,
+    module: nn.Module,
     data_url: str,
     split: str,
     info: RunInfo,
@@ -34,27 +54,17 @@ def evaluate(
     names: tuple[str, ...],
     storage_options=None,
 ) -> float:
-    """Perplexity over a whole split (the same value on every rank)."""
+    """Perplexity of `module` (NLL sum, token count) over a whole split, in fp32 with autocast
+    off (the same value on every rank)."""
     stream = StreamConfig(split=split, tokens_per_update=tokens_per_update, rank=info.rank,
                           world_size=info.world_size, shuffle=False, loop=False)  # fmt: skip
-    iterator = iter(CareerLoader(data_url, stream, num_workers=0, storage_options=storage_options))
+    loader = CareerLoader(data_url, stream, num_workers=0, storage_options=storage_options)
     nll = tokens = 0.0
-    last = None
-    engine.eval()
-    with torch.no_grad():
-        while True:
-            batch = next(iterator, None)
-            if not any_rank(batch is not None, info.device):
-                break
-            if batch is not None:
-                last = to_device(batch, info.device, names)
-            elif last is None:  # this rank has no data at all in the split
-                last = stand_in_batch(names, info.device)
-            loss_sum, count = engine(last)
-            if batch is not None:
-                nll += float(loss_sum)
-                tokens += float(count)
-    engine.train()
+    with torch.no_grad(), torch.autocast(info.device.type, enabled=False):
+        for batch in loader:
+            loss_sum, count = module(to_device(batch, info.device, names))
+            nll += float(loss_sum)
+            tokens += float(count)
     nll, tokens = all_sum([nll, tokens], info.device)
     return from_rank0(math.exp(nll / tokens) if tokens else float("nan"))
 
@@ -66,10 +76,11 @@ class Validator:
     Its state is a function of the history, which checkpoints carry, so a resumed run stops
     early exactly where an uninterrupted one would."""
 
-    def __init__(self, engine, data_url: str, info: RunInfo, config, names: tuple[str, ...],
-                 storage_options=None, history: list[list[float]] | None = None,
-                 best: float | None = None):  # fmt: skip
+    def __init__(self, engine, replica: Replica, data_url: str, info: RunInfo, config,
+                 names: tuple[str, ...], storage_options=None,
+                 history: list[list[float]] | None = None, best: float | None = None):  # fmt: skip
         self.engine = engine
+        self.replica = replica
         self.data_url = data_url
         self.info = info
         self.config = config
@@ -94,7 +105,8 @@ class Validator:
 
     def run(self, step: int) -> float:
         """Validation perplexity after update `step`, scored and recorded."""
-        perplexity = evaluate(self.engine, self.data_url, "valid", self.info,
+        self.replica.load(self.engine)
+        perplexity = evaluate(self.replica.module, self.data_url, "valid", self.info,
                               self.config.tokens_per_update, self.names, self.storage_options)  # fmt: skip
         self._score(step, perplexity)
         self.history.append([step, perplexity])

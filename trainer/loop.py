@@ -28,10 +28,10 @@ from data_shards import storage
 from trainer import engine as ds_engine
 from trainer.checkpoint import tag_of
 from trainer.checkpointing import Checkpointer, TrainState
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, precision_record
 from trainer.context import RunContext, prepare, training_loader
 from trainer.elastic import prepare_resume
-from trainer.evaluation import Validator
+from trainer.evaluation import Replica, Validator
 from trainer.export import export_run
 from trainer.meter import Meter
 from trainer.monitor import Monitor, ProgressSink
@@ -59,18 +59,20 @@ def _due(step: int, first_step: int, config: TrainConfig, validator, checkpointe
 
 
 def _start(run: RunContext, checkpointer: Checkpointer, monitor: Monitor):
-    """The DeepSpeed engine, and the state to continue from (the latest checkpoint, if any)."""
+    """The DeepSpeed engine, the fp32 replica validation runs, and the state to continue from
+    (the latest checkpoint, if any)."""
     tag = checkpointer.store.latest()
     source = prepare_resume(checkpointer.store, tag, run.info) if tag else None
+    module = NLLModule(run.model).to(run.info.device)
+    replica = Replica(module, run.info.device)  # before DeepSpeed partitions or casts the module
     engine, _, _ = ds_engine.initialize(
-        NLLModule(run.model).to(run.info.device), run.config, run.info.world_size,
-        load_universal=bool(source and source.universal),
-    )  # fmt: skip
+        module, run.config, run.info.world_size, load_universal=bool(source and source.universal)
+    )
     if source is None:
-        return engine, TrainState()
+        return engine, replica, TrainState()
     state, message = checkpointer.resume(engine, source)
     monitor.print0(message)
-    return engine, state
+    return engine, replica, state
 
 
 def train(
@@ -95,9 +97,9 @@ def train(
               "tokens": loader.stream.tokens()}  # fmt: skip
     checkpointer = Checkpointer(run, loader)
     monitor = Monitor(out_url, run.info.rank, config, run.model, storage_options, progress_sink)
-    engine, state = _start(run, checkpointer, monitor)
+    engine, replica, state = _start(run, checkpointer, monitor)
     best = checkpointer.store.best()
-    validator = Validator(engine, data_url, run.info, config, run.names, storage_options,
+    validator = Validator(engine, replica, data_url, run.info, config, run.names, storage_options,
                           history=state.valid_history, best=best and best["valid_perplexity"])  # fmt: skip
     checkpointer.repair_best(validator.best_step, validator.best)
     started, meter, first_step = time.perf_counter(), Meter(), state.step
@@ -156,6 +158,7 @@ def _metrics(run: RunContext, checkpointer: Checkpointer, validator: Validator,
         "train_seconds": round(meter.seconds, 3),
         "tokens_per_second": round(meter.rate(), 1) if meter.seconds else None,
         "world_size": run.info.world_size,
+        "precision": precision_record(run.config),
         "config": run.config.to_dict(),
         **({"finetune": run.adapt} if run.adapt else {}),
     }
