@@ -2,6 +2,12 @@
 
 Storage tests take the `store` fixture, parametrised over a local folder and that S3 server, so
 every storage path is exercised against both.
+
+`--cpu bf16|fp32` runs the whole suite as on a CPU with (or without) native bf16: every process
+the suite starts (commands, torchrun and Ray workers) reads its CPU flags from a copy of such a
+machine's /proc/cpuinfo (`CAREER_CPUINFO`), so `precision: auto` picks bf16-autocast (or fp32)
+whatever the machine at hand is. Tests that assert fp32-level agreement pin their precision and
+hold either way; `make test-bf16` is the suite as on a bf16 machine.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import new_bucket
+from helpers import BF16_CPU, FP32_CPU, new_bucket
 
 # Never reach a real AWS account from a test, whatever the developer's environment holds.
 for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
@@ -25,6 +31,34 @@ os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 # Anything that forgets its endpoint goes to a closed local port, never to AWS.
 os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"
+
+
+CPU_FILES = {"bf16": BF16_CPU["CAREER_CPUINFO"], "fp32": FP32_CPU["CAREER_CPUINFO"]}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--cpu",
+        choices=("host", *CPU_FILES),
+        default=os.environ.get("CAREER_TEST_CPU", "host"),
+        help="run as on a CPU with native bf16 (bf16), without (fp32), or as this one is (host)",
+    )
+
+
+def pytest_configure(config):
+    from trainer.accelerator import CPUINFO_ENV
+
+    cpu = config.getoption("--cpu")
+    if cpu != "host":  # before any fixture starts a process: they all inherit it
+        os.environ[CPUINFO_ENV] = CPU_FILES[cpu]
+
+
+def pytest_report_header(config):
+    from trainer.config import TrainConfig
+
+    resolved = TrainConfig().resolve(2, on_gpu=False)
+    note = next(n for n in resolved.notes if n.startswith("precision auto"))
+    return f"cpu: {config.getoption('--cpu')}; {note}"
 
 
 def _free_port() -> int:

@@ -4,6 +4,7 @@ and the `career` command run as a user runs it."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,9 +72,18 @@ def float32_list(values):
 CAREER = str(Path(sys.executable).with_name("career"))
 
 
-def career(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the `career` command; with `check`, a failure raises with the end of its stderr."""
-    proc = subprocess.run([CAREER, *args], capture_output=True, text=True, timeout=timeout)
+#: Copies of /proc/cpuinfo: a CPU with native bf16, and the same without (tests/data/cpuinfo).
+CPUINFO = Path(__file__).parent / "data" / "cpuinfo"
+BF16_CPU = {"CAREER_CPUINFO": str(CPUINFO / "zen4-avx512-bf16.txt")}
+FP32_CPU = {"CAREER_CPUINFO": str(CPUINFO / "zen4-without-bf16.txt")}
+
+
+def career(*args: str, check: bool = True, timeout: int = 600,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run the `career` command; with `check`, a failure raises with the end of its stderr.
+    `env`: variables set for it (and the processes it starts) on top of this one's."""
+    proc = subprocess.run([CAREER, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env} if env else None)  # fmt: skip
     if check and proc.returncode != 0:
         raise AssertionError(
             f"career {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"

@@ -21,7 +21,7 @@ import torch
 from helpers import loader_perplexity, records_from_loader
 
 from cluster import evaluate_job
-from cluster.cli import COMMANDS, Command, main
+from cluster.cli import main
 from data_shards.errors import StructuralError
 from data_shards.inputs import InputSpec
 from data_shards.shard import ShardConfig, shard_dataset
@@ -140,7 +140,26 @@ def test_metrics_from_the_scores_file_equal_the_model_computed_directly(store, t
     direct = loader_perplexity(loaded.model, store["survey"], "test")
     assert summary["perplexity"]["value"] == pytest.approx(direct, rel=1e-6)
     assert summary["perplexity"]["low"] < direct < summary["perplexity"]["high"]
-    # The two-stage model: a stay token's probability is P(stay) itself.
+    # P(stay) is the model's stay head, sigmoid of its stay logit, read straight off a forward
+    # pass (not from the log-probabilities the scores come from); a stay token's probability is
+    # that P(stay) itself.
+    head = {}
+    loader = CareerLoader(store["survey"], StreamConfig(split="test", shuffle=False, loop=False),
+                          num_workers=0)  # fmt: skip
+    with torch.no_grad():
+        for batch in loader:
+            _, stay = loaded.model({k: v for k, v in batch.items() if torch.is_tensor(v)})
+            for i, person in enumerate(batch["person_id"]):
+                for t in range(1, int(batch["lengths"][i])):
+                    head[person, t] = float(torch.sigmoid(stay[i, t]))
+    later = table.filter(pc.greater(table.column("position"), 0))
+    assert later.num_rows == len(head) > 0
+    np.testing.assert_allclose(
+        later.column("p_stay").to_numpy(),
+        [head[p, t] for p, t in zip(later.column("person_id").to_pylist(),
+                                    later.column("position").to_pylist(), strict=True)],
+        rtol=1e-5,
+    )  # fmt: skip
     stays = table.filter(pc.equal(table.column("prev_job"), table.column("target_job")))
     assert stays.num_rows > 0
     np.testing.assert_allclose(
@@ -184,21 +203,7 @@ def test_a_split_with_no_people_is_refused(store):
 
 
 # ----------------------------------------------------------------------------- evaluate
-EVALUATE = Command("score model packages on datasets and compare them",
-                   evaluate_job.EvaluateSettings, evaluate_job.run_evaluate,
-                   add=evaluate_job.add_evaluate_flags, make=evaluate_job.evaluate_settings)  # fmt: skip
-PREDICT = Command("predict next jobs with a model package", evaluate_job.PredictSettings,
-                  evaluate_job.run_predict)  # fmt: skip
-
-
-@pytest.fixture
-def commands(monkeypatch):
-    """`career evaluate` and `career predict` registered as cluster/cli.py is to register them."""
-    monkeypatch.setitem(COMMANDS, "evaluate", EVALUATE)
-    monkeypatch.setitem(COMMANDS, "predict", PREDICT)
-
-
-def test_career_evaluate_two_models_through_ray(store, tmp_path, ray_address, commands, capsys):
+def test_career_evaluate_two_models_through_ray(store, tmp_path, ray_address, capsys):
     out = tmp_path / "eval"
     code = main(["evaluate", "--model", store["a"], "--model", store["b"], "--model",
                  f"stay={store['stayer']}", "--data", store["survey"], "--out", str(out),
@@ -238,7 +243,7 @@ def test_career_evaluate_two_models_through_ray(store, tmp_path, ray_address, co
     assert rebuilt == report["metrics"]["a"]["survey"]
 
 
-def test_career_evaluate_weighted(store, tmp_path, ray_address, commands):
+def test_career_evaluate_weighted(store, tmp_path, ray_address):
     out = tmp_path / "weighted"
     code = main(["evaluate", "--model", store["a"], "--data", store["survey"], "--out", str(out),
                  "--weighted", "--bootstrap", "0", "--ray-address", ray_address])  # fmt: skip
@@ -254,9 +259,7 @@ def test_career_evaluate_weighted(store, tmp_path, ray_address, commands):
     assert summary["perplexity"]["value"] != pytest.approx(unweighted)
 
 
-def test_career_evaluate_refuses_before_scoring_and_writes_nothing(
-    store, tmp_path, commands, capsys
-):
+def test_career_evaluate_refuses_before_scoring_and_writes_nothing(store, tmp_path, capsys):
     out = tmp_path / "refused"
     code = main(["evaluate", "--model", store["a"], "--data", store["survey"], "--data",
                  store["resumes"], "--out", str(out)])  # fmt: skip
@@ -354,7 +357,7 @@ def test_predict_builds_the_batch_the_loader_builds(store):
     assert checked == 20
 
 
-def test_career_predict_prints_and_scores_a_file(store, tmp_path, commands, capsys):
+def test_career_predict_prints_and_scores_a_file(store, tmp_path, capsys):
     loaded = load_model(store["a"])
     job = loaded.vocab.fields["job"][4]
     code = main(["predict", "--model", store["a"], "--history", f"{job}:2012 {job}:2013",

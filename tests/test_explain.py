@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from cluster import explain_job
-from cluster.cli import COMMANDS, Command, main
+from cluster.cli import main
 from data_shards.errors import StructuralError
 from data_shards.vocab import BOS_ID, Vocabulary, build_vocabulary
 from eval.explain import explain_people, rationalize
@@ -33,8 +32,6 @@ from trainer.package import load_model, write_package
 JOBS = [str(1000 + 10 * i) for i in range(8)]
 YEARS = list(range(2000, 2006))
 COPIED = 1  # the 2005 job is the job of YEARS[COPIED] = 2001
-EXPLAIN = Command("explain a next-job prediction", explain_job.ExplainSettings,
-                  explain_job.run_explain)  # fmt: skip
 
 
 def toy_vocab() -> Vocabulary:
@@ -91,12 +88,6 @@ def packages(tmp_path_factory) -> dict[str, str]:
         write_package(out[name], model.state_dict(), model.config, vocab, {}, "toy")
     torch.set_num_threads(threads)
     return out
-
-
-@pytest.fixture
-def command(monkeypatch):
-    """`career explain` registered as cluster/cli.py registers it."""
-    monkeypatch.setitem(COMMANDS, "explain", EXPLAIN)
 
 
 def distinct_history(rng: np.random.Generator) -> list[tuple[str, int]]:
@@ -175,7 +166,7 @@ def test_fine_tuning_applies_word_dropout_and_keeps_the_architecture(packages):
 
 
 # ----------------------------------------------------------------------------- the command
-def test_career_explain_prints_one_line_per_year(packages, command, capsys):
+def test_career_explain_prints_one_line_per_year(packages, capsys):
     loaded = load_model(packages["explainer"])
     history = distinct_history(np.random.default_rng(4))
     text = " ".join(f"{job}:{year}" for job, year in history)
@@ -196,7 +187,7 @@ def test_career_explain_prints_one_line_per_year(packages, command, capsys):
     assert shown == rationalize(loaded, Query(tuple(history)), given).to_dict()
 
 
-def test_career_explain_reads_a_file_and_reports_each_refused_line(packages, command, tmp_path,
+def test_career_explain_reads_a_file_and_reports_each_refused_line(packages, tmp_path,
                                                                    capsys):  # fmt: skip
     history = distinct_history(np.random.default_rng(5))
     text = " ".join(f"{job}:{year}" for job, year in history)
@@ -228,7 +219,7 @@ def test_career_explain_reads_a_file_and_reports_each_refused_line(packages, com
         assert f"{people}:{line}: refused" in captured.err
 
 
-def test_career_explain_warns_without_word_dropout(packages, command, capsys):
+def test_career_explain_warns_without_word_dropout(packages, capsys):
     code = main(["explain", "--model", packages["plain"], "--history", "1000:2000 1010:2001"])
     assert code == 0  # a warning, not a refusal
     captured = capsys.readouterr()
@@ -236,7 +227,7 @@ def test_career_explain_warns_without_word_dropout(packages, command, capsys):
     assert captured.out.startswith("why ")
 
 
-def test_career_explain_refuses_bad_input_clearly(packages, command, tmp_path, capsys):
+def test_career_explain_refuses_bad_input_clearly(packages, tmp_path, capsys):
     model = ["explain", "--model", packages["explainer"]]
     # an unknown job code: read as <unk>, named in a warning and in the output (as predict does)
     assert main([*model, "--history", "1000:2000 7777:2001 1010:2002"]) == 0

@@ -27,11 +27,14 @@ from trainer.config import TrainConfig
 from trainer.model import Packing, attention, build_model
 from trainer.models import dropout as hash_dropout
 
-pytestmark = pytest.mark.skipif(
+#: Tests of the kernel itself; the others (packing, compilation, the fallback without a compiler,
+#: precision) run on every machine.
+needs_kernel = pytest.mark.skipif(
     hash_dropout._library() is None, reason="no C compiler: the hash kernel cannot be built"
 )
 
 
+@needs_kernel
 def test_rate_scale_and_seeding():
     x = torch.randn(1000, 1000)
     torch.manual_seed(0)
@@ -51,6 +54,7 @@ def test_rate_scale_and_seeding():
     assert torch.equal(hash_dropout.dropout(x, 0.0), x)
 
 
+@needs_kernel
 def test_the_mask_does_not_depend_on_thread_chunks():
     x = torch.randn(3 * hash_dropout.CHUNK_MIN + 7)
     seed = torch.tensor(12345)
@@ -66,6 +70,7 @@ def test_the_mask_does_not_depend_on_thread_chunks():
     assert torch.equal(one != 0, hash_dropout.mask(x.shape, 0.25, 12345))
 
 
+@needs_kernel
 def test_gradient_is_the_same_mask():
     x = torch.randn(64, 48, requires_grad=True)
     torch.manual_seed(5)
@@ -78,6 +83,7 @@ def test_gradient_is_the_same_mask():
     )
 
 
+@needs_kernel
 def test_bfloat16_matches_torch_rounding():
     x = torch.randn(4096, dtype=torch.float32).to(torch.bfloat16)
     torch.manual_seed(3)
@@ -87,12 +93,14 @@ def test_bfloat16_matches_torch_rounding():
     assert torch.equal(y[keep], (x[keep].float() * (1 / 0.8)).to(torch.bfloat16))
 
 
+@needs_kernel
 def test_a_gpu_or_integer_tensor_is_not_served():
     assert not hash_dropout.applies(torch.ones(3, dtype=torch.float64))
     assert not hash_dropout.applies(torch.ones(3, device="meta"))
     assert hash_dropout.applies(torch.ones(3))
 
 
+@needs_kernel
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_with_hash_dropout_is_sdpa_math(causal):
     g = torch.Generator().manual_seed(0)
@@ -210,6 +218,7 @@ def test_precision_auto_is_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path):
     assert here == ("bf16-autocast" if cpu_bf16_flags() else "fp32")
 
 
+@needs_kernel
 def test_hash_dropout_can_be_turned_off():
     x = torch.randn(10_000)
     try:

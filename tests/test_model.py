@@ -110,16 +110,26 @@ def test_padding_and_other_people_never_leak():
 
 
 def test_word_dropout_hides_history_only_in_training():
-    model = build_model(SIZES, "tiny", word_dropout=0.5)
+    """Ordinary dropout off, so that word dropout is the only randomness: in evaluation the
+    model is the same weights without word dropout; in training it hides a random part of the
+    history (another seed, other log-probabilities)."""
+    torch.manual_seed(0)
+    model = build_model(SIZES, "tiny", word_dropout=0.5, dropout=0.0)
+    plain = build_model(SIZES, "tiny", word_dropout=0.0, dropout=0.0)
+    plain.load_state_dict(model.state_dict())
     batch = make_batch()
     model.eval()
-    torch.testing.assert_close(model.token_log_probs(batch), model.token_log_probs(batch))
+    plain.eval()
+    expected = plain.token_log_probs(batch)
+    torch.testing.assert_close(model.token_log_probs(batch), expected, rtol=0, atol=0)
+    plain.train()  # without word dropout, training mode changes nothing but the row layout
+    torch.testing.assert_close(plain.token_log_probs(batch), expected, rtol=1e-5, atol=1e-6)
     model.train()
     torch.manual_seed(0)
     a = model.token_log_probs(batch)
     torch.manual_seed(1)
     b = model.token_log_probs(batch)
-    assert not torch.allclose(a, b)
+    assert not torch.allclose(a, b) and not torch.allclose(a, expected)
     assert model.represent(batch).shape == (4, 9, model.config.d_model)
 
 
@@ -164,4 +174,3 @@ def test_finetune_growth_keeps_existing_rows_and_adds_covariates():
     wrong = Vocabulary({**fields, "job": ["<pad>", "<bos>", "<unk>", "zzz", *fields["job"][3:]]})
     with pytest.raises(Exception, match="does not extend"):
         adapt_to_dataset(model, base_vocab, wrong, COVARIATES)
-

@@ -25,7 +25,7 @@ from helpers import CAREER, new_bucket
 from PIL import Image
 
 from cluster import report_job
-from cluster.cli import COMMANDS, Command, main
+from cluster.cli import main
 from data_shards.errors import StructuralError
 from data_shards.inputs import InputSpec
 from data_shards.shard import ShardConfig, shard_dataset
@@ -37,15 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--updates", "6", "--tokens-per-update", "1500", "--workers", "1",
         "--eval-every", "3", "--launcher", "torchrun", "loader_workers=0", "cpu_threads=1",
         "log_every=2"]  # fmt: skip
-REPORT = Command("write a run's report", report_job.ReportSettings, report_job.run_report,
-                 add=report_job.add_report_flags, make=report_job.report_settings)  # fmt: skip
 IMG = re.compile(r'<img src="([^"]+)"')
-
-
-@pytest.fixture
-def commands(monkeypatch):
-    """`career report` registered as cluster/cli.py is to register it."""
-    monkeypatch.setitem(COMMANDS, "report", REPORT)
 
 
 def _career_all(cwd: Path, *commands: list[str]) -> None:
@@ -145,9 +137,7 @@ def test_the_evaluation_writes_the_transition_aggregate(run):
 @pytest.fixture(scope="module")
 def report(run) -> Path:
     """The report of the module's run, written by `career report RUN` (default --out)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(COMMANDS, "report", REPORT)
-        assert main(["report", str(run)]) == 0
+    assert main(["report", str(run)]) == 0
     return run / "report"
 
 
@@ -261,7 +251,7 @@ def _write(path: Path, value) -> None:
     path.write_text(json.dumps(value))
 
 
-def test_a_run_in_progress_is_reported_as_far_as_it_goes(tmp_path, commands, capsys):
+def test_a_run_in_progress_is_reported_as_far_as_it_goes(tmp_path, capsys):
     root = tmp_path / "RUN"
     _write(root / "experiment.json", {"surveys": ["nlsy79"], "resumes": "resumes"})
     # An older pretraining run: validation history only (no train_history yet).
@@ -284,7 +274,7 @@ def test_a_run_in_progress_is_reported_as_far_as_it_goes(tmp_path, commands, cap
     assert "missing (named in the report)" in printed and "dataset resumes: not there" in printed
 
 
-def test_a_folder_that_is_not_a_run_is_refused(tmp_path, commands, capsys):
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a run")
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -294,7 +284,7 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path, commands, capsys):
         load_run(str(tmp_path / "absent"))
 
 
-def test_report_settings_default_out_and_guard(tmp_path, monkeypatch, commands, capsys):
+def test_report_settings_default_out_and_guard(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     s = report_job.ReportSettings(run="RUN")
     assert s.run == str(tmp_path / "RUN") and s.out == str(tmp_path / "RUN" / "report")

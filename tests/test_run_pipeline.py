@@ -131,16 +131,21 @@ def test_a_run_on_s3_killed_and_resumed_to_the_same_table(finished, s3_endpoint,
     checkpoint = f"{run}/pretrain/checkpoints/latest.json"
     deadline = time.monotonic() + 600
     while driver.poll() is None and time.monotonic() < deadline and not fs.exists(checkpoint):
-        time.sleep(0.5)
+        time.sleep(0.1)
         fs.invalidate_cache()
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the torch/Ray processes it started
     driver.wait()
+    fs.invalidate_cache()
     assert fs.exists(checkpoint), "the run never reached its first pretraining checkpoint"
-    assert not fs.exists(f"{run}/surveys/nlsy79/evaluation/metrics.json")
+    killed_at = json.loads(fs.cat(checkpoint))["step"]
+    assert not fs.exists(f"{run}/pretrain/metrics.json"), "pretraining ended before the kill"
     resumed = subprocess.run(args, capture_output=True, text=True, cwd=folder, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(resumed)" in resumed.stdout and "shard resumes: done before, skipped" in resumed.stdout
     fs.invalidate_cache()
+    # Pretraining continued from the checkpoint on the object store, not from scratch.
+    pretrained = json.loads(fs.cat(f"{run}/pretrain/metrics.json"))
+    assert 1 <= killed_at < pretrained["updates"] and pretrained["resumed_from"] == killed_at
     first = perplexities(folder / "store" / "first")
     for survey, models in first.items():
         metrics = json.loads(fs.cat(f"{run}/surveys/{survey}/evaluation/metrics.json"))

@@ -41,7 +41,8 @@ def _refused(argv: list[str], capsys) -> str:
     return capsys.readouterr().err
 
 
-def test_quarantine_out_over_the_input_is_refused_and_the_input_kept(tmp_path, capsys):
+def test_quarantine_out_over_the_input_is_refused_and_the_input_kept(tmp_path, capsys,
+                                                                     monkeypatch):  # fmt: skip
     data = _jsonl(tmp_path / "x.jsonl")
     before = data.read_bytes()
     err = _refused(["inspect", "--input", str(data), "--format", "resume-jsonl",
@@ -50,7 +51,7 @@ def test_quarantine_out_over_the_input_is_refused_and_the_input_kept(tmp_path, c
     assert data.read_bytes() == before
     # the same file through a symlink, and a relative path
     (tmp_path / "link.jsonl").symlink_to(data)
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # (restored after the test)
     err = _refused(["inspect", "--input", "link.jsonl", "--format", "resume-jsonl",
                     "--quarantine-out", "x.jsonl"], capsys)  # fmt: skip
     assert "--quarantine-out is --input" in err

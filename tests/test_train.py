@@ -2,6 +2,12 @@
 
 - the validation perplexity falls below the order-1 Markov baseline of the same data (ZeRO 0, and
   ZeRO 1/2/3 in the uninterrupted runs of the resume test);
+- precision: `auto` on a copy of a bf16 machine's /proc/cpuinfo trains a whole `career pretrain`
+  in bf16 autocast (on an fp32-only one's, in fp32), and says so in metrics.json; whatever the
+  precision (fp32, bf16 autocast, DeepSpeed's bf16), the validation perplexity a run records is
+  its package's, to 1e-5 relative (validation runs the fp32 master weights, autocast off). The
+  behaviours that could differ by precision run in fp32 and in bf16 autocast: exact and elastic
+  resume, micro-batches = one batch, the package reproducing the run, the S3 round trip;
 - a run stopped and resumed on the same workers ends with weights equal to an uninterrupted run
   (ZeRO 1/2/3); resumed on another number of workers it continues from the converted checkpoint
   (ZeRO 1/3 shrink to 1 worker, ZeRO 2 grows to 3);
@@ -27,7 +33,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from helpers import career, loader_perplexity, new_bucket, records_from_loader
+from helpers import (
+    BF16_CPU,
+    FP32_CPU,
+    career,
+    loader_perplexity,
+    new_bucket,
+    records_from_loader,
+)
 
 from data_shards.inputs import InputSpec
 from data_shards.manifest import load_manifest
@@ -70,8 +83,28 @@ def data(tmp_path_factory, ray_address):
         "nlsy79": survey.dataset_url,
         "alone": alone.dataset_url,
         "one_block": one_block.dataset_url,
+        "opposed": opposed_dataset(root),
         "root": root,
     }
+
+
+def opposed_dataset(root: Path) -> str:
+    """Splits whose lessons are opposed: in train everyone stays in their first job, in valid
+    everyone changes job every year. Training raises P(stay), so every update makes validation
+    worse: early stopping is certain, not the luck of a loss curve. Valid is one block."""
+    source = root / "opposed-input"
+    source.mkdir()
+    splits = {"train": (200, lambda i: ["1000"] * 5),
+              "valid": (50, lambda i: ["1000", "2000"] * 2 + ["1000"]),
+              "test": (10, lambda i: ["1000", "2000"] * 2 + ["1000"])}  # fmt: skip
+    for split, (people, jobs) in splits.items():
+        (source / f"{split}.job").write_text(
+            "".join(" ".join(jobs(i)) + "\n" for i in range(people))
+        )
+        (source / f"{split}.year").write_text("2000 2001 2002 2003 2004\n" * people)
+        (source / f"{split}.id").write_text("".join(f"{split}{i}\n" for i in range(people)))
+    spec = InputSpec(format="career-code", url=str(source))
+    return shard_dataset(spec, str(root), "opposed", ShardConfig(people_per_block=64)).dataset_url
 
 
 @pytest.fixture(scope="module")
@@ -162,11 +195,21 @@ def adam_steps(checkpoint: Path) -> set[int]:
 
 
 def test_loss_falls_below_the_markov_baseline(data, baselines, tmp_path):
-    """ZeRO 0 (ZeRO 1/2/3 reach the same perplexities in test_stop_and_resume)."""
+    """ZeRO 0 (ZeRO 1/2/3 reach the same perplexities in test_stop_and_resume), precision `auto`
+    on a CPU whose /proc/cpuinfo (a real copy) has native bf16: bf16 autocast, in every worker."""
     out = tmp_path / "run"
     career("pretrain", "--data", data["resumes"], "--out", str(out), "--zero-stage", "0", "--updates", "36",
-           "--eval-every", "12", *COMMON)  # fmt: skip
+           "--eval-every", "12", *COMMON, env=BF16_CPU)  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["precision"] == "bf16-autocast"
+    assert metrics["precision"]["training"] == "bf16-autocast"
+    assert "auto: CPU with native bf16: avx512_bf16" in metrics["precision"]["training_why"]
+    assert metrics["precision"]["validation"] == "fp32"
+    # Validation ran the package's weights in fp32: the package gives the recorded perplexity.
+    package = load_model(str(out / "package"))
+    assert loader_perplexity(package.model, data["resumes"]) == pytest.approx(
+        metrics["best_valid_perplexity"], rel=1e-5
+    )
     (_, at_12), (_, at_24), (_, at_36) = metrics["valid_history"]
     assert at_36 < at_24 < at_12 < 0.9 * untrained_perplexity(data["resumes"])
     # Measured: Markov 4.89, the model 5.29 / 4.73 / 4.59 after 12 / 24 / 36 updates.
@@ -177,13 +220,14 @@ def test_loss_falls_below_the_markov_baseline(data, baselines, tmp_path):
     assert set(lengths) >= {1, 10, 12, 36} and all(2 < t < 60 for t in lengths.values())
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_stop_and_resume(data, baselines, tmp_path, stage):
+@pytest.mark.parametrize(("stage", "precision"), [(1, "fp32"), (2, "bf16-autocast"), (3, "fp32")])
+def test_stop_and_resume(data, baselines, tmp_path, stage, precision):
     """Stopped after update 18: the same 2 workers resume bit-exactly; 1 worker resumes a copy
     (ZeRO 1/3: ZeRO state re-partitioned through a universal checkpoint, the loader re-plans the
-    epoch; tests/test_stream.py checks that nobody is skipped or read twice)."""
+    epoch; tests/test_stream.py checks that nobody is skipped or read twice). Bit-exact in bf16
+    autocast too: a resumed run repeats the same computations, whatever their precision."""
     args = ["--data", data["resumes"], "--zero-stage", str(stage), "--updates", "36", "--eval-every", "18",
-            "--checkpoint-every", "18", *COMMON]  # fmt: skip
+            "--checkpoint-every", "18", "--precision", precision, *COMMON]  # fmt: skip
     whole, split, elastic = tmp_path / "whole", tmp_path / "split", tmp_path / "elastic"
     career("pretrain", "--out", str(whole), *args)
     stopped = career("pretrain", "--out", str(split), "--stop-after", "18", *args)
@@ -208,7 +252,9 @@ def test_stop_and_resume(data, baselines, tmp_path, stage):
     again = [e for e in resumed if e[0] <= 18 or e[0] >= 30]
     assert len(kept) >= 3 and [e[0] for e in again] == [e[0] for e in kept]
     assert [e[1] for e in again] == pytest.approx([e[1] for e in kept])
-    # The exported package reproduces the live engine's validation perplexity at the last step.
+    assert metrics["precision"]["training"] == precision
+    # The exported package reproduces the live engine's validation perplexity at the last step,
+    # whatever the training precision (validation runs the fp32 master weights).
     career(
         "export", "--run", str(whole), "--tag", "step0000036", "--package", str(tmp_path / "pkg")
     )
@@ -261,10 +307,23 @@ def check_elastic_resume(out: Path, args: list[str], whole_36, markov: float, wh
     assert distance(at_36, whole_36) < 0.5 * distance(at_18, whole_36)
 
 
-def test_two_micro_batches_make_the_update_one_batch_makes(data, monkeypatch, single_process_group):
+#: bf16's unit roundoff: 8 significant bits.
+BF16_EPS = 2.0**-8
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-autocast"])
+def test_two_micro_batches_make_the_update_one_batch_makes(data, monkeypatch, single_process_group,
+                                                            precision):  # fmt: skip
     """The same people as one batch or as two micro-batches (gradient accumulation): the same loss,
     gradient norm and weights after two updates (ZeRO-2, the default stage; one rank, in-process).
-    The gradient norm is what catches a wrong loss scale: Adam's first steps hardly depend on it."""
+    The gradient norm is what catches a wrong loss scale: Adam's first steps hardly depend on it.
+
+    fp32: equal to 1e-5. bf16 autocast: each product rounds to 8 significant bits (unit roundoff
+    u = 2^-8) and a row's products may round differently in a batch of another shape, so loss and
+    gradient norm agree to a few u (2u allowed, 7.8e-3; a wrong loss scale is off by 2x); a weight
+    whose gradient is within rounding of zero can take Adam's step the other way, so weights
+    agree to 2 x lr per update, and the two runs end far nearer each other than to the start
+    (measured here: loss to 1e-6, gradient norm to 9e-4, weights 0.8% of the way apart)."""
 
     from trainer.accelerator import select_accelerator
     from trainer.config import OptimConfig, TrainConfig
@@ -290,8 +349,10 @@ def test_two_micro_batches_make_the_update_one_batch_makes(data, monkeypatch, si
     names, results = ("inputs", "targets", *dataset.covariates), {}
     for micro in (1, 2):
         config = TrainConfig(preset="tiny", micro_batches=micro, tokens_per_update=1500, updates=2,
+                             precision=precision,
                              optim=OptimConfig(lr=0.003, warmup_updates=0)).resolve(1, False)  # fmt: skip
         engine, _, _ = ds_engine.initialize(NLLModule(initial_model(data["resumes"])), config, 1)
+        assert engine.torch_autocast_enabled() == (precision == "bf16-autocast")
         engine.train()
         rows = []
         for batch in batches:
@@ -307,15 +368,27 @@ def test_two_micro_batches_make_the_update_one_batch_makes(data, monkeypatch, si
             {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
         )
     (one, w1), (two, w2) = results[1], results[2]
-    assert np.allclose(one, two, rtol=1e-5, atol=0)
     start = {f"model.{k}": v for k, v in initial_model(data["resumes"]).state_dict().items()}
     assert distance(w1, start) > 0.1  # the updates moved the weights ...
-    assert all(torch.allclose(w1[k], w2[k], rtol=0, atol=1e-5) for k in w1)  # ... alike
+    if precision == "fp32":
+        assert np.allclose(one, two, rtol=1e-5, atol=0)
+        assert all(torch.allclose(w1[k], w2[k], rtol=0, atol=1e-5) for k in w1)  # ... alike
+        return
+    assert np.allclose(one, two, rtol=2 * BF16_EPS, atol=0), (one, two)
+    step_bound = 2 * 0.003 * 2  # two updates, each at most lr one way or the other
+    assert all(torch.allclose(w1[k], w2[k], rtol=0, atol=step_bound) for k in w1)
+    # ... and alike: the two ways apart by a small part of how far they moved (measured 0.8%)
+    assert distance(w1, w2) < 0.05 * distance(w1, start)
 
 
 def test_finetune_extends_the_vocabulary_and_refuses_a_mismatch(data, baselines, tmp_path):
     base = tmp_path / "base"
-    career("pretrain", "--data", data["resumes"], "--out", str(base), "--updates", "12", *COMMON)
+    # precision `auto` on a CPU without native bf16 (its /proc/cpuinfo): fp32 in every worker
+    career("pretrain", "--data", data["resumes"], "--out", str(base), "--updates", "12", *COMMON,
+           env=FP32_CPU)  # fmt: skip
+    trained = json.loads((base / "metrics.json").read_text())
+    assert trained["precision"]["training"] == "fp32" == trained["config"]["precision"]
+    assert "auto: CPU without native bf16" in trained["precision"]["training_why"]
     fine = tmp_path / "fine"
     career("finetune", "--base", str(base / "package"), "--data", data["nlsy79"], "--out", str(fine),
            "--updates", "12", "--eval-every", "6", *COMMON)  # fmt: skip
@@ -348,33 +421,36 @@ def test_finetune_extends_the_vocabulary_and_refuses_a_mismatch(data, baselines,
 
 
 def test_zero3_on_a_survey_with_one_validation_block(data, tmp_path):
-    """The valid split is one block: on 2 workers one rank has no validation data. Under ZeRO-3
-    every forward is a collective (a weight is partitioned), so that rank must run forwards too:
-    pretraining and fine-tuning finish (this hung). The fine-tuning run stops early, exports its
-    best checkpoint (not the last) and keeps only that and the newest one."""
-    valid = load_manifest(data["nlsy79"]).shards_of("valid")
+    """The valid split is one block: on 2 workers one rank has no validation data, which ZeRO-3
+    once made hang (its forwards are collectives). Pretraining in DeepSpeed's bf16 (what GPUs
+    use) records its package's perplexity. Fine-tuning (fp32) on splits whose lessons are
+    opposed worsens validation at every evaluation, so with patience 2 it must stop after the
+    third (update 6 of 40), export the first evaluation's checkpoint (not the last) and keep only
+    that one and the newest."""
+    valid = load_manifest(data["opposed"]).shards_of("valid")
     assert sum(shard.blocks for shard in valid) == 1
-    zero3 = ["--data", data["nlsy79"], "--zero-stage", "3", *COMMON]
+    zero3 = ["--data", data["opposed"], "--zero-stage", "3", *COMMON]
     base, fine = tmp_path / "base", tmp_path / "fine"
     career("pretrain", "--out", str(base), "--updates", "6", "--eval-every", "3", *zero3, PARTITIONED,
-           timeout=240)  # fmt: skip
-    assert len(json.loads((base / "metrics.json").read_text())["valid_history"]) == 2
-    finetuned = career("finetune", "--base", str(base / "package"), "--out", str(fine), "--updates", "40",
-                       "--eval-every", "2", "--checkpoint-every", "2", *zero3, "optim.lr=0.05", "patience=2",
-                       "keep_checkpoints=1", timeout=240)  # fmt: skip
-    metrics = json.loads((fine / "metrics.json").read_text())
-    history = [ppl for _, ppl in metrics["valid_history"]]
-    best = int(np.argmin(history))
-    assert "early stopping" in finetuned.stdout + finetuned.stderr and metrics["updates"] < 40
-    assert best == len(history) - 3 and metrics["best_step"] == metrics["valid_history"][best][0]
-    best_tag, last_tag = f"step{metrics['best_step']:07d}", f"step{metrics['updates']:07d}"
-    assert tags(fine) == [best_tag, last_tag]  # pruned: the newest one and the best
-    package = load_model(str(fine / "package"))
-    assert package.config["checkpoint"] == best_tag
-    best_weights, last_weights = (
-        weights(fine, metrics["best_step"]),
-        weights(fine, metrics["updates"]),
+           "--precision", "bf16", timeout=240)  # fmt: skip
+    pretrained = json.loads((base / "metrics.json").read_text())
+    assert len(pretrained["valid_history"]) == 2 and pretrained["precision"]["training"] == "bf16"
+    assert loader_perplexity(load_model(str(base / "package")).model, data["opposed"]) == (
+        pytest.approx(pretrained["best_valid_perplexity"], rel=1e-5)
     )
+    finetuned = career("finetune", "--base", str(base / "package"), "--out", str(fine), "--updates", "40",
+                       "--eval-every", "2", "--checkpoint-every", "2", *zero3, "--precision", "fp32",
+                       "patience=2", "keep_checkpoints=1", timeout=240)  # fmt: skip
+    metrics = json.loads((fine / "metrics.json").read_text())
+    steps, history = zip(*metrics["valid_history"], strict=True)
+    assert "early stopping: no improvement in 2 evaluations" in finetuned.stdout + finetuned.stderr
+    assert steps == (2, 4, 6) and metrics["updates"] == 6
+    assert history[0] < history[1] < history[2]  # every evaluation worse than the one before
+    assert metrics["best_step"] == 2 and metrics["best_valid_perplexity"] == history[0]
+    assert tags(fine) == ["step0000002", "step0000006"]  # pruned: the newest one and the best
+    package = load_model(str(fine / "package"))
+    assert package.config["checkpoint"] == "step0000002"
+    best_weights, last_weights = weights(fine, 2), weights(fine, 6)
     exported = package.model.state_dict()
     for name, value in best_weights.items():
         assert torch.equal(exported[name.removeprefix("model.")], value), name

@@ -82,8 +82,12 @@ def wages(tmp_path_factory, ray_address):
                                "no_history", CONFIG, f"{gap}/vocab.json").dataset_url  # fmt: skip
     resumes = shard_dataset(InputSpec(format="synth", preset="resumes", people=60, seed=0),
                             store, "resumes", ShardConfig(people_per_block=32)).dataset_url  # fmt: skip
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    package = train_tiny(gap, root / "models" / "tiny")
+    try:
+        package = train_tiny(gap, root / "models" / "tiny")
+    finally:
+        torch.set_num_threads(threads)  # (other modules keep their own setting)
     return {"root": root, "gap": gap, "no_history": no_history, "resumes": resumes,
             "package": package}  # fmt: skip
 

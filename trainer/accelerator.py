@@ -33,8 +33,15 @@ def select_accelerator(use_gpu: bool | None = None) -> None:
         os.environ.setdefault(name, value)
 
 
-def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
-    """The native-bf16 feature flags this CPU reports (empty where it has none, or off Linux)."""
+#: Read the CPU's flags from this file instead of /proc/cpuinfo: `precision: auto` then decides as
+#: on that CPU (the test suite runs whole as on a bf16 or an fp32-only machine with it).
+CPUINFO_ENV = "CAREER_CPUINFO"
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The native-bf16 feature flags this CPU reports (empty where it has none, or off Linux);
+    `cpuinfo`: the file to read (default: `$CAREER_CPUINFO`, else /proc/cpuinfo)."""
+    cpuinfo = cpuinfo or os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo"
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
