@@ -167,14 +167,20 @@ def test_local_paths_are_made_absolute_once_at_the_command_line(tmp_path, monkey
 
 @pytest.mark.parametrize(
     "argv",
-    [["updates=abc"], ["optim.lr=abc"], ["--workers", "0"], ["--gpus-per-worker", "-1"],
-     ["model.nonsense=1"], ["--eval-every", "0"]],
+    [(["updates=abc"], "updates"), (["optim.lr=abc"], "lr"), (["--workers", "0"], "--workers"),
+     (["--gpus-per-worker", "-1"], "--gpus-per-worker must not be negative"),
+     (["--cpus-per-worker", "0"], "--cpus-per-worker must be positive"),
+     (["--cpus-per-worker", "-2"], "--cpus-per-worker must be positive"),
+     (["model.nonsense=1"], "model.nonsense"), (["--eval-every", "0"], "eval_every"),
+     (["--precision", "fp16", "--zero-stage", "0"], "fp16 needs zero_stage 1 or more")],
 )  # fmt: skip
 def test_bad_training_settings_exit_2_before_anything_starts(tmp_path, capsys, argv):
+    argv, message = argv
     with pytest.raises(SystemExit) as exit_:
         main(["pretrain", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("career pretrain: error:")
+    assert message in err, err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 

@@ -183,6 +183,23 @@ def test_compiled_model_gives_the_eager_loss():
     assert torch.isfinite(dropped) and not torch.isclose(dropped, model.nll(batch)[0])
 
 
+def test_the_kernel_check_is_a_constant_to_the_compiler():
+    """`hash_dropout.available` carries the mark `torch.compiler.assume_constant_result` sets
+    (set by hand: importing the decorator imports torch._dynamo, 1.2 s at every process start);
+    the decorator still sets that mark and nothing else, and the compiler folds the call."""
+    probe = torch.compiler.assume_constant_result(lambda: True)
+    assert vars(probe) == {"_dynamo_marked_constant": True}
+    assert vars(hash_dropout.available) == vars(probe) | vars(hash_dropout.available)
+    assert hash_dropout.available._dynamo_marked_constant is True
+    import subprocess
+    import sys
+
+    fresh = subprocess.run([sys.executable, "-c", "import sys, trainer.model, cluster.cli; "
+                            "print('torch._dynamo' in sys.modules)"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert fresh.stdout.strip() == "False"  # (the command line starts without the compiler)
+
+
 def test_without_a_compiler_dropout_falls_back_to_torch(tmp_path, monkeypatch):
     monkeypatch.setenv("CAREER_KERNEL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))

@@ -2,14 +2,16 @@
 
 A canary secret (each holding `/` and `+`, as AWS secret keys do) sits in `AWS_SECRET_ACCESS_KEY`,
 in `--storage-options` and in a URL. The pipeline runs against a real S3 endpoint: synth ->
-shard (Ray tasks) -> pretrain (Ray Train) -> export -> inspect, plus commands that fail with the
-secrets in their arguments. Then every byte printed, every object in the bucket, every file under
+shard (Ray tasks) -> pretrain (Ray Train, and torchrun, whose workers get the options in a 0600
+file, watched while they run) -> export -> inspect, plus commands that fail with the secrets in
+their arguments. Then every byte printed, every object in the bucket, every file under
 the test folder (temporary files included: TMPDIR points there) and every file of the Ray
 session's logs written meanwhile is searched for every canary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -50,6 +52,37 @@ def _files_with_canary(root: Path, since: float = 0.0) -> list[str]:
     return found
 
 
+def check_the_torchrun_options_file(tmp_path: Path, env: dict, data: str, out: str,
+                                   with_options: list[str]) -> None:  # fmt: skip
+    """`--launcher torchrun` hands the storage options to its workers in a file: while they run
+    it is private (0600) in a private folder, no process's command line holds a canary, and it
+    is gone when the command ends (the scan of every file under the test folder then follows)."""
+    import psutil
+
+    proc = subprocess.Popen([CAREER, "pretrain", "--data", data, "--out", out, *TINY, "--launcher",
+                             "torchrun", *with_options], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    seen: dict[str, int] = {}
+    argv_leaks: set[str] = set()
+    while proc.poll() is None:
+        for path in (tmp_path / "tmp").glob("career-launch-*/storage_options.json"):
+            with contextlib.suppress(FileNotFoundError):
+                seen[str(path)] = path.stat().st_mode & 0o777
+                seen[str(path.parent)] = path.parent.stat().st_mode & 0o777
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    argv_leaks |= {c for c in CANARIES if c in " ".join(child.cmdline())}
+        time.sleep(0.05)
+    output = proc.stdout.read()
+    assert proc.returncode == 0, output[-3000:]
+    assert not any(c in output for c in CANARIES)
+    files = [p for p in seen if p.endswith(".json")]
+    assert len(files) == 1, seen  # the workers' options file was there while they ran ...
+    assert seen[files[0]] == 0o600 and seen[str(Path(files[0]).parent)] == 0o700
+    assert not Path(files[0]).exists() and not argv_leaks  # ... and is gone; never in argv
+
+
 @pytest.mark.slow
 def test_no_secret_is_written_or_printed(tmp_path, s3_endpoint, ray_address):
     import s3fs
@@ -79,6 +112,8 @@ def test_no_secret_is_written_or_printed(tmp_path, s3_endpoint, ray_address):
            ray_address, *with_options)  # fmt: skip
     career("pretrain", "--data", f"{root}/data/survey", "--out", f"{root}/run", *TINY,
            "--ray-address", ray_address, *with_options)  # fmt: skip
+    check_the_torchrun_options_file(tmp_path, env, f"{root}/data/survey", f"{root}/run-torchrun",
+                                    with_options)  # fmt: skip
     career("export", "--run", f"{root}/run", "--package", f"{root}/exported", *with_options)
     # Inspect with the environment's credentials (no storage options), quarantine written locally.
     career("inspect", "--input", f"{root}/input.jsonl", "--format", "resume-jsonl",

@@ -261,11 +261,29 @@ def test_stop_and_resume(data, baselines, tmp_path, stage, precision):
     package = load_model(str(tmp_path / "pkg"))
     assert loader_perplexity(package.model, data["resumes"]) == pytest.approx(at_36, rel=1e-5)
     assert package.config["checkpoint"] == "step0000036"
+    if stage == 1:
+        check_export_refusals(whole, tmp_path)
     if stage == 2:
         check_a_kill_between_the_two_pointers(whole, tmp_path / "pointers", args, metrics)
     # ZeRO 1 and 3 shrink to 1 worker; ZeRO 2 grows to 3 (partitions re-cut into more pieces).
     workers = 3 if stage == 2 else 1
     check_elastic_resume(elastic, args, a, baselines["resumes"]["markov"], metrics, workers)
+
+
+def check_export_refusals(run: Path, tmp_path: Path) -> None:
+    """`career export` of a tag the run does not have, or of a run with no checkpoint: exit 2
+    with what the run has, and no package written."""
+    unknown = career("export", "--run", str(run), "--tag", "step0000099", "--package",
+                     str(tmp_path / "p1"), check=False)  # fmt: skip
+    assert unknown.returncode == 2 and not (tmp_path / "p1").exists()
+    assert "no checkpoint step0000099 in this run (its checkpoints: step0000018, step0000036)" in (
+        unknown.stderr
+    )
+    (tmp_path / "empty-run").mkdir()
+    empty = career("export", "--run", str(tmp_path / "empty-run"), "--package", str(tmp_path / "p2"),
+                   check=False)  # fmt: skip
+    assert empty.returncode == 2 and "no checkpoint found" in empty.stderr
+    assert not (tmp_path / "p2").exists()
 
 
 def check_a_kill_between_the_two_pointers(whole: Path, out: Path, args: list[str],

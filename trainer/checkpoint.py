@@ -134,9 +134,24 @@ class CheckpointStore:
         )
         (folder / "vocab.json").write_text(vocab.to_json())
 
+    def tags(self) -> list[str]:
+        """The checkpoint tags in the run, oldest first."""
+        fs, root = storage.filesystem(self.url, self.storage_options)
+        if not fs.exists(root):
+            return []
+        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+        return sorted(name for name in names if TAG.fullmatch(name))
+
     def read_sidecar(self, tag: str) -> dict:
         url = storage.join(self.url, check_tag(tag, storage.redact(self.url)), "career.json")
         if not storage.exists(url, self.storage_options):
+            tags = self.tags()
+            if tag not in tags:
+                raise StructuralError(
+                    f"no checkpoint {tag} in this run (its checkpoints: "
+                    f"{', '.join(tags) or 'none'})",
+                    path=storage.redact(self.url),
+                )
             raise StructuralError(
                 f"checkpoint {tag} is incomplete (no career.json)", path=storage.redact(self.url)
             )
@@ -177,10 +192,7 @@ class CheckpointStore:
     def prune(self, keep_recent: int) -> None:
         """Remove old tags, keeping the `keep_recent` newest and the best."""
         fs, root = storage.filesystem(self.url, self.storage_options)
-        if not fs.exists(root):
-            return
-        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
-        tags = sorted(name for name in names if TAG.fullmatch(name))
+        tags = self.tags()
         best = (self.best() or {}).get("tag")
         for tag in tags[: max(len(tags) - keep_recent, 0)]:
             if tag != best:

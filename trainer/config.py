@@ -12,10 +12,30 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.models.registry import DEFAULT_KIND, KINDS, PRESET_NAMES, check_preset, check_settings
+
+
+def check_number_types(config: Any, prefix: str = "") -> None:
+    """Refuse a setting of the wrong kind (`updates=abc`) by its name, before a comparison
+    fails with a Python error: ints where ints are due (a bool is no int here), ints or floats
+    where floats are."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        kind, value = hints[item.name], getattr(config, item.name)
+        if kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            continue
+        if not ok:
+            raise ValueError(
+                f"{prefix}{item.name} must be a number ({kind.__name__}), not {value!r}"
+            )
 
 
 @dataclass
@@ -32,6 +52,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+        check_number_types(self, "optim.")
         if self.lr <= 0 or self.warmup_updates < 0 or self.grad_clip < 0:
             raise ValueError("lr must be positive; warmup_updates and grad_clip non-negative")
 
@@ -121,6 +142,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.optim, dict):
             self.optim = OptimConfig(**self.optim)
+        check_number_types(self)
         check_preset(self.kind, self.preset)  # (an unknown kind is refused there too)
         check_settings(self.kind, self.model)
         if self.zero_stage not in (0, 1, 2, 3):

@@ -197,10 +197,15 @@ def use(enabled: bool) -> None:
     _ENABLED = enabled
 
 
-@torch.compiler.assume_constant_result  # (torch.compile: a constant, not traced)
 def available() -> bool:
     """Whether the kernel is on, built and loaded (built now if need be)."""
     return _ENABLED and _library() is not None
+
+
+# torch.compile takes it as a constant, not traced: what `torch.compiler.assume_constant_result`
+# sets, set here without importing torch._dynamo through it (1.2 s at every process start, every
+# `career` command and worker). tests/test_fast_paths.py checks the decorator still sets just this.
+available._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def applies(x: torch.Tensor) -> bool:
