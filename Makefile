@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench clean browser
+.PHONY: run test test-bf16 test-fast lint bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/career run
 
+# --durations: the 15 slowest tests, so that the next slow one is seen.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+# The whole suite as on a CPU with native bf16 (`precision: auto` -> bf16 autocast), whatever this
+# CPU is: every process reads a copy of such a machine's /proc/cpuinfo (tests/data/cpuinfo).
+test-bf16: $(STAMP) browser
+	$(BIN)/python -m pytest -q --durations=15 --cpu bf16
 
 # Headless Chromium (Debian's chromium + chromium-driver) for tests/test_report.py's page check.
 browser:
@@ -32,7 +38,7 @@ browser:
 
 # Quick iteration: everything but the tests marked slow (multi-process training, long sharding).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -78,17 +78,30 @@ BF16_CPU = {"CAREER_CPUINFO": str(CPUINFO / "zen4-avx512-bf16.txt")}
 FP32_CPU = {"CAREER_CPUINFO": str(CPUINFO / "zen4-without-bf16.txt")}
 
 
-def career(*args: str, check: bool = True, timeout: int = 600,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
-    """Run the `career` command; with `check`, a failure raises with the end of its stderr.
-    `env`: variables set for it (and the processes it starts) on top of this one's."""
+def career(*args: str, check: bool = True, timeout: int = 600, env: dict[str, str] | None = None,
+           cwd: str | Path | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run the installed `career` command; with `check`, a failure raises with the end of its
+    stderr. `env`: variables set for it (and the processes it starts) on top of this one's."""
     proc = subprocess.run([CAREER, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env} if env else None)  # fmt: skip
+                          env={**os.environ, **env} if env else None, cwd=cwd)  # fmt: skip
     if check and proc.returncode != 0:
         raise AssertionError(
             f"career {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
         )
     return proc
+
+
+def digest(*paths: str | Path) -> dict[str, str]:
+    """sha256 of every file under `paths` (files or folders), by path: the same before and after
+    a command shows it modified none of its inputs."""
+    import hashlib
+
+    out = {}
+    for path in map(Path, paths):
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        assert files, f"{path}: nothing to hash"
+        out.update({str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
+    return out
 
 
 def loader_perplexity(model, data_url: str, split: str = "valid", storage_options=None) -> float:

@@ -44,6 +44,9 @@ from trainer.package import load_model
 from trainer.safe_load import UnsafeCheckpointError
 from trainer.step import NLLModule, run_update
 
+#: DeepSpeed checkpoints written and resumed (torchrun, conversions): minutes in all
+pytestmark = pytest.mark.slow
+
 CAREER = str(Path(sys.executable).with_name("career"))
 TAG = "step0000001"
 MODEL_STATES, OPTIM_STATES = (

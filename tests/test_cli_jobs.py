@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import digest
 
 CAREER = str(Path(sys.executable).with_name("career"))
 pytestmark = pytest.mark.slow
@@ -46,6 +47,7 @@ def test_relative_paths_exact_resume_and_worker_errors_through_ray_train(tmp_pat
     # Relative --data/--out through Ray Train, stopped after update 2 and resumed: the weights
     # equal those of an uninterrupted run (launched with torchrun: the launcher changes nothing).
     pretrain = ["pretrain", "--data", "store/resume", *TINY]
+    dataset_files = digest(tmp_path / "store" / "resume")
     stopped = career(tmp_path, *pretrain, "--out", "pre", "--stop-after", "2", *ray)
     assert "stopped after update 2" in stopped.stdout
     resumed = career(tmp_path, *pretrain, "--out", "pre", *ray)
@@ -64,16 +66,29 @@ def test_relative_paths_exact_resume_and_worker_errors_through_ray_train(tmp_pat
     manifest_sha = hashlib.sha256((dataset / "manifest.json").read_bytes()).hexdigest()
     assert package["dataset_manifest_sha256"] == manifest_sha
 
-    tuned = career(tmp_path, "finetune", "--base", "pre/package", "--data", "store/survey",
-                   "--out", "fine", *TINY, *ray)  # fmt: skip
+    assert digest(tmp_path / "store" / "resume") == dataset_files  # training modified no input
+    # Fine-tuning through Ray Train, stopped after update 2 on 2 workers and resumed on 1: the
+    # ZeRO state is re-cut for the smaller group and the run continues from its checkpoint.
+    inputs = (tmp_path / "pre" / "package", tmp_path / "store" / "survey")
+    before = digest(*inputs)
+    finetune = ["finetune", "--base", "pre/package", "--data", "store/survey", "--out", "fine",
+                *TINY, *ray]  # fmt: skip
+    stopped = career(tmp_path, *finetune, "--stop-after", "2")
+    assert "stopped after update 2" in stopped.stdout
+    tuned = career(tmp_path, *finetune, "--workers", "1")
+    assert digest(*inputs) == before
+    assert "elastic: 2 -> 1 workers" in tuned.stdout + tuned.stderr
     # Rank 0's progress reaches the driver's terminal as a bar, not as worker log lines.
     bar = [
         line for line in tuned.stderr.splitlines() if line.startswith("training") and "3/3" in line
     ]
     assert bar and "loss" in bar[-1] and "tokens/s" in bar[-1]
     fine = json.loads((tmp_path / "fine" / "metrics.json").read_text())
-    assert fine["updates"] == 3 and fine["world_size"] == 2
+    assert fine["updates"] == 3 and fine["world_size"] == 1 and fine["resumed_from"] == 2
     assert fine["finetune"]["base_package"] == str(tmp_path / "pre" / "package")
+    state = torch.load(next((tmp_path / "fine" / "checkpoints" / "step0000003").glob(
+        "*mp_rank_00_model_states.pt")), map_location="cpu", weights_only=True)  # fmt: skip
+    assert state["world_size"] == 1 and state["loader"][0]["catchup"]  # the re-planned epoch
 
     check_dry_runs(tmp_path)
 

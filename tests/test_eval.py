@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
-from helpers import loader_perplexity, records_from_loader
+from helpers import career, digest, loader_perplexity, records_from_loader
 
 from cluster import evaluate_job
 from cluster.cli import main
@@ -31,6 +31,9 @@ from eval import metrics, predict, scores
 from trainer.context import covariates_of, load_dataset
 from trainer.model import build_model
 from trainer.package import LoadedModel, load_model, write_package
+
+#: datasets sharded through Ray, models scored through Ray tasks
+pytestmark = pytest.mark.slow
 
 SMALL = ShardConfig(people_per_block=32, blocks_per_shard=2)
 
@@ -203,13 +206,15 @@ def test_a_split_with_no_people_is_refused(store):
 
 
 # ----------------------------------------------------------------------------- evaluate
-def test_career_evaluate_two_models_through_ray(store, tmp_path, ray_address, capsys):
+def test_career_evaluate_two_models_through_ray(store, tmp_path, ray_address):
+    """Through the installed `career` command; its inputs (packages, dataset) are not modified."""
     out = tmp_path / "eval"
-    code = main(["evaluate", "--model", store["a"], "--model", store["b"], "--model",
-                 f"stay={store['stayer']}", "--data", store["survey"], "--out", str(out),
-                 "--bootstrap", "200", "--ray-address", ray_address])  # fmt: skip
-    assert code == 0
-    printed = capsys.readouterr().out
+    inputs = (store["a"], store["b"], store["stayer"], store["survey"])
+    before = digest(*inputs)
+    printed = career("evaluate", "--model", store["a"], "--model", store["b"], "--model",
+                     f"stay={store['stayer']}", "--data", store["survey"], "--out", str(out),
+                     "--bootstrap", "200", "--ray-address", ray_address).stdout  # fmt: skip
+    assert digest(*inputs) == before
     files = sorted(p.name for p in (out / "scores").iterdir())
     assert files == [
         "a__survey.parquet",
@@ -360,10 +365,24 @@ def test_predict_builds_the_batch_the_loader_builds(store):
 def test_career_predict_prints_and_scores_a_file(store, tmp_path, capsys):
     loaded = load_model(store["a"])
     job = loaded.vocab.fields["job"][4]
-    code = main(["predict", "--model", store["a"], "--history", f"{job}:2012 {job}:2013",
-                 "--education", "high_school", "--gender", "female", "--top-k", "3", "--json"])  # fmt: skip
-    assert code == 0
-    shown = json.loads(capsys.readouterr().out)
+    before = digest(store["a"])
+    shown = json.loads(
+        career(
+            "predict",
+            "--model",
+            store["a"],
+            "--history",
+            f"{job}:2012 {job}:2013",
+            "--education",
+            "high_school",
+            "--gender",
+            "female",
+            "--top-k",
+            "3",
+            "--json",
+        ).stdout
+    )  # fmt: skip (the installed command)
+    assert digest(store["a"]) == before
     assert shown["year"] == 2014 and shown["last_job"] == job and len(shown["top"]) == 3
     assert 0 < shown["p_stay"] < 1
     assert main(["predict", "--model", store["a"], "--history", f"{job}:2012"]) == 0
@@ -374,9 +393,10 @@ def test_career_predict_prints_and_scores_a_file(store, tmp_path, capsys):
     people.write_text(json.dumps({"id": "h1", "history": f"{job}:2001 {job}:2003"}) + "\n\n"
                       + json.dumps(resume) + "\n")  # fmt: skip
     out = tmp_path / "predictions.jsonl"
+    before = digest(store["a"], people)
     code = main(["predict", "--model", store["a"], "--input", str(people), "--out", str(out),
                  "--top-k", "2"])  # fmt: skip
-    assert code == 0
+    assert code == 0 and digest(store["a"], people) == before  # (nor the input file)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(p["id"], p["year"], len(p["top"])) for p in lines] == [
         ("h1", 2004, 2),

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import career, digest
 
 from cluster.cli import main
 from data_shards.errors import StructuralError
@@ -170,15 +171,16 @@ def test_career_explain_prints_one_line_per_year(packages, capsys):
     loaded = load_model(packages["explainer"])
     history = distinct_history(np.random.default_rng(4))
     text = " ".join(f"{job}:{year}" for job, year in history)
-    assert main(["explain", "--model", packages["explainer"], "--history", text]) == 0
-    captured = capsys.readouterr()
-    lines = captured.out.splitlines()
+    before = digest(packages["explainer"])
+    captured = career("explain", "--model", packages["explainer"], "--history", text)
+    assert digest(packages["explainer"]) == before  # (the installed command; no input modified)
+    lines = captured.stdout.splitlines()
     assert lines[0] == f"why {history[COPIED][0]} in 2005 (the model's top job)"
     for (job, year), line in zip(history, lines[1:6], strict=True):
         assert line.split()[:2] == [str(year), job]
     assert "kept" in lines[1 + COPIED] and lines[5].split()[2] == "seen"
     assert sum("kept" in line for line in lines[1:6]) <= 1 and lines[6].startswith("P(")
-    assert "warning" not in captured.err  # a word-dropout package
+    assert "warning" not in captured.stderr  # a word-dropout package
     given = JOBS[0] if history[COPIED][0] != JOBS[0] else JOBS[1]
     assert main(["explain", "--model", packages["explainer"], "--history", text,
                  "--target", given, "--json"]) == 0  # fmt: skip
@@ -272,7 +274,6 @@ def write_career_code(folder: Path, people: int, seed: int) -> None:
         )
 
 
-@pytest.mark.slow
 def test_explain_people_of_a_dataset_split(packages, tmp_path, ray_address, capsys):
     from data_shards.inputs import InputSpec
     from data_shards.shard import ShardConfig, shard_dataset

@@ -20,6 +20,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import BF16_CPU, FP32_CPU
 from test_model import SIZES, make_batch
 
 from trainer.accelerator import cpu_bf16_flags
@@ -156,6 +157,7 @@ def test_packing_round_trip():
     assert torch.equal(again[real], x[real]) and torch.all(again[~real] == 0)
 
 
+@pytest.mark.slow  # inductor compiles the forward and backward: about a minute with a cold cache
 def test_compiled_model_gives_the_eager_loss():
     """Tiny preset, packed rows: the compiled model's loss and gradients are the eager model's
     to float32 tolerance (rtol 1e-4 on the loss, 1e-3 on gradients). Without dropout, since
@@ -213,14 +215,23 @@ def test_without_a_compiler_dropout_falls_back_to_torch(tmp_path, monkeypatch):
     assert 0 < int((y == 0).sum()) < 1000 and not list((tmp_path / "cache").glob("*.so"))
 
 
-def test_precision_auto_is_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path):
-    with_bf16, without = tmp_path / "sapphire", tmp_path / "icelake"
-    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n")
-    without.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_vnni\n")
-    assert cpu_bf16_flags(str(with_bf16)) == ["avx512_bf16", "amx_bf16"]
-    assert cpu_bf16_flags(str(without)) == [] and cpu_bf16_flags(str(tmp_path / "none")) == []
+def test_precision_auto_is_bf16_autocast_on_a_cpu_with_native_bf16(tmp_path, monkeypatch):
+    """On real copies of /proc/cpuinfo (tests/data/cpuinfo: a Zen 4 machine with avx512_bf16, and
+    the same without it), a Sapphire Rapids line with AMX, and `CAREER_CPUINFO`."""
+    with_bf16, without = BF16_CPU["CAREER_CPUINFO"], FP32_CPU["CAREER_CPUINFO"]
+    sapphire = tmp_path / "sapphire"
+    sapphire.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert cpu_bf16_flags(str(sapphire)) == ["avx512_bf16", "amx_bf16"]
+    assert cpu_bf16_flags(with_bf16) == ["avx512_bf16"]
+    assert cpu_bf16_flags(without) == [] and cpu_bf16_flags(str(tmp_path / "none")) == []
+    monkeypatch.setenv("CAREER_CPUINFO", with_bf16)  # what every process of a run reads
+    assert cpu_bf16_flags() == ["avx512_bf16"]
+    assert TrainConfig().resolve(2, on_gpu=False).precision == "bf16-autocast"
+    monkeypatch.setenv("CAREER_CPUINFO", without)
+    assert TrainConfig().resolve(2, on_gpu=False).precision == "fp32"
+    monkeypatch.delenv("CAREER_CPUINFO")
     config = TrainConfig()
-    capable = config.resolve(2, on_gpu=False, cpu_bf16=cpu_bf16_flags(str(with_bf16)))
+    capable = config.resolve(2, on_gpu=False, cpu_bf16=cpu_bf16_flags(str(sapphire)))
     assert capable.precision == "bf16-autocast"
     assert any(
         "auto -> bf16-autocast (CPU with native bf16: avx512_bf16" in n for n in capable.notes

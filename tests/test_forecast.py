@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import career, digest
 
 from cluster.cli import main
 from data_shards.inputs import InputSpec
@@ -229,19 +230,17 @@ def test_log_probs_at_one_position_is_the_full_forward_at_it(kind):
 
 
 # ----------------------------------------------------------------------------- the command
-def test_career_forecast_compares_models_and_writes_its_files(
-    toy, tmp_path, capsys, caplog, monkeypatch
-):
-    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+def test_career_forecast_compares_models_and_writes_its_files(toy, tmp_path):
+    """The installed command, relative paths as a user types them; no input modified."""
     (tmp_path / "pkgs").symlink_to(toy["root"])
-    code = main(["forecast", "--model", "markov=pkgs/markov", "--model", "career=pkgs/career",
-                 "--data", "pkgs/data/toy", "--out", "fc", "--paths", "20",
-                 "--bootstrap", "50", "--future-education", "observed"])  # fmt: skip
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    assert "leaks information" in caplog.text
+    before = digest(toy["root"])
+    done = career("forecast", "--model", "markov=pkgs/markov", "--model", "career=pkgs/career",
+                  "--data", "pkgs/data/toy", "--out", "fc", "--paths", "20", "--bootstrap", "50",
+                  "--future-education", "observed", cwd=tmp_path)  # fmt: skip
+    assert digest(toy["root"]) == before
+    assert "leaks information" in done.stderr
     assert (
-        "20 of 30 test people scored; not scored: 10 not observed in the last wave" in captured.out
+        "20 of 30 test people scored; not scored: 10 not observed in the last wave" in done.stdout
     )
     result = json.loads((tmp_path / "fc" / "forecast.json").read_text())
     assert result["reference"] == "markov"

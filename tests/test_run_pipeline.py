@@ -60,6 +60,7 @@ def test_the_whole_experiment_from_an_empty_folder(finished):
     folder, proc = finished
     run = folder / "store" / "first"
     assert "Traceback" not in proc.stderr
+    assert (folder / "exp.yaml").read_text() == EXPERIMENT  # its one input, left as it was
     for step in ("shard resumes", "shard nlsy79", "shard psid", "pretrain", "survey nlsy79",
                  "survey psid"):  # fmt: skip
         assert f"{step}:" in proc.stdout

@@ -101,6 +101,7 @@ def test_a_killed_study_resumes_and_writes_table_fit_plots_report(killed_and_fin
     folder, _, unfinished, resumed = killed_and_finished
     study = folder / "study"
     assert "(resumed)" in resumed.stdout
+    assert (folder / "grid.yaml").read_text() == GRID  # its one input, left as it was
     points = pd.read_parquet(study / "points.parquet")
     assert sorted(points["name"]) == ["tiny-1.2k", "tiny-300", "wide-1.2k", "wide-300"]
     # Nested subsets: each point trained on exactly its prefix; the larger holds more job-years.

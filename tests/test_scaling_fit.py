@@ -5,10 +5,13 @@ lognormal multiplicative noise of sd 0.005 (seed 3). Tolerances: E within 0.05 n
 beta within 0.05. Measured on noise seeds 0-7, the errors were at most 0.040 in E (0.004 on
 seed 3) and 0.021 in the exponents, so the tolerances hold on every seed tried; and they can
 fail: points from a law with alpha = 0.7 fit an alpha 0.35 away, far outside them (checked
-below). The bootstrap's 95% interval of E covered the truth on 7 of those 8 seeds (seed 0 by
-0.001 nats, seed 7 not at all: a percentile interval from 16 points is a little narrow); seed 3
-is used because its interval covers the truth with margin, not by luck of the last digit.
-CPU only, no Ray: three full-grid fits (5400 starts each), one smaller one, two bootstraps.
+below). The bootstrap's 95% intervals are checked as a coverage RATE over noise seeds 0-7, not
+on one seed: with 100 replicates, E's covered the truth on 7 of 8 (seed 7 missed by 0.002 nats,
+seed 0 covered by 0.001: a percentile interval from 16 points is a little narrow), alpha's and
+beta's on 8 of 8 (with 200 replicates, 7 of 8 each). The test asks for at least 6 of 8 per
+parameter (see the test for why). CPU only, no Ray: three full-grid fits (5400 starts each), one
+smaller one, eight 235-start fits with their bootstraps (~12 s of the file's time), and
+fit_study's own small bootstrap.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from eval.scaling.fit import (
     iso_flop,
     power_law,
 )
+
+#: full-grid fits (5400 starts) and bootstraps
+pytestmark = pytest.mark.slow
 
 TRUTH = {"E": 1.2, "A": 400.0, "B": 2000.0, "alpha": 0.35, "beta": 0.4}
 SIZES = np.array([1e7, 1e8, 1e9, 1e10])
@@ -105,15 +111,47 @@ def test_analytic_gradient_matches_finite_differences(points):
     assert np.allclose(gradient, numeric, atol=1e-8, rtol=1e-5)
 
 
-def test_bootstrap_interval_covers_the_truth(points, fitted):
-    intervals = bootstrap_law(*points, replicates=200, seed=0, fit=fitted)
-    assert intervals["replicates"] + intervals["skipped"] == 200
-    assert intervals["replicates"] >= 190
-    for name in ("E", "alpha", "beta"):
-        estimate = intervals[name]
-        assert estimate["value"] == getattr(fitted, name)
-        assert estimate["low"] <= TRUTH[name] <= estimate["high"], name
-        assert estimate["low"] < estimate["high"]
+COVERAGE_SEEDS = range(8)
+COVERAGE_REPLICATES = 100
+COVERAGE_AT_LEAST = 6  # of the 8 seeds, for each of E, alpha and beta
+
+
+def test_bootstrap_intervals_cover_the_truth_at_their_rate():
+    """The 95% intervals of E, alpha and beta cover the truth on at least 6 of 8 noise seeds.
+
+    Why 6 of 8: were each interval a true 95% one, its coverage count over 8 independent seeds
+    would be Binomial(8, 0.95), >= 6 with probability 0.994 (0.96 for an interval as narrow as
+    a 90% one), so the bound does not rest on lucky seeds; an interval covering half the time
+    passes it with probability 0.14, a quarter of the time 0.004, and a zero-width one (low ==
+    high == the estimate) never covers a continuous truth. Measured here: E 7 of 8, alpha and
+    beta 8 of 8. Two broken intervals built from the same bootstraps fail it: the interval
+    moved up by its own width covered 0 of 8 for each parameter (asserted below), one a quarter
+    as wide about the same estimate 3, 5 and 2 of 8 (E, alpha, beta).
+
+    Cheap enough for 8 seeds: each fit starts from every 23rd grid point (235 starts, every
+    grid value of each coordinate among them; on seeds 0-7 the estimates agreed with the full
+    5400-start grid's to 4 decimals, all converged), and each bootstrap has 100 replicates (the
+    descent's cost is per iteration more than per replicate: 200 cost ~1.8 s a seed, 100
+    ~1.2 s)."""
+    covered = {name: 0 for name in ("E", "alpha", "beta")}
+    shifted = dict(covered)
+    for seed in COVERAGE_SEEDS:
+        points = law_points(seed=seed)
+        fit = fit_law(*points, starts=grid_starts()[::23])
+        assert fit.converged, seed
+        intervals = bootstrap_law(*points, replicates=COVERAGE_REPLICATES, seed=0, fit=fit)
+        assert intervals["replicates"] + intervals["skipped"] == COVERAGE_REPLICATES
+        assert intervals["replicates"] >= 0.95 * COVERAGE_REPLICATES
+        for name in covered:
+            estimate = intervals[name]
+            assert estimate["value"] == getattr(fit, name), (seed, name)
+            low, high = estimate["low"], estimate["high"]
+            assert low < high, (seed, name)
+            covered[name] += low <= TRUTH[name] <= high
+            shifted[name] += high <= TRUTH[name] <= 2 * high - low
+    for name, count in covered.items():
+        assert count >= COVERAGE_AT_LEAST, (name, covered)
+        assert shifted[name] < COVERAGE_AT_LEAST, (name, shifted)
 
 
 def test_fit_law_refuses_an_undetermined_study():

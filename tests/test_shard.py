@@ -39,6 +39,7 @@ def all_files(url: str, storage_options=None) -> dict[str, bytes]:
     return {p[len(root.rstrip("/")) + 1 :]: fs.cat_file(p) for p in fs.find(root)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["synth", "career-code", "panel", "resume-jsonl"])
 def test_round_trip_every_format(store, ray_address, fmt):
     so = store.storage_options
@@ -59,7 +60,9 @@ def test_round_trip_every_format(store, ray_address, fmt):
         }[fmt](source, url, storage_options=so)
         spec = InputSpec(format=fmt, url=url, storage_options=so)
         expected = read(url, fmt, storage_options=so).table
+    before = all_files(spec.url, so) if spec.url else {}
     result = shard_dataset(spec, store.url("datasets"), "ds", SMALL, storage_options=so)
+    assert (all_files(spec.url, so) if spec.url else {}) == before  # the input left as it was
     manifest = result.manifest
     assert manifest.totals["people_read"] == 400 == manifest.totals["people_written"]
     assert len(manifest.shards) > 3 and manifest.extra["bytes_per_token"] <= 12

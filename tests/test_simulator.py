@@ -20,6 +20,9 @@ from data_shards.synth.presets import PRESETS, Preset
 from data_shards.synth.world import EDUCATION_LEVELS, STATES, World
 from eval.markov import fit_markov
 
+#: simulations of thousands of people
+pytestmark = pytest.mark.slow
+
 TINY_WORLD = World.build(num_families=2, ladders=1, levels=2, num_types=3)
 TINY = Preset(
     name="tiny",

@@ -9,10 +9,16 @@ vocabulary. The two differ only in their wages. The model is a tiny CAREER train
 updates on the first dataset's train split with a plain PyTorch loop (the real model and package
 format; DeepSpeed training has its own tests), so its representation is a learned one.
 
-How sure the gap test is: with this tiny model, over data seeds 1-4 and model seeds 0-1 (7 runs),
-the history-adjusted estimate was within 0.013 of the truth every time (Mincer's 0.023-0.034
-off, its interval never covering), and its interval covered the truth in 5. The test's seed is
-one of those; the assertion that held in every run (much closer than Mincer) is checked too.
+How sure the gap tests are: coverage is asserted as a rate over a batch, not on one seed. The
+fixture's model (data seed 2) was applied to 8 fresh datasets of the design (data seeds 3-10,
+2000 people each). Measured: the history-adjusted interval covered the truth in 6 of 8 (seeds 3
+and 7 missed), Mincer's in 1 (seed 6, where its error was only 0.010), the raw one in none. The
+history-adjusted estimate was closer to the truth than Mincer's in all 8 (mean errors 0.008 and
+0.023; on seeds 6 and 7 closer by only 0.005 and 0.009), and it fell below the truth in all 8
+(by 0.001-0.019, se ~0.006): this tiny model's representation leaves a little of the history's
+confounding, in Mincer's direction, hence coverage under the nominal 95%. Before, with a model
+trained per run (data seeds 1-4, model seeds 0-1, 7 runs), the interval covered in 5 of 7, the
+estimate was within 0.013 of the truth each time and Mincer's 0.023-0.034 off.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from helpers import career, digest
 
 from cluster.cli import main
 from data_shards.inputs import InputSpec
@@ -40,6 +47,9 @@ from eval.wages.features import person_years
 from trainer.context import covariates_of, load_dataset
 from trainer.models.registry import build
 from trainer.package import load_model, write_package
+
+#: a model trained in-process, datasets sharded through Ray, bootstrapped fits
+pytestmark = pytest.mark.slow
 
 PEOPLE = 2000
 SEED = 2
@@ -115,10 +125,14 @@ def test_history_beats_mincer_only_where_wages_depend_on_history(wages):
 
 
 def test_the_history_adjusted_gap_recovers_the_known_gap(wages):
+    """One dataset, every field of the result; how often each interval covers the truth is the
+    next test's (a rate over a batch of datasets), not this seed's."""
     result = wage_gap(load_model(wages["package"]), wages["gap"], "gender")
     assert result["truth"] == pytest.approx(-0.10)
     estimates = result["estimates"]
-    assert result["covers_truth"] == {"raw": False, "mincer_ols": False, "history_dml": True}
+    assert result["covers_truth"] == {
+        name: e["low"] <= result["truth"] <= e["high"] for name, e in estimates.items()
+    }  # what the intervals say, for each of raw, mincer_ols and history_dml
     assert estimates["mincer_ols"]["high"] < -0.10  # history confounds: Mincer overstates it
     error = {k: abs(e["estimate"] + 0.10) for k, e in estimates.items()}
     assert error["history_dml"] < error["mincer_ols"] - 0.01, error
@@ -132,6 +146,48 @@ def test_the_history_adjusted_gap_recovers_the_known_gap(wages):
         == result["person_years"]["people"]
     )
     json.dumps(result, allow_nan=False)  # JSON-ready as returned
+
+
+BATCH_SEEDS = range(3, 11)  # fresh people: the fixture's model was trained on data seed 2
+DML_COVERS_AT_LEAST = 5  # of the 8 runs
+
+
+def test_the_history_adjusted_interval_covers_the_known_gap_at_its_rate(wages, tmp_path):
+    """The fixture's model on 8 fresh datasets of the design (data seeds 3-10, PEOPLE each,
+    sharded with its vocabulary), each through `wage_gap`: the history-adjusted estimate is
+    closer to the truth than Mincer's in every run (and on average less than half as far),
+    Mincer's estimate overstates the gap in every run, the raw interval never covers the truth,
+    and the history-adjusted interval covers it in at least 5 of 8 runs, Mincer's in at most 1.
+
+    Why 5: measured 6 of 8 (seeds 3 and 7 missed, both below the truth; see the module
+    docstring). Were it a true 95% interval the count would be Binomial(8, 0.95), >= 5 with
+    probability 0.9996, so the bound does not lean on lucky seeds; an interval that covers as
+    rarely as Mincer's (1 of 8 here) or a zero-width one fails it. The model is held fixed and
+    the data vary: training a model per run cost 10 s (idle) to 65 s (busy) a model here (150
+    updates on 2 cores), and the intervals are about the sampling of the people, which this
+    batch repeats. Measured: ~11 s for the 8 runs (sharding ~0.3 s, `wage_gap` ~1 s each)."""
+    loaded = load_model(wages["package"])
+    vocab = f"{wages['gap']}/vocab.json"
+    runs = {}
+    for seed in BATCH_SEEDS:
+        spec = InputSpec(format="synth", preset="wage-gap", people=PEOPLE, seed=seed)
+        url = shard_dataset(spec, str(tmp_path), f"gap{seed}", CONFIG, vocab).dataset_url
+        result = wage_gap(loaded, url, "gender")
+        assert result["truth"] == pytest.approx(-0.10)
+        runs[seed] = result["estimates"]
+    error = {seed: {name: abs(e["estimate"] + 0.10) for name, e in estimates.items()}
+             for seed, estimates in runs.items()}  # fmt: skip
+    covered = {name: [seed for seed, estimates in runs.items()
+                      if estimates[name]["low"] <= -0.10 <= estimates[name]["high"]]
+               for name in ("raw", "mincer_ols", "history_dml")}  # fmt: skip
+    for seed, estimates in runs.items():
+        assert error[seed]["history_dml"] < error[seed]["mincer_ols"], (seed, error[seed])
+        assert estimates["mincer_ols"]["estimate"] < -0.10, seed  # history confounds
+    mean = {name: np.mean([e[name] for e in error.values()]) for name in error[BATCH_SEEDS[0]]}
+    assert mean["history_dml"] < mean["mincer_ols"] / 2, mean
+    assert covered["raw"] == [], covered
+    assert len(covered["mincer_ols"]) <= 1, covered
+    assert len(covered["history_dml"]) >= DML_COVERS_AT_LEAST, covered
 
 
 def test_the_wage_gap_design_makes_the_gap_given_history_exact():
@@ -176,9 +232,19 @@ def test_the_wage_gap_design_makes_the_gap_given_history_exact():
 
 def test_career_wages_prints_and_writes_both_results(wages, tmp_path, capsys):
     table = tmp_path / "table.json"
-    assert main(["wages", "--model", wages["package"], "--data", wages["gap"], "--out",
-                 str(table), "--bootstrap", "50"]) == 0  # fmt: skip
-    printed = capsys.readouterr().out
+    before = digest(wages["package"], wages["gap"])
+    printed = career(
+        "wages",
+        "--model",
+        wages["package"],
+        "--data",
+        wages["gap"],
+        "--out",
+        str(table),
+        "--bootstrap",
+        "50",
+    ).stdout  # fmt: skip (the installed command)
+    assert digest(wages["package"], wages["gap"]) == before  # no input modified
     assert "Mincer + career representation" in printed and "test R^2" in printed
     result = json.loads(table.read_text())["wage_table"]
     assert result["bootstrap"]["replicates"] == 50 and result["penalty"]["chosen"] > 0
