@@ -86,9 +86,35 @@ def career(*args: str, check: bool = True, timeout: int = 600, env: dict[str, st
                           env={**os.environ, **env} if env else None, cwd=cwd)  # fmt: skip
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"career {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+            f"career {' '.join(args)} failed ({proc.returncode}):\n{_first_error(proc.stderr)}"
         )
     return proc
+
+
+def _first_error(err: str) -> str:
+    """The end of a failed command's stderr, after the first traceback in it (a torchrun
+    worker's own, printed long before the command's last line)."""
+    start = err.find("Traceback")
+    first = err[start : start + 4000] + "\n...\n" if start >= 0 else ""
+    return first + err[-3000:]
+
+
+def career_all(*commands: list[str], cwd: str | Path | None = None,
+               timeout: int = 600) -> list[subprocess.CompletedProcess]:  # fmt: skip
+    """Run independent `career` commands side by side (a run's fixed costs, process start-ups
+    and imports, overlap on the two cores); their results in order. A failure raises with the
+    end of its stderr."""
+    running = [(args, subprocess.Popen([CAREER, *args], cwd=cwd, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)) for args in commands]  # fmt: skip
+    done = []
+    for args, proc in running:
+        out, err = proc.communicate(timeout=timeout)
+        if proc.returncode:
+            raise AssertionError(
+                f"career {' '.join(args)} failed ({proc.returncode}):\n{_first_error(err)}"
+            )
+        done.append(subprocess.CompletedProcess([CAREER, *args], proc.returncode, out, err))
+    return done
 
 
 def digest(*paths: str | Path) -> dict[str, str]:

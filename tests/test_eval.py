@@ -366,22 +366,11 @@ def test_career_predict_prints_and_scores_a_file(store, tmp_path, capsys):
     loaded = load_model(store["a"])
     job = loaded.vocab.fields["job"][4]
     before = digest(store["a"])
-    shown = json.loads(
-        career(
-            "predict",
-            "--model",
-            store["a"],
-            "--history",
-            f"{job}:2012 {job}:2013",
-            "--education",
-            "high_school",
-            "--gender",
-            "female",
-            "--top-k",
-            "3",
-            "--json",
-        ).stdout
-    )  # fmt: skip (the installed command)
+    # the installed command
+    shown = career("predict", "--model", store["a"], "--history", f"{job}:2012 {job}:2013",
+                   "--education", "high_school", "--gender", "female", "--top-k", "3",
+                   "--json").stdout  # fmt: skip
+    shown = json.loads(shown)
     assert digest(store["a"]) == before
     assert shown["year"] == 2014 and shown["last_job"] == job and len(shown["top"]) == 3
     assert 0 < shown["p_stay"] < 1

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CAREER, career, digest, new_bucket
+from helpers import career, career_all, digest, new_bucket
 from PIL import Image
 
 from cluster import report_job
@@ -40,18 +40,6 @@ TINY = ["--preset", "tiny", "--updates", "6", "--tokens-per-update", "1500", "--
 IMG = re.compile(r'<img src="([^"]+)"')
 
 
-def _career_all(cwd: Path, *commands: list[str]) -> None:
-    """Run `career` commands side by side; a failure raises with the end of its stderr."""
-    running = [(args, subprocess.Popen([CAREER, *args], cwd=cwd, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True)) for args in commands]  # fmt: skip
-    for args, proc in running:
-        _, err = proc.communicate(timeout=600)
-        if proc.returncode:
-            raise AssertionError(
-                f"career {' '.join(args)} failed ({proc.returncode}):\n{err[-3000:]}"
-            )
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, ray_address) -> Path:
     root = tmp_path_factory.mktemp("report") / "RUN"
@@ -68,15 +56,15 @@ def run(tmp_path_factory, ray_address) -> Path:
              {"step": "pretrain", "seconds": 30.25, "status": "done"}]  # fmt: skip
     (root / "steps.json").write_text(json.dumps(steps))
     survey = "surveys/nlsy79"
-    _career_all(
-        root,
+    career_all(
         ["pretrain", "--data", "datasets/resumes", "--out", "pretrain", *TINY],
         ["pretrain", "--model", "regression", "--data", "datasets/nlsy79", "--out",
          f"{survey}/regression", *TINY, "optim.lr=0.05"],
         ["pretrain", "--model", "markov", "--data", "datasets/nlsy79", "--out", f"{survey}/markov"],
+        cwd=root,
     )  # fmt: skip
-    _career_all(root, ["finetune", "--base", "pretrain/package", "--data", "datasets/nlsy79",
-                       "--out", f"{survey}/finetuned", *TINY])  # fmt: skip
+    career_all(["finetune", "--base", "pretrain/package", "--data", "datasets/nlsy79",
+                "--out", f"{survey}/finetuned", *TINY], cwd=root)  # fmt: skip
     models = [f"{m}={root}/{survey}/{m}/package" for m in ("finetuned", "regression", "markov")]
     code = main(["evaluate", *(a for m in models for a in ("--model", m)), "--data",
                  f"{data}/nlsy79", "--out", f"{root}/{survey}/evaluation", "--bootstrap", "100",

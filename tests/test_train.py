@@ -37,6 +37,7 @@ from helpers import (
     BF16_CPU,
     FP32_CPU,
     career,
+    career_all,
     digest,
     loader_perplexity,
     new_bucket,
@@ -224,16 +225,29 @@ def test_stop_and_resume(data, baselines, tmp_path, stage, precision):
     args = ["--data", data["resumes"], "--zero-stage", str(stage), "--updates", "36", "--eval-every", "18",
             "--checkpoint-every", "18", "--precision", precision, *COMMON]  # fmt: skip
     whole, split, elastic = tmp_path / "whole", tmp_path / "split", tmp_path / "elastic"
-    career("pretrain", "--out", str(whole), *args)
-    stopped = career("pretrain", "--out", str(split), "--stop-after", "18", *args)
+    pointers = tmp_path / "pointers"
+    # Independent runs side by side (their start-ups overlap): the uninterrupted run and the one
+    # stopped after update 18; then its resumption on the same workers, a copy's on others
+    # (ZeRO 1 and 3 shrink to 1 worker; ZeRO 2 grows to 3: partitions re-cut into more pieces),
+    # the export of update 36 and (ZeRO 2) a rerun of a run killed between its two pointers.
+    _, stopped = career_all(["pretrain", "--out", str(whole), *args],
+                            ["pretrain", "--out", str(split), "--stop-after", "18", *args])  # fmt: skip
     assert "stopped after update 18" in stopped.stdout and not (split / "metrics.json").exists()
     shutil.copytree(split, elastic)
-    career("pretrain", "--out", str(split), *args)
+    workers = 3 if stage == 2 else 1
+    checkpoints = digest(whole / "checkpoints")
+    metrics = json.loads((whole / "metrics.json").read_text())
+    later = [["pretrain", "--out", str(split), *args],
+             ["pretrain", "--out", str(elastic), *args, "--workers", str(workers)],
+             ["export", "--run", str(whole), "--tag", "step0000036", "--package", str(tmp_path / "pkg")]]  # fmt: skip
+    if stage == 2:
+        later.append(kill_between_the_two_pointers(whole, pointers, args, metrics))
+    _, elastic_resumed, *_ = career_all(*later)
+    assert digest(whole / "checkpoints") == checkpoints  # export modified no checkpoint
     a, b = weights(whole, 36), weights(split, 36)
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    metrics = json.loads((whole / "metrics.json").read_text())
     assert (
         json.loads((split / "metrics.json").read_text())["valid_history"]
         == metrics["valid_history"]
@@ -250,21 +264,15 @@ def test_stop_and_resume(data, baselines, tmp_path, stage, precision):
     assert metrics["precision"]["training"] == precision
     # The exported package reproduces the live engine's validation perplexity at the last step,
     # whatever the training precision (validation runs the fp32 master weights).
-    checkpoints = digest(whole / "checkpoints")
-    career(
-        "export", "--run", str(whole), "--tag", "step0000036", "--package", str(tmp_path / "pkg")
-    )
-    assert digest(whole / "checkpoints") == checkpoints  # export modified no checkpoint
     package = load_model(str(tmp_path / "pkg"))
     assert loader_perplexity(package.model, data["resumes"]) == pytest.approx(at_36, rel=1e-5)
     assert package.config["checkpoint"] == "step0000036"
     if stage == 1:
         check_export_refusals(whole, tmp_path)
     if stage == 2:
-        check_a_kill_between_the_two_pointers(whole, tmp_path / "pointers", args, metrics)
-    # ZeRO 1 and 3 shrink to 1 worker; ZeRO 2 grows to 3 (partitions re-cut into more pieces).
-    workers = 3 if stage == 2 else 1
-    check_elastic_resume(elastic, args, a, baselines["resumes"]["markov"], metrics, workers)
+        check_the_pointers_rerun(pointers, metrics)
+    check_elastic_resume(elastic, elastic_resumed, a, baselines["resumes"]["markov"], metrics,
+                         workers)  # fmt: skip
 
 
 def check_export_refusals(run: Path, tmp_path: Path) -> None:
@@ -283,27 +291,31 @@ def check_export_refusals(run: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "p2").exists()
 
 
-def check_a_kill_between_the_two_pointers(whole: Path, out: Path, args: list[str],
-                                          metrics: dict) -> None:  # fmt: skip
+def kill_between_the_two_pointers(whole: Path, out: Path, args: list[str],
+                                  metrics: dict) -> list[str]:  # fmt: skip
     """A run killed after writing `latest.json` for update 36 and before its `best.json` (still
-    naming update 18): the rerun has nothing left to train, and must export update 36, the best
-    by the validation history its checkpoint carries (it exported update 18 once)."""
+    naming update 18): made from the uninterrupted run; the command that reruns it."""
     shutil.copytree(whole / "checkpoints", out / "checkpoints")
     assert metrics["best_step"] == 36  # the uninterrupted run's best (at_36 < at_18 above)
     (out / "checkpoints" / "best.json").write_text(json.dumps(
         {"tag": "step0000018", "step": 18, "valid_perplexity": metrics["valid_history"][0][1]}
     ))  # fmt: skip
-    career("pretrain", "--out", str(out), *args)
+    return ["pretrain", "--out", str(out), *args]
+
+
+def check_the_pointers_rerun(out: Path, metrics: dict) -> None:
+    """The rerun had nothing left to train, and must export update 36, the best by the
+    validation history its checkpoint carries (it exported update 18 once)."""
     again = json.loads((out / "metrics.json").read_text())
     assert again["best_step"] == 36 and again["valid_history"] == metrics["valid_history"]
     assert json.loads((out / "checkpoints" / "best.json").read_text())["tag"] == "step0000036"
     assert load_model(str(out / "package")).config["checkpoint"] == "step0000036"
 
 
-def check_elastic_resume(out: Path, args: list[str], whole_36, markov: float, whole,
+def check_elastic_resume(out: Path, resumed, whole_36, markov: float, whole,
                          workers: int) -> None:  # fmt: skip
+    """`resumed`: the finished rerun of a copy of the stopped run on `workers` workers."""
     at_18 = weights(out, 18)
-    resumed = career("pretrain", "--out", str(out), *args, "--workers", str(workers))
     assert f"elastic: 2 -> {workers} workers" in resumed.stdout + resumed.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["updates"] == 36 and metrics["world_size"] == workers
@@ -407,13 +419,11 @@ def test_finetune_extends_the_vocabulary_and_refuses_a_mismatch(data, baselines,
     fine, split = tmp_path / "fine", tmp_path / "fine-split"
     finetune = ["finetune", "--base", str(base / "package"), "--data", data["nlsy79"], "--updates",
                 "12", "--eval-every", "6", *COMMON]  # fmt: skip
-    career(*finetune, "--out", str(fine))
     # A fine-tuning run stopped after update 6 and rerun resumes exactly (the adapted model is
     # rebuilt, then the checkpoint's weights, optimizer, loader and RNG state are loaded over it).
-    assert (
-        "stopped after update 6"
-        in career(*finetune, "--out", str(split), "--stop-after", "6").stdout
-    )
+    _, stopped = career_all([*finetune, "--out", str(fine)],
+                            [*finetune, "--out", str(split), "--stop-after", "6"])  # fmt: skip
+    assert "stopped after update 6" in stopped.stdout
     resumed = career(*finetune, "--out", str(split))
     assert "resumed from step0000006" in resumed.stdout + resumed.stderr
     a, b = weights(fine, 12), weights(split, 12)

@@ -233,17 +233,9 @@ def test_the_wage_gap_design_makes_the_gap_given_history_exact():
 def test_career_wages_prints_and_writes_both_results(wages, tmp_path, capsys):
     table = tmp_path / "table.json"
     before = digest(wages["package"], wages["gap"])
-    printed = career(
-        "wages",
-        "--model",
-        wages["package"],
-        "--data",
-        wages["gap"],
-        "--out",
-        str(table),
-        "--bootstrap",
-        "50",
-    ).stdout  # fmt: skip (the installed command)
+    # the installed command
+    printed = career("wages", "--model", wages["package"], "--data", wages["gap"], "--out",
+                     str(table), "--bootstrap", "50").stdout  # fmt: skip
     assert digest(wages["package"], wages["gap"]) == before  # no input modified
     assert "Mincer + career representation" in printed and "test R^2" in printed
     result = json.loads(table.read_text())["wage_table"]
