@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import digest
+from helpers import career_all, digest
 
 CAREER = str(Path(sys.executable).with_name("career"))
 pytestmark = pytest.mark.slow
@@ -48,11 +48,14 @@ def test_relative_paths_exact_resume_and_worker_errors_through_ray_train(tmp_pat
     # equal those of an uninterrupted run (launched with torchrun: the launcher changes nothing).
     pretrain = ["pretrain", "--data", "store/resume", *TINY]
     dataset_files = digest(tmp_path / "store" / "resume")
-    stopped = career(tmp_path, *pretrain, "--out", "pre", "--stop-after", "2", *ray)
+    stopped, _ = career_all(
+        [*pretrain, "--out", "pre", "--stop-after", "2", *ray],
+        [*pretrain, "--out", "whole", "--launcher", "torchrun"],
+        cwd=tmp_path,
+    )  # fmt: skip (side by side: independent runs)
     assert "stopped after update 2" in stopped.stdout
     resumed = career(tmp_path, *pretrain, "--out", "pre", *ray)
     assert "resumed from step0000002" in resumed.stdout + resumed.stderr
-    career(tmp_path, *pretrain, "--out", "whole", "--launcher", "torchrun")
     metrics = json.loads((tmp_path / "pre" / "metrics.json").read_text())
     assert metrics["updates"] == 3 and metrics["world_size"] == 2
     whole, split = (_weights(tmp_path / run, 3) for run in ("whole", "pre"))

@@ -110,10 +110,16 @@ def test_no_secret_is_written_or_printed(tmp_path, s3_endpoint, ray_address):
     career("shard", "--format", "resume-jsonl", "--input", f"{root}/input.jsonl", "--out",
            f"{root}/data", "--name", "survey", "--people-per-block", "32", "--ray-address",
            ray_address, *with_options)  # fmt: skip
-    career("pretrain", "--data", f"{root}/data/survey", "--out", f"{root}/run", *TINY,
-           "--ray-address", ray_address, *with_options)  # fmt: skip
+    # Through Ray Train, and side by side (independent runs) through torchrun, watched.
+    ray_train = subprocess.Popen([CAREER, "pretrain", "--data", f"{root}/data/survey", "--out",
+                                  f"{root}/run", *TINY, "--ray-address", ray_address, *with_options],
+                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
     check_the_torchrun_options_file(tmp_path, env, f"{root}/data/survey", f"{root}/run-torchrun",
                                     with_options)  # fmt: skip
+    out, err = ray_train.communicate(timeout=600)
+    printed.append(out + err)
+    assert ray_train.returncode == 0, f"career pretrain: {ray_train.returncode}\n{err}"
     career("export", "--run", f"{root}/run", "--package", f"{root}/exported", *with_options)
     # Inspect with the environment's credentials (no storage options), quarantine written locally.
     career("inspect", "--input", f"{root}/input.jsonl", "--format", "resume-jsonl",
