@@ -536,7 +536,8 @@ def test_bad_inputs_are_refused_before_launch(data, tmp_path):
 def test_training_with_data_and_out_on_s3(s3_endpoint, ray_address):
     """`--data` and `--out` on a real S3 endpoint (moto): checkpoints are uploaded, and downloaded
     again when the run resumes; the package, TensorBoard events and metrics.json land there; the
-    package opens from S3. Storage options travel to the torchrun workers in a 0600 file."""
+    package opens from S3 and gives the recorded perplexity. Storage options travel to the
+    torchrun workers in a 0600 file. In fp32 and in bf16 autocast, two runs side by side."""
     import s3fs
 
     root, options = new_bucket(s3_endpoint, "train")
@@ -545,19 +546,24 @@ def test_training_with_data_and_out_on_s3(s3_endpoint, ray_address):
     dataset = shard_dataset(InputSpec(format="synth", preset="nlsy79", people=400, seed=4),
                             f"s3://{bucket}", "survey", ShardConfig(people_per_block=64),
                             storage_options=options).dataset_url  # fmt: skip
-    out = f"s3://{bucket}/run"
-    args = ["pretrain", "--data", dataset, "--out", out, "--storage-options", json.dumps(options),
-            "--updates", "6", "--eval-every", "3", "--checkpoint-every", "3", *COMMON]  # fmt: skip
-    stopped = career(*args, "--stop-after", "3")
-    assert "stopped after update 3" in stopped.stdout
-    assert fs.exists(f"{bucket}/run/checkpoints/step0000003/career.json")
+    precisions = ("fp32", "bf16-autocast")
+    runs = {p: [
+        "pretrain", "--data", dataset, "--out", f"s3://{bucket}/run-{p}", "--storage-options",
+        json.dumps(options), "--updates", "6", "--eval-every", "3", "--checkpoint-every", "3",
+        "--precision", p, *COMMON] for p in precisions}  # fmt: skip
+    for p, stopped in zip(precisions, career_all(*[[*a, "--stop-after", "3"] for a in runs.values()]),
+                          strict=True):  # fmt: skip
+        assert "stopped after update 3" in stopped.stdout
+        assert fs.exists(f"{bucket}/run-{p}/checkpoints/step0000003/career.json")
     # (each run stages its checkpoints in a fresh private folder: the resume downloads them)
-    resumed = career(*args)
-    assert "resumed from step0000003" in resumed.stdout + resumed.stderr
-    metrics = json.loads(fs.cat(f"{bucket}/run/metrics.json"))
-    assert metrics["updates"] == 6 and [s for s, _ in metrics["valid_history"]] == [3, 6]
-    assert fs.find(f"{bucket}/run/tb") and fs.exists(f"{bucket}/run/checkpoints/step0000006")
-    package = load_model(f"{out}/package", options)
-    assert loader_perplexity(package.model, dataset, storage_options=options) == pytest.approx(
-        metrics["best_valid_perplexity"], rel=1e-5
-    )
+    for p, resumed in zip(precisions, career_all(*runs.values()), strict=True):
+        assert "resumed from step0000003" in resumed.stdout + resumed.stderr
+        metrics = json.loads(fs.cat(f"{bucket}/run-{p}/metrics.json"))
+        assert metrics["updates"] == 6 and [s for s, _ in metrics["valid_history"]] == [3, 6]
+        assert metrics["precision"]["training"] == p and metrics["resumed_from"] == 3
+        assert fs.find(f"{bucket}/run-{p}/tb")
+        assert fs.exists(f"{bucket}/run-{p}/checkpoints/step0000006")
+        package = load_model(f"s3://{bucket}/run-{p}/package", options)
+        assert loader_perplexity(package.model, dataset, storage_options=options) == (
+            pytest.approx(metrics["best_valid_perplexity"], rel=1e-5)
+        )
