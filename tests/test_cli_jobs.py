@@ -12,27 +12,21 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 from helpers import career_all, digest
 
-CAREER = str(Path(sys.executable).with_name("career"))
 pytestmark = pytest.mark.slow
 TINY = ["--preset", "tiny", "--updates", "3", "--tokens-per-update", "1500", "--zero-stage", "1",
         "--eval-every", "3", "loader_workers=0", "cpu_threads=1"]  # fmt: skip
 
 
 def career(cwd: Path, *args: str, check: bool = True, timeout: int = 420):
-    proc = subprocess.run([CAREER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"career {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-        )
-    return proc
+    """`helpers.career` run from `cwd` (relative paths, as a user types them)."""
+    return helpers.career(*args, check=check, timeout=timeout, cwd=cwd)
 
 
 def test_relative_paths_exact_resume_and_worker_errors_through_ray_train(tmp_path, ray_address):

@@ -233,11 +233,12 @@ VALIDATION_WHY = (
 
 def precision_record(resolved: TrainConfig) -> dict[str, str]:
     """Which precision training and validation run in, and why (metrics.json and --dry-run)."""
-    auto = [n for n in resolved.notes if n.startswith("precision auto -> ")]
-    why = auto[0].split("(", 1)[1].rstrip(")") if auto else "asked for (--precision)"
+    prefix = f"precision auto -> {resolved.precision} ("  # the note `resolve` wrote
+    auto = [n.removeprefix(prefix).removesuffix(")") for n in resolved.notes
+            if n.startswith(prefix)]  # fmt: skip
     return {
         "training": resolved.precision,
-        "training_why": f"auto: {why}" if auto else why,
+        "training_why": f"auto: {auto[0]}" if auto else "asked for (--precision)",
         "validation": VALIDATION_PRECISION,
         "validation_why": VALIDATION_WHY,
     }
