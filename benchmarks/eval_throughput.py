@@ -60,8 +60,21 @@ def scoring_rate(data: str, package: str) -> float:
 def evaluate_rate(data: str, package: str, out: str, ray_address: str, tokens: int) -> float:
     """Job-years per second of a whole `career evaluate` on the train split."""
     shutil.rmtree(out, ignore_errors=True)
-    seconds = career("evaluate", "--model", f"m={package}", "--data", data, "--split", "train",
-                     "--out", out, "--cpus-per-task", "2", "--ray-address", ray_address)  # fmt: skip
+    seconds = career(
+        "evaluate",
+        "--model",
+        f"m={package}",
+        "--data",
+        data,
+        "--split",
+        "train",
+        "--out",
+        out,
+        "--cpus-per-task",
+        "2",
+        "--ray-address",
+        ray_address,
+    )
     return tokens / seconds
 
 
@@ -76,9 +89,21 @@ def main() -> None:
     ray_address = connect_ray(num_cpus=2)
     root = Path(tempfile.mkdtemp(prefix="eval-throughput-"))
     try:
-        career("shard", "--format", "synth", "--sim-preset", "nlsy79", "--people",
-               str(args.people), "--out", str(root), "--name", "nlsy79", "--ray-address",
-               ray_address)  # fmt: skip
+        career(
+            "shard",
+            "--format",
+            "synth",
+            "--sim-preset",
+            "nlsy79",
+            "--people",
+            str(args.people),
+            "--out",
+            str(root),
+            "--name",
+            "nlsy79",
+            "--ray-address",
+            ray_address,
+        )
         data = str(root / "nlsy79")
         tokens = json.loads((root / "nlsy79" / "manifest.json").read_text())["splits"]["train"][
             "tokens"
@@ -108,8 +133,10 @@ def main() -> None:
             )
             results[preset] = row
             print(preset, json.dumps({k: v for k, v in row.items() if k != "runs"}))
-        out = save("eval_throughput", {"results": {"people": args.people, "train_tokens": tokens,
-                                                   "presets": results}})  # fmt: skip
+        out = save(
+            "eval_throughput",
+            {"results": {"people": args.people, "train_tokens": tokens, "presets": results}},
+        )
         print(f"machine: {machine()}\nwrote {out}")
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -38,8 +38,10 @@ JOBS = [str(1000 + i) for i in range(330)] + ["unemployed", "not_in_labor_force"
 
 
 def loaded_model(preset: str) -> LoadedModel:
-    counts = {"job": collections.Counter(dict.fromkeys(JOBS, 1)),
-              "year": collections.Counter({"2000": 1})}  # fmt: skip
+    counts = {
+        "job": collections.Counter(dict.fromkeys(JOBS, 1)),
+        "year": collections.Counter({"2000": 1}),
+    }
     vocab = build_vocabulary(counts)
     torch.manual_seed(0)
     sizes = {"job": vocab.size("job"), "year": vocab.size("year")}
@@ -51,8 +53,9 @@ def time_case(loaded: LoadedModel, years: int, people: int, worst: bool) -> dict
     rng = np.random.default_rng(years)
     seconds, kept = [], []
     for _ in range(people):
-        history = tuple(zip(rng.choice(JOBS, years).tolist(), range(1995, 1995 + years),
-                            strict=True))  # fmt: skip
+        history = tuple(
+            zip(rng.choice(JOBS, years).tolist(), range(1995, 1995 + years), strict=True)
+        )
         query = Query(history)
         target = None
         if worst:  # the model's least likely job: never on top, so every year is added
@@ -63,10 +66,14 @@ def time_case(loaded: LoadedModel, years: int, people: int, worst: bool) -> dict
         rationale = rationalize(loaded, query, target)
         seconds.append(time.perf_counter() - start)
         kept.append(len(rationale.kept_years))
-    return {"years": years, "case": "worst case" if worst else "predicted", "people": people,
-            "ms_median": 1000 * statistics.median(seconds),
-            "ms_mean": 1000 * statistics.fmean(seconds),
-            "kept_years_mean": statistics.fmean(kept)}  # fmt: skip
+    return {
+        "years": years,
+        "case": "worst case" if worst else "predicted",
+        "people": people,
+        "ms_median": 1000 * statistics.median(seconds),
+        "ms_mean": 1000 * statistics.fmean(seconds),
+        "kept_years_mean": statistics.fmean(kept),
+    }
 
 
 def _batch(loaded: LoadedModel, query: Query) -> dict:
@@ -89,8 +96,10 @@ def main() -> None:
             for worst in (False, True):
                 row = {"preset": preset, **time_case(loaded, years, args.people, worst)}
                 rows.append(row)
-                print(f"{preset:6} {years:2} years {row['case']:10}: {row['ms_median']:7.1f} ms "
-                      f"median, {row['kept_years_mean']:.1f} years kept")  # fmt: skip
+                print(
+                    f"{preset:6} {years:2} years {row['case']:10}: {row['ms_median']:7.1f} ms "
+                    f"median, {row['kept_years_mean']:.1f} years kept"
+                )
     path = save("explain_speed", {"threads": args.threads, "rows": rows})
     print(f"figures in {path}")
 

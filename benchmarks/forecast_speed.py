@@ -38,8 +38,15 @@ from eval.forecast.sample import sample_futures  # noqa: E402
 from trainer.model import build_model  # noqa: E402
 
 YEARS = YEAR_SPAN[1] - YEAR_SPAN[0] + 1 + len(SPECIALS)
-SIZES = {"job": World.build().num_occupations + 3 + len(SPECIALS), "year": YEARS,
-         "education": 8, "location": 55, "gender": 5, "ethnicity": 7, "birth_year": YEARS}  # fmt: skip
+SIZES = {
+    "job": World.build().num_occupations + 3 + len(SPECIALS),
+    "year": YEARS,
+    "education": 8,
+    "location": 55,
+    "gender": 5,
+    "ethnicity": 7,
+    "birth_year": YEARS,
+}
 CUTOFF = 2014
 
 
@@ -60,8 +67,12 @@ def people(N: int, horizon: int, seed: int = 0) -> tuple[dict, dict]:
     targets = torch.where(real, jobs, 0)
     inputs = torch.where(real, torch.cat([torch.full((N, 1), BOS_ID), targets[:, :-1]], 1), 0)
     years = year_id(CUTOFF) - K[:, None] + 1 + torch.arange(T)[None]
-    history = {"inputs": inputs, "targets": targets, "lengths": K,
-               "year": torch.where(real, years, 0)}  # fmt: skip
+    history = {
+        "inputs": inputs,
+        "targets": targets,
+        "lengths": K,
+        "year": torch.where(real, years, 0),
+    }
     for name in ("education", "location", "gender", "ethnicity", "birth_year"):
         history[name] = torch.where(real, torch.randint(3, SIZES[name], (N, T), generator=g), 0)
     future = {"year": year_id(CUTOFF) + 2 * torch.arange(1, horizon + 1).repeat(N, 1)}
@@ -74,8 +85,9 @@ def subset(batch: dict, n: int) -> dict:
 
 def timed(model, history, future, paths: int, **options) -> tuple[float, object]:
     start = time.perf_counter()
-    forecast = sample_futures(model, history, future, paths=paths, seed=0,
-                              last_year_id=year_id(CUTOFF), **options)  # fmt: skip
+    forecast = sample_futures(
+        model, history, future, paths=paths, seed=0, last_year_id=year_id(CUTOFF), **options
+    )
     return time.perf_counter() - start, forecast
 
 
@@ -98,9 +110,12 @@ def main() -> None:
 
     def record(name: str, seconds: float, measured: int, forecast) -> None:
         scaled = seconds * N / measured
-        rows[name] = {"people_timed": measured, "seconds_timed": round(seconds, 2),
-                      "seconds_for_all": round(scaled, 1),
-                      "states_decoded_per_path_step": round(forecast.decoded / (measured * P * (S - 1)), 3)}  # fmt: skip
+        rows[name] = {
+            "people_timed": measured,
+            "seconds_timed": round(seconds, 2),
+            "seconds_for_all": round(scaled, 1),
+            "states_decoded_per_path_step": round(forecast.decoded / (measured * P * (S - 1)), 3),
+        }
         print(
             f"{name:28s} {measured:5d} people {seconds:8.1f} s -> {scaled:8.1f} s for {N}",
             flush=True,
@@ -134,15 +149,24 @@ def main() -> None:
         f"speed-up over full recompute: {speedup:.1f}x ({cache_alone:.1f}x from the cache "
         f"alone, without merging paths); share of paths drawn identically: {same}"
     )
-    path = save("forecast_speed", {
-        "command": "nice -n 10 python benchmarks/forecast_speed.py " + " ".join(sys.argv[1:]),
-        "machine": machine(), "threads": 2, "load_average_after": os.getloadavg(),
-        "people": N, "paths": P, "horizon": S, "job_vocab": SIZES["job"],
-        "target_seconds": 300, "runs": rows,
-        "speedup_over_full_recompute": round(speedup, 1),
-        "speedup_cache_alone": round(cache_alone, 1),
-        "full_recompute_identical_path_share": same,
-    })  # fmt: skip
+    path = save(
+        "forecast_speed",
+        {
+            "command": "nice -n 10 python benchmarks/forecast_speed.py " + " ".join(sys.argv[1:]),
+            "machine": machine(),
+            "threads": 2,
+            "load_average_after": os.getloadavg(),
+            "people": N,
+            "paths": P,
+            "horizon": S,
+            "job_vocab": SIZES["job"],
+            "target_seconds": 300,
+            "runs": rows,
+            "speedup_over_full_recompute": round(speedup, 1),
+            "speedup_cache_alone": round(cache_alone, 1),
+            "full_recompute_identical_path_share": same,
+        },
+    )
     print(f"wrote {path}")
 
 

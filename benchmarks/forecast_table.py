@@ -55,8 +55,11 @@ def table(run: Path) -> dict:
 
 
 def markdown(surveys: dict) -> str:
-    head = ("| survey | model | forecast perplexity [95%] | − CAREER [95%] | "
-            + " | ".join(f"{s}: AUC / NLL / rate gap" for s in STATES) + " |")  # fmt: skip
+    head = (
+        "| survey | model | forecast perplexity [95%] | − CAREER [95%] | "
+        + " | ".join(f"{s}: AUC / NLL / rate gap" for s in STATES)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (4 + len(STATES))]
     for survey, result in surveys.items():
         for name, summary in result["models"].items():
@@ -70,9 +73,10 @@ def markdown(surveys: dict) -> str:
                 auc = "–" if entry["auc"] is None else f"{entry['auc']:.3f}"
                 cells.append(f"{auc} / {entry['nll']:.3f} / {gap:.3f}")
             difference = result["difference_to_reference"].get(name)
-            lines.append(f"| {survey} | {name} | {_interval(summary['perplexity'])} | "
-                         f"{_interval(difference) if difference else '–'} | "
-                         + " | ".join(cells) + " |")  # fmt: skip
+            lines.append(
+                f"| {survey} | {name} | {_interval(summary['perplexity'])} | "
+                f"{_interval(difference) if difference else '–'} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -99,25 +103,31 @@ def main() -> None:
             "machine": machine(),
             "size": None if args.run else str(args.config) if args.config else args.size,
             "run": str(args.run) if args.run else None,
-            "experiment": json.loads((run / "experiment.json").read_text())["experiment"], "run_seconds": seconds,
-            "cutoff": reference["cutoff"], "paths": reference["paths"],
+            "experiment": json.loads((run / "experiment.json").read_text())["experiment"],
+            "run_seconds": seconds,
+            "cutoff": reference["cutoff"],
+            "paths": reference["paths"],
             "future_education": reference["future_education"],
             "surveys": {
                 name: {
                     "scored_people": next(iter(r["models"].values()))["scored_people"],
                     "models": {
-                        m: {"perplexity": s["perplexity"], "kind": s["kind"],
+                        m: {
+                            "perplexity": s["perplexity"],
+                            "kind": s["kind"],
                             "sampling_seconds": s["sampling_seconds"],
                             "difference_to_career": r["difference_to_reference"].get(m),
-                            "states": {st: {"auc": e["auc"], "nll": e["nll"],
-                                            "rate_gap": rate_gap(s, st)}
-                                       for st, e in s["states"].items()}}
+                            "states": {
+                                st: {"auc": e["auc"], "nll": e["nll"], "rate_gap": rate_gap(s, st)}
+                                for st, e in s["states"].items()
+                            },
+                        }
                         for m, s in r["models"].items()
                     },
                 }
                 for name, r in surveys.items()
             },
-        }  # fmt: skip
+        }
         print(markdown(surveys))
         print(f"written to {save('forecast_table', payload)}")
     finally:

@@ -133,10 +133,11 @@ def loader_only(data: str, tokens_per_update: int, updates: int, workers: int) -
     """Job-years/s of the loader alone: the ceiling for any loop fed by it."""
     loader = iter(
         CareerLoader(
-            data, StreamConfig(split="train", tokens_per_update=tokens_per_update),
+            data,
+            StreamConfig(split="train", tokens_per_update=tokens_per_update),
             num_workers=workers,
         )
-    )  # fmt: skip
+    )
     for _ in range(WARMUP_UPDATES):
         next(loader)
     start, tokens = time.perf_counter(), 0
@@ -149,8 +150,10 @@ def diagnose(data: str, preset: str, tokens_per_update: int, updates: int) -> di
     """Where an update's time goes: loader alone, model on preloaded batches, a profiler table."""
     from torch.profiler import ProfilerActivity, profile
 
-    out = {f"loader_{w}_workers": round(loader_only(data, tokens_per_update, updates, w))
-           for w in (1, 2, 6)}  # fmt: skip
+    out = {
+        f"loader_{w}_workers": round(loader_only(data, tokens_per_update, updates, w))
+        for w in (1, 2, 6)
+    }
     model = _model(data, preset).cuda()
     names = ("inputs", "targets", *model.config.covariates)
     optimizer = _optimizer(model)
@@ -192,14 +195,34 @@ def ours(data: str, preset: str, tokens_per_update: int, updates: int, variant: 
     `variant`: zero{stage}, then -autocast (bf16-autocast precision) and/or -compile."""
     out = tempfile.mkdtemp(prefix="gpu-bench-")
     config = make_config(
-        "pretrain", preset, ["loader_workers=2"], updates=WARMUP_UPDATES + updates,
-        tokens_per_update=tokens_per_update, zero_stage=int(variant[4]),
+        "pretrain",
+        preset,
+        ["loader_workers=2"],
+        updates=WARMUP_UPDATES + updates,
+        tokens_per_update=tokens_per_update,
+        zero_stage=int(variant[4]),
         precision="bf16-autocast" if "-autocast" in variant else "bf16",
-        compile="-compile" in variant, eval_every=10**6, checkpoint_every=10**6, log_every=50,
-    )  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-               "-m", "trainer.launch", "--data", data, "--out", out,
-               "--config-json", json.dumps(config.to_dict())]  # fmt: skip
+        compile="-compile" in variant,
+        eval_every=10**6,
+        checkpoint_every=10**6,
+        log_every=50,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "1",
+        "-m",
+        "trainer.launch",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--config-json",
+        json.dumps(config.to_dict()),
+    ]
     try:
         subprocess.run(command, check=True)
         metrics = json.loads((Path(out) / "metrics.json").read_text())
@@ -219,16 +242,26 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[16_000, 64_000])
     parser.add_argument("--updates", type=int, default=100, help="timed updates per measurement")
     parser.add_argument(
-        "--variants", nargs="*", default=["bare", "zero1", "zero2", "bare+compile"],
-        choices=["bare", "zero1", "zero2", "bare+compile", "zero1-autocast", "zero1-autocast-compile",
-                 "zero2-autocast"],
+        "--variants",
+        nargs="*",
+        default=["bare", "zero1", "zero2", "bare+compile"],
+        choices=[
+            "bare",
+            "zero1",
+            "zero2",
+            "bare+compile",
+            "zero1-autocast",
+            "zero1-autocast-compile",
+            "zero2-autocast",
+        ],
         help="what to measure (default: bare, zero1, zero2, bare+compile)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", help="also write the results JSON here")
     parser.add_argument(
-        "--diagnose", action="store_true",
+        "--diagnose",
+        action="store_true",
         help="also time the loader alone and the model on preloaded batches, and print a profile",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     if args.prepare:
         prepare(args.prepare, args.people)
@@ -242,9 +275,17 @@ def main() -> None:
     model = _model(args.data, args.preset)
     seq_len = _mean_padded_length(args.data)
     flops = flops_per_token(model, seq_len)
-    results: dict = {"device": name, "torch": torch.__version__, "preset": args.preset,
-                     "parameters": model.num_parameters(), "flops_per_token": flops, "mean_padded_length": seq_len,
-                     "peak_flops": peak, **flash_check(args.data, args.preset), "runs": {}}  # fmt: skip
+    results: dict = {
+        "device": name,
+        "torch": torch.__version__,
+        "preset": args.preset,
+        "parameters": model.num_parameters(),
+        "flops_per_token": flops,
+        "mean_padded_length": seq_len,
+        "peak_flops": peak,
+        **flash_check(args.data, args.preset),
+        "runs": {},
+    }
     print(json.dumps(results), flush=True)
     if args.diagnose:
         for tokens in args.tokens:
@@ -266,8 +307,11 @@ def main() -> None:
                 "mfu": round(rate * flops / peak, 4) if peak else None,
                 "wall_seconds": round(time.perf_counter() - started, 1),
             }
-            print(f"{tokens:>7,} tokens/update  {variant:13s} {rate:>12,.0f} tokens/s  "
-                  f"MFU {row[variant]['mfu']}", flush=True)  # fmt: skip
+            print(
+                f"{tokens:>7,} tokens/update  {variant:13s} {rate:>12,.0f} tokens/s  "
+                f"MFU {row[variant]['mfu']}",
+                flush=True,
+            )
             results["runs"][str(tokens)] = row
             if args.out:  # after every measurement: a run cut short keeps what it measured
                 Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

@@ -63,8 +63,12 @@ def main() -> None:
     for where, measured in runs.items():
         seconds = statistics.median(r[0] for r in measured)
         tokens = measured[0][1]
-        results[where] = {"runs_seconds": [round(r[0], 3) for r in measured], "tokens": tokens,
-                          "tokens_per_second": round(tokens / seconds), "padding_share": round(measured[0][2], 4)}  # fmt: skip
+        results[where] = {
+            "runs_seconds": [round(r[0], 3) for r in measured],
+            "tokens": tokens,
+            "tokens_per_second": round(tokens / seconds),
+            "padding_share": round(measured[0][2], 4),
+        }
         print(
             f"{where:5s} {tokens / seconds:>12,.0f} tokens/s  (median of {args.runs}; padding {measured[0][2]:.3f})"
         )

@@ -33,8 +33,15 @@ from _common import machine, save  # noqa: E402
 def run_demo(size: str, store: Path, config: Path | None = None) -> tuple[Path, float]:
     """`career run` of a built-in size (or of the experiment file `config`) in `store`."""
     chosen = ["--config", str(config.resolve())] if config else ["--size", size]
-    command = [str(Path(sys.executable).with_name("career")), "run", *chosen, "--store",
-               str(store), "--run-id", "bench"]  # fmt: skip
+    command = [
+        str(Path(sys.executable).with_name("career")),
+        "run",
+        *chosen,
+        "--store",
+        str(store),
+        "--run-id",
+        "bench",
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -60,14 +67,17 @@ def analyse(run: Path, total: float | None) -> dict:
     tasks = {}
     for name, s in surveys.items():
         models = s.get("models", {})  # each model's training loop, "start-ups", "evaluate"
-        loops = {m: loop_seconds(run, "surveys", name, m) for m in models
-                 if m not in ("evaluate", "start-ups")}  # fmt: skip
+        loops = {
+            m: loop_seconds(run, "surveys", name, m)
+            for m in models
+            if m not in ("evaluate", "start-ups")
+        }
         tasks[name] = {
             "task_seconds": round(sum(models.values()), 1),
             "training_loops_seconds": round(sum(loops.values()), 1),
             "start_ups_seconds": round(
                 sum(models.values()) - sum(loops.values()) - models.get("evaluate", 0.0), 1
-            ),  # fmt: skip
+            ),
             "evaluate_seconds": round(models.get("evaluate", 0.0), 1),
             "started": s.get("started"),
             "ended": s.get("ended"),
@@ -95,7 +105,7 @@ def analyse(run: Path, total: float | None) -> dict:
             "step_seconds": pretrain_step,
             "loop_seconds": round(pretrain_loop, 1),
             "start_up_seconds": round(pretrain_step - pretrain_loop, 1),
-        },  # fmt: skip
+        },
         "survey_phase_seconds": phase,
         "survey_phase_own_work_seconds": round(phase_work, 1),
         "survey_tasks": tasks,

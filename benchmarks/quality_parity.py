@@ -41,15 +41,39 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="parity-"))
     runs: dict[str, dict] = {}
     try:
-        career("shard", "--format", "synth", "--sim-preset", "resumes", "--people",
-               str(args.people), "--out", str(tmp), "--name", "resumes")  # fmt: skip
+        career(
+            "shard",
+            "--format",
+            "synth",
+            "--sim-preset",
+            "resumes",
+            "--people",
+            str(args.people),
+            "--out",
+            str(tmp),
+            "--name",
+            "resumes",
+        )
         data = tmp / "resumes"
         oracle = json.loads((data / "manifest.json").read_text())["oracle_perplexity"]["valid"]
         for name, extra in SETTINGS.items():
             out = tmp / name.split(",")[0].replace(" ", "-")
-            wall = career("pretrain", "--data", str(data), "--out", str(out), "--preset",
-                          args.preset, "--updates", str(args.updates), "--eval-every",
-                          str(args.eval_every), "--checkpoint-every", str(args.updates), *extra)  # fmt: skip
+            wall = career(
+                "pretrain",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--preset",
+                args.preset,
+                "--updates",
+                str(args.updates),
+                "--eval-every",
+                str(args.eval_every),
+                "--checkpoint-every",
+                str(args.updates),
+                *extra,
+            )
             metrics = json.loads((out / "metrics.json").read_text())
             runs[name] = {
                 "precision": metrics["config"]["precision"],
@@ -59,18 +83,28 @@ def main() -> None:
                 "tokens_per_second": metrics["tokens_per_second"],
                 "wall_seconds": round(wall, 1),
             }
-            print(f"{name:32s} {runs[name]['precision']:14s} best valid ppl "
-                  f"{metrics['best_valid_perplexity']:.4f}  {metrics['tokens_per_second']:,.0f} tokens/s")  # fmt: skip
+            print(
+                f"{name:32s} {runs[name]['precision']:14s} best valid ppl "
+                f"{metrics['best_valid_perplexity']:.4f}  {metrics['tokens_per_second']:,.0f} tokens/s"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     before, after = (runs[n]["best_valid_perplexity"] for n in SETTINGS)
     gap = after / before - 1
-    print(f"default vs before: {gap:+.2%} (requirement: within 1%: {'met' if abs(gap) <= 0.01 else 'NOT met'})")  # fmt: skip
-    path = save("quality_parity", {
-        "people": args.people, "preset": args.preset, "updates": args.updates,
-        "oracle_valid_perplexity": oracle, "runs": runs,
-        "relative_gap": round(gap, 5),
-    })  # fmt: skip
+    print(
+        f"default vs before: {gap:+.2%} (requirement: within 1%: {'met' if abs(gap) <= 0.01 else 'NOT met'})"
+    )
+    path = save(
+        "quality_parity",
+        {
+            "people": args.people,
+            "preset": args.preset,
+            "updates": args.updates,
+            "oracle_valid_perplexity": oracle,
+            "runs": runs,
+            "relative_gap": round(gap, 5),
+        },
+    )
     print(f"machine: {machine()}\nwrote {path}")
 
 

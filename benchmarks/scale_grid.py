@@ -24,8 +24,14 @@ from _common import machine, save  # noqa: E402
 
 
 def run_grid(folder: Path) -> float:
-    command = [str(Path(sys.executable).with_name("career")), "scale", "--grid", "small",
-               "--out", "study"]  # fmt: skip
+    command = [
+        str(Path(sys.executable).with_name("career")),
+        "scale",
+        "--grid",
+        "small",
+        "--out",
+        "study",
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
     if done.returncode != 0:
@@ -38,18 +44,32 @@ def summary(study: Path) -> dict:
 
     points = pd.read_parquet(study / "points.parquet")
     fit = json.loads((study / "fit.json").read_text())
-    columns = ["name", "non_embedding_parameters", "people", "unique_tokens", "epochs",
-               "best_valid_loss", "best_step", "updates", "tokens_per_second", "wall_seconds"]  # fmt: skip
+    columns = [
+        "name",
+        "non_embedding_parameters",
+        "people",
+        "unique_tokens",
+        "epochs",
+        "best_valid_loss",
+        "best_step",
+        "updates",
+        "tokens_per_second",
+        "wall_seconds",
+    ]
     return {"points": points[columns].to_dict(orient="records"), "fit": fit}
 
 
 def markdown(result: dict) -> str:
-    lines = ["| point | N | people | D | epochs | valid nats | best step | tokens/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| point | N | people | D | epochs | valid nats | best step | tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for p in result["points"]:
-        lines.append(f"| {p['name']} | {p['non_embedding_parameters']:,} | {p['people']:,} | "
-                     f"{p['unique_tokens']:,.0f} | {p['epochs']:.2f} | {p['best_valid_loss']:.4f} "
-                     f"| {p['best_step']} / {p['updates']} | {p['tokens_per_second']:,.0f} |")  # fmt: skip
+        lines.append(
+            f"| {p['name']} | {p['non_embedding_parameters']:,} | {p['people']:,} | "
+            f"{p['unique_tokens']:,.0f} | {p['epochs']:.2f} | {p['best_valid_loss']:.4f} "
+            f"| {p['best_step']} / {p['updates']} | {p['tokens_per_second']:,.0f} |"
+        )
     law = result["fit"].get("law")
     if law:
         intervals = law["intervals"]
@@ -59,8 +79,9 @@ def markdown(result: dict) -> str:
             lines.append(f"- {key} = {law[key]:.4g} [{i['low']:.4g}, {i['high']:.4g}]")
     floor = result["fit"].get("floor")
     if floor is not None:
-        lines.append(f"- oracle floor {floor:.4f} nats; E − floor "
-                     f"{result['fit'].get('E_minus_floor')}")  # fmt: skip
+        lines.append(
+            f"- oracle floor {floor:.4f} nats; E − floor {result['fit'].get('E_minus_floor')}"
+        )
     lines += [f"- note: {n}" for n in result["fit"].get("notes", [])]
     return "\n".join(lines)
 
@@ -81,8 +102,13 @@ def main() -> None:
         study = folder / "study"
     try:
         result = summary(study)
-        payload = {"machine": machine(), "grid": "small", "study": str(study),
-                   "run_seconds": seconds, **result}  # fmt: skip
+        payload = {
+            "machine": machine(),
+            "grid": "small",
+            "study": str(study),
+            "run_seconds": seconds,
+            **result,
+        }
         print(markdown(result))
         print(f"written to {save('scale_grid', payload)}")
     finally:

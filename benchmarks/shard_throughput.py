@@ -27,8 +27,22 @@ CAREER = str(Path(sys.executable).with_name("career"))
 
 
 def one_run(people: int, out: str, name: str, num_cpus: int, storage_options: dict | None) -> float:
-    command = [CAREER, "shard", "--format", "synth", "--sim-preset", "resumes", "--people", str(people),
-               "--out", out, "--name", name, "--num-cpus", str(num_cpus)]  # fmt: skip
+    command = [
+        CAREER,
+        "shard",
+        "--format",
+        "synth",
+        "--sim-preset",
+        "resumes",
+        "--people",
+        str(people),
+        "--out",
+        out,
+        "--name",
+        name,
+        "--num-cpus",
+        str(num_cpus),
+    ]
     if storage_options:
         command += ["--storage-options", json.dumps(storage_options)]
     start = time.perf_counter()
@@ -73,8 +87,10 @@ def main() -> None:
     results["bytes_per_token"] = manifest["extra"]["bytes_per_token"]
     results["tokens"] = manifest["totals"]["tokens"]
     results["projected_24M_on_32_cores_seconds"] = round(24e6 / (rate * 32))
-    print(f"bytes per job-year token: {results['bytes_per_token']}; "
-          f"projected 24M people on 32 cores: {results['projected_24M_on_32_cores_seconds']} s")  # fmt: skip
+    print(
+        f"bytes per job-year token: {results['bytes_per_token']}; "
+        f"projected 24M people on 32 cores: {results['projected_24M_on_32_cores_seconds']} s"
+    )
     path = save(
         "shard_throughput", {"people": args.people, "num_cpus": args.num_cpus, "results": results}
     )

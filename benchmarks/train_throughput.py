@@ -52,8 +52,16 @@ WARMUP = 2  # untimed first updates (compilation happens there)
 ANCHOR = "bare: eager fp32, torch dropout, padded"
 
 
-def bare_loop(data: str, preset: str, updates: int, *, hash_drop: bool = False,
-              packed: bool = False, compiled: bool = False, bf16: bool = False) -> float:  # fmt: skip
+def bare_loop(
+    data: str,
+    preset: str,
+    updates: int,
+    *,
+    hash_drop: bool = False,
+    packed: bool = False,
+    compiled: bool = False,
+    bf16: bool = False,
+) -> float:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     hash_dropout.use(hash_drop)
@@ -82,18 +90,36 @@ def bare_loop(data: str, preset: str, updates: int, *, hash_drop: bool = False,
 
 
 def ours(data: str, preset: str, updates: int, out: str, ray_address: str, *extra: str) -> float:
-    command = [CAREER, "pretrain", "--data", data, "--out", out, "--preset", preset,
-               "--updates", str(updates + WARMUP), "--tokens-per-update", "16000",
-               "--eval-every", "100000", "--checkpoint-every", "100000", "--ray-address",
-               ray_address, *extra]  # fmt: skip
+    command = [
+        CAREER,
+        "pretrain",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--preset",
+        preset,
+        "--updates",
+        str(updates + WARMUP),
+        "--tokens-per-update",
+        "16000",
+        "--eval-every",
+        "100000",
+        "--checkpoint-every",
+        "100000",
+        "--ray-address",
+        ray_address,
+        *extra,
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"career pretrain {' '.join(extra)} failed:\n{done.stderr[-3000:]}")
     return json.loads((Path(out) / "metrics.json").read_text())["tokens_per_second"]
 
 
-def settings(data: str, preset: str, updates: int, tmp: Path,
-             address: str) -> dict[str, Callable[[], float]]:  # fmt: skip
+def settings(
+    data: str, preset: str, updates: int, tmp: Path, address: str
+) -> dict[str, Callable[[], float]]:
     def trainer(*extra: str) -> Callable[[], float]:
         def run() -> float:
             out = tmp / f"run-{time.monotonic_ns()}"
@@ -111,12 +137,16 @@ def settings(data: str, preset: str, updates: int, tmp: Path,
         ANCHOR: bare(),
         "bare: + hash dropout": bare(hash_drop=True),
         "bare: + hash dropout + packed rows": bare(hash_drop=True, packed=True),
-        "bare: + hash dropout + packed rows + compile": bare(hash_drop=True, packed=True, compiled=True),
-        "trainer: before (fp32, torch dropout, padded)": trainer("--precision", "fp32", "hash_dropout=False", "pack_rows=False"),
+        "bare: + hash dropout + packed rows + compile": bare(
+            hash_drop=True, packed=True, compiled=True
+        ),
+        "trainer: before (fp32, torch dropout, padded)": trainer(
+            "--precision", "fp32", "hash_dropout=False", "pack_rows=False"
+        ),
         "trainer: default": trainer(),
         "trainer: default, 1 worker x 2 threads": trainer("--workers", "1"),
         "trainer: default + compile": trainer("compile=True"),
-    }  # fmt: skip
+    }
     if cpu_bf16_flags():  # emulated bf16 is slower than fp32: measured only where it is native
         table["bare: + hash dropout + packed rows, bf16 autocast"] = bare(
             hash_drop=True, packed=True, bf16=True
@@ -162,8 +192,15 @@ def main() -> None:
                 print(f"  {name:55s} {value:>8,.0f}  {value / medians[ANCHOR]:.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    path = save("train_throughput", {"people": args.people, "runs": args.runs,
-                                     "cpu_bf16_flags": cpu_bf16_flags(), "results": results})  # fmt: skip
+    path = save(
+        "train_throughput",
+        {
+            "people": args.people,
+            "runs": args.runs,
+            "cpu_bf16_flags": cpu_bf16_flags(),
+            "results": results,
+        },
+    )
     print(f"machine: {machine()}, torch {torch.__version__}\nwrote {path}")
 
 

@@ -116,17 +116,53 @@ def main() -> None:
     resumes = shard_dataset(
         InputSpec(format="synth", preset="resumes", people=args.resumes), str(root), "resumes"
     ).dataset_url
-    survey = shard_dataset(InputSpec(format="synth", preset="nlsy79"), str(root), "nlsy79",
-                           parent_vocab_url=f"{resumes}/vocab.json").dataset_url  # fmt: skip
-    common = ["--preset", args.preset, "--workers", str(args.workers), "--zero-stage", "1", "--ray-address", address,
-              "loader_workers=0", "cpu_threads=1", f"optim.lr={args.lr}"]  # fmt: skip
+    survey = shard_dataset(
+        InputSpec(format="synth", preset="nlsy79"),
+        str(root),
+        "nlsy79",
+        parent_vocab_url=f"{resumes}/vocab.json",
+    ).dataset_url
+    common = [
+        "--preset",
+        args.preset,
+        "--workers",
+        str(args.workers),
+        "--zero-stage",
+        "1",
+        "--ray-address",
+        address,
+        "loader_workers=0",
+        "cpu_threads=1",
+        f"optim.lr={args.lr}",
+    ]
     survey_runs = ["--updates", str(args.finetune_updates), "--eval-every", "25", "patience=4"]
     times = {}
-    times["pretrain"] = career("pretrain", "--data", resumes, "--out", str(root / "pre"), "--updates",
-                               str(args.pretrain_updates), "--eval-every", "100", *common)  # fmt: skip
-    times["finetune"] = career("finetune", "--base", str(root / "pre" / "package"), "--data", survey, "--out",
-                               str(root / "fine"), *survey_runs, *common)  # fmt: skip
-    times["survey_only"] = career("pretrain", "--data", survey, "--out", str(root / "alone"), *survey_runs, *common)  # fmt: skip
+    times["pretrain"] = career(
+        "pretrain",
+        "--data",
+        resumes,
+        "--out",
+        str(root / "pre"),
+        "--updates",
+        str(args.pretrain_updates),
+        "--eval-every",
+        "100",
+        *common,
+    )
+    times["finetune"] = career(
+        "finetune",
+        "--base",
+        str(root / "pre" / "package"),
+        "--data",
+        survey,
+        "--out",
+        str(root / "fine"),
+        *survey_runs,
+        *common,
+    )
+    times["survey_only"] = career(
+        "pretrain", "--data", survey, "--out", str(root / "alone"), *survey_runs, *common
+    )
 
     fine = per_person_nll(str(root / "fine" / "package"), survey)
     alone = per_person_nll(str(root / "alone" / "package"), survey)
@@ -155,7 +191,7 @@ def main() -> None:
             "survey_only": round(ppl_alone, 4),
             "markov": round(markov, 4),
             "oracle": oracle,
-        },  # fmt: skip
+        },
         "finetuned_minus_survey_only_95ci": [round(low, 4), round(high, 4)],
         "gap_closed": round(gap_closed, 4),
         "pass": bool(gap_closed >= 0.7 and high < 0),

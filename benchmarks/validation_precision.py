@@ -70,13 +70,17 @@ def main() -> None:
             score(autocast)  # warm-up
             runs = [score(autocast) for _ in range(args.repeats)]
             seconds = sorted(r[0] for r in runs)[len(runs) // 2]
-            results[label] = {"seconds": round(seconds, 3), "perplexity": runs[0][1],
-                              "tokens_per_second": round(runs[0][2] / seconds)}  # fmt: skip
+            results[label] = {
+                "seconds": round(seconds, 3),
+                "perplexity": runs[0][1],
+                "tokens_per_second": round(runs[0][2] / seconds),
+            }
         replica = NLLModule(build("career", sizes, args.preset, covariates=covariates))
         start = time.perf_counter()
         with torch.no_grad():
-            for (_, target), (_, source) in zip(replica.named_parameters(),
-                                                module.named_parameters(), strict=True):  # fmt: skip
+            for (_, target), (_, source) in zip(
+                replica.named_parameters(), module.named_parameters(), strict=True
+            ):
                 target.copy_(source.detach().float())
         load_seconds = time.perf_counter() - start
     fp32, bf16 = results["fp32 (the contract)"], results["bf16 autocast"]
@@ -91,11 +95,15 @@ def main() -> None:
     }
     print(f"{machine()}; native bf16: {', '.join(payload['cpu_native_bf16']) or 'none'}")
     for label, row in results.items():
-        print(f"{label:>22}: {row['seconds']:.2f} s, {row['tokens_per_second']:,} tokens/s, "
-              f"perplexity {row['perplexity']:.5f}")  # fmt: skip
-    print(f"fp32 validation takes {payload['fp32_over_bf16_time']:.2f}x the bf16 time; bf16 "
-          f"would have recorded a perplexity off by {payload['bf16_perplexity_error']:.2e} "
-          f"(relative); loading the replica: {load_seconds * 1e3:.1f} ms")  # fmt: skip
+        print(
+            f"{label:>22}: {row['seconds']:.2f} s, {row['tokens_per_second']:,} tokens/s, "
+            f"perplexity {row['perplexity']:.5f}"
+        )
+    print(
+        f"fp32 validation takes {payload['fp32_over_bf16_time']:.2f}x the bf16 time; bf16 "
+        f"would have recorded a perplexity off by {payload['bf16_perplexity_error']:.2e} "
+        f"(relative); loading the replica: {load_seconds * 1e3:.1f} ms"
+    )
     print(f"written to {save('validation_precision', payload)}")
 
 

@@ -37,8 +37,18 @@ WAGEPAN_GAP = "ethnicity:black,other"
 
 def wages(model: Path, data: Path, out: Path, *extra: str) -> tuple[dict, float]:
     """`career wages`, its JSON result and wall time."""
-    seconds = career("wages", "--model", str(model), "--data", str(data), "--out", str(out),
-                     "--threads", "2", *extra)  # fmt: skip
+    seconds = career(
+        "wages",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--threads",
+        "2",
+        *extra,
+    )
     return json.loads(out.read_text()), seconds
 
 
@@ -75,7 +85,7 @@ def gap_row(result: dict) -> dict:
         "estimates": {k: {f: e[f] for f in keep} for k, e in g["estimates"].items()},
         "dml": {
             k: g["estimates"]["history_dml"][k] for k in ("out_of_fold_r2", "residual_group_share")
-        },  # fmt: skip
+        },
         "truth": g["truth"],
         "covers_truth": g.get("covers_truth"),
     }
@@ -105,43 +115,96 @@ def main() -> None:
     times: dict[str, float] = {}
     split = ["--split-fractions", "0.7,0.15,0.15"]
     if not (store / "nlsy79" / "manifest.json").exists():
-        times["shard nlsy79"] = career("shard", "--format", "synth", "--sim-preset", "nlsy79",
-                                       "--people", str(args.people), "--out", str(store),
-                                       "--name", "nlsy79", *split, *ray)  # fmt: skip
+        times["shard nlsy79"] = career(
+            "shard",
+            "--format",
+            "synth",
+            "--sim-preset",
+            "nlsy79",
+            "--people",
+            str(args.people),
+            "--out",
+            str(store),
+            "--name",
+            "nlsy79",
+            *split,
+            *ray,
+        )
     if not (store / "wage-gap" / "manifest.json").exists():
-        times["shard wage-gap"] = career("shard", "--format", "synth", "--sim-preset", "wage-gap",
-                                         "--people", str(args.gap_people), "--out", str(store),
-                                         "--name", "wage-gap", "--vocab",
-                                         str(store / "nlsy79" / "vocab.json"), *split, *ray)  # fmt: skip
+        times["shard wage-gap"] = career(
+            "shard",
+            "--format",
+            "synth",
+            "--sim-preset",
+            "wage-gap",
+            "--people",
+            str(args.gap_people),
+            "--out",
+            str(store),
+            "--name",
+            "wage-gap",
+            "--vocab",
+            str(store / "nlsy79" / "vocab.json"),
+            *split,
+            *ray,
+        )
     common = ["--workers", "1", "--zero-stage", "0", "loader_workers=0", "cpu_threads=2", *ray]
-    sim_budget = ["--updates", str(args.updates), "--eval-every", "50",
-                  "tokens_per_update=4096", *common]  # fmt: skip
-    times["train simulator CAREER"] = train(store / "nlsy79", runs / "nlsy79", sim_budget,
-                                            "--preset", "small")  # fmt: skip
+    sim_budget = [
+        "--updates",
+        str(args.updates),
+        "--eval-every",
+        "50",
+        "tokens_per_update=4096",
+        *common,
+    ]
+    times["train simulator CAREER"] = train(
+        store / "nlsy79", runs / "nlsy79", sim_budget, "--preset", "small"
+    )
     sim_model = runs / "nlsy79" / "package"
     results: dict[str, dict] = {}
     for name in ("nlsy79", "wage-gap"):
         result, times[f"wages {name}"] = wages(sim_model, store / name, out / f"{name}.json")
         results[f"table {name}"] = table_row(result)
-    result, times["wages --gap wage-gap"] = wages(sim_model, store / "wage-gap",
-                                                  out / "wage-gap-gap.json", "--gap", "gender")  # fmt: skip
+    result, times["wages --gap wage-gap"] = wages(
+        sim_model, store / "wage-gap", out / "wage-gap-gap.json", "--gap", "gender"
+    )
     results["gap wage-gap"] = gap_row(result)
 
     csv = root / "wagepan.csv"
     write_panel_with_birth_year(csv)
     if not (store / "wagepan" / "manifest.json").exists():
-        times["shard wagepan"] = career("shard", "--input", str(csv), *WAGEPAN_FLAGS,
-                                        "--birth-year", "birth_year", *split, "--out", str(store),
-                                        "--name", "wagepan", *ray)  # fmt: skip
-    panel_budget = ["--updates", "600", "--eval-every", "10", "patience=10",
-                    "tokens_per_update=512", *common]  # fmt: skip
-    times["train wagepan CAREER"] = train(store / "wagepan", runs / "wagepan", panel_budget,
-                                          "--preset", "tiny", "optim.lr=0.003")  # fmt: skip
+        times["shard wagepan"] = career(
+            "shard",
+            "--input",
+            str(csv),
+            *WAGEPAN_FLAGS,
+            "--birth-year",
+            "birth_year",
+            *split,
+            "--out",
+            str(store),
+            "--name",
+            "wagepan",
+            *ray,
+        )
+    panel_budget = [
+        "--updates",
+        "600",
+        "--eval-every",
+        "10",
+        "patience=10",
+        "tokens_per_update=512",
+        *common,
+    ]
+    times["train wagepan CAREER"] = train(
+        store / "wagepan", runs / "wagepan", panel_budget, "--preset", "tiny", "optim.lr=0.003"
+    )
     panel_model = runs / "wagepan" / "package"
     result, times["wages wagepan"] = wages(panel_model, store / "wagepan", out / "wagepan.json")
     results["table wagepan"] = table_row(result)
-    result, times["wages --gap wagepan"] = wages(panel_model, store / "wagepan",
-                                                 out / "wagepan-gap.json", "--gap", WAGEPAN_GAP)  # fmt: skip
+    result, times["wages --gap wagepan"] = wages(
+        panel_model, store / "wagepan", out / "wagepan-gap.json", "--gap", WAGEPAN_GAP
+    )
     results["gap wagepan"] = gap_row(result)
 
     metrics = {
@@ -153,7 +216,7 @@ def main() -> None:
         "models": {
             n: {k: m.get(k) for k in ("best_valid_perplexity", "best_step", "tokens_seen")}
             for n, m in metrics.items()
-        },  # fmt: skip
+        },
         "wall_seconds": {k: round(v, 1) for k, v in times.items()},
         "total_wall_seconds": round(time.perf_counter() - started),
     }

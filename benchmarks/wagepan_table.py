@@ -35,12 +35,26 @@ from _common import best_valid, career, machine, save  # noqa: E402
 from cluster.ray_session import connect_ray  # noqa: E402
 
 WAGEPAN_FLAGS = [
-    "--format", "panel", "--person", "nr",
-    "--occupation-dummies", ",".join(f"occ{i}" for i in range(1, 10)),
-    "--education", "educ", "--wage", "lwage", "--wage-is-log",
-    "--ethnicity-dummies", "black,hisp", "--ethnicity-base", "other",
-    "--location-dummies", "nrthcen,nrtheast,south", "--location-base", "west",
-]  # fmt: skip
+    "--format",
+    "panel",
+    "--person",
+    "nr",
+    "--occupation-dummies",
+    ",".join(f"occ{i}" for i in range(1, 10)),
+    "--education",
+    "educ",
+    "--wage",
+    "lwage",
+    "--wage-is-log",
+    "--ethnicity-dummies",
+    "black,hisp",
+    "--ethnicity-base",
+    "other",
+    "--location-dummies",
+    "nrthcen,nrtheast,south",
+    "--location-base",
+    "west",
+]
 
 #: kind -> {run name: its `career pretrain` arguments}; the best on validation is scored.
 GRID: dict[str, dict[str, list[str]]] = {
@@ -57,7 +71,7 @@ GRID: dict[str, dict[str, list[str]]] = {
             "paper",
             f"optim.lr={lr}",
             f"optim.weight_decay={wd}",
-        ]  # fmt: skip
+        ]
         for lr in (0.02, 0.05)
         for wd in (0.0, 0.1)
     },
@@ -79,11 +93,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--split-fractions", default="0.7,0.15,0.15",
-                        help="train/valid/test people (545 in all)")  # fmt: skip
+    parser.add_argument(
+        "--split-fractions", default="0.7,0.15,0.15", help="train/valid/test people (545 in all)"
+    )
     parser.add_argument("--updates", type=int, default=600, help="at most, per run")
-    parser.add_argument("--tokens-per-update", type=int, default=512,
-                        help="job-years per update (the train split holds about 3,000)")  # fmt: skip
+    parser.add_argument(
+        "--tokens-per-update",
+        type=int,
+        default=512,
+        help="job-years per update (the train split holds about 3,000)",
+    )
     parser.add_argument("--keep", default=None, help="keep the runs in this folder")
     args = parser.parse_args()
     ray_address = connect_ray(num_cpus=2)
@@ -94,30 +113,57 @@ def main() -> None:
     csv, store = root / "wagepan.csv", root / "store"
     write_panel(csv)
     if not (store / "wagepan" / "manifest.json").exists():
-        career("shard", "--input", str(csv), *WAGEPAN_FLAGS, "--split-fractions",
-               args.split_fractions, "--out", str(store), "--name", "wagepan", *ray)  # fmt: skip
+        career(
+            "shard",
+            "--input",
+            str(csv),
+            *WAGEPAN_FLAGS,
+            "--split-fractions",
+            args.split_fractions,
+            "--out",
+            str(store),
+            "--name",
+            "wagepan",
+            *ray,
+        )
     dataset = str(store / "wagepan")
     manifest = json.loads((store / "wagepan" / "manifest.json").read_text())
-    budget = ["--updates", str(args.updates), "--eval-every", "10", "patience=10",
-              f"tokens_per_update={args.tokens_per_update}", "--workers", "1",
-              "--zero-stage", "0", "loader_workers=0", "cpu_threads=2", *ray]  # fmt: skip
+    budget = [
+        "--updates",
+        str(args.updates),
+        "--eval-every",
+        "10",
+        "patience=10",
+        f"tokens_per_update={args.tokens_per_update}",
+        "--workers",
+        "1",
+        "--zero-stage",
+        "0",
+        "loader_workers=0",
+        "cpu_threads=2",
+        *ray,
+    ]
     runs, times, valid, chosen = root / "runs", {}, {}, {}
     for kind, grid in GRID.items():
         for name, flags in grid.items():
             out = runs / name
             if not (out / "package" / "config.json").exists():
-                times[name] = career("pretrain", "--data", dataset, "--out", str(out), *budget,
-                                     *flags)  # fmt: skip
+                times[name] = career(
+                    "pretrain", "--data", dataset, "--out", str(out), *budget, *flags
+                )
             valid[name] = best_valid(out)
         chosen[kind] = min(grid, key=valid.get)
-    times["markov"] = career("pretrain", "--model", "markov", "--data", dataset, "--out",
-                             str(runs / "markov"))  # fmt: skip
+    times["markov"] = career(
+        "pretrain", "--model", "markov", "--data", dataset, "--out", str(runs / "markov")
+    )
     chosen["markov"] = "markov"
     evaluation = root / "evaluation"
-    models = [a for kind, name in chosen.items()
-              for a in ("--model", f"{kind}={runs / name / 'package'}")]  # fmt: skip
-    times["evaluate"] = career("evaluate", *models, "--data", dataset, "--out", str(evaluation),
-                               *ray)  # fmt: skip
+    models = [
+        a for kind, name in chosen.items() for a in ("--model", f"{kind}={runs / name / 'package'}")
+    ]
+    times["evaluate"] = career(
+        "evaluate", *models, "--data", dataset, "--out", str(evaluation), *ray
+    )
     metrics = json.loads((evaluation / "metrics.json").read_text())
     runs_metrics = {
         k: json.loads((runs / n / "metrics.json").read_text()) for k, n in chosen.items()

@@ -92,8 +92,13 @@ def run_inspect(s: settings.InspectSettings) -> int:
     from data_shards.summary import summarize
 
     source = s.source
-    result = read(source.input, source.format, panel=source.panel_mapping(), resume=source.resume,
-                  storage_options=source.storage.storage_options)  # fmt: skip
+    result = read(
+        source.input,
+        source.format,
+        panel=source.panel_mapping(),
+        resume=source.resume,
+        storage_options=source.storage.storage_options,
+    )
     summary = summarize(result.table, result.report, result.quarantine)
     if s.quarantine_out:
         write_quarantine(s.quarantine_out, result.quarantine, source.storage.storage_options)
@@ -107,8 +112,15 @@ def run_inspect(s: settings.InspectSettings) -> int:
 def run_synth(s: settings.SynthSettings) -> int:
     from cluster.synth_job import run_synth as synth
 
-    synth(preset=s.preset, people=s.people, seed=s.seed, out=s.out, layout=s.layout,
-          fractions=s.split_fractions, storage_options=s.storage.storage_options)  # fmt: skip
+    synth(
+        preset=s.preset,
+        people=s.people,
+        seed=s.seed,
+        out=s.out,
+        layout=s.layout,
+        fractions=s.split_fractions,
+        storage_options=s.storage.storage_options,
+    )
     return 0
 
 
@@ -149,8 +161,13 @@ def _training_flags(recipe: str) -> Callable[[argparse.ArgumentParser], None]:
         base = {"base": {"required": True}} if recipe == "finetune" else {"base": {"skip": True}}
         flags.add_flags(parser, settings.TrainingSettings, adjust=base)
         group = parser.add_argument_group(f"training recipe ({recipe}; others as KEY=VALUE)")
-        flags.add_flags(group, TrainConfig, only=settings.TRAIN_FLAGS, optional=True,
-                        defaults=_recipe_defaults(recipe))  # fmt: skip
+        flags.add_flags(
+            group,
+            TrainConfig,
+            only=settings.TRAIN_FLAGS,
+            optional=True,
+            defaults=_recipe_defaults(recipe),
+        )
 
     return add
 
@@ -168,59 +185,113 @@ def _training_settings(recipe: str) -> Callable[[argparse.Namespace], settings.T
 
 
 COMMANDS: dict[str, Command] = {
-    "run": Command("run the whole experiment (shard, pretrain, per-survey fine-tuning, baselines "
-                   "and evaluation, report); resumable", run_job.RunSettings, run_job.run_command),
-    "synth": Command("simulate careers (resumes, NLSY79, NLSY97, PSID) with their oracle",
-                     settings.SynthSettings, run_synth),
-    "inspect": Command("summarise an input corpus before training", settings.InspectSettings,
-                       run_inspect, adjust=_format_flag(READABLE_FORMATS, input_required=True)),
-    "shard": Command("shard an input into streaming webdataset tarballs with a Ray job",
-                     settings.ShardSettings, run_shard,
-                     adjust=_format_flag(ALL_FORMATS, input_required=False)),
-    "pretrain": Command("pretrain CAREER with DeepSpeed ZeRO", settings.TrainingSettings,
-                        run_training, add=_training_flags("pretrain"),
-                        make=_training_settings("pretrain"),
-                        description="Pretrain CAREER on a dataset with DeepSpeed ZeRO (Ray Train "
-                        "workers by default)."),
-    "finetune": Command("fine-tune a model package on a survey dataset", settings.TrainingSettings,
-                        run_training, add=_training_flags("finetune"),
-                        make=_training_settings("finetune"),
-                        description="Fine-tune a model package on a dataset whose vocabulary "
-                        "extends the package's."),
-    "export": Command("consolidate a checkpoint into a model package", settings.ExportSettings,
-                      run_export),
-    "evaluate": Command("score model packages on datasets and compare them (per-token scores, metrics, table)",
-                        evaluate_job.EvaluateSettings, evaluate_job.run_evaluate,
-                        add=evaluate_job.add_evaluate_flags, make=evaluate_job.evaluate_settings),
-    "predict": Command("predict next jobs with a model package (top-k, probabilities, P(stay))",
-                       evaluate_job.PredictSettings, evaluate_job.run_predict),
-    "explain": Command("explain a next-job prediction: the fewest past years that alone make "
-                       "a word-dropout CAREER package predict the job (greedy rationalization)",
-                       explain_job.ExplainSettings, explain_job.run_explain),
-    "forecast": Command("forecast years ahead from a dataset's cutoff by Monte Carlo (paths of "
-                        "sampled careers): perplexity, unemployment/out-of-labor-force/school "
-                        "AUC and rates, models compared", forecast_job.ForecastSettings,
-                        forecast_job.run_forecast, add=forecast_job.add_forecast_flags,
-                        make=forecast_job.forecast_settings),
-    "scale": Command("a scaling study: models x corpus sizes pretrained as Ray jobs on nested "
-                     "subsets of one corpus; fitted scaling laws, plots, report (resumable)",
-                     scale_job.ScaleSettings, scale_job.run_scale),
-    "report": Command("write a run's report: an HTML page and its Markdown twin, with PNG plots, "
-                      "from the run's metrics and scores", report_job.ReportSettings,
-                      report_job.run_report, add=report_job.add_report_flags,
-                      make=report_job.report_settings),
-    "wages": Command("wage models: Mincer vs Mincer + the history representation (R^2, MSE), "
-                     "or with --gap FIELD the wage gap raw, with Mincer controls and given the "
-                     "whole job history (double machine learning)", wages_job.WagesSettings,
-                     wages_job.run_wages),
-    "submit": Command("run a career command on a Ray cluster as a job (Ray Jobs API)",
-                      submit_job.SubmitSettings,
-                      lambda s: submit_job.run_submit(s, COMMANDS),
-                      add=submit_job.add_submit_flags, make=submit_job.submit_settings),
-    "jobs": Command("list, inspect, read or stop the jobs of a Ray cluster",
-                    submit_job.JobsSettings, submit_job.run_jobs,
-                    add=submit_job.add_jobs_flags, make=submit_job.jobs_settings),
-}  # fmt: skip
+    "run": Command(
+        "run the whole experiment (shard, pretrain, per-survey fine-tuning, baselines "
+        "and evaluation, report); resumable",
+        run_job.RunSettings,
+        run_job.run_command,
+    ),
+    "synth": Command(
+        "simulate careers (resumes, NLSY79, NLSY97, PSID) with their oracle",
+        settings.SynthSettings,
+        run_synth,
+    ),
+    "inspect": Command(
+        "summarise an input corpus before training",
+        settings.InspectSettings,
+        run_inspect,
+        adjust=_format_flag(READABLE_FORMATS, input_required=True),
+    ),
+    "shard": Command(
+        "shard an input into streaming webdataset tarballs with a Ray job",
+        settings.ShardSettings,
+        run_shard,
+        adjust=_format_flag(ALL_FORMATS, input_required=False),
+    ),
+    "pretrain": Command(
+        "pretrain CAREER with DeepSpeed ZeRO",
+        settings.TrainingSettings,
+        run_training,
+        add=_training_flags("pretrain"),
+        make=_training_settings("pretrain"),
+        description="Pretrain CAREER on a dataset with DeepSpeed ZeRO (Ray Train "
+        "workers by default).",
+    ),
+    "finetune": Command(
+        "fine-tune a model package on a survey dataset",
+        settings.TrainingSettings,
+        run_training,
+        add=_training_flags("finetune"),
+        make=_training_settings("finetune"),
+        description="Fine-tune a model package on a dataset whose vocabulary "
+        "extends the package's.",
+    ),
+    "export": Command(
+        "consolidate a checkpoint into a model package", settings.ExportSettings, run_export
+    ),
+    "evaluate": Command(
+        "score model packages on datasets and compare them (per-token scores, metrics, table)",
+        evaluate_job.EvaluateSettings,
+        evaluate_job.run_evaluate,
+        add=evaluate_job.add_evaluate_flags,
+        make=evaluate_job.evaluate_settings,
+    ),
+    "predict": Command(
+        "predict next jobs with a model package (top-k, probabilities, P(stay))",
+        evaluate_job.PredictSettings,
+        evaluate_job.run_predict,
+    ),
+    "explain": Command(
+        "explain a next-job prediction: the fewest past years that alone make "
+        "a word-dropout CAREER package predict the job (greedy rationalization)",
+        explain_job.ExplainSettings,
+        explain_job.run_explain,
+    ),
+    "forecast": Command(
+        "forecast years ahead from a dataset's cutoff by Monte Carlo (paths of "
+        "sampled careers): perplexity, unemployment/out-of-labor-force/school "
+        "AUC and rates, models compared",
+        forecast_job.ForecastSettings,
+        forecast_job.run_forecast,
+        add=forecast_job.add_forecast_flags,
+        make=forecast_job.forecast_settings,
+    ),
+    "scale": Command(
+        "a scaling study: models x corpus sizes pretrained as Ray jobs on nested "
+        "subsets of one corpus; fitted scaling laws, plots, report (resumable)",
+        scale_job.ScaleSettings,
+        scale_job.run_scale,
+    ),
+    "report": Command(
+        "write a run's report: an HTML page and its Markdown twin, with PNG plots, "
+        "from the run's metrics and scores",
+        report_job.ReportSettings,
+        report_job.run_report,
+        add=report_job.add_report_flags,
+        make=report_job.report_settings,
+    ),
+    "wages": Command(
+        "wage models: Mincer vs Mincer + the history representation (R^2, MSE), "
+        "or with --gap FIELD the wage gap raw, with Mincer controls and given the "
+        "whole job history (double machine learning)",
+        wages_job.WagesSettings,
+        wages_job.run_wages,
+    ),
+    "submit": Command(
+        "run a career command on a Ray cluster as a job (Ray Jobs API)",
+        submit_job.SubmitSettings,
+        lambda s: submit_job.run_submit(s, COMMANDS),
+        add=submit_job.add_submit_flags,
+        make=submit_job.submit_settings,
+    ),
+    "jobs": Command(
+        "list, inspect, read or stop the jobs of a Ray cluster",
+        submit_job.JobsSettings,
+        submit_job.run_jobs,
+        add=submit_job.add_jobs_flags,
+        make=submit_job.jobs_settings,
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

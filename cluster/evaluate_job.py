@@ -241,8 +241,14 @@ def add_evaluate_flags(parser: argparse.ArgumentParser) -> None:
     fields = {f.name: f for f in dataclasses.fields(EvaluateSettings)}
     for name in REPEATED:
         meta = fields[name].metadata
-        parser.add_argument(f"--{name}", dest=name, action="append", required=True,
-                            metavar=meta["metavar"], help=meta["help"])  # fmt: skip
+        parser.add_argument(
+            f"--{name}",
+            dest=name,
+            action="append",
+            required=True,
+            metavar=meta["metavar"],
+            help=meta["help"],
+        )
     flags.add_flags(parser, EvaluateSettings, adjust={name: {"skip": True} for name in REPEATED})
 
 
@@ -319,7 +325,7 @@ def run_evaluate(s: EvaluateSettings) -> int:
             threads=s.cpus_per_task,
             transitions_url=s.transitions_url(m, d),
             transition_jobs=s.transition_jobs,
-        )  # fmt: skip
+        )
         for m, d in pairs
     ]
     for _ in progress(_completed(ray, refs), len(refs), f"scoring ({len(refs)} model x dataset)"):
@@ -346,16 +352,25 @@ def run_evaluate(s: EvaluateSettings) -> int:
             d: {
                 "url": storage.redact(url),
                 "manifest_sha256": checked["datasets"][d].manifest_sha,
-                "oracle_perplexity": (checked["datasets"][d].manifest.oracle_perplexity or {}).get(s.split),
+                "oracle_perplexity": (checked["datasets"][d].manifest.oracle_perplexity or {}).get(
+                    s.split
+                ),
             }
             for d, url in s.datasets
         },
         "scores": {m: {d: f"scores/{m}__{d}.parquet" for d, _ in s.datasets} for m, _ in s.models},
-        **({"transitions": {m: {d: f"transitions/{m}__{d}.json" for d, _ in s.datasets}
-                            for m, _ in s.models}} if s.transition_jobs else {}),
+        **(
+            {
+                "transitions": {
+                    m: {d: f"transitions/{m}__{d}.json" for d, _ in s.datasets} for m, _ in s.models
+                }
+            }
+            if s.transition_jobs
+            else {}
+        ),
         "metrics": per_pair,
         "comparison": comparisons,
-    }  # fmt: skip
+    }
     storage.write_bytes_atomic(
         storage.join(s.out, "table.md"),
         table.markdown(comparisons, s.split).encode(),

@@ -93,15 +93,23 @@ class DatasetSpec:
             )
         panel = PanelMapping(**_tuples(self.panel)) if self.format == "panel" else None
         resume = ResumeOptions(**self.resume) if self.format == "resume-jsonl" else None
-        return InputSpec(format=self.format or "", url=self.input, panel=panel, resume=resume,
-                         storage_options=storage_options)  # fmt: skip
+        return InputSpec(
+            format=self.format or "",
+            url=self.input,
+            panel=panel,
+            resume=resume,
+            storage_options=storage_options,
+        )
 
     def shard_config(self, until: int | None = None):
         """How this dataset is cut; `until`: its forecasting twin, cut at that year."""
         from data_shards.shard import ShardConfig
 
-        given = {"people_per_block": self.people_per_block, "split_fractions": self.split_fractions,
-                 "until": until}  # fmt: skip
+        given = {
+            "people_per_block": self.people_per_block,
+            "split_fractions": self.split_fractions,
+            "until": until,
+        }
         return ShardConfig(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -302,8 +310,9 @@ def read_mapping(path: str, what: str, keys: str) -> dict[str, Any]:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise StructuralError(f"not valid YAML: {getattr(error, 'problem', error)}", path=path,
-                              line=line) from None  # fmt: skip
+        raise StructuralError(
+            f"not valid YAML: {getattr(error, 'problem', error)}", path=path, line=line
+        ) from None
     if not isinstance(values, dict):
         article = "an" if what[0] in "aeiou" else "a"
         raise StructuralError(f"{article} {what} file holds a mapping ({keys})", path=path)
@@ -328,14 +337,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "surveys": [
             {"name": n, "simulate": n, "people": 2_500, "people_per_block": 128}
             for n in ("nlsy79", "nlsy97", "psid")
-        ],  # fmt: skip
+        ],
         "pretrain": {
             "preset": "small",
             "updates": 150,
             "tokens_per_update": 8000,
             "lr": 1e-3,
             "eval_every": 50,
-        },  # fmt: skip
+        },
         "finetune": {
             "preset": "small",
             "updates": 60,
@@ -343,13 +352,13 @@ SIZES: dict[str, dict[str, Any]] = {
             "lr": 1e-3,
             "eval_every": 20,
             "patience": 2,
-        },  # fmt: skip
+        },
         "baselines": {
             "scratch": {},
             "regression": {"preset": "paper", "lr": 0.05},
             "bag-of-jobs": {"preset": "small"},
             "markov": {},
-        },  # fmt: skip
+        },
         "workers": 2,
         "survey_workers": 1,
         "survey_worker_cpus": 0.5,
@@ -366,7 +375,7 @@ SIZES: dict[str, dict[str, Any]] = {
             "tokens_per_update": 16_000,
             "lr": 1e-3,
             "eval_every": 100,
-        },  # fmt: skip
+        },
         "finetune": {
             "preset": "small",
             "updates": 600,
@@ -374,13 +383,13 @@ SIZES: dict[str, dict[str, Any]] = {
             "lr": 1e-3,
             "eval_every": 25,
             "patience": 4,
-        },  # fmt: skip
+        },
         "baselines": {
             "scratch": {},
             "regression": {"preset": "paper", "lr": 0.05, "weight_decay": 0.1},
             "bag-of-jobs": {"preset": "small"},
             "markov": {},
-        },  # fmt: skip
+        },
         "workers": 2,
         "survey_workers": 2,
         "forecast": {"cutoff": 2014, "paths": 1000},
@@ -397,7 +406,7 @@ SIZES: dict[str, dict[str, Any]] = {
             "lr": 5e-4,
             "eval_every": 1000,
             "zero_stage": 2,
-        },  # fmt: skip
+        },
         "finetune": {
             "preset": "paper",
             "updates": 5_000,
@@ -405,13 +414,13 @@ SIZES: dict[str, dict[str, Any]] = {
             "lr": 1e-4,
             "eval_every": 250,
             "patience": 5,
-        },  # fmt: skip
+        },
         "baselines": {
             "scratch": {"lr": 5e-4},
             "regression": {"lr": 0.05},
             "bag-of-jobs": {"lr": 5e-4},
             "markov": {},
-        },  # fmt: skip
+        },
         "workers": 8,
         "survey_workers": 1,
         "gpus_per_worker": 1,

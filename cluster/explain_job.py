@@ -61,9 +61,11 @@ class ExplainSettings:
         path=True,
     )
     out: str | None = flags.option(
-        None, help="where --input's rationales go (JSON Lines, one per line read)", metavar="URL",
+        None,
+        help="where --input's rationales go (JSON Lines, one per line read)",
+        metavar="URL",
         path=True,
-    )  # fmt: skip
+    )
     json: bool = flags.option(False, help="print JSON instead of text (--history)")
     storage: StorageSettings = field(default_factory=StorageSettings)
 

@@ -47,13 +47,15 @@ class ForecastSettings:
         path=True,
     )
     out: str = flags.option(
-        help="output folder: forecast.json, forecast.png, scores/, rates/", metavar="URL",
+        help="output folder: forecast.json, forecast.png, scores/, rates/",
+        metavar="URL",
         path=True,
-    )  # fmt: skip
+    )
     cutoff: int | None = flags.option(
-        None, help="the cutoff to check against the dataset's (default: the dataset's)",
+        None,
+        help="the cutoff to check against the dataset's (default: the dataset's)",
         metavar="YEAR",
-    )  # fmt: skip
+    )
     paths: int = flags.option(1000, help="Monte Carlo futures per person", metavar="N")
     future_education: str = flags.option(
         "carried",
@@ -93,8 +95,14 @@ class ForecastSettings:
 def add_forecast_flags(parser: argparse.ArgumentParser) -> None:
     """The generated flags, with `--model` repeatable."""
     meta = {f.name: f for f in dataclasses.fields(ForecastSettings)}["model"].metadata
-    parser.add_argument("--model", dest="model", action="append", required=True,
-                        metavar=meta["metavar"], help=meta["help"])  # fmt: skip
+    parser.add_argument(
+        "--model",
+        dest="model",
+        action="append",
+        required=True,
+        metavar=meta["metavar"],
+        help=meta["help"],
+    )
     flags.add_flags(parser, ForecastSettings, adjust={"model": {"skip": True}})
 
 
@@ -113,8 +121,10 @@ def _check_models(s: ForecastSettings, dataset) -> None:
         if trained_on and trained_on != dataset.manifest_sha:
             log.warning(
                 "%s was trained on another dataset than %s: make sure it saw no year after the "
-                "cutoff, or its forecast is not one", name, storage.redact(s.data),
-            )  # fmt: skip
+                "cutoff, or its forecast is not one",
+                name,
+                storage.redact(s.data),
+            )
 
 
 def _cell(estimate: dict | None, digits: int = 3) -> str:
@@ -140,11 +150,18 @@ def print_forecast(result: dict[str, Any]) -> None:
     rows = []
     for name, summary in models.items():
         difference = result["difference_to_reference"].get(name)
-        rows.append([
-            name, summary["kind"], _cell(summary["perplexity"]), _cell(difference),
-            *(f"{_number(summary['states'][s]['auc'])} / {_number(summary['states'][s]['nll'])}"
-              for s in states),
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                summary["kind"],
+                _cell(summary["perplexity"]),
+                _cell(difference),
+                *(
+                    f"{_number(summary['states'][s]['auc'])} / {_number(summary['states'][s]['nll'])}"
+                    for s in states
+                ),
+            ]
+        )
     first = models[reference]
     print_rows(
         f"forecast after {first['cutoff']} ({first['scored_people']:,} people, "
@@ -156,7 +173,7 @@ def print_forecast(result: dict[str, Any]) -> None:
             "perplexity [95%]",
             f"- {reference} [95%]",
             *(f"{s}: AUC / NLL" for s in states),
-        ],  # fmt: skip
+        ],
         rows,
     )
     excluded = ", ".join(f"{n:,} {why}" for why, n in first["excluded"].items() if n)
@@ -177,7 +194,7 @@ def print_forecast(result: dict[str, Any]) -> None:
                 *(_rate(first["states"][s]["by_year"].get(y)) for s in states),
             ]
             for y in years
-        ],  # fmt: skip
+        ],
     )
 
 
@@ -208,9 +225,13 @@ def run_forecast(s: ForecastSettings) -> int:
         )
     summaries: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} people"), TimeElapsedColumn(),
-                  console=progress_console) as bar:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} people"),
+        TimeElapsedColumn(),
+        console=progress_console,
+    ) as bar:
         for name, url in s.models:
             task = bar.add_task(f"forecasting with {name}", total=None)
 
@@ -218,13 +239,28 @@ def run_forecast(s: ForecastSettings) -> int:
                 bar.update(task, completed=done, total=total)
 
             summaries[name] = forecast_package(
-                name, url, dataset, s.out, paths=s.paths, seed=s.seed, cutoff=s.cutoff,
-                future_education=s.future_education, chunk_size=s.chunk_size,
-                bootstrap=s.bootstrap, storage_options=options, on_progress=progress,
-            )  # fmt: skip
+                name,
+                url,
+                dataset,
+                s.out,
+                paths=s.paths,
+                seed=s.seed,
+                cutoff=s.cutoff,
+                future_education=s.future_education,
+                chunk_size=s.chunk_size,
+                bootstrap=s.bootstrap,
+                storage_options=options,
+                on_progress=progress,
+            )
     cutoff = summaries[s.models[0][0]]["cutoff"]
-    result = compare(summaries, s.out, bootstrap=s.bootstrap, seed=s.seed, storage_options=options,
-                     title=f"{dataset.manifest.name}: forecast after {cutoff}")  # fmt: skip
+    result = compare(
+        summaries,
+        s.out,
+        bootstrap=s.bootstrap,
+        seed=s.seed,
+        storage_options=options,
+        title=f"{dataset.manifest.name}: forecast after {cutoff}",
+    )
     print_forecast(result)
     console.print(
         f"forecast in {time.perf_counter() - start:,.1f} s; written to {storage.redact(s.out)} "

@@ -77,8 +77,10 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
         table.add_row(key.replace("_", " "), _fmt(value, key))
     read = summary.get("read")
     if read:
-        table.add_row("people read = accepted + quarantined",
-                      f"{read['people_read']:,} = {read['people_accepted']:,} + {read['people_quarantined']:,}")  # fmt: skip
+        table.add_row(
+            "people read = accepted + quarantined",
+            f"{read['people_read']:,} = {read['people_accepted']:,} + {read['people_quarantined']:,}",
+        )
         if read.get("rows_read"):
             table.add_row(
                 "rows read / quarantined", f"{read['rows_read']:,} / {read['rows_quarantined']:,}"

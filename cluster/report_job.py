@@ -41,8 +41,10 @@ class ReportSettings:
 
     def paths_read(self) -> dict[str, str | None]:
         """The run's step outputs: the report folder may lie in RUN, not in what it reads."""
-        return {f"RUN/{step}": storage.join(self.run, step)
-                for step in ("datasets", "pretrain", "surveys")}  # fmt: skip
+        return {
+            f"RUN/{step}": storage.join(self.run, step)
+            for step in ("datasets", "pretrain", "surveys")
+        }
 
     def paths_written(self) -> dict[str, str | None]:
         return {"--out": self.out}
@@ -64,8 +66,10 @@ def run_report(s: ReportSettings) -> int:
     from eval.report import build_report
 
     written = build_report(s.run, s.out, s.storage.storage_options)
-    console.print(f"report: {storage.redact(written.html)} (and {storage.redact(written.markdown)}, "
-                  f"{len(written.plots)} plots)")  # fmt: skip
+    console.print(
+        f"report: {storage.redact(written.html)} (and {storage.redact(written.markdown)}, "
+        f"{len(written.plots)} plots)"
+    )
     if written.missing:
         console.print(f"{len(written.missing)} missing (named in the report):")
         for note in written.missing:

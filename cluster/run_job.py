@@ -117,10 +117,16 @@ def spec_config(spec: TrainSpec, kind: str, recipe: str, gpus_per_worker: float)
     if not gpus_per_worker:
         overrides.append("cpu_threads=1")
     return make_config(
-        recipe, spec.preset, overrides, kind=kind, updates=spec.updates,
-        tokens_per_update=spec.tokens_per_update, eval_every=spec.eval_every,
-        patience=spec.patience, zero_stage=spec.zero_stage,
-    )  # fmt: skip
+        recipe,
+        spec.preset,
+        overrides,
+        kind=kind,
+        updates=spec.updates,
+        tokens_per_update=spec.tokens_per_update,
+        eval_every=spec.eval_every,
+        patience=spec.patience,
+        zero_stage=spec.zero_stage,
+    )
 
 
 def train_settings(
@@ -140,12 +146,17 @@ def train_settings(
     from cluster.settings import TrainingSettings
 
     return TrainingSettings(
-        recipe=recipe, config=spec_config(spec, kind, recipe, gpus_per_worker), data=data,
-        out=out, base=base, workers=workers, gpus_per_worker=gpus_per_worker,
+        recipe=recipe,
+        config=spec_config(spec, kind, recipe, gpus_per_worker),
+        data=data,
+        out=out,
+        base=base,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
         ray=RaySettings(ray_address=ray_address),
         storage=StorageSettings(storage_options=storage_options),
-    )  # fmt: skip
+    )
 
 
 def check_trainable(experiment: Experiment) -> None:
@@ -153,8 +164,10 @@ def check_trainable(experiment: Experiment) -> None:
     a misspelt override stops the run at once, naming its section, rather than a survey task
     after pretraining."""
     sections = [("pretrain", experiment.pretrain, "career", "pretrain")]
-    sections += [("finetune" if m == "finetuned" else f"baselines.{m}", *model_spec(experiment, m))
-                 for m in survey_models(experiment)]  # fmt: skip
+    sections += [
+        ("finetune" if m == "finetuned" else f"baselines.{m}", *model_spec(experiment, m))
+        for m in survey_models(experiment)
+    ]
     if experiment.explain is not None:
         sections.append(("explain", experiment.explain_spec(), "career", "finetune"))
     for where, spec, kind, recipe in sections:
@@ -201,24 +214,50 @@ def survey_pipeline(
     pretrained = storage.join(layout.pretrain, "package")
     times: dict[str, float] = {}
     # Every model this survey trains: (its name in the step times, data, out, spec, kind, recipe)
-    wanted = [(m, data, layout.model(survey, m), *model_spec(experiment, m))
-              for m in survey_models(experiment)]  # fmt: skip
+    wanted = [
+        (m, data, layout.model(survey, m), *model_spec(experiment, m))
+        for m in survey_models(experiment)
+    ]
     cut = experiment.forecast_name(spec_of)
     if cut is not None:
-        wanted += [(f"forecast {m}", layout.dataset(cut), layout.forecast_model(survey, m),
-                    *model_spec(experiment, m)) for m in experiment.forecast.models]  # fmt: skip
+        wanted += [
+            (
+                f"forecast {m}",
+                layout.dataset(cut),
+                layout.forecast_model(survey, m),
+                *model_spec(experiment, m),
+            )
+            for m in experiment.forecast.models
+        ]
     if experiment.explain is not None and spec_of.downstream:
-        wanted.append(("explain model", data, layout.explain_model(survey),
-                       experiment.explain_spec(), "career", "finetune"))  # fmt: skip
+        wanted.append(
+            (
+                "explain model",
+                data,
+                layout.explain_model(survey),
+                experiment.explain_spec(),
+                "career",
+                "finetune",
+            )
+        )
     pending = {}  # name -> its training settings, the models not trained before
     for name, model_data, out, spec, kind, recipe in wanted:
         if _done(out, "metrics.json", storage_options):
             continue
         base = pretrained if recipe == "finetune" else None
-        pending[name] = train_settings(spec, kind, recipe, model_data, out,
-                                       experiment.survey_workers, experiment.gpus_per_worker,
-                                       base, ray_address, storage_options,
-                                       experiment.survey_worker_cpus)  # fmt: skip
+        pending[name] = train_settings(
+            spec,
+            kind,
+            recipe,
+            model_data,
+            out,
+            experiment.survey_workers,
+            experiment.gpus_per_worker,
+            base,
+            ray_address,
+            storage_options,
+            experiment.survey_worker_cpus,
+        )
     if pending:
         # One Ray Train start-up for all of them (train_job.launch_together); each model's time
         # is its training loop, and "start-ups" the rest (workers, DeepSpeed, exports).
@@ -237,27 +276,35 @@ def survey_pipeline(
         ]
         run_evaluate(
             EvaluateSettings(
-                model=models, data=[data], out=evaluation,
+                model=models,
+                data=[data],
+                out=evaluation,
                 cpus_per_task=experiment.cpus_per_evaluation,
                 gpus_per_task=experiment.gpus_per_worker,
                 ray=RaySettings(ray_address=ray_address),
                 storage=StorageSettings(storage_options=storage_options),
             )
-        )  # fmt: skip
+        )
         times["evaluate"] = time.perf_counter() - started
     if cut is not None and not _done(layout.forecast(survey), "forecast.json", storage_options):
         started = time.perf_counter()
         forecast_survey(experiment, survey, layout, cut, storage_options)
         times["forecast"] = time.perf_counter() - started
     wages = layout.wages(survey)
-    if (experiment.wages is not None and spec_of.downstream
-            and not _done(wages, "wages.json", storage_options)):  # fmt: skip
+    if (
+        experiment.wages is not None
+        and spec_of.downstream
+        and not _done(wages, "wages.json", storage_options)
+    ):
         started = time.perf_counter()
         wages_survey(experiment, survey, layout, storage_options)
         times["wages"] = time.perf_counter() - started
     explain = layout.explain(survey)
-    if (experiment.explain is not None and spec_of.downstream
-            and not _done(explain, "rationales.json", storage_options)):  # fmt: skip
+    if (
+        experiment.explain is not None
+        and spec_of.downstream
+        and not _done(explain, "rationales.json", storage_options)
+    ):
         started = time.perf_counter()
         explain_survey(experiment, survey, layout, storage_options)
         times["explain"] = time.perf_counter() - started
@@ -277,14 +324,14 @@ def wages_survey(experiment: Experiment, survey: str, layout: RunLayout, storage
     loaded = load_model(storage.join(layout.model(survey, "finetuned"), "package"), storage_options)
     payload: dict[str, Any] = {"model": "finetuned"}
     try:
-        payload["table"] = wage_table(loaded, data, storage_options,
-                                      bootstrap=settings.bootstrap)  # fmt: skip
+        payload["table"] = wage_table(loaded, data, storage_options, bootstrap=settings.bootstrap)
     except NoWages as error:
         payload["skipped"] = str(error)
     if "table" in payload and settings.gap:
         try:
-            payload["gap"] = wage_gap(loaded, data, by=settings.gap, folds=settings.folds,
-                                      storage_options=storage_options)  # fmt: skip
+            payload["gap"] = wage_gap(
+                loaded, data, by=settings.gap, folds=settings.folds, storage_options=storage_options
+            )
         except (NoWages, ValueError) as error:
             payload["gap_skipped"] = str(error)
     storage.write_bytes_atomic(
@@ -302,12 +349,22 @@ def explain_survey(experiment: Experiment, survey: str, layout: RunLayout, stora
 
     package = storage.join(layout.explain_model(survey), "package")
     loaded = load_model(package, storage_options)
-    people = explain_people(loaded, layout.dataset(survey), "test", experiment.explain.people,
-                            storage_options, target="observed", movers=True)  # fmt: skip
+    people = explain_people(
+        loaded,
+        layout.dataset(survey),
+        "test",
+        experiment.explain.people,
+        storage_options,
+        target="observed",
+        movers=True,
+    )
     payload = {
-        "model": "explain/model", "word_dropout": loaded.model.config.word_dropout,
-        "target": "observed", "movers": True, "people": people,
-    }  # fmt: skip
+        "model": "explain/model",
+        "word_dropout": loaded.model.config.word_dropout,
+        "target": "observed",
+        "movers": True,
+        "people": people,
+    }
     storage.write_bytes_atomic(
         storage.join(layout.explain(survey), "rationales.json"),
         (json.dumps(payload, indent=1, sort_keys=True, allow_nan=False) + "\n").encode(),
@@ -327,15 +384,25 @@ def forecast_survey(
     out = layout.forecast(survey)
     summaries = {
         m: forecast_package(
-            m, storage.join(layout.forecast_model(survey, m), "package"), dataset, out,
-            paths=settings.paths, seed=settings.seed,
-            future_education=settings.future_education, storage_options=storage_options,
+            m,
+            storage.join(layout.forecast_model(survey, m), "package"),
+            dataset,
+            out,
+            paths=settings.paths,
+            seed=settings.seed,
+            future_education=settings.future_education,
+            storage_options=storage_options,
         )
         for m in settings.models
-    }  # fmt: skip
+    }
     cutoff = summaries[settings.models[0]]["cutoff"]
-    compare(summaries, out, seed=settings.seed, storage_options=storage_options,
-            title=f"{survey}: forecast after {cutoff}")  # fmt: skip
+    compare(
+        summaries,
+        out,
+        seed=settings.seed,
+        storage_options=storage_options,
+        title=f"{survey}: forecast after {cutoff}",
+    )
 
 
 # ----------------------------------------------------------------------------- the run
@@ -393,21 +460,43 @@ def run_experiment(
     datasets_url = storage.join(layout.url, "datasets")
     resume_vocab = storage.join(layout.dataset(experiment.resumes.name), "vocab.json")
     shards = [(spec, spec.name, None) for spec in [experiment.resumes, *experiment.surveys]]
-    shards += [(spec, experiment.forecast_name(spec), experiment.forecast_cutoff(spec))
-               for spec in experiment.surveys if experiment.forecast_name(spec)]  # fmt: skip
+    shards += [
+        (spec, experiment.forecast_name(spec), experiment.forecast_cutoff(spec))
+        for spec in experiment.surveys
+        if experiment.forecast_name(spec)
+    ]
     for spec, name, until in shards:
         parent = None if spec is experiment.resumes else resume_vocab
-        step(f"shard {name}", _done(layout.dataset(name), "manifest.json", storage_options),
-             lambda spec=spec, name=name, parent=parent, until=until: shard_dataset(
-                 spec.input_spec(storage_options), datasets_url, name, spec.shard_config(until),
-                 parent, storage_options=storage_options))  # fmt: skip
+        step(
+            f"shard {name}",
+            _done(layout.dataset(name), "manifest.json", storage_options),
+            lambda spec=spec, name=name, parent=parent, until=until: shard_dataset(
+                spec.input_spec(storage_options),
+                datasets_url,
+                name,
+                spec.shard_config(until),
+                parent,
+                storage_options=storage_options,
+            ),
+        )
 
-    pretrain = train_settings(experiment.pretrain, "career", "pretrain",
-                              layout.dataset(experiment.resumes.name), layout.pretrain,
-                              experiment.workers, experiment.gpus_per_worker, None, address,
-                              storage_options)  # fmt: skip
-    step("pretrain", _done(layout.pretrain, "metrics.json", storage_options),
-         lambda: train_job.train(pretrain))  # fmt: skip
+    pretrain = train_settings(
+        experiment.pretrain,
+        "career",
+        "pretrain",
+        layout.dataset(experiment.resumes.name),
+        layout.pretrain,
+        experiment.workers,
+        experiment.gpus_per_worker,
+        None,
+        address,
+        storage_options,
+    )
+    step(
+        "pretrain",
+        _done(layout.pretrain, "metrics.json", storage_options),
+        lambda: train_job.train(pretrain),
+    )
 
     import ray
 
@@ -426,16 +515,19 @@ def run_experiment(
         name = pending.pop(ready[0])
         result = ray.get(ready[0])  # a task's error is raised here, as itself
         seconds = time.perf_counter() - started
-        log.record(f"survey {name}", "done", seconds, models=result["seconds"],
-                   started=result["started"])  # fmt: skip
-        say(f"  survey {name}: {seconds:,.0f} s since pretraining "
-            + ", ".join(f"{m} {t:,.0f} s" for m, t in result["seconds"].items()))  # fmt: skip
+        log.record(
+            f"survey {name}", "done", seconds, models=result["seconds"], started=result["started"]
+        )
+        say(
+            f"  survey {name}: {seconds:,.0f} s since pretraining "
+            + ", ".join(f"{m} {t:,.0f} s" for m, t in result["seconds"].items())
+        )
     results = {
         s.name: json.loads(
             storage.read_text(
                 storage.join(layout.evaluation(s.name), "metrics.json"), storage_options
             )
-        )  # fmt: skip
+        )
         for s in experiment.surveys
     }
     # The report is rewritten by every invocation: it shows the run as it now stands.
@@ -456,9 +548,11 @@ class RunSettings:
     report. Resumable: `--run-id ID` (or `--resume`) continues a stopped run where it stopped."""
 
     config: str | None = flags.option(
-        None, help="experiment file (YAML; see cluster/experiment.py); default: --size", metavar="FILE",
+        None,
+        help="experiment file (YAML; see cluster/experiment.py); default: --size",
+        metavar="FILE",
         path=True,
-    )  # fmt: skip
+    )
     size: str = flags.option(
         "demo",
         help="built-in experiment: demo (minutes on a laptop CPU), small (about two hours on a 2-core "
@@ -466,13 +560,16 @@ class RunSettings:
         choices=tuple(SIZES),
     )
     store: str | None = flags.option(
-        None, help="where runs live, a folder or s3:// prefix (default: the experiment's, "
-        "./career_run)", metavar="URL", path=True,
-    )  # fmt: skip
+        None,
+        help="where runs live, a folder or s3:// prefix (default: the experiment's, ./career_run)",
+        metavar="URL",
+        path=True,
+    )
     run_id: str | None = flags.option(
-        None, help="the run to start or continue (default: a new one, named by date and time)",
+        None,
+        help="the run to start or continue (default: a new one, named by date and time)",
         metavar="ID",
-    )  # fmt: skip
+    )
     resume: bool = flags.option(False, help="continue the store's most recent run")
     dry_run: bool = flags.option(
         False, help="print the resolved experiment and the plan of steps, then exit"
@@ -505,12 +602,19 @@ class RunSettings:
 
 def plan(experiment: Experiment, layout: RunLayout) -> list[dict[str, str]]:
     """The steps in order, each with what it writes (what `--dry-run` prints)."""
-    steps = [{"step": f"shard {d.name}", "writes": layout.dataset(d.name)}
-             for d in [experiment.resumes, *experiment.surveys]]  # fmt: skip
-    steps += [{"step": f"shard {experiment.forecast_name(d)} (cut at "
-                       f"{experiment.forecast_cutoff(d)}, for forecasting)",
-               "writes": layout.dataset(experiment.forecast_name(d))}
-              for d in experiment.surveys if experiment.forecast_name(d)]  # fmt: skip
+    steps = [
+        {"step": f"shard {d.name}", "writes": layout.dataset(d.name)}
+        for d in [experiment.resumes, *experiment.surveys]
+    ]
+    steps += [
+        {
+            "step": f"shard {experiment.forecast_name(d)} (cut at "
+            f"{experiment.forecast_cutoff(d)}, for forecasting)",
+            "writes": layout.dataset(experiment.forecast_name(d)),
+        }
+        for d in experiment.surveys
+        if experiment.forecast_name(d)
+    ]
     steps.append({"step": "pretrain", "writes": layout.pretrain})
     for survey in experiment.surveys:
         models = ", ".join(survey_models(experiment))
@@ -521,9 +625,12 @@ def plan(experiment: Experiment, layout: RunLayout) -> list[dict[str, str]]:
             then.append("wages")
         if survey.downstream and experiment.explain is not None:
             then.append("explain (a word-dropout fine-tune)")
-        steps.append({"step": f"survey {survey.name} (one Ray task: {models}, then "
-                              f"{', '.join(then)})",
-                      "writes": storage.join(layout.url, "surveys", survey.name)})  # fmt: skip
+        steps.append(
+            {
+                "step": f"survey {survey.name} (one Ray task: {models}, then {', '.join(then)})",
+                "writes": storage.join(layout.url, "surveys", survey.name),
+            }
+        )
     steps.append({"step": "report", "writes": layout.report})
     return [{k: storage.redact(v) for k, v in s.items()} for s in steps]
 
@@ -537,8 +644,9 @@ def latest_run(store: str, storage_options) -> str:
         if fs.exists(f"{path.rstrip('/')}/experiment.json")
     )
     if not runs:
-        raise StructuralError("no run to resume here (no folder with an experiment.json)",
-                              path=storage.redact(store))  # fmt: skip
+        raise StructuralError(
+            "no run to resume here (no folder with an experiment.json)", path=storage.redact(store)
+        )
     return runs[-1]
 
 
@@ -553,8 +661,11 @@ def print_tables(results: dict[str, dict[str, Any]]) -> None:
     for survey, metrics in results.items():
         split = metrics["split"]
         for dataset, comparison in metrics["comparison"].items():
-            print_rows(table.caption(f"{survey}: {dataset}", split, comparison), table.COLUMNS,
-                       [table.row_cells(row) for row in comparison["rows"]])  # fmt: skip
+            print_rows(
+                table.caption(f"{survey}: {dataset}", split, comparison),
+                table.COLUMNS,
+                [table.row_cells(row) for row in comparison["rows"]],
+            )
 
 
 def run_command(s: RunSettings) -> int:
@@ -565,18 +676,30 @@ def run_command(s: RunSettings) -> int:
     run_id = latest_run(experiment.store, options) if s.resume else s.run_id or new_run_id()
     layout = RunLayout(storage.join(experiment.store, run_id))
     if s.dry_run:
-        print(json.dumps({"run": storage.redact(layout.url), "experiment": experiment.to_dict(),
-                          "steps": plan(experiment, layout)}, indent=1))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "run": storage.redact(layout.url),
+                    "experiment": experiment.to_dict(),
+                    "steps": plan(experiment, layout),
+                },
+                indent=1,
+            )
+        )
         return 0
     started = time.perf_counter()
     try:
-        results = run_experiment(experiment, layout.url, s.ray.ray_address, s.ray.num_cpus,
-                                 options, say=console.print)  # fmt: skip
+        results = run_experiment(
+            experiment, layout.url, s.ray.ray_address, s.ray.num_cpus, options, say=console.print
+        )
     except KeyboardInterrupt:
-        console.print(f"interrupted: continue with `career run --run-id {run_id}`"
-                      + (f" --store {storage.redact(experiment.store)}" if s.store else ""))  # fmt: skip
+        console.print(
+            f"interrupted: continue with `career run --run-id {run_id}`"
+            + (f" --store {storage.redact(experiment.store)}" if s.store else "")
+        )
         return 130
     print_tables(results)
-    console.print(f"run {run_id} done in {time.perf_counter() - started:,.0f} s: "
-                  f"{storage.redact(layout.url)}")  # fmt: skip
+    console.print(
+        f"run {run_id} done in {time.perf_counter() - started:,.0f} s: {storage.redact(layout.url)}"
+    )
     return 0

@@ -52,8 +52,10 @@ class ModelSpec:
         from trainer.model import PRESETS
 
         if self.preset not in PRESETS:
-            raise ValueError(f"model {self.name}: unknown preset {self.preset!r}; choose from "
-                             f"{', '.join(PRESETS)}")  # fmt: skip
+            raise ValueError(
+                f"model {self.name}: unknown preset {self.preset!r}; choose from "
+                f"{', '.join(PRESETS)}"
+            )
         if not self.name or "/" in self.name:
             raise ValueError(f"model name {self.name!r} must be a plain name")
         if any(v is not None and v < 1 for v in self.widths().values()):
@@ -96,13 +98,13 @@ class Study:
     pretrain: TrainSpec = field(
         default_factory=lambda: TrainSpec(
             updates=600, tokens_per_update=8000, eval_every=50, patience=3
-        )  # fmt: skip
+        )
     )
     survey: DatasetSpec | None = None
     finetune: TrainSpec = field(
         default_factory=lambda: TrainSpec(
             updates=200, tokens_per_update=4000, eval_every=25, patience=3
-        )  # fmt: skip
+        )
     )
     workers_per_point: int = 1
     cpus_per_worker: float = 1.0
@@ -162,8 +164,9 @@ def from_dict(values: dict[str, Any], where: str = "study") -> Study:
         if "models" in values:
             if not isinstance(values["models"], list):
                 raise ValueError(f"{where}: models must be a list")
-            values["models"] = [_model(m, f"{where}: models[{i}]")
-                                for i, m in enumerate(values["models"])]  # fmt: skip
+            values["models"] = [
+                _model(m, f"{where}: models[{i}]") for i, m in enumerate(values["models"])
+            ]
         for key in ("corpus", "survey"):
             if values.get(key) is not None:
                 values[key] = _build(DatasetSpec, values[key], f"{where}: {key}")
@@ -186,12 +189,27 @@ def load(path: str) -> dict[str, Any]:
 #: study for a GPU cluster (`career submit`), presets up to `large`, up to 24M resumes.
 GRIDS: dict[str, dict[str, Any]] = {
     "small": {
-        "models": ["tiny", {"name": "mini", "preset": "tiny", "n_layer": 2, "d_model": 64,
-                            "n_head": 2, "d_ff": 256}, "small"],
+        "models": [
+            "tiny",
+            {
+                "name": "mini",
+                "preset": "tiny",
+                "n_layer": 2,
+                "d_model": 64,
+                "n_head": 2,
+                "d_ff": 256,
+            },
+            "small",
+        ],
         "people": [10_000, 50_000, 200_000],
         "corpus": {"name": "corpus", "simulate": "resumes"},
-        "pretrain": {"updates": 300, "tokens_per_update": 8000, "lr": 2e-3, "eval_every": 50,
-                     "patience": 2},
+        "pretrain": {
+            "updates": 300,
+            "tokens_per_update": 8000,
+            "lr": 2e-3,
+            "eval_every": 50,
+            "patience": 2,
+        },
         "workers_per_point": 1,
         "cpus_per_worker": 1,
     },
@@ -199,12 +217,23 @@ GRIDS: dict[str, dict[str, Any]] = {
         "models": ["small", "paper", "medium", "large"],
         "people": [100_000, 1_000_000, 4_000_000, 24_000_000],
         "corpus": {"name": "corpus", "simulate": "resumes", "people": 27_000_000},
-        "pretrain": {"updates": 85_000, "tokens_per_update": 16_000, "lr": 5e-4,
-                     "eval_every": 1000, "patience": 5, "zero_stage": 2},
+        "pretrain": {
+            "updates": 85_000,
+            "tokens_per_update": 16_000,
+            "lr": 5e-4,
+            "eval_every": 1000,
+            "patience": 5,
+            "zero_stage": 2,
+        },
         "survey": {"name": "nlsy79", "simulate": "nlsy79"},
-        "finetune": {"updates": 5000, "tokens_per_update": 16_000, "lr": 1e-4,
-                     "eval_every": 250, "patience": 5},
+        "finetune": {
+            "updates": 5000,
+            "tokens_per_update": 16_000,
+            "lr": 1e-4,
+            "eval_every": 250,
+            "patience": 5,
+        },
         "workers_per_point": 1,
         "gpus_per_worker": 1,
     },
-}  # fmt: skip
+}

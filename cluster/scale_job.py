@@ -66,23 +66,46 @@ def _write_json(url: str, payload: Any, storage_options) -> None:
 
 
 # ----------------------------------------------------------------------------- one point
-def point_settings(study: Study, point: Point, data: str, out: str, address: str | None,
-                   storage_options):  # fmt: skip
+def point_settings(
+    study: Study, point: Point, data: str, out: str, address: str | None, storage_options
+):
     """The `career pretrain` settings of one point: its model on the first `people` people."""
     from cluster.run_job import train_settings
 
     spec = dataclasses.replace(
-        study.pretrain, preset=point.model.preset, updates=point.updates,
-        overrides=[*study.pretrain.overrides, *point.model.overrides(),
-                   f"train_people={point.people}"],
-    )  # fmt: skip
-    return train_settings(spec, "career", "pretrain", data, out, study.workers_per_point,
-                          study.gpus_per_worker, None, address, storage_options,
-                          study.cpus_per_worker)  # fmt: skip
+        study.pretrain,
+        preset=point.model.preset,
+        updates=point.updates,
+        overrides=[
+            *study.pretrain.overrides,
+            *point.model.overrides(),
+            f"train_people={point.people}",
+        ],
+    )
+    return train_settings(
+        spec,
+        "career",
+        "pretrain",
+        data,
+        out,
+        study.workers_per_point,
+        study.gpus_per_worker,
+        None,
+        address,
+        storage_options,
+        study.cpus_per_worker,
+    )
 
 
-def run_point(study_dict: dict[str, Any], name: str, url: str, data: str, survey: str | None,
-              address: str | None, storage_options) -> dict[str, Any]:  # fmt: skip
+def run_point(
+    study_dict: dict[str, Any],
+    name: str,
+    url: str,
+    data: str,
+    survey: str | None,
+    address: str | None,
+    storage_options,
+) -> dict[str, Any]:
     """Pretrain one point (continuing from its checkpoints), then fine-tune it on the survey and
     score the survey's test split (a Ray task, or in the driver)."""
     from cluster import train_job
@@ -101,16 +124,34 @@ def run_point(study_dict: dict[str, Any], name: str, url: str, data: str, survey
 
         tuned = layout.finetune(name, study.survey.name)
         if not _exists(storage.join(tuned, "metrics.json"), storage_options):
-            train_job.train(train_settings(
-                study.finetune, "career", "finetune", survey, tuned, study.workers_per_point,
-                study.gpus_per_worker, storage.join(out, "package"), address, storage_options,
-                study.cpus_per_worker))  # fmt: skip
+            train_job.train(
+                train_settings(
+                    study.finetune,
+                    "career",
+                    "finetune",
+                    survey,
+                    tuned,
+                    study.workers_per_point,
+                    study.gpus_per_worker,
+                    storage.join(out, "package"),
+                    address,
+                    storage_options,
+                    study.cpus_per_worker,
+                )
+            )
         model = load_model(storage.join(tuned, "package"), storage_options).model
-        test = split_perplexity(model, survey, "test", study.finetune.tokens_per_update,
-                                storage_options)  # fmt: skip
-        _write_json(layout.survey_result(name),
-                    {"survey": study.survey.name, "test_perplexity": test,
-                     "finetune": storage.redact(tuned)}, storage_options)  # fmt: skip
+        test = split_perplexity(
+            model, survey, "test", study.finetune.tokens_per_update, storage_options
+        )
+        _write_json(
+            layout.survey_result(name),
+            {
+                "survey": study.survey.name,
+                "test_perplexity": test,
+                "finetune": storage.redact(tuned),
+            },
+            storage_options,
+        )
     return {"point": name, "seconds": time.perf_counter() - started}
 
 
@@ -164,24 +205,39 @@ def shard_inputs(study: Study, layout: StudyLayout, storage_options, say) -> tup
     if not study.data and not _exists(storage.join(data, "manifest.json"), storage_options):
         spec = dataclasses.replace(study.corpus, people=study.corpus_people())
         started = time.perf_counter()
-        shard_dataset(spec.input_spec(storage_options), datasets, spec.name, spec.shard_config(),
-                      storage_options=storage_options)  # fmt: skip
+        shard_dataset(
+            spec.input_spec(storage_options),
+            datasets,
+            spec.name,
+            spec.shard_config(),
+            storage_options=storage_options,
+        )
         say(f"  shard {spec.name} ({spec.people:,} people): {time.perf_counter() - started:,.0f} s")
     survey = None
     if study.survey is not None:
         survey = layout.dataset(study.survey.name)
         if not _exists(storage.join(survey, "manifest.json"), storage_options):
             started = time.perf_counter()
-            shard_dataset(study.survey.input_spec(storage_options), datasets, study.survey.name,
-                          study.survey.shard_config(), storage.join(data, "vocab.json"),
-                          storage_options=storage_options)  # fmt: skip
+            shard_dataset(
+                study.survey.input_spec(storage_options),
+                datasets,
+                study.survey.name,
+                study.survey.shard_config(),
+                storage.join(data, "vocab.json"),
+                storage_options=storage_options,
+            )
             say(f"  shard {study.survey.name}: {time.perf_counter() - started:,.0f} s")
     return data, survey
 
 
-def run_study(study: Study, url: str, ray_address: str | None = None,
-              num_cpus: int | None = None, storage_options: dict | None = None,
-              say: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+def run_study(
+    study: Study,
+    url: str,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    storage_options: dict | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run every point not finished, then write the table, the fit and the report."""
     import ray
 
@@ -205,25 +261,31 @@ def run_study(study: Study, url: str, ray_address: str | None = None,
     cost = totals(study, list(rows.values()), slots)
     points = study.points()
     done = [p.name for p in points if _point_done(layout, p, survey, storage_options)]
-    todo = sorted((p for p in points if p.name not in done),
-                  key=lambda p: -rows[p.name]["estimated_seconds"])  # fmt: skip
-    say(f"  {len(points)} points, {len(done)} done before; {slots} side by side; estimated "
-        f"{cost['wall_seconds'] / 60:,.0f} min for all of them")  # fmt: skip
+    todo = sorted(
+        (p for p in points if p.name not in done), key=lambda p: -rows[p.name]["estimated_seconds"]
+    )
+    say(
+        f"  {len(points)} points, {len(done)} done before; {slots} side by side; estimated "
+        f"{cost['wall_seconds'] / 60:,.0f} min for all of them"
+    )
     task = ray.remote(num_cpus=0)(run_point)
     running: dict[Any, str] = {}
     started = time.perf_counter()
     while todo or running:
         while todo and len(running) < slots:
             point = todo.pop(0)
-            ref = task.remote(study.to_dict(), point.name, layout.url, data, survey, address,
-                              storage_options)  # fmt: skip
+            ref = task.remote(
+                study.to_dict(), point.name, layout.url, data, survey, address, storage_options
+            )
             running[ref] = point.name
         ready, _ = ray.wait(list(running), num_returns=1)
         name = running.pop(ready[0])
         result = ray.get(ready[0])  # a point's error is raised here, as itself
         done.append(name)
-        say(f"  point {name}: {result['seconds']:,.0f} s ({len(done)}/{len(points)}, "
-            f"{time.perf_counter() - started:,.0f} s since the first)")  # fmt: skip
+        say(
+            f"  point {name}: {result['seconds']:,.0f} s ({len(done)}/{len(points)}, "
+            f"{time.perf_counter() - started:,.0f} s since the first)"
+        )
     return write_results(study, layout, rows, facts, storage_options, say)
 
 
@@ -233,8 +295,9 @@ def _point_done(layout: StudyLayout, point: Point, survey: str | None, storage_o
     return survey is None or _exists(layout.survey_result(point.name), storage_options)
 
 
-def write_results(study: Study, layout: StudyLayout, rows: dict[str, dict], facts: dict,
-                  storage_options, say) -> dict[str, Any]:  # fmt: skip
+def write_results(
+    study: Study, layout: StudyLayout, rows: dict[str, dict], facts: dict, storage_options, say
+) -> dict[str, Any]:
     """points.parquet, fit.json and the report, from the finished points."""
     import io
 
@@ -249,21 +312,28 @@ def write_results(study: Study, layout: StudyLayout, rows: dict[str, dict], fact
             continue
         metrics = json.loads(storage.read_text(metrics_url, storage_options))
         result_url = layout.survey_result(point.name)
-        result = (json.loads(storage.read_text(result_url, storage_options))
-                  if _exists(result_url, storage_options) else None)  # fmt: skip
+        result = (
+            json.loads(storage.read_text(result_url, storage_options))
+            if _exists(result_url, storage_options)
+            else None
+        )
         planned = rows[point.name]
-        table.append(point_row({**planned, "name": point.name, "token_budget": point.tokens},
-                               metrics, result))  # fmt: skip
+        table.append(
+            point_row(
+                {**planned, "name": point.name, "token_budget": point.tokens}, metrics, result
+            )
+        )
     frame = points_frame(table)
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     storage.write_bytes_atomic(layout.file("points.parquet"), buffer.getvalue(), storage_options)
     fit = fit_study(frame, floor=facts["floor"])
     _write_json(layout.file("fit.json"), fit, storage_options)
-    report = write_report(layout.url, frame, fit, facts["floor"], study.to_dict(),
-                          storage_options)  # fmt: skip
-    say(f"  table {storage.redact(layout.file('points.parquet'))}, fit "
-        f"{storage.redact(layout.file('fit.json'))}, report {storage.redact(report)}")  # fmt: skip
+    report = write_report(layout.url, frame, fit, facts["floor"], study.to_dict(), storage_options)
+    say(
+        f"  table {storage.redact(layout.file('points.parquet'))}, fit "
+        f"{storage.redact(layout.file('fit.json'))}, report {storage.redact(report)}"
+    )
     return {"points": table, "fit": fit, "report": report}
 
 
@@ -293,43 +363,56 @@ class ScaleSettings:
     Resumable: rerunning skips finished points and continues unfinished ones."""
 
     out: str = flags.option(
-        help="the study folder (or s3:// prefix): points/, points.parquet, fit.json, "
-        "report.html", metavar="STUDY", path=True,
-    )  # fmt: skip
-    config: str | None = flags.option(
-        None, help="grid file (YAML; see cluster/scale_grid.py); default: --grid", metavar="FILE",
+        help="the study folder (or s3:// prefix): points/, points.parquet, fit.json, report.html",
+        metavar="STUDY",
         path=True,
-    )  # fmt: skip
+    )
+    config: str | None = flags.option(
+        None,
+        help="grid file (YAML; see cluster/scale_grid.py); default: --grid",
+        metavar="FILE",
+        path=True,
+    )
     grid: str = flags.option(
-        "small", help="built-in grid: small (tiny/mini/small x 10k/50k/200k simulated resumes, "
+        "small",
+        help="built-in grid: small (tiny/mini/small x 10k/50k/200k simulated resumes, "
         "under 45 min on a 2-core CPU), paper (presets up to large x up to 24M resumes, GPUs)",
         choices=tuple(GRIDS),
-    )  # fmt: skip
+    )
     models: str | None = flags.option(
-        None, help="model presets instead of the grid's, comma-separated (e.g. tiny,small)",
+        None,
+        help="model presets instead of the grid's, comma-separated (e.g. tiny,small)",
         metavar="LIST",
-    )  # fmt: skip
+    )
     people: str | None = flags.option(
-        None, help="corpus sizes instead of the grid's: people, comma-separated (10k,50k)",
+        None,
+        help="corpus sizes instead of the grid's: people, comma-separated (10k,50k)",
         metavar="LIST",
-    )  # fmt: skip
+    )
     tokens: str | None = flags.option(
-        None, help="token budgets (job-years per point) instead of updates, comma-separated",
+        None,
+        help="token budgets (job-years per point) instead of updates, comma-separated",
         metavar="LIST",
-    )  # fmt: skip
+    )
     data: str | None = flags.option(
-        None, help="an existing resume dataset to draw the subsets from (default: simulate and "
-        "shard the grid's corpus)", metavar="DATASET", path=True,
-    )  # fmt: skip
+        None,
+        help="an existing resume dataset to draw the subsets from (default: simulate and "
+        "shard the grid's corpus)",
+        metavar="DATASET",
+        path=True,
+    )
     survey: str | None = flags.option(
-        None, help="a simulator survey preset (nlsy79, nlsy97, psid) to fine-tune every point "
-        "on and score", metavar="PRESET",
-    )  # fmt: skip
+        None,
+        help="a simulator survey preset (nlsy79, nlsy97, psid) to fine-tune every point "
+        "on and score",
+        metavar="PRESET",
+    )
     updates: int | None = flags.option(None, help="pretraining updates per point", metavar="N")
     plan: bool = flags.option(
-        False, help="print the points, their parameters, tokens, FLOPs and estimated time (and "
+        False,
+        help="print the points, their parameters, tokens, FLOPs and estimated time (and "
         "device-hours), then exit without training",
-    )  # fmt: skip
+    )
     dry_run: bool = flags.option(False, help="the same as --plan")
     ray: RaySettings = field(default_factory=RaySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -338,8 +421,12 @@ class ScaleSettings:
         values = load(self.config) if self.config else json.loads(json.dumps(GRIDS[self.grid]))
         where = self.config or f"--grid {self.grid}"
         models = self.models and [m.strip() for m in self.models.split(",") if m.strip()]
-        changes = {"models": models, "people": _numbers(self.people, "people"),
-                   "tokens": _numbers(self.tokens, "tokens"), "data": self.data}  # fmt: skip
+        changes = {
+            "models": models,
+            "people": _numbers(self.people, "people"),
+            "tokens": _numbers(self.tokens, "tokens"),
+            "data": self.data,
+        }
         values.update({k: v for k, v in changes.items() if v})
         if self.survey:
             values["survey"] = {"name": self.survey, "simulate": self.survey}
@@ -380,12 +467,16 @@ def print_plan(study: Study, s: ScaleSettings) -> None:
             f"a sample of {SAMPLE_PEOPLE:,} simulated {study.corpus.simulate} (not sharded yet)"
         )
     else:
-        raise StructuralError("the corpus is not sharded yet: --plan needs its vocabulary",
-                              path=storage.redact(data))  # fmt: skip
+        raise StructuralError(
+            "the corpus is not sharded yet: --plan needs its vocabulary", path=storage.redact(data)
+        )
     rows = plan(study, sizes, mean_length)
     gpus = study.gpus_per_worker
-    slots = (slots_for(study, 0, 8 * max(study.workers_per_point * gpus, 1)) if gpus
-             else slots_for(study, _local_cpus(), 0))  # fmt: skip
+    slots = (
+        slots_for(study, 0, 8 * max(study.workers_per_point * gpus, 1))
+        if gpus
+        else slots_for(study, _local_cpus(), 0)
+    )
     cost = totals(study, rows, slots)
     columns, cells = plan_table(rows)
     print_rows(f"career scale --plan: {len(rows)} points (vocabulary: {source})", columns, cells)
@@ -412,18 +503,35 @@ def run_scale(s: ScaleSettings) -> int:
         return 0
     started = time.perf_counter()
     try:
-        result = run_study(study, s.out, s.ray.ray_address, s.ray.num_cpus,
-                           s.storage.storage_options, say=console.print)  # fmt: skip
+        result = run_study(
+            study,
+            s.out,
+            s.ray.ray_address,
+            s.ray.num_cpus,
+            s.storage.storage_options,
+            say=console.print,
+        )
     except KeyboardInterrupt:
         console.print(f"interrupted: rerun the same command to continue ({storage.redact(s.out)})")
         return 130
     law = result["fit"].get("law")
-    rows = [[p["name"], p["non_embedding_parameters"], int(p["unique_tokens"]),
-             round(p["best_valid_loss"], 4), p["best_step"]] for p in result["points"]]  # fmt: skip
-    print_rows("points", ["point", "N (non-emb.)", "D (unique job-years)", "valid nats",
-                          "best step"], rows)  # fmt: skip
+    rows = [
+        [
+            p["name"],
+            p["non_embedding_parameters"],
+            int(p["unique_tokens"]),
+            round(p["best_valid_loss"], 4),
+            p["best_step"],
+        ]
+        for p in result["points"]
+    ]
+    print_rows(
+        "points", ["point", "N (non-emb.)", "D (unique job-years)", "valid nats", "best step"], rows
+    )
     if law:
-        console.print(f"L(N, D) = {law['E']:.3f} + {law['A']:.3g}/N^{law['alpha']:.3f} + "
-                      f"{law['B']:.3g}/D^{law['beta']:.3f}")  # fmt: skip
+        console.print(
+            f"L(N, D) = {law['E']:.3f} + {law['A']:.3g}/N^{law['alpha']:.3f} + "
+            f"{law['B']:.3g}/D^{law['beta']:.3f}"
+        )
     console.print(f"study done in {time.perf_counter() - started:,.0f} s: {storage.redact(s.out)}")
     return 0

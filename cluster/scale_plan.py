@@ -36,17 +36,25 @@ class Throughput:
 
 MEASURED: dict[str, Throughput] = {
     "cpu": Throughput(
-        "cpu", "small", 5_097, 60_000, 30,
+        "cpu",
+        "small",
+        5_097,
+        60_000,
+        30,
         "BENCHMARKS.md: `career pretrain --preset small`, 2 workers x 1 thread, 10,194 tokens/s "
         "(5,097 per worker; the scaling grid measured 4,600-5,400), and the scaling grid's tiny "
         "points, about 60,000 tokens/s per worker",
     ),
     "gpu": Throughput(
-        "gpu", "paper", 721_883, 721_883, 120,
+        "gpu",
+        "paper",
+        721_883,
+        721_883,
+        120,
         "BENCHMARKS.md, GPU throughput: `paper` preset, one H200, bf16, ZeRO-1, 64k tokens per "
         "update",
     ),
-}  # fmt: skip
+}
 
 #: A simulated corpus's vocabulary, when it is not sharded yet, comes from this many people.
 SAMPLE_PEOPLE = 5_000
@@ -62,9 +70,15 @@ def sample_corpus(preset: str, seed: int = 0) -> tuple[dict[str, int], float]:
 
     batch = simulate_chunk(PRESETS[preset], SAMPLE_PEOPLE, seed, 0)
     sizes = {}
-    for name, column in (("job", "jobs"), ("year", "years"), ("education", "education"),
-                         ("location", "location"), ("gender", "gender"),
-                         ("ethnicity", "ethnicity"), ("birth_year", "birth_year")):  # fmt: skip
+    for name, column in (
+        ("job", "jobs"),
+        ("year", "years"),
+        ("education", "education"),
+        ("location", "location"),
+        ("gender", "gender"),
+        ("ethnicity", "ethnicity"),
+        ("birth_year", "birth_year"),
+    ):
         if column not in batch.schema.names:
             continue
         values = batch.column(column)
@@ -92,8 +106,13 @@ def describe(model: ModelSpec, vocab_sizes: dict[str, int], mean_length: float) 
     }
 
 
-def estimated_seconds(flops_per_token: float, tokens: float, workers: int, device: str,
-                      reference_flops_per_token: float) -> float:  # fmt: skip
+def estimated_seconds(
+    flops_per_token: float,
+    tokens: float,
+    workers: int,
+    device: str,
+    reference_flops_per_token: float,
+) -> float:
     """A point's time from the device's measured throughput (see the module docstring)."""
     measured = MEASURED[device]
     rate = measured.tokens_per_second * reference_flops_per_token / flops_per_token
@@ -104,21 +123,32 @@ def estimated_seconds(flops_per_token: float, tokens: float, workers: int, devic
 def plan(study: Study, vocab_sizes: dict[str, int], mean_length: float) -> list[dict[str, Any]]:
     """One row per point: model, corpus size, parameters, tokens, FLOPs, estimated seconds."""
     device = "gpu" if study.gpus_per_worker else "cpu"
-    reference = describe(ModelSpec(MEASURED[device].preset, MEASURED[device].preset),
-                         vocab_sizes, mean_length)["flops_per_token"]  # fmt: skip
+    reference = describe(
+        ModelSpec(MEASURED[device].preset, MEASURED[device].preset), vocab_sizes, mean_length
+    )["flops_per_token"]
     described = {m.name: describe(m, vocab_sizes, mean_length) for m in study.models}
     rows = []
     for point in study.points():
         model = described[point.model.name]
         tokens = point.updates * study.pretrain.tokens_per_update
-        seconds = estimated_seconds(model["flops_per_token"], tokens, study.workers_per_point,
-                                    device, reference)  # fmt: skip
-        rows.append({
-            "point": point.name, "model": point.model.name, "preset": point.model.preset,
-            "people": point.people, **model, "tokens": tokens, "updates": point.updates,
-            "flops": model["flops_per_token"] * tokens, "estimated_seconds": round(seconds),
-            "device": device, "workers": study.workers_per_point,
-        })  # fmt: skip
+        seconds = estimated_seconds(
+            model["flops_per_token"], tokens, study.workers_per_point, device, reference
+        )
+        rows.append(
+            {
+                "point": point.name,
+                "model": point.model.name,
+                "preset": point.model.preset,
+                "people": point.people,
+                **model,
+                "tokens": tokens,
+                "updates": point.updates,
+                "flops": model["flops_per_token"] * tokens,
+                "estimated_seconds": round(seconds),
+                "device": device,
+                "workers": study.workers_per_point,
+            }
+        )
     return rows
 
 
@@ -126,8 +156,9 @@ def totals(study: Study, rows: list[dict[str, Any]], slots: int) -> dict[str, An
     """The study's cost: device-hours over all points, and its wall time with `slots` points at
     a time (longest first)."""
     device = rows[0]["device"] if rows else "cpu"
-    per_point = study.workers_per_point * (study.gpus_per_worker if device == "gpu" else
-                                           study.cpus_per_worker)  # fmt: skip
+    per_point = study.workers_per_point * (
+        study.gpus_per_worker if device == "gpu" else study.cpus_per_worker
+    )
     busy = [0.0] * max(slots, 1)
     for seconds in sorted((r["estimated_seconds"] for r in rows), reverse=True):
         busy[busy.index(min(busy))] += seconds
@@ -144,12 +175,27 @@ def totals(study: Study, rows: list[dict[str, Any]], slots: int) -> dict[str, An
 
 def plan_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """Columns and cells for printing the plan."""
-    columns = ["point", "layers x width", "params (non-emb.)", "people", "tokens", "FLOPs",
-               "est. time"]  # fmt: skip
-    cells = [[r["point"], f"{r['n_layer']} x {r['d_model']}",
-              f"{count_label(r['parameters'])} ({count_label(r['non_embedding_parameters'])})",
-              count_label(r["people"]), count_label(r["tokens"]), f"{r['flops']:.2e}",
-              _duration(r["estimated_seconds"])] for r in rows]  # fmt: skip
+    columns = [
+        "point",
+        "layers x width",
+        "params (non-emb.)",
+        "people",
+        "tokens",
+        "FLOPs",
+        "est. time",
+    ]
+    cells = [
+        [
+            r["point"],
+            f"{r['n_layer']} x {r['d_model']}",
+            f"{count_label(r['parameters'])} ({count_label(r['non_embedding_parameters'])})",
+            count_label(r["people"]),
+            count_label(r["tokens"]),
+            f"{r['flops']:.2e}",
+            _duration(r["estimated_seconds"]),
+        ]
+        for r in rows
+    ]
     return columns, cells
 
 

@@ -85,9 +85,11 @@ class InspectSettings:
     source: InputSettings = field(default_factory=InputSettings)
     json: bool = option(False, help="print one JSON object instead of a table")
     quarantine_out: str | None = option(
-        None, help="also write the quarantined records as JSON Lines here", metavar="URL",
+        None,
+        help="also write the quarantined records as JSON Lines here",
+        metavar="URL",
         path=True,
-    )  # fmt: skip
+    )
 
     def paths_read(self) -> dict[str, str | None]:
         return {"--input": self.source.input}
@@ -102,9 +104,10 @@ class SynthSettings:
 
     preset: str = option(help="what to simulate", choices=SIM_PRESET_NAMES)
     out: str = option(
-        help="output folder (career-code) or file (.parquet, .csv, .jsonl)", metavar="URL",
+        help="output folder (career-code) or file (.parquet, .csv, .jsonl)",
+        metavar="URL",
         path=True,
-    )  # fmt: skip
+    )
     people: int | None = option(
         None, help="people to simulate (default: the preset's size)", metavar="N"
     )
@@ -136,9 +139,10 @@ class ShardSettings:
     source: InputSettings = field(default_factory=InputSettings)
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     out: str = option(
-        help="where datasets live (local folder, s3://bucket/prefix, ...)", metavar="URL",
+        help="where datasets live (local folder, s3://bucket/prefix, ...)",
+        metavar="URL",
         path=True,
-    )  # fmt: skip
+    )
     name: str = option(help="dataset name: the dataset is the folder URL/NAME/")
     vocab: str | None = option(
         None,
@@ -164,9 +168,18 @@ class ShardSettings:
 
 #: TrainConfig fields offered as flags of pretrain/finetune (anything else: key=value overrides).
 TRAIN_FLAGS = (
-    "kind", "preset", "zero_stage", "updates", "tokens_per_update", "micro_batches", "precision",
-    "seed", "eval_every", "checkpoint_every", "train_people",
-)  # fmt: skip
+    "kind",
+    "preset",
+    "zero_stage",
+    "updates",
+    "tokens_per_update",
+    "micro_batches",
+    "precision",
+    "seed",
+    "eval_every",
+    "checkpoint_every",
+    "train_people",
+)
 
 
 @dataclass(kw_only=True)
@@ -187,9 +200,10 @@ class TrainingSettings:
     )
     gpus_per_worker: float = option(0, help="GPUs per worker (default 0: CPU, gloo)", metavar="G")
     cpus_per_worker: float = option(
-        1, help="Ray CPUs a CPU worker asks for (default 1; below 1 lets runs share a core)",
+        1,
+        help="Ray CPUs a CPU worker asks for (default 1; below 1 lets runs share a core)",
         metavar="C",
-    )  # fmt: skip
+    )
     launcher: str = option(
         "ray",
         help="ray: Ray Train workers (local Ray unless --ray-address); torchrun: this node",

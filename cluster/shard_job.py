@@ -70,8 +70,18 @@ def run_shard(s: ShardSettings) -> ShardResult:
         return result
     rows = []
     for split, info in manifest.splits.items():
-        rows.append([split, info["people_in"], info["people"], info["people_quarantined"], info["tokens"], info["shards"],
-                     info["bytes"], (manifest.oracle_perplexity or {}).get(split)])  # fmt: skip
+        rows.append(
+            [
+                split,
+                info["people_in"],
+                info["people"],
+                info["people_quarantined"],
+                info["tokens"],
+                info["shards"],
+                info["bytes"],
+                (manifest.oracle_perplexity or {}).get(split),
+            ]
+        )
     print_rows(
         f"dataset {storage.redact(result.dataset_url)}",
         [

@@ -53,10 +53,25 @@ TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 DEFAULT_TOKEN_PATH = "~/.ray/auth_token"
 #: What never travels to the cluster (gitignore-style patterns, relative to the working dir).
 EXCLUDES = (
-    ".venv", "venv", ".git", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
-    ".mypy_cache", ".hypothesis", "*.egg-info", "build", "dist", "career_run", "checkpoints",
-    "*.tar", "*.safetensors", "*.pt", "*.parquet",
-)  # fmt: skip
+    ".venv",
+    "venv",
+    ".git",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    ".hypothesis",
+    "*.egg-info",
+    "build",
+    "dist",
+    "career_run",
+    "checkpoints",
+    "*.tar",
+    "*.safetensors",
+    "*.pt",
+    "*.parquet",
+)
 #: Commands that are not submitted (they talk to the cluster themselves).
 NOT_SUBMITTED = ("submit", "jobs")
 JOB_ACTIONS = ("list", "status", "logs", "stop")
@@ -182,8 +197,9 @@ def add_jobs_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def jobs_settings(namespace: argparse.Namespace) -> JobsSettings:
-    return flags.build(JobsSettings, namespace, action=namespace.action,
-                       job_id=getattr(namespace, "job_id", None))  # fmt: skip
+    return flags.build(
+        JobsSettings, namespace, action=namespace.action, job_id=getattr(namespace, "job_id", None)
+    )
 
 
 # ----------------------------------------------------------------------------- the entrypoint
@@ -413,8 +429,10 @@ def run_submit(s: SubmitSettings, commands: Mapping[str, HasSettings]) -> int:
     try:
         follow_logs(cluster, job_id)
     except KeyboardInterrupt:
-        _say(f"career submit: stopped following job {job_id}; it keeps running "
-             f"(career jobs stop {job_id} --address {cluster.address} stops it)")  # fmt: skip
+        _say(
+            f"career submit: stopped following job {job_id}; it keeps running "
+            f"(career jobs stop {job_id} --address {cluster.address} stops it)"
+        )
         return 130
     return _ended(cluster, job_id, "submit")
 
@@ -447,8 +465,12 @@ def _list(cluster: Cluster) -> int:
 def _status(cluster: Cluster, job_id: str) -> int:
     info = cluster.info(job_id)
     print(f"{job_id}: {info.status.value}")
-    for label, value in (("entrypoint", info.entrypoint), ("started", _time(info.start_time)),
-                         ("ended", _time(info.end_time)), ("message", info.message)):  # fmt: skip
+    for label, value in (
+        ("entrypoint", info.entrypoint),
+        ("started", _time(info.start_time)),
+        ("ended", _time(info.end_time)),
+        ("message", info.message),
+    ):
         if value and value != "-":
             print(f"  {label}: {cluster.mask(str(value))}")
     return 0
@@ -472,8 +494,9 @@ def _stop(cluster: Cluster, job_id: str) -> int:
     deadline = time.monotonic() + STOP_WAIT_S
     while not (status := cluster.status(job_id)).is_terminal():
         if time.monotonic() > deadline:
-            raise ClusterError(f"job {job_id} is still {status.value} {STOP_WAIT_S:.0f} s after "
-                               "the stop request")  # fmt: skip
+            raise ClusterError(
+                f"job {job_id} is still {status.value} {STOP_WAIT_S:.0f} s after the stop request"
+            )
         time.sleep(0.5)
     print(f"{job_id}: {status.value}")
     return 0

@@ -65,8 +65,9 @@ def check_inputs(s: TrainingSettings) -> None:
     data, base, storage_options = s.data, s.base, s.storage_options
     manifest = load_manifest(data, storage_options)
     if not closed_form(s):  # one process: no blocks to share out, no checkpoints to resume
-        check_training_blocks(manifest, s.workers, s.config.loader_workers, data,
-                              s.config.train_people)  # fmt: skip
+        check_training_blocks(
+            manifest, s.workers, s.config.loader_workers, data, s.config.train_people
+        )
     if base:
         from trainer.context import check_finetune_kind
         from trainer.package import load_model
@@ -146,10 +147,22 @@ def dry_run(s: TrainingSettings) -> dict[str, Any]:
 def _torchrun(s: TrainingSettings) -> None:
     """One node, `--workers` processes. Storage options travel in a 0600 file, never in argv."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(s.workers),
-        "-m", "trainer.launch", "--data", s.data, "--out", s.out,
-        "--config-json", json.dumps(s.config.to_dict()), "--stop-after", str(s.stop_after),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(s.workers),
+        "-m",
+        "trainer.launch",
+        "--data",
+        s.data,
+        "--out",
+        s.out,
+        "--config-json",
+        json.dumps(s.config.to_dict()),
+        "--stop-after",
+        str(s.stop_after),
+    ]
     if s.base:
         command += ["--base", s.base]
     with tempfile.TemporaryDirectory(prefix="career-launch-") as folder:
@@ -206,8 +219,10 @@ def launch_together(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
         if any((s.workers, s.gpus_per_worker, s.cpus_per_worker) != shape for s in together):
             raise ValueError("runs launched together must use the same workers, GPUs and CPUs")
         connect_ray(first.ray.ray_address, first.ray.num_cpus)
-        jobs = [job_payload(s.config, s.data, s.out, s.base, s.storage_options, s.stop_after)
-                for s in together]  # fmt: skip
+        jobs = [
+            job_payload(s.config, s.data, s.out, s.base, s.storage_options, s.stop_after)
+            for s in together
+        ]
         ray_train_jobs(jobs, *shape)
     return [_outcome(s) for s in runs]
 
@@ -255,9 +270,17 @@ def run_training(s: TrainingSettings) -> int:
     print_rows(
         f"{s.recipe} -> {storage.redact(s.out)}",
         ["updates", "tokens seen", "best valid ppl", "best step", "final valid ppl", "wall s"],
-        [[metrics["updates"], int(metrics["tokens_seen"]), metrics["best_valid_perplexity"], metrics["best_step"],
-          metrics["final_valid_perplexity"], metrics["wall_seconds"]]],
-    )  # fmt: skip
+        [
+            [
+                metrics["updates"],
+                int(metrics["tokens_seen"]),
+                metrics["best_valid_perplexity"],
+                metrics["best_step"],
+                metrics["final_valid_perplexity"],
+                metrics["wall_seconds"],
+            ]
+        ],
+    )
     console.print(f"model package: {storage.redact(storage.join(s.out, 'package'))}")
     return 0
 

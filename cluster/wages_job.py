@@ -29,8 +29,10 @@ def parse_gap(text: str) -> tuple[str, str | None, str | None]:
     name, _, groups = text.partition(":")
     name = name.strip()
     if name not in GAP_FIELDS:
-        raise ValueError(f"--gap takes one of {', '.join(GAP_FIELDS)} (as FIELD or "
-                         f"FIELD:GROUP,REFERENCE), not {text!r}")  # fmt: skip
+        raise ValueError(
+            f"--gap takes one of {', '.join(GAP_FIELDS)} (as FIELD or "
+            f"FIELD:GROUP,REFERENCE), not {text!r}"
+        )
     if not groups:
         return name, None, None
     parts = [p.strip() for p in groups.split(",")]
@@ -48,9 +50,10 @@ class WagesSettings:
     whole job history (a partially linear model cross-fitted over person folds)."""
 
     model: str = flags.option(
-        help="model package with a representation (CAREER, or bag-of-jobs)", metavar="PKG",
+        help="model package with a representation (CAREER, or bag-of-jobs)",
+        metavar="PKG",
         path=True,
-    )  # fmt: skip
+    )
     data: str = flags.option(
         help="dataset with log wages (career shard of a simulated survey, or a panel with --wage)",
         metavar="DATASET",
@@ -120,10 +123,14 @@ def print_table(result: dict[str, Any]) -> None:
     from cluster.report import console, print_rows
 
     rows = [
-        [m["label"], _interval(m["test"]["r2"]), _interval(m["test"]["mse"]),
-         f"{m['valid']['r2']:.4f}"]
+        [
+            m["label"],
+            _interval(m["test"]["r2"]),
+            _interval(m["test"]["mse"]),
+            f"{m['valid']['r2']:.4f}",
+        ]
         for m in result["models"].values()
-    ]  # fmt: skip
+    ]
     diff = result["difference"]
     rows.append(
         ["difference (history - Mincer)", _interval(diff["r2"]), _interval(diff["mse"]), ""]
@@ -135,8 +142,10 @@ def print_table(result: dict[str, Any]) -> None:
         ["model", "test R^2", "test MSE", "valid R^2"],
         rows,
     )
-    used = ", ".join(f"{s} {c['person_years_with_wage']:,} of {c['job_years']:,}"
-                     for s, c in result["person_years"].items())  # fmt: skip
+    used = ", ".join(
+        f"{s} {c['person_years_with_wage']:,} of {c['job_years']:,}"
+        for s, c in result["person_years"].items()
+    )
     console.print(
         f"person-years with a wage (used) of job-years: {used}; experience "
         f"{result['experience']}; ridge penalty {result['penalty']['chosen']:g} per row "
@@ -147,13 +156,20 @@ def print_table(result: dict[str, Any]) -> None:
 def print_gap(result: dict[str, Any]) -> None:
     from cluster.report import console, print_rows
 
-    names = {"raw": "raw", "mincer_ols": "Mincer controls (OLS)",
-             "history_dml": "given the job history (DML)"}  # fmt: skip
+    names = {
+        "raw": "raw",
+        "mincer_ols": "Mincer controls (OLS)",
+        "history_dml": "given the job history (DML)",
+    }
     truth = result.get("truth")
     rows = []
     for key, e in result["estimates"].items():
-        row = [names[key], f"{e['estimate']:.4f}", f"{e['se']:.4f}",
-               f"[{e['low']:.4f}, {e['high']:.4f}]"]  # fmt: skip
+        row = [
+            names[key],
+            f"{e['estimate']:.4f}",
+            f"{e['se']:.4f}",
+            f"[{e['low']:.4f}, {e['high']:.4f}]",
+        ]
         if truth is not None:
             row.append("yes" if result["covers_truth"][key] else "no")
         rows.append(row)
@@ -201,20 +217,39 @@ def run_wages(s: WagesSettings) -> int:
         torch.set_num_threads(s.threads)
     loaded = load_model(s.model, options)
     start = time.perf_counter()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} people"), TimeElapsedColumn(),
-                  console=progress_console) as bar:  # fmt: skip
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} people"),
+        TimeElapsedColumn(),
+        console=progress_console,
+    ) as bar:
         task = bar.add_task("reading histories through the model", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        common = dict(storage_options=options, pooling=s.pooling,
-                      tokens_per_batch=s.tokens_per_batch, on_progress=progress, seed=s.seed)  # fmt: skip
+        common = dict(
+            storage_options=options,
+            pooling=s.pooling,
+            tokens_per_batch=s.tokens_per_batch,
+            on_progress=progress,
+            seed=s.seed,
+        )
         if s.gap_spec:
             by, group, reference = s.gap_spec
-            result = {"wage_gap": wage_gap(loaded, s.data, by, group, reference,
-                                           splits=s.gap_splits, folds=s.folds, **common)}  # fmt: skip
+            result = {
+                "wage_gap": wage_gap(
+                    loaded,
+                    s.data,
+                    by,
+                    group,
+                    reference,
+                    splits=s.gap_splits,
+                    folds=s.folds,
+                    **common,
+                )
+            }
         else:
             result = {"wage_table": wage_table(loaded, s.data, bootstrap=s.bootstrap, **common)}
     if s.out:

@@ -68,9 +68,17 @@ _USER_INFO = r"://(?:[^@\s/]*:[^@\s]*|[^@\s/:]+)@"
 _USER_INFO_AT_START = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*" + _USER_INFO)
 #: A storage option (at any depth) whose key contains one of these is a credential.
 _SECRET_WORDS = (
-    "secret", "token", "password", "passwd", "authorization", "credential", "key", "session",
-    "signature", "cookie",
-)  # fmt: skip
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "authorization",
+    "credential",
+    "key",
+    "session",
+    "signature",
+    "cookie",
+)
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 #: Secrets shorter than this are not masked in free text (they would mask ordinary words).
 _MIN_SECRET_LENGTH = 4

@@ -32,10 +32,12 @@ def label_counts(column: pa.ChunkedArray) -> dict[str, int]:
     if all(c["values"] is None for c in counted):
         return {}  # a field the input does not have
     pairs = sorted(
-        (("(missing)" if c["values"] is None else str(c["values"]), int(c["counts"]))
-         for c in counted),
+        (
+            ("(missing)" if c["values"] is None else str(c["values"]), int(c["counts"]))
+            for c in counted
+        ),
         key=lambda pair: (-pair[1], pair[0]),
-    )  # fmt: skip
+    )
     shown = dict(pairs[:MAX_LABELS])
     if len(pairs) > MAX_LABELS:
         shown[f"({len(pairs) - MAX_LABELS} more values)"] = sum(c for _, c in pairs[MAX_LABELS:])

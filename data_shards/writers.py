@@ -30,10 +30,21 @@ from data_shards.splits import DEFAULT_FRACTIONS, check_fractions, resolve_split
 
 Records = pa.Table | Iterable[pa.RecordBatch]
 
-_TIME_VARYING_FILES = {"year": "years", "job": "jobs", "education": "education",
-                       "log_wage": "log_wage", "oracle_logp": "oracle_logp"}  # fmt: skip
-_STATIC_FILES = {"id": "person_id", "location": "location", "gender": "gender",
-                 "ethnicity": "ethnicity", "birth_year": "birth_year", "weight": "weight"}  # fmt: skip
+_TIME_VARYING_FILES = {
+    "year": "years",
+    "job": "jobs",
+    "education": "education",
+    "log_wage": "log_wage",
+    "oracle_logp": "oracle_logp",
+}
+_STATIC_FILES = {
+    "id": "person_id",
+    "location": "location",
+    "gender": "gender",
+    "ethnicity": "ethnicity",
+    "birth_year": "birth_year",
+    "weight": "weight",
+}
 _PANEL_STATIC = ("location", "gender", "ethnicity", "birth_year", "weight", "split")
 
 
@@ -81,9 +92,10 @@ def check_replaceable_folder(url: str, storage_options=None) -> None:
             "exists and is a file; the career-code layout is a folder", path=storage.redact(url)
         )
     others = sorted(
-        n for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+        n
+        for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
         if not is_career_code_file(n)
-    )  # fmt: skip
+    )
     if others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise StructuralError(
@@ -253,8 +265,13 @@ def write_resume_jsonl(records: Records, url: str, storage_options=None) -> int:
     return people
 
 
-_EMPTY = pa.table({"person_id": pa.array([], pa.string()), "years": pa.array([], pa.list_(pa.int32())),
-                   "jobs": pa.array([], pa.list_(pa.string()))})  # fmt: skip
+_EMPTY = pa.table(
+    {
+        "person_id": pa.array([], pa.string()),
+        "years": pa.array([], pa.list_(pa.int32())),
+        "jobs": pa.array([], pa.list_(pa.string())),
+    }
+)
 
 
 # ----------------------------------------------------------------------------- the layouts

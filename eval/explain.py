@@ -203,8 +203,16 @@ def greedy(
         best = int(tried[:, target].argmax())
         kept, probs = trials[best : best + 1], tried[best]
         added.append((remaining.pop(best), float(probs[target])))
-    return Greedy(target, added, float(probs[target]), float(full[target]), p_empty,
-                  int(probs.argmax()), top_full, bool(probs[target] >= probs.max()))  # fmt: skip
+    return Greedy(
+        target,
+        added,
+        float(probs[target]),
+        float(full[target]),
+        p_empty,
+        int(probs.argmax()),
+        top_full,
+        bool(probs[target] >= probs.max()),
+    )
 
 
 def _rationale(
@@ -282,8 +290,12 @@ def explain_people(
     jobs, years = dataset.vocab.fields["job"], dataset.vocab.fields["year"]
     known = loaded.vocab.size("job")
     device = model_device(loaded.model)
-    loader = CareerLoader(data_url, StreamConfig(split=split, shuffle=False, loop=False),
-                          num_workers=0, storage_options=storage_options)  # fmt: skip
+    loader = CareerLoader(
+        data_url,
+        StreamConfig(split=split, shuffle=False, loop=False),
+        num_workers=0,
+        storage_options=storage_options,
+    )
     out: list[dict[str, Any]] = []
     for batch in loader:
         ids = to_model_ids(batch, loaded.vocab, device)
@@ -297,11 +309,16 @@ def explain_people(
             found = greedy(loaded.model, row, n - 1, wanted)
             calendar = [int(years[t]) for t in batch["year"][i, :n].tolist()]
             rationale = _rationale(
-                found, loaded.vocab.fields["job"], calendar[:-1], [jobs[t] for t in held[:-1]],
-                year=calendar[-1], given=target == "observed", id=str(person),
+                found,
+                loaded.vocab.fields["job"],
+                calendar[:-1],
+                [jobs[t] for t in held[:-1]],
+                year=calendar[-1],
+                given=target == "observed",
+                id=str(person),
                 unknown=sorted({jobs[t] for t in held[:-1] if t >= known}),
                 observed=jobs[held[-1]],
-            )  # fmt: skip
+            )
             out.append(rationale.to_dict())
             if len(out) == people:
                 return out

@@ -78,8 +78,9 @@ def read_people(url: str, storage_options=None) -> tuple[list[Person], list[Refu
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise StructuralError(f"not JSON: {exc.msg} (column {exc.colno})", path=shown,
-                                  line=number) from None  # fmt: skip
+            raise StructuralError(
+                f"not JSON: {exc.msg} (column {exc.colno})", path=shown, line=number
+            ) from None
         except (ValueError, RecursionError) as exc:  # e.g. an integer Python refuses to read
             refused.append(Refused(number, f"unreadable JSON: {exc}"))
             continue

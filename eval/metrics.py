@@ -46,8 +46,16 @@ DEFAULT_REPLICATES = 1000
 DEFAULT_SEED = 0
 DEFAULT_BINS = 10
 TOP_K = (1, 5)
-SUBSETS = ("all", "first_year", "stay", "move", "consecutive", "non_consecutive",
-           "stay_consecutive", "stay_non_consecutive")  # fmt: skip
+SUBSETS = (
+    "all",
+    "first_year",
+    "stay",
+    "move",
+    "consecutive",
+    "non_consecutive",
+    "stay_consecutive",
+    "stay_non_consecutive",
+)
 #: Elements of one block of bootstrap counts (replicates x people), to bound memory.
 _BLOCK_ELEMENTS = 1 << 22
 
@@ -258,8 +266,14 @@ def paired_difference(
             "a paired difference needs both models scored on the same split of the same data"
         )
     mask = ta.subset(subset).astype(np.float64)
-    sums = person_sums(ta, [np.where(mask > 0, ta.nll(column_a), 0.0),
-                            np.where(mask > 0, tb.nll(column_b), 0.0), mask])  # fmt: skip
+    sums = person_sums(
+        ta,
+        [
+            np.where(mask > 0, ta.nll(column_a), 0.0),
+            np.where(mask > 0, tb.nll(column_b), 0.0),
+            mask,
+        ],
+    )
     ppl_a, ppl_b = _perplexity(0, 2), _perplexity(1, 2)
 
     def difference(s: np.ndarray) -> np.ndarray:
@@ -352,9 +366,7 @@ def summarize(
             for name in SUBSETS
             if name != "all"
         },
-        "accuracy": {
-            f"top{k}": estimate(_ratio(index[f"top{k}"], index["n:all"])) for k in TOP_K
-        },
+        "accuracy": {f"top{k}": estimate(_ratio(index[f"top{k}"], index["n:all"])) for k in TOP_K},
         "calibration": {
             "tokens": counts["all"] - counts["first_year"],
             "ece": estimate(ece),
@@ -366,13 +378,17 @@ def summarize(
                     "low": b / bins,
                     "high": (b + 1) / bins,
                     "tokens": int((later & (which == b)).sum()),
-                    "predicted": _finite(_safe_div(total[index[f"bin_p:{b}"]], total[index[f"bin_n:{b}"]])),
-                    "observed": _finite(_safe_div(total[index[f"bin_y:{b}"]], total[index[f"bin_n:{b}"]])),
+                    "predicted": _finite(
+                        _safe_div(total[index[f"bin_p:{b}"]], total[index[f"bin_n:{b}"]])
+                    ),
+                    "observed": _finite(
+                        _safe_div(total[index[f"bin_y:{b}"]], total[index[f"bin_n:{b}"]])
+                    ),
                 }
                 for b in range(bins)
             ],
         },
-    }  # fmt: skip
+    }
     if oracle:
         out["oracle_perplexity"] = estimate(_perplexity(index["nll:oracle"], index["n:all"]))
     return out

@@ -68,8 +68,9 @@ class Query:
         if isinstance(self.education, list):
             object.__setattr__(self, "education", tuple(self.education))
         if isinstance(self.education, tuple) and len(self.education) not in (
-            len(history), len(history) + 1,
-        ):  # fmt: skip
+            len(history),
+            len(history) + 1,
+        ):
             raise ValueError(
                 f"education gives {len(self.education)} values for {len(history)} history years "
                 "(give one, one per history year, or one per history year plus the predicted year)"
@@ -100,13 +101,15 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id} if self.id is not None else {}
-        out.update({
-            "year": self.year,
-            "last_job": self.last_job,
-            "p_stay": self.p_stay,
-            "top": [{"job": job, "probability": p} for job, p in self.top],
-            "unknown": self.unknown,
-        })  # fmt: skip
+        out.update(
+            {
+                "year": self.year,
+                "last_job": self.last_job,
+                "p_stay": self.p_stay,
+                "top": [{"job": job, "probability": p} for job, p in self.top],
+                "unknown": self.unknown,
+            }
+        )
         return out
 
 
@@ -205,8 +208,10 @@ def predict(
             if unknown[i]:
                 log.warning(
                     "%sunknown to the model, read as %s: %s",
-                    f"{query.id}: " if query.id else "", UNK, ", ".join(unknown[i]),
-                )  # fmt: skip
+                    f"{query.id}: " if query.id else "",
+                    UNK,
+                    ", ".join(unknown[i]),
+                )
             has_last = bool(query.history)
             out.append(
                 Prediction(

@@ -212,8 +212,11 @@ def score_split(
     if unknown_targets:
         log.warning(
             "%d of %d targets of %s (%s) are codes the model does not know: scored as <unk>",
-            unknown_targets, len(prev), storage.redact(data_url), split,
-        )  # fmt: skip
+            unknown_targets,
+            len(prev),
+            storage.redact(data_url),
+            split,
+        )
     described = {
         "dataset": dataset.manifest.name,
         "dataset_manifest_sha256": dataset.manifest_sha,
@@ -288,13 +291,24 @@ def score_package(
     if transitions_url:
         check_compatible(loaded.vocab, dataset, split)  # before a pass over the split
         job_count = dataset.vocab.size("job")
-        rows = frequent_previous_jobs(data_url, split, transition_jobs, job_count,
-                                      storage_options=storage_options,
-                                      tokens_per_batch=tokens_per_batch)  # fmt: skip
+        rows = frequent_previous_jobs(
+            data_url,
+            split,
+            transition_jobs,
+            job_count,
+            storage_options=storage_options,
+            tokens_per_batch=tokens_per_batch,
+        )
         transitions = TransitionSums(rows, job_count, loaded.vocab.size("job"))
-    table = score_split(loaded, data_url, split, storage_options=storage_options,
-                        tokens_per_batch=tokens_per_batch, dataset=dataset,
-                        transitions=transitions)  # fmt: skip
+    table = score_split(
+        loaded,
+        data_url,
+        split,
+        storage_options=storage_options,
+        tokens_per_batch=tokens_per_batch,
+        dataset=dataset,
+        transitions=transitions,
+    )
     write_scores(table, out_url, storage_options)
     described = describe(table)
     if transitions is not None and transitions_url:

@@ -54,32 +54,38 @@ def compare(
     for name in order:
         summary = summaries[name]
         difference = metrics.paired_difference(scores[name], scores[best], **options)
-        rows.append({
-            "model": name,
-            "kind": "model",
-            "perplexity": summary["perplexity"],
-            "difference_to_best": difference.to_dict(),
-            "top1": summary["accuracy"]["top1"],
-            "top5": summary["accuracy"]["top5"],
-            "ece_p_stay": summary["calibration"]["ece"],
-            "people": summary["people"],
-            "tokens": summary["tokens"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "kind": "model",
+                "perplexity": summary["perplexity"],
+                "difference_to_best": difference.to_dict(),
+                "top1": summary["accuracy"]["top1"],
+                "top5": summary["accuracy"]["top5"],
+                "ece_p_stay": summary["calibration"]["ece"],
+                "people": summary["people"],
+                "tokens": summary["tokens"],
+            }
+        )
     reference = scores[best]
     if metrics.has_oracle(reference):
         oracle = metrics.perplexity(reference, column="oracle_logp", **options)
         difference = metrics.paired_difference(
             reference, reference, column_a="oracle_logp", **options
         )
-        rows.append({
-            "model": ORACLE,
-            "kind": "oracle",
-            "perplexity": oracle.to_dict(),
-            "difference_to_best": difference.to_dict(),
-            "top1": None, "top5": None, "ece_p_stay": None,
-            "people": summaries[best]["people"],
-            "tokens": summaries[best]["tokens"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": ORACLE,
+                "kind": "oracle",
+                "perplexity": oracle.to_dict(),
+                "difference_to_best": difference.to_dict(),
+                "top1": None,
+                "top5": None,
+                "ece_p_stay": None,
+                "people": summaries[best]["people"],
+                "tokens": summaries[best]["tokens"],
+            }
+        )
     return {
         "best": best,
         "weighted": summaries[best]["weighted"],
@@ -105,8 +111,16 @@ def _value(estimate: dict | None, digits: int = 4) -> str:
     return "–" if not estimate else _number(estimate.get("value"), digits)
 
 
-COLUMNS = ["model", "perplexity", "95% CI", "Δ to best", "95% CI (paired)", "top-1", "top-5",
-           "ECE P(stay)"]  # fmt: skip
+COLUMNS = [
+    "model",
+    "perplexity",
+    "95% CI",
+    "Δ to best",
+    "95% CI (paired)",
+    "top-1",
+    "top-5",
+    "ECE P(stay)",
+]
 
 
 def row_cells(row: dict[str, Any]) -> list[str]:

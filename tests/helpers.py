@@ -78,12 +78,23 @@ BF16_CPU = {"CAREER_CPUINFO": str(CPUINFO / "zen4-avx512-bf16.txt")}
 FP32_CPU = {"CAREER_CPUINFO": str(CPUINFO / "zen4-without-bf16.txt")}
 
 
-def career(*args: str, check: bool = True, timeout: int = 600, env: dict[str, str] | None = None,
-           cwd: str | Path | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def career(
+    *args: str,
+    check: bool = True,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> subprocess.CompletedProcess:
     """Run the installed `career` command; with `check`, a failure raises with the end of its
     stderr. `env`: variables set for it (and the processes it starts) on top of this one's."""
-    proc = subprocess.run([CAREER, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **env} if env else None, cwd=cwd)  # fmt: skip
+    proc = subprocess.run(
+        [CAREER, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env} if env else None,
+        cwd=cwd,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"career {' '.join(args)} failed ({proc.returncode}):\n{_first_error(proc.stderr)}"
@@ -99,13 +110,21 @@ def _first_error(err: str) -> str:
     return first + err[-3000:]
 
 
-def career_all(*commands: list[str], cwd: str | Path | None = None,
-               timeout: int = 600) -> list[subprocess.CompletedProcess]:  # fmt: skip
+def career_all(
+    *commands: list[str], cwd: str | Path | None = None, timeout: int = 600
+) -> list[subprocess.CompletedProcess]:
     """Run independent `career` commands side by side (a run's fixed costs, process start-ups
     and imports, overlap on the two cores); their results in order. A failure raises with the
     end of its stderr."""
-    running = [(args, subprocess.Popen([CAREER, *args], cwd=cwd, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True)) for args in commands]  # fmt: skip
+    running = [
+        (
+            args,
+            subprocess.Popen(
+                [CAREER, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ),
+        )
+        for args in commands
+    ]
     done = []
     for args, proc in running:
         out, err = proc.communicate(timeout=timeout)
@@ -132,8 +151,12 @@ def digest(*paths: str | Path) -> dict[str, str]:
 
 def loader_perplexity(model, data_url: str, split: str = "valid", storage_options=None) -> float:
     """exp(NLL / tokens) straight from the model over the loader (what training reports)."""
-    loader = CareerLoader(data_url, StreamConfig(split=split, loop=False, shuffle=False),
-                          num_workers=0, storage_options=storage_options)  # fmt: skip
+    loader = CareerLoader(
+        data_url,
+        StreamConfig(split=split, loop=False, shuffle=False),
+        num_workers=0,
+        storage_options=storage_options,
+    )
     nll = tokens = 0.0
     with torch.no_grad():
         for batch in loader:

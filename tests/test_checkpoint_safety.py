@@ -54,8 +54,12 @@ MODEL_STATES, OPTIM_STATES = (
     "zero_pp_rank_0_mp_rank_00_optim_states.pt",
 )
 REFUSED = "refused to unpickle global exec"  # torch names builtins.exec `exec`
-VOCAB = Vocabulary({"job": [*SPECIALS, *(f"j{i}" for i in range(12))],
-                    "year": [*SPECIALS, *(str(y) for y in range(2000, 2008))]})  # fmt: skip
+VOCAB = Vocabulary(
+    {
+        "job": [*SPECIALS, *(f"j{i}" for i in range(12))],
+        "year": [*SPECIALS, *(str(y) for y in range(2000, 2008))],
+    }
+)
 NAMES = ("inputs", "targets", "year")
 
 
@@ -72,17 +76,27 @@ class Payload:
 def tamper(path: Path, marker: Path) -> None:
     """Rewrite checkpoint file `path`: all it held, plus the payload."""
     state = safe_load.load(path)
-    torch.save({**state, "payload": Payload(marker)} if isinstance(state, dict)
-               else [state, Payload(marker)], path)  # fmt: skip
+    torch.save(
+        {**state, "payload": Payload(marker)}
+        if isinstance(state, dict)
+        else [state, Payload(marker)],
+        path,
+    )
 
 
 @pytest.fixture(scope="module")
 def one_rank(single_process_group):
     """torch.distributed on one rank in this process (gloo), as DeepSpeed needs it."""
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29547",
-                            "DS_ACCELERATOR": "cpu"}.items():  # fmt: skip
+        for name, value in {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29547",
+            "DS_ACCELERATOR": "cpu",
+        }.items():
             patch.setenv(name, value)
         yield run_info()
 
@@ -90,8 +104,13 @@ def one_rank(single_process_group):
 def new_engine(load_universal: bool = False):
     torch.manual_seed(0)
     model = build_model({n: VOCAB.size(n) for n in ("job", "year")}, "tiny", covariates=("year",))
-    config = TrainConfig(preset="tiny", zero_stage=1, tokens_per_update=100, updates=2,
-                         optim=OptimConfig(lr=0.003, warmup_updates=0)).resolve(1, False)  # fmt: skip
+    config = TrainConfig(
+        preset="tiny",
+        zero_stage=1,
+        tokens_per_update=100,
+        updates=2,
+        optim=OptimConfig(lr=0.003, warmup_updates=0),
+    ).resolve(1, False)
     engine, _, _ = ds_engine.initialize(NLLModule(model), config, 1, load_universal)
     return engine, model
 
@@ -104,16 +123,31 @@ def clean_run(one_rank, tmp_path_factory) -> Path:
     engine, model = new_engine()
     torch.manual_seed(1)
     shape = (4, 5)
-    batch = {"inputs": torch.randint(1, VOCAB.size("job"), shape),
-             "targets": torch.randint(3, VOCAB.size("job"), shape),
-             "year": torch.randint(3, VOCAB.size("year"), shape), "lengths": torch.full((4,), 5)}  # fmt: skip
+    batch = {
+        "inputs": torch.randint(1, VOCAB.size("job"), shape),
+        "targets": torch.randint(3, VOCAB.size("job"), shape),
+        "year": torch.randint(3, VOCAB.size("year"), shape),
+        "lengths": torch.full((4,), 5),
+    }
     run_update(engine, [batch], one_rank, NAMES)
-    client = {"step": 1, "tokens_seen": 20.0, "world_size": 1, "loader": [{"format": 1}],
-              "rng": [rng.rng_state()], "vocab_hash": VOCAB.hash, "valid_history": [[1, 9.0]]}  # fmt: skip
+    client = {
+        "step": 1,
+        "tokens_seen": 20.0,
+        "world_size": 1,
+        "loader": [{"format": 1}],
+        "rng": [rng.rng_state()],
+        "vocab_hash": VOCAB.hash,
+        "valid_history": [[1, 9.0]],
+    }
     store = CheckpointStore(str(out))
     engine.save_checkpoint(store.local, tag=TAG, client_state=client, save_latest=False)
-    sidecar = {"model_config": model.config.to_dict(), "vocab_hash": VOCAB.hash, "step": 1,
-               "dataset_manifest_sha256": "0" * 64, "valid_perplexity": 9.0}  # fmt: skip
+    sidecar = {
+        "model_config": model.config.to_dict(),
+        "vocab_hash": VOCAB.hash,
+        "step": 1,
+        "dataset_manifest_sha256": "0" * 64,
+        "valid_perplexity": 9.0,
+    }
     store.write_sidecar(TAG, sidecar, VOCAB)
     store.set_latest(TAG, 1)
     ds_engine.to_universal(store.local, TAG, str(out / "universal"))
@@ -134,8 +168,13 @@ class Loader:
 def resume(out: Path, info, universal: bool = False):
     """`Checkpointer.resume` (what training runs) from `out`, on a fresh engine."""
     engine, _ = new_engine(load_universal=universal)
-    fake_run = SimpleNamespace(out_url=str(out), storage_options=None, info=info,
-                               data=SimpleNamespace(vocab=VOCAB), config=SimpleNamespace(seed=0))  # fmt: skip
+    fake_run = SimpleNamespace(
+        out_url=str(out),
+        storage_options=None,
+        info=info,
+        data=SimpleNamespace(vocab=VOCAB),
+        config=SimpleNamespace(seed=0),
+    )
     folder = out / ("universal" if universal else "checkpoints")
     state, message = Checkpointer(fake_run, Loader()).resume(
         engine, ResumeSource(TAG, str(folder), universal)
@@ -199,8 +238,12 @@ def test_a_tampered_checkpoint_is_refused_on_export(run, tmp_path):
     marker = tmp_path / "ran"
     tamper(run / "checkpoints" / TAG / OPTIM_STATES, marker)
     package = tmp_path / "package"
-    done = subprocess.run([CAREER, "export", "--run", str(run), "--package", str(package)],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [CAREER, "export", "--run", str(run), "--package", str(package)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"{TAG}/{OPTIM_STATES}: {REFUSED}" in done.stderr
     assert not marker.exists() and not package.exists()

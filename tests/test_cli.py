@@ -13,11 +13,24 @@ from cluster.cli import COMMANDS, main
 
 CAREER = str(Path(sys.executable).with_name("career"))
 WAGEPAN_FLAGS = [
-    "--person", "nr", "--occupation-dummies", ",".join(f"occ{i}" for i in range(1, 10)),
-    "--education", "educ", "--wage", "lwage", "--wage-is-log",
-    "--ethnicity-dummies", "black,hisp", "--ethnicity-base", "other",
-    "--location-dummies", "nrthcen,nrtheast,south", "--location-base", "west",
-]  # fmt: skip
+    "--person",
+    "nr",
+    "--occupation-dummies",
+    ",".join(f"occ{i}" for i in range(1, 10)),
+    "--education",
+    "educ",
+    "--wage",
+    "lwage",
+    "--wage-is-log",
+    "--ethnicity-dummies",
+    "black,hisp",
+    "--ethnicity-base",
+    "other",
+    "--location-dummies",
+    "nrthcen,nrtheast,south",
+    "--location-base",
+    "west",
+]
 
 
 def test_help_lists_every_subcommand_and_each_has_help(capsys):
@@ -55,9 +68,13 @@ def test_inspect_table_output(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("layout", "name", "fmt"),
-    [("career-code", "cc", "career-code"), ("parquet", "p.parquet", "panel"),
-     ("csv", "p.csv", "panel"), ("resume-jsonl", "r.jsonl", "resume-jsonl")],
-)  # fmt: skip
+    [
+        ("career-code", "cc", "career-code"),
+        ("parquet", "p.parquet", "panel"),
+        ("csv", "p.csv", "panel"),
+        ("resume-jsonl", "r.jsonl", "resume-jsonl"),
+    ],
+)
 def test_synth_then_inspect_every_format(tmp_path, capsys, layout, name, fmt):
     out = str(tmp_path / name)
     assert (
@@ -90,9 +107,21 @@ def test_structural_error_exits_2_naming_file_and_line_and_writes_nothing(tmp_pa
     csv.write_text("id,year,job\n1,2000,a\n")
     quarantine = tmp_path / "q.jsonl"
     proc = subprocess.run(
-        [CAREER, "inspect", "--input", str(csv), "--format", "panel", "--person", "pid", "--quarantine-out", str(quarantine)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            CAREER,
+            "inspect",
+            "--input",
+            str(csv),
+            "--format",
+            "panel",
+            "--person",
+            "pid",
+            "--quarantine-out",
+            str(quarantine),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert f"{csv}:1" in proc.stderr and "missing column" in proc.stderr
     assert not quarantine.exists()
@@ -139,9 +168,19 @@ def test_quarantine_out_into_a_folder_fails_cleanly(tmp_path):
     target = tmp_path / "qdir"
     target.mkdir()
     proc = subprocess.run(
-        [CAREER, "inspect", "--input", str(tmp_path / "r.jsonl"), "--format", "resume-jsonl", "--quarantine-out", str(target)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            CAREER,
+            "inspect",
+            "--input",
+            str(tmp_path / "r.jsonl"),
+            "--format",
+            "resume-jsonl",
+            "--quarantine-out",
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qdir", "r.jsonl"] and not any(
         target.iterdir()
@@ -154,12 +193,34 @@ def test_local_paths_are_made_absolute_once_at_the_command_line(tmp_path, monkey
     from cluster.cli import _parse
 
     monkeypatch.chdir(tmp_path)
-    _, s = _parse(["finetune", "--data", "store/survey", "--out", "~/runs/fine", "--base",
-                   "s3://bucket/pre/package"])  # fmt: skip
+    _, s = _parse(
+        [
+            "finetune",
+            "--data",
+            "store/survey",
+            "--out",
+            "~/runs/fine",
+            "--base",
+            "s3://bucket/pre/package",
+        ]
+    )
     assert s.data == str(tmp_path / "store" / "survey") and s.base == "s3://bucket/pre/package"
     assert s.out == str(Path("~/runs/fine").expanduser())
-    _, s = _parse(["shard", "--format", "panel", "--input", "p.csv", "--out", "store", "--name", "n",
-                   "--vocab", "store/resumes/vocab.json"])  # fmt: skip
+    _, s = _parse(
+        [
+            "shard",
+            "--format",
+            "panel",
+            "--input",
+            "p.csv",
+            "--out",
+            "store",
+            "--name",
+            "n",
+            "--vocab",
+            "store/resumes/vocab.json",
+        ]
+    )
     assert s.source.input == str(tmp_path / "p.csv") and s.out == str(tmp_path / "store")
     assert s.vocab == str(tmp_path / "store" / "resumes" / "vocab.json")
     _, s = _parse(["run"])
@@ -170,13 +231,18 @@ def test_local_paths_are_made_absolute_once_at_the_command_line(tmp_path, monkey
 
 @pytest.mark.parametrize(
     "argv",
-    [(["updates=abc"], "updates"), (["optim.lr=abc"], "lr"), (["--workers", "0"], "--workers"),
-     (["--gpus-per-worker", "-1"], "--gpus-per-worker must not be negative"),
-     (["--cpus-per-worker", "0"], "--cpus-per-worker must be positive"),
-     (["--cpus-per-worker", "-2"], "--cpus-per-worker must be positive"),
-     (["model.nonsense=1"], "model.nonsense"), (["--eval-every", "0"], "eval_every"),
-     (["--precision", "fp16", "--zero-stage", "0"], "fp16 needs zero_stage 1 or more")],
-)  # fmt: skip
+    [
+        (["updates=abc"], "updates"),
+        (["optim.lr=abc"], "lr"),
+        (["--workers", "0"], "--workers"),
+        (["--gpus-per-worker", "-1"], "--gpus-per-worker must not be negative"),
+        (["--cpus-per-worker", "0"], "--cpus-per-worker must be positive"),
+        (["--cpus-per-worker", "-2"], "--cpus-per-worker must be positive"),
+        (["model.nonsense=1"], "model.nonsense"),
+        (["--eval-every", "0"], "eval_every"),
+        (["--precision", "fp16", "--zero-stage", "0"], "fp16 needs zero_stage 1 or more"),
+    ],
+)
 def test_bad_training_settings_exit_2_before_anything_starts(tmp_path, capsys, argv):
     argv, message = argv
     with pytest.raises(SystemExit) as exit_:

@@ -20,8 +20,20 @@ import torch
 from helpers import career_all, digest
 
 pytestmark = pytest.mark.slow
-TINY = ["--preset", "tiny", "--updates", "3", "--tokens-per-update", "1500", "--zero-stage", "1",
-        "--eval-every", "3", "loader_workers=0", "cpu_threads=1"]  # fmt: skip
+TINY = [
+    "--preset",
+    "tiny",
+    "--updates",
+    "3",
+    "--tokens-per-update",
+    "1500",
+    "--zero-stage",
+    "1",
+    "--eval-every",
+    "3",
+    "loader_workers=0",
+    "cpu_threads=1",
+]
 
 
 def career(cwd: Path, *args: str, check: bool = True, timeout: int = 420):
@@ -32,21 +44,42 @@ def career(cwd: Path, *args: str, check: bool = True, timeout: int = 420):
 def test_relative_paths_exact_resume_and_worker_errors_through_ray_train(tmp_path, ray_address):
     ray = ["--ray-address", ray_address]
     # Small shards: a lost one is read by one worker only.
-    shard = ["shard", "--format", "synth", "--out", "store", "--people-per-block", "64",
-             "--blocks-per-shard", "2", *ray]  # fmt: skip
+    shard = [
+        "shard",
+        "--format",
+        "synth",
+        "--out",
+        "store",
+        "--people-per-block",
+        "64",
+        "--blocks-per-shard",
+        "2",
+        *ray,
+    ]
     career(tmp_path, *shard, "--sim-preset", "resumes", "--people", "800", "--name", "resume")
-    career(tmp_path, *shard, "--sim-preset", "nlsy79", "--people", "300", "--name", "survey",
-           "--vocab", "store/resume/vocab.json")  # fmt: skip
+    career(
+        tmp_path,
+        *shard,
+        "--sim-preset",
+        "nlsy79",
+        "--people",
+        "300",
+        "--name",
+        "survey",
+        "--vocab",
+        "store/resume/vocab.json",
+    )
 
     # Relative --data/--out through Ray Train, stopped after update 2 and resumed: the weights
     # equal those of an uninterrupted run (launched with torchrun: the launcher changes nothing).
     pretrain = ["pretrain", "--data", "store/resume", *TINY]
     dataset_files = digest(tmp_path / "store" / "resume")
+    # Side by side: independent runs.
     stopped, _ = career_all(
         [*pretrain, "--out", "pre", "--stop-after", "2", *ray],
         [*pretrain, "--out", "whole", "--launcher", "torchrun"],
         cwd=tmp_path,
-    )  # fmt: skip (side by side: independent runs)
+    )
     assert "stopped after update 2" in stopped.stdout
     resumed = career(tmp_path, *pretrain, "--out", "pre", *ray)
     assert "resumed from step0000002" in resumed.stdout + resumed.stderr
@@ -68,8 +101,17 @@ def test_relative_paths_exact_resume_and_worker_errors_through_ray_train(tmp_pat
     # ZeRO state is re-cut for the smaller group and the run continues from its checkpoint.
     inputs = (tmp_path / "pre" / "package", tmp_path / "store" / "survey")
     before = digest(*inputs)
-    finetune = ["finetune", "--base", "pre/package", "--data", "store/survey", "--out", "fine",
-                *TINY, *ray]  # fmt: skip
+    finetune = [
+        "finetune",
+        "--base",
+        "pre/package",
+        "--data",
+        "store/survey",
+        "--out",
+        "fine",
+        *TINY,
+        *ray,
+    ]
     stopped = career(tmp_path, *finetune, "--stop-after", "2")
     assert "stopped after update 2" in stopped.stdout
     tuned = career(tmp_path, *finetune, "--workers", "1")
@@ -87,8 +129,13 @@ def test_relative_paths_exact_resume_and_worker_errors_through_ray_train(tmp_pat
     fine = json.loads((tmp_path / "fine" / "metrics.json").read_text())
     assert fine["updates"] == 3 and fine["world_size"] == 1 and fine["resumed_from"] == 2
     assert fine["finetune"]["base_package"] == str(tmp_path / "pre" / "package")
-    state = torch.load(next((tmp_path / "fine" / "checkpoints" / "step0000003").glob(
-        "*mp_rank_00_model_states.pt")), map_location="cpu", weights_only=True)  # fmt: skip
+    state = torch.load(
+        next(
+            (tmp_path / "fine" / "checkpoints" / "step0000003").glob("*mp_rank_00_model_states.pt")
+        ),
+        map_location="cpu",
+        weights_only=True,
+    )
     assert state["world_size"] == 1 and state["loader"][0]["catchup"]  # the re-planned epoch
 
     check_dry_runs(tmp_path)
@@ -98,8 +145,18 @@ def test_relative_paths_exact_resume_and_worker_errors_through_ray_train(tmp_pat
     shutil.copytree(tmp_path / "store" / "resume", tmp_path / "store" / "broken")
     lost = sorted((tmp_path / "store" / "broken" / "train").glob("shard-*.tar"))[-1]
     lost.unlink()
-    proc = career(tmp_path, "pretrain", "--data", "store/broken", "--out", "broken-run", *TINY,
-                  *ray, check=False, timeout=300)  # fmt: skip
+    proc = career(
+        tmp_path,
+        "pretrain",
+        "--data",
+        "store/broken",
+        "--out",
+        "broken-run",
+        *TINY,
+        *ray,
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert lost.name in proc.stderr and "career pretrain: error:" in proc.stderr
     assert "WorkerGroupError" not in proc.stderr and "Traceback" not in proc.stderr
@@ -107,8 +164,17 @@ def test_relative_paths_exact_resume_and_worker_errors_through_ray_train(tmp_pat
 
 def check_dry_runs(tmp_path: Path) -> None:
     """`--dry-run` shows the model training would build on this data, and writes nothing."""
-    dry = career(tmp_path, "pretrain", "--data", "store/resume", "--out", "dry", "--preset",
-                 "paper", "--dry-run")  # fmt: skip
+    dry = career(
+        tmp_path,
+        "pretrain",
+        "--data",
+        "store/resume",
+        "--out",
+        "dry",
+        "--preset",
+        "paper",
+        "--dry-run",
+    )
     shown = json.loads(dry.stdout)
     vocab = json.loads((tmp_path / "store" / "resume" / "vocab.json").read_text())
     model = shown["model"]
@@ -119,8 +185,17 @@ def check_dry_runs(tmp_path: Path) -> None:
     assert _parameters(model) == model["parameters"]
     assert "16,000 job-years" in shown["batching"] and shown["deepspeed"]["train_batch_size"] == 2
     assert not (tmp_path / "dry").exists()
-    dry = career(tmp_path, "finetune", "--base", "pre/package", "--data", "store/survey", "--out",
-                 "dry", "--dry-run")  # fmt: skip
+    dry = career(
+        tmp_path,
+        "finetune",
+        "--base",
+        "pre/package",
+        "--data",
+        "store/survey",
+        "--out",
+        "dry",
+        "--dry-run",
+    )
     model = json.loads(dry.stdout)["model"]
     survey_vocab = json.loads((tmp_path / "store" / "survey" / "vocab.json").read_text())
     assert model["n_layer"] == 2 and "gender" in model["covariates"]  # the package's, grown
@@ -130,12 +205,33 @@ def check_dry_runs(tmp_path: Path) -> None:
 
 def test_a_worker_error_under_torchrun_exits_2_with_its_message(tmp_path, ray_address):
     shard = ["shard", "--format", "synth", "--out", "store", "--people-per-block", "64"]
-    career(tmp_path, *shard, "--sim-preset", "nlsy79", "--people", "400", "--name", "survey",
-           "--ray-address", ray_address)  # fmt: skip
+    career(
+        tmp_path,
+        *shard,
+        "--sim-preset",
+        "nlsy79",
+        "--people",
+        "400",
+        "--name",
+        "survey",
+        "--ray-address",
+        ray_address,
+    )
     lost = sorted((tmp_path / "store" / "survey" / "train").glob("shard-*.tar"))[-1]
     lost.unlink()
-    proc = career(tmp_path, "pretrain", "--data", "store/survey", "--out", "run", "--launcher",
-                  "torchrun", *TINY, check=False, timeout=300)  # fmt: skip
+    proc = career(
+        tmp_path,
+        "pretrain",
+        "--data",
+        "store/survey",
+        "--out",
+        "run",
+        "--launcher",
+        "torchrun",
+        *TINY,
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("career pretrain: error:") and lost.name in last

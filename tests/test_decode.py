@@ -8,8 +8,15 @@ import torch
 
 from trainer.model import BOS_ID, COVARIATES, Career, ModelConfig
 
-SIZES = {"job": 40, "year": 30, "education": 6, "location": 9, "gender": 4, "ethnicity": 5,
-         "birth_year": 30}  # fmt: skip
+SIZES = {
+    "job": 40,
+    "year": 30,
+    "education": 6,
+    "location": 9,
+    "gender": 4,
+    "ethnicity": 5,
+    "birth_year": 30,
+}
 
 
 def make_model(seed: int, **overrides) -> Career:

@@ -147,8 +147,9 @@ def test_metrics_from_the_scores_file_equal_the_model_computed_directly(store, t
     # pass (not from the log-probabilities the scores come from); a stay token's probability is
     # that P(stay) itself.
     head = {}
-    loader = CareerLoader(store["survey"], StreamConfig(split="test", shuffle=False, loop=False),
-                          num_workers=0)  # fmt: skip
+    loader = CareerLoader(
+        store["survey"], StreamConfig(split="test", shuffle=False, loop=False), num_workers=0
+    )
     with torch.no_grad():
         for batch in loader:
             _, stay = loaded.model({k: v for k, v in batch.items() if torch.is_tensor(v)})
@@ -159,10 +160,16 @@ def test_metrics_from_the_scores_file_equal_the_model_computed_directly(store, t
     assert later.num_rows == len(head) > 0
     np.testing.assert_allclose(
         later.column("p_stay").to_numpy(),
-        [head[p, t] for p, t in zip(later.column("person_id").to_pylist(),
-                                    later.column("position").to_pylist(), strict=True)],
+        [
+            head[p, t]
+            for p, t in zip(
+                later.column("person_id").to_pylist(),
+                later.column("position").to_pylist(),
+                strict=True,
+            )
+        ],
         rtol=1e-5,
-    )  # fmt: skip
+    )
     stays = table.filter(pc.equal(table.column("prev_job"), table.column("target_job")))
     assert stays.num_rows > 0
     np.testing.assert_allclose(
@@ -170,8 +177,9 @@ def test_metrics_from_the_scores_file_equal_the_model_computed_directly(store, t
     )
     # Other batch sizes score the same tokens alike.
     other = scores.score_split(loaded, store["survey"], "test", tokens_per_batch=64)
-    np.testing.assert_allclose(other.column("logp").to_numpy(), table.column("logp").to_numpy(),
-                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        other.column("logp").to_numpy(), table.column("logp").to_numpy(), rtol=1e-5, atol=1e-6
+    )
     assert other.column("rank").equals(table.column("rank"))
     same = metrics.paired_difference(table, other, bootstrap=100)
     assert abs(same.value) < 1e-4
@@ -211,9 +219,23 @@ def test_career_evaluate_two_models_through_ray(store, tmp_path, ray_address):
     out = tmp_path / "eval"
     inputs = (store["a"], store["b"], store["stayer"], store["survey"])
     before = digest(*inputs)
-    printed = career("evaluate", "--model", store["a"], "--model", store["b"], "--model",
-                     f"stay={store['stayer']}", "--data", store["survey"], "--out", str(out),
-                     "--bootstrap", "200", "--ray-address", ray_address).stdout  # fmt: skip
+    printed = career(
+        "evaluate",
+        "--model",
+        store["a"],
+        "--model",
+        store["b"],
+        "--model",
+        f"stay={store['stayer']}",
+        "--data",
+        store["survey"],
+        "--out",
+        str(out),
+        "--bootstrap",
+        "200",
+        "--ray-address",
+        ray_address,
+    ).stdout
     assert digest(*inputs) == before
     files = sorted(p.name for p in (out / "scores").iterdir())
     assert files == [
@@ -243,15 +265,30 @@ def test_career_evaluate_two_models_through_ray(store, tmp_path, ray_address):
     assert "| **stay** |" in md and "| oracle |" in md and "| a |" in md
     assert "oracle" in printed and "stay" in printed
     # Metrics rebuilt from the files alone agree with metrics.json.
-    rebuilt = metrics.summarize(scores.read_scores(str(out / "scores" / "a__survey.parquet")),
-                                bootstrap=200)  # fmt: skip
+    rebuilt = metrics.summarize(
+        scores.read_scores(str(out / "scores" / "a__survey.parquet")), bootstrap=200
+    )
     assert rebuilt == report["metrics"]["a"]["survey"]
 
 
 def test_career_evaluate_weighted(store, tmp_path, ray_address):
     out = tmp_path / "weighted"
-    code = main(["evaluate", "--model", store["a"], "--data", store["survey"], "--out", str(out),
-                 "--weighted", "--bootstrap", "0", "--ray-address", ray_address])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            store["a"],
+            "--data",
+            store["survey"],
+            "--out",
+            str(out),
+            "--weighted",
+            "--bootstrap",
+            "0",
+            "--ray-address",
+            ray_address,
+        ]
+    )
     assert code == 0
     report = json.loads((out / "metrics.json").read_text())
     summary = report["metrics"]["a"]["survey"]
@@ -266,8 +303,19 @@ def test_career_evaluate_weighted(store, tmp_path, ray_address):
 
 def test_career_evaluate_refuses_before_scoring_and_writes_nothing(store, tmp_path, capsys):
     out = tmp_path / "refused"
-    code = main(["evaluate", "--model", store["a"], "--data", store["survey"], "--data",
-                 store["resumes"], "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            store["a"],
+            "--data",
+            store["survey"],
+            "--data",
+            store["resumes"],
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "career evaluate: error:" in err and f"{store['resumes']}/vocab.json" in err
@@ -282,20 +330,36 @@ def test_career_evaluate_refuses_before_scoring_and_writes_nothing(store, tmp_pa
     assert not Path(inside).exists()
     # Two models of one name need NAME=PKG (a usage error: exit 2 while parsing).
     with pytest.raises(SystemExit) as exit_:
-        main(["evaluate", "--model", store["a"], "--model", store["a"], "--data",
-              store["survey"], "--out", str(out)])  # fmt: skip
+        main(
+            [
+                "evaluate",
+                "--model",
+                store["a"],
+                "--model",
+                store["a"],
+                "--data",
+                store["survey"],
+                "--out",
+                str(out),
+            ]
+        )
     assert exit_.value.code == 2 and "NAME=URL" in capsys.readouterr().err
 
 
 def test_evaluate_settings_resolve_names_and_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    s = evaluate_job.EvaluateSettings(model=["runs/fine/package", "mk=models/markov"],
-                                      data=["store/nlsy79"], out="ev")  # fmt: skip
-    assert s.models == [("fine", str(tmp_path / "runs/fine/package")),
-                        ("mk", str(tmp_path / "models/markov"))]  # fmt: skip
-    assert s.paths_read() == {"--model fine": str(tmp_path / "runs/fine/package"),
-                              "--model mk": str(tmp_path / "models/markov"),
-                              "--data nlsy79": str(tmp_path / "store/nlsy79")}  # fmt: skip
+    s = evaluate_job.EvaluateSettings(
+        model=["runs/fine/package", "mk=models/markov"], data=["store/nlsy79"], out="ev"
+    )
+    assert s.models == [
+        ("fine", str(tmp_path / "runs/fine/package")),
+        ("mk", str(tmp_path / "models/markov")),
+    ]
+    assert s.paths_read() == {
+        "--model fine": str(tmp_path / "runs/fine/package"),
+        "--model mk": str(tmp_path / "models/markov"),
+        "--data nlsy79": str(tmp_path / "store/nlsy79"),
+    }
     assert s.paths_written() == {"--out": str(tmp_path / "ev")}
     assert s.scores_url("mk", "nlsy79") == str(tmp_path / "ev/scores/mk__nlsy79.parquet")
     with pytest.raises(ValueError, match="--model"):
@@ -318,8 +382,9 @@ def test_top_k_sums_to_one_and_names_unknown_codes(store, caplog):
     assert p.p_stay == pytest.approx(p.probabilities[loaded.vocab.ids("job")["unemployed"]])
     assert p.unknown == [] and "unknown" not in caplog.text
     with caplog.at_level(logging.WARNING, logger="eval.predict"):
-        odd = predict.top_k(loaded, "9999:2012 9999:2013", 3, covariates={"location": "Atlantis"},
-                            year=2016)  # fmt: skip
+        odd = predict.top_k(
+            loaded, "9999:2012 9999:2013", 3, covariates={"location": "Atlantis"}, year=2016
+        )
     assert odd.unknown == ["9999", "location=Atlantis"] and odd.year == 2016
     assert "9999" in caplog.text and "location=Atlantis" in caplog.text
     assert odd.p_stay == pytest.approx(odd.probabilities[UNK_ID])  # last job: <unk>
@@ -335,8 +400,9 @@ def test_predict_builds_the_batch_the_loader_builds(store):
     """The distribution after a person's first n-1 years, with the n-th year's covariates,
     equals the model's distribution at position n-1 of the loader's batch."""
     loaded = load_model(store["a"])
-    loader = CareerLoader(store["survey"], StreamConfig(split="test", loop=False, shuffle=False),
-                          num_workers=0)  # fmt: skip
+    loader = CareerLoader(
+        store["survey"], StreamConfig(split="test", loop=False, shuffle=False), num_workers=0
+    )
     batch = next(iter(loader))
     records = records_from_loader(store["survey"], "test")
     tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -351,13 +417,16 @@ def test_predict_builds_the_batch_the_loader_builds(store):
             tuple(zip(record["jobs"][: n - 1], record["years"][: n - 1], strict=True)),
             year=record["years"][n - 1],
             education=tuple(record["education"][:n]),
-            location=record["location"], gender=record["gender"], ethnicity=record["ethnicity"],
+            location=record["location"],
+            gender=record["gender"],
+            ethnicity=record["ethnicity"],
             birth_year=record["birth_year"],
-        )  # fmt: skip
+        )
         got = predict.predict(loaded, [query], 3, keep_probabilities=True)[0]
         assert got.unknown == []
-        np.testing.assert_allclose(got.probabilities, expected[i, n - 1].double().numpy(),
-                                   rtol=1e-4, atol=1e-7)  # fmt: skip
+        np.testing.assert_allclose(
+            got.probabilities, expected[i, n - 1].double().numpy(), rtol=1e-4, atol=1e-7
+        )
         checked += 1
     assert checked == 20
 
@@ -367,9 +436,20 @@ def test_career_predict_prints_and_scores_a_file(store, tmp_path, capsys):
     job = loaded.vocab.fields["job"][4]
     before = digest(store["a"])
     # the installed command
-    shown = career("predict", "--model", store["a"], "--history", f"{job}:2012 {job}:2013",
-                   "--education", "high_school", "--gender", "female", "--top-k", "3",
-                   "--json").stdout  # fmt: skip
+    shown = career(
+        "predict",
+        "--model",
+        store["a"],
+        "--history",
+        f"{job}:2012 {job}:2013",
+        "--education",
+        "high_school",
+        "--gender",
+        "female",
+        "--top-k",
+        "3",
+        "--json",
+    ).stdout
     shown = json.loads(shown)
     assert digest(store["a"]) == before
     assert shown["year"] == 2014 and shown["last_job"] == job and len(shown["top"]) == 3
@@ -377,14 +457,32 @@ def test_career_predict_prints_and_scores_a_file(store, tmp_path, capsys):
     assert main(["predict", "--model", store["a"], "--history", f"{job}:2012"]) == 0
     assert "P(stay)" in capsys.readouterr().out
     people = tmp_path / "people.jsonl"
-    resume = {"id": "r1", "jobs": [{"code": job, "start": "2010-01", "end": "2012-06"}],
-              "education": [{"degree": "bachelors", "end": "2009"}]}  # fmt: skip
-    people.write_text(json.dumps({"id": "h1", "history": f"{job}:2001 {job}:2003"}) + "\n\n"
-                      + json.dumps(resume) + "\n")  # fmt: skip
+    resume = {
+        "id": "r1",
+        "jobs": [{"code": job, "start": "2010-01", "end": "2012-06"}],
+        "education": [{"degree": "bachelors", "end": "2009"}],
+    }
+    people.write_text(
+        json.dumps({"id": "h1", "history": f"{job}:2001 {job}:2003"})
+        + "\n\n"
+        + json.dumps(resume)
+        + "\n"
+    )
     out = tmp_path / "predictions.jsonl"
     before = digest(store["a"], people)
-    code = main(["predict", "--model", store["a"], "--input", str(people), "--out", str(out),
-                 "--top-k", "2"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            "--model",
+            store["a"],
+            "--input",
+            str(people),
+            "--out",
+            str(out),
+            "--top-k",
+            "2",
+        ]
+    )
     assert code == 0 and digest(store["a"], people) == before  # (nor the input file)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(p["id"], p["year"], len(p["top"])) for p in lines] == [

@@ -94,12 +94,17 @@ def test_a_model_that_cannot_be_built_stops_the_run_before_it_starts(tmp_path, c
     """A preset the kind lacks, or an override it does not have, is an error at once (exit 2,
     naming the section), not a survey task's failure after pretraining; nothing is written."""
     cases = [
-        ("regression: {preset: paper, lr: 0.05}", "regression: {preset: small, lr: 0.05}",
-         "experiment baselines.regression: model kind regression has no preset 'small'"),
-        ("finetune: {preset: tiny, updates: 5, patience: 2}",
-         "finetune: {preset: tiny, updates: 5, patience: 2, overrides: [model.widht=3]}",
-         "experiment finetune: unknown model setting 'model.widht'"),
-    ]  # fmt: skip
+        (
+            "regression: {preset: paper, lr: 0.05}",
+            "regression: {preset: small, lr: 0.05}",
+            "experiment baselines.regression: model kind regression has no preset 'small'",
+        ),
+        (
+            "finetune: {preset: tiny, updates: 5, patience: 2}",
+            "finetune: {preset: tiny, updates: 5, patience: 2, overrides: [model.widht=3]}",
+            "experiment finetune: unknown model setting 'model.widht'",
+        ),
+    ]
     for old, new, message in cases:
         path = tmp_path / "exp.yaml"
         path.write_text(WAGEPAN_YAML.replace(old, new).replace("s3://bucket/runs", "store"))

@@ -82,9 +82,15 @@ def packages(tmp_path_factory) -> dict[str, str]:
     for name, model in (
         ("explainer", toy_model(vocab, 0.5, steps=400)),
         ("plain", toy_model(vocab, 0.0)),
-        ("regression", build("regression", {"job": vocab.size("job"), "year": vocab.size("year")},
-                             covariates=("year",))),
-    ):  # fmt: skip
+        (
+            "regression",
+            build(
+                "regression",
+                {"job": vocab.size("job"), "year": vocab.size("year")},
+                covariates=("year",),
+            ),
+        ),
+    ):
         out[name] = str(root / name)
         write_package(out[name], model.state_dict(), model.config, vocab, {}, "toy")
     torch.set_num_threads(threads)
@@ -159,8 +165,9 @@ def test_a_target_the_history_cannot_justify_keeps_every_year(packages):
 
 def test_fine_tuning_applies_word_dropout_and_keeps_the_architecture(packages):
     base = load_model(packages["plain"])
-    tuned, _ = adapt_to_dataset(base.model, base.vocab, base.vocab, ("year",),
-                                {"word_dropout": 0.5, "n_layer": 2})  # fmt: skip
+    tuned, _ = adapt_to_dataset(
+        base.model, base.vocab, base.vocab, ("year",), {"word_dropout": 0.5, "n_layer": 2}
+    )
     assert tuned.config.word_dropout == 0.5 and tuned.config.n_layer == 2  # once left at 0
     with pytest.raises(StructuralError, match="keeps the package's architecture"):
         adapt_to_dataset(base.model, base.vocab, base.vocab, ("year",), {"n_layer": 4})
@@ -182,30 +189,52 @@ def test_career_explain_prints_one_line_per_year(packages, capsys):
     assert sum("kept" in line for line in lines[1:6]) <= 1 and lines[6].startswith("P(")
     assert "warning" not in captured.stderr  # a word-dropout package
     given = JOBS[0] if history[COPIED][0] != JOBS[0] else JOBS[1]
-    assert main(["explain", "--model", packages["explainer"], "--history", text,
-                 "--target", given, "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                packages["explainer"],
+                "--history",
+                text,
+                "--target",
+                given,
+                "--json",
+            ]
+        )
+        == 0
+    )
     shown = json.loads(capsys.readouterr().out)
     assert shown["target"] == given and shown["given"] and len(shown["rows"]) == 5
     assert shown == rationalize(loaded, Query(tuple(history)), given).to_dict()
 
 
-def test_career_explain_reads_a_file_and_reports_each_refused_line(packages, tmp_path,
-                                                                   capsys):  # fmt: skip
+def test_career_explain_reads_a_file_and_reports_each_refused_line(packages, tmp_path, capsys):
     history = distinct_history(np.random.default_rng(5))
     text = " ".join(f"{job}:{year}" for job, year in history)
     people = tmp_path / "people.jsonl"
-    people.write_bytes(b"\n".join([
-        json.dumps({"id": "a", "history": text}).encode(),
-        json.dumps({"id": "b", "history": "1000:2003 1010:2001"}).encode(),  # years out of order
-        b"",
-        json.dumps({"id": "c", "history": text, "target": "9999"}).encode(),  # model lacks it
-        json.dumps({"id": "d", "history": text, "colour": "red"}).encode(),  # unknown key
-        b'{"id": "e", "history": "1000:2001 caf\xe9:2002"}',  # not UTF-8
-        json.dumps({"id": "f", "history": text, "target": JOBS[3]}).encode(),
-    ]) + b"\n")  # fmt: skip
+    people.write_bytes(
+        b"\n".join(
+            [
+                json.dumps({"id": "a", "history": text}).encode(),
+                json.dumps(
+                    {"id": "b", "history": "1000:2003 1010:2001"}
+                ).encode(),  # years out of order
+                b"",
+                json.dumps(
+                    {"id": "c", "history": text, "target": "9999"}
+                ).encode(),  # model lacks it
+                json.dumps({"id": "d", "history": text, "colour": "red"}).encode(),  # unknown key
+                b'{"id": "e", "history": "1000:2001 caf\xe9:2002"}',  # not UTF-8
+                json.dumps({"id": "f", "history": text, "target": JOBS[3]}).encode(),
+            ]
+        )
+        + b"\n"
+    )
     out = tmp_path / "rationales.jsonl"
-    code = main(["explain", "--model", packages["explainer"], "--input", str(people), "--out",
-                 str(out)])  # fmt: skip
+    code = main(
+        ["explain", "--model", packages["explainer"], "--input", str(people), "--out", str(out)]
+    )
     assert code == 0
     captured = capsys.readouterr()
     results = [json.loads(line) for line in out.read_text().splitlines()]
@@ -280,9 +309,13 @@ def test_explain_people_of_a_dataset_split(packages, tmp_path, ray_address, caps
 
     write_career_code(tmp_path / "toy", 20, seed=6)
     parent = f"{packages['explainer']}/vocab.json"
-    data = shard_dataset(InputSpec(format="career-code", url=str(tmp_path / "toy")),
-                         str(tmp_path / "data"), "toy", ShardConfig(people_per_block=8),
-                         parent).dataset_url  # fmt: skip
+    data = shard_dataset(
+        InputSpec(format="career-code", url=str(tmp_path / "toy")),
+        str(tmp_path / "data"),
+        "toy",
+        ShardConfig(people_per_block=8),
+        parent,
+    ).dataset_url
     loaded = load_model(packages["explainer"])
     found = explain_people(loaded, data, "test", people=5)
     assert len(found) == 5 and len({r["id"] for r in found}) == 5
@@ -297,8 +330,19 @@ def test_explain_people_of_a_dataset_split(packages, tmp_path, ray_address, caps
     with pytest.raises(ValueError, match="predicted' or 'observed"):
         explain_people(loaded, data, "test", target="top")
     # fine-tuning with word dropout keeps the package's architecture and turns it on
-    code = main(["finetune", "--base", packages["plain"], "--data", data, "--out",
-                 str(tmp_path / "fine"), "--dry-run", "model.word_dropout=0.5"])  # fmt: skip
+    code = main(
+        [
+            "finetune",
+            "--base",
+            packages["plain"],
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "fine"),
+            "--dry-run",
+            "model.word_dropout=0.5",
+        ]
+    )
     assert code == 0
     described = json.loads(capsys.readouterr().out)["model"]
     assert described["word_dropout"] == 0.5 and described["n_layer"] == 2

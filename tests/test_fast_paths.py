@@ -196,9 +196,16 @@ def test_the_kernel_check_is_a_constant_to_the_compiler():
     import subprocess
     import sys
 
-    fresh = subprocess.run([sys.executable, "-c", "import sys, trainer.model, cluster.cli; "
-                            "print('torch._dynamo' in sys.modules)"],
-                           capture_output=True, text=True, check=True)  # fmt: skip
+    fresh = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, trainer.model, cluster.cli; print('torch._dynamo' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert fresh.stdout.strip() == "False"  # (the command line starts without the compiler)
 
 

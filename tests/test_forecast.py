@@ -51,13 +51,15 @@ def _markov_package(data_url: str, out: Path) -> str:
     model = build("markov", {"job": dataset.vocab.size("job")}, "tiny")
     V = dataset.vocab.size("job")
     counts = torch.zeros(V, V, dtype=torch.float64)
-    loader = CareerLoader(data_url, StreamConfig(split="train", shuffle=False, loop=False),
-                          num_workers=0)  # fmt: skip
+    loader = CareerLoader(
+        data_url, StreamConfig(split="train", shuffle=False, loop=False), num_workers=0
+    )
     for batch in loader:
         counts += count_transitions(batch, V)
     model.fit(counts, 1e-9)
-    write_package(str(out), model.state_dict(), model.config, dataset.vocab, {},
-                  dataset.manifest_sha)  # fmt: skip
+    write_package(
+        str(out), model.state_dict(), model.config, dataset.vocab, {}, dataset.manifest_sha
+    )
     return str(out)
 
 
@@ -67,8 +69,9 @@ def _career_package(data_url: str, out: Path) -> str:
     torch.manual_seed(0)
     sizes = {n: dataset.vocab.size(n) for n in ("job", *covariates)}
     model = build("career", sizes, "tiny", covariates=covariates)
-    write_package(str(out), model.state_dict(), model.config, dataset.vocab, {},
-                  dataset.manifest_sha)  # fmt: skip
+    write_package(
+        str(out), model.state_dict(), model.config, dataset.vocab, {}, dataset.manifest_sha
+    )
     return str(out)
 
 
@@ -81,10 +84,13 @@ def toy(tmp_path_factory, ray_address):
     url = shard_dataset(spec, str(root / "data"), "toy", config).dataset_url
     uncut = shard_dataset(spec, str(root / "data"), "uncut", ShardConfig(people_per_block=16))
     return {
-        "root": root, "csv": csv, "data": url, "uncut": uncut.dataset_url,
+        "root": root,
+        "csv": csv,
+        "data": url,
+        "uncut": uncut.dataset_url,
         "markov": _markov_package(url, root / "markov"),
         "career": _career_package(url, root / "career"),
-    }  # fmt: skip
+    }
 
 
 # ----------------------------------------------------------------------------- the cutoff dataset
@@ -93,8 +99,9 @@ def _years_by_split(url: str) -> dict[str, set[int]]:
     calendar = dataset.vocab.fields["year"]
     out = {}
     for split in ("train", "valid", "test"):
-        loader = CareerLoader(url, StreamConfig(split=split, shuffle=False, loop=False),
-                              num_workers=0)  # fmt: skip
+        loader = CareerLoader(
+            url, StreamConfig(split=split, shuffle=False, loop=False), num_workers=0
+        )
         years = set()
         for batch in loader:
             real = batch["targets"] != 0
@@ -137,9 +144,23 @@ def test_people_with_no_year_up_to_the_cutoff_are_dropped_and_counted(tmp_path, 
 def test_a_cutoff_outside_the_data_years_is_refused_and_leaves_nothing(
     toy, until, tmp_path, capsys, ray_address
 ):
-    code = main(["shard", "--format", "panel", "--input", str(toy["csv"]), "--out",
-                 str(tmp_path), "--name", "bad", "--until", until,
-                 "--ray-address", ray_address])  # fmt: skip
+    code = main(
+        [
+            "shard",
+            "--format",
+            "panel",
+            "--input",
+            str(toy["csv"]),
+            "--out",
+            str(tmp_path),
+            "--name",
+            "bad",
+            "--until",
+            until,
+            "--ray-address",
+            ray_address,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert f"--until {until} is outside the data's years 2010-2018" in err
@@ -165,25 +186,49 @@ def test_scored_people_and_their_histories_follow_the_protocol(toy):
 
 
 def test_a_dataset_without_a_cutoff_or_with_another_is_refused(toy, tmp_path, capsys):
-    code = main(["forecast", "--model", toy["markov"], "--data", toy["uncut"],
-                 "--out", str(tmp_path / "f")])  # fmt: skip
+    code = main(
+        ["forecast", "--model", toy["markov"], "--data", toy["uncut"], "--out", str(tmp_path / "f")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "has no forecasting cutoff" in err and "--until" in err
-    code = main(["forecast", "--model", toy["markov"], "--data", toy["data"], "--cutoff", "2013",
-                 "--out", str(tmp_path / "f")])  # fmt: skip
+    code = main(
+        [
+            "forecast",
+            "--model",
+            toy["markov"],
+            "--data",
+            toy["data"],
+            "--cutoff",
+            "2013",
+            "--out",
+            str(tmp_path / "f"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--cutoff 2013 is not this dataset's cutoff (2014)" in err
     with pytest.raises(SystemExit) as stop:  # refused while the flags are read
-        main(["forecast", "--model", toy["markov"], "--data", toy["data"], "--paths", "0",
-              "--out", str(tmp_path / "f")])  # fmt: skip
+        main(
+            [
+                "forecast",
+                "--model",
+                toy["markov"],
+                "--data",
+                toy["data"],
+                "--paths",
+                "0",
+                "--out",
+                str(tmp_path / "f"),
+            ]
+        )
     assert stop.value.code == 2 and "--paths must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
 
 
 # ----------------------------------------------------------------------------- metrics
 def test_the_deterministic_toy_gives_its_known_rates_and_a_perfect_auc(toy, tmp_path):
-    summary = forecast_package("markov", toy["markov"], load_dataset(toy["data"]),
-                               str(tmp_path), paths=50, bootstrap=0)  # fmt: skip
+    summary = forecast_package(
+        "markov", toy["markov"], load_dataset(toy["data"]), str(tmp_path), paths=50, bootstrap=0
+    )
     assert summary["people"] == 20 and summary["tokens"] == 80
     assert summary["perplexity"]["value"] == pytest.approx(1.0, abs=1e-6)
     for state in ("unemployed", "not_in_labor_force", "education"):
@@ -213,16 +258,21 @@ def test_auc_against_a_direct_count_of_pairs():
 @pytest.mark.parametrize("kind", ["career", "regression", "markov", "bag-of-jobs"])
 def test_log_probs_at_one_position_is_the_full_forward_at_it(kind):
     sizes = {"job": 30, "year": 20, "education": 6}
-    covariates = {"career": ("year", "education"), "regression": ("year", "education"),
-                  "markov": (), "bag-of-jobs": ("year", "education")}[kind]  # fmt: skip
+    covariates = {
+        "career": ("year", "education"),
+        "regression": ("year", "education"),
+        "markov": (),
+        "bag-of-jobs": ("year", "education"),
+    }[kind]
     torch.manual_seed(0)
     model = build(kind, sizes, "tiny", covariates=covariates).eval()
     for table in getattr(model, "effects", {}).values():  # a regression starts at zero
         torch.nn.init.normal_(table.weight)
     batch = {
-        "inputs": torch.randint(3, 30, (4, 7)), "year": torch.randint(3, 20, (4, 7)),
+        "inputs": torch.randint(3, 30, (4, 7)),
+        "year": torch.randint(3, 20, (4, 7)),
         "education": torch.randint(3, 6, (4, 7)),
-    }  # fmt: skip
+    }
     batch["inputs"][:, 0] = 1
     at = torch.tensor([0, 3, 6, 5])
     full = model.log_probs(batch)[torch.arange(4), at]
@@ -234,9 +284,24 @@ def test_career_forecast_compares_models_and_writes_its_files(toy, tmp_path):
     """The installed command, relative paths as a user types them; no input modified."""
     (tmp_path / "pkgs").symlink_to(toy["root"])
     before = digest(toy["root"])
-    done = career("forecast", "--model", "markov=pkgs/markov", "--model", "career=pkgs/career",
-                  "--data", "pkgs/data/toy", "--out", "fc", "--paths", "20", "--bootstrap", "50",
-                  "--future-education", "observed", cwd=tmp_path)  # fmt: skip
+    done = career(
+        "forecast",
+        "--model",
+        "markov=pkgs/markov",
+        "--model",
+        "career=pkgs/career",
+        "--data",
+        "pkgs/data/toy",
+        "--out",
+        "fc",
+        "--paths",
+        "20",
+        "--bootstrap",
+        "50",
+        "--future-education",
+        "observed",
+        cwd=tmp_path,
+    )
     assert digest(toy["root"]) == before
     assert "leaks information" in done.stderr
     assert (

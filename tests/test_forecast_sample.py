@@ -31,8 +31,16 @@ def people(N: int = 5, T: int = 10, seed: int = 0):
 def output_only(vocab_job: int, stay_logit: float | None, job_logits: torch.Tensor) -> Career:
     """A CAREER whose outputs ignore the history: fixed stay logit and job logits."""
     sizes = {"job": vocab_job, "year": 30}
-    config = ModelConfig(vocab_sizes=sizes, covariates=("year",), n_layer=1, d_model=8, n_head=2,
-                         d_ff=16, dropout=0.0, two_stage=stay_logit is not None)  # fmt: skip
+    config = ModelConfig(
+        vocab_sizes=sizes,
+        covariates=("year",),
+        n_layer=1,
+        d_model=8,
+        n_head=2,
+        d_ff=16,
+        dropout=0.0,
+        two_stage=stay_logit is not None,
+    )
     model = Career(config).eval()
     with torch.no_grad():
         model.head.weight.zero_()
@@ -46,8 +54,12 @@ def output_only(vocab_job: int, stay_logit: float | None, job_logits: torch.Tens
 def toy_people(jobs: list[int], horizon: int) -> tuple[dict, dict]:
     """One year of history each (job `jobs[i]`), `horizon` future steps."""
     N = len(jobs)
-    history = {"inputs": torch.full((N, 1), BOS_ID), "targets": torch.tensor(jobs)[:, None],
-               "year": torch.full((N, 1), 10), "lengths": torch.ones(N, dtype=torch.long)}  # fmt: skip
+    history = {
+        "inputs": torch.full((N, 1), BOS_ID),
+        "targets": torch.tensor(jobs)[:, None],
+        "year": torch.full((N, 1), 10),
+        "lengths": torch.ones(N, dtype=torch.long),
+    }
     return history, {"year": torch.arange(11, 11 + horizon).repeat(N, 1)}
 
 
@@ -70,8 +82,11 @@ def test_a_two_state_chain_gives_its_known_rates():
     """Jobs A, B; stay with 0.8, else the other (<unk> made impossible): from A, the chance of A
     after s steps is 1/2 + 1/2 * 0.6**s, the averaged probability its Monte Carlo estimate."""
     A, B = 3, 4
-    model = output_only(5, stay_logit=float(torch.logit(torch.tensor(0.8))),
-                        job_logits=torch.tensor([0.0, 0.0, -50.0, 0.0, 0.0]))  # fmt: skip
+    model = output_only(
+        5,
+        stay_logit=float(torch.logit(torch.tensor(0.8))),
+        job_logits=torch.tensor([0.0, 0.0, -50.0, 0.0, 0.0]),
+    )
     history, future = toy_people([A, B], horizon=5)
     forecast = sample_futures(model, history, future, paths=4000, seed=3, chunk_size=1000)
     expected = 0.5 + 0.5 * 0.6 ** torch.arange(1, 6, dtype=torch.float32)
@@ -107,11 +122,21 @@ def test_results_do_not_depend_on_chunk_sizes():
         got = sample_futures(model, history, future, paths=30, seed=1, chunk_size=chunk)
         assert torch.equal(got.paths, base.paths)
         torch.testing.assert_close(got.probs, base.probs, atol=1e-6, rtol=0)
-    first = sample_futures(model, {k: v[:2] for k, v in history.items()},
-                           {k: v[:2] for k, v in future.items()}, paths=30, seed=1)  # fmt: skip
+    first = sample_futures(
+        model,
+        {k: v[:2] for k, v in history.items()},
+        {k: v[:2] for k, v in future.items()},
+        paths=30,
+        seed=1,
+    )
     assert torch.equal(first.paths, base.paths[:2])  # not on how many people follow
-    alone = sample_futures(model, {k: v[2:3] for k, v in history.items()},
-                           {k: v[2:3] for k, v in future.items()}, paths=30, seed=1)  # fmt: skip
+    alone = sample_futures(
+        model,
+        {k: v[2:3] for k, v in history.items()},
+        {k: v[2:3] for k, v in future.items()},
+        paths=30,
+        seed=1,
+    )
     assert not torch.equal(alone.paths[0], base.paths[2])  # seeds follow the person's index
     torch.testing.assert_close(alone.probs[0, 0], base.probs[2, 0], atol=1e-6, rtol=0)
 

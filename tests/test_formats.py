@@ -51,18 +51,24 @@ def test_unknown_formats_are_refused_with_the_registry_names():
 
 def test_descriptions_stored_in_manifests_do_not_change():
     assert InputSpec(format="synth", preset="psid", seed=4).describe() == {
-        "format": "synth", "preset": "psid", "people": PRESETS["psid"].default_people, "seed": 4,
-    }  # fmt: skip
+        "format": "synth",
+        "preset": "psid",
+        "people": PRESETS["psid"].default_people,
+        "seed": 4,
+    }
     assert InputSpec(format="career-code", url="s3://u:p@b/cc").describe() == {
-        "format": "career-code", "url": "s3://b/cc",
-    }  # fmt: skip
+        "format": "career-code",
+        "url": "s3://b/cc",
+    }
     mapping = PanelMapping(occupation="occ")
     panel = InputSpec(format="panel", url="p.csv", panel=mapping).describe()
     assert list(panel) == ["format", "url", "mapping"]
     assert panel["mapping"] == json.loads(json.dumps(asdict(mapping)))
     assert InputSpec(format="resume-jsonl", url="r.jsonl").describe() == {
-        "format": "resume-jsonl", "url": "r.jsonl", "as_of": None,
-    }  # fmt: skip
+        "format": "resume-jsonl",
+        "url": "r.jsonl",
+        "as_of": None,
+    }
 
 
 def test_no_format_chain_outside_the_registry():

@@ -171,22 +171,51 @@ def test_models_packages_and_every_eval_module_load_without_deepspeed_or_ray():
 
 #: Each cross-cutting fact has one home: (what, the module allowed to hold it, a test for it).
 ONE_PLACE = [
-    ("special ids", "data_shards.vocab",
-     lambda node: isinstance(node, ast.Assign) and any(
-         isinstance(t, ast.Name | ast.Tuple) and {"PAD_ID", "BOS_ID", "UNK_ID"} & _names(t)
-         for t in node.targets)),
-    ("starting Ray", "cluster.ray_session",
-     lambda node: isinstance(node, ast.Call) and _dotted(node.func) == "ray.init"),
-    ("DS_ACCELERATOR", "trainer.accelerator",
-     lambda node: isinstance(node, ast.Constant) and node.value == "DS_ACCELERATOR"),
-    ("the S3 endpoint variables", "data_shards.storage",
-     lambda node: isinstance(node, ast.Constant) and node.value in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")),
+    (
+        "special ids",
+        "data_shards.vocab",
+        lambda node: (
+            isinstance(node, ast.Assign)
+            and any(
+                isinstance(t, ast.Name | ast.Tuple) and {"PAD_ID", "BOS_ID", "UNK_ID"} & _names(t)
+                for t in node.targets
+            )
+        ),
+    ),
+    (
+        "starting Ray",
+        "cluster.ray_session",
+        lambda node: isinstance(node, ast.Call) and _dotted(node.func) == "ray.init",
+    ),
+    (
+        "DS_ACCELERATOR",
+        "trainer.accelerator",
+        lambda node: isinstance(node, ast.Constant) and node.value == "DS_ACCELERATOR",
+    ),
+    (
+        "the S3 endpoint variables",
+        "data_shards.storage",
+        lambda node: (
+            isinstance(node, ast.Constant)
+            and node.value in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+        ),
+    ),
     # A checkpoint is a pickle: one module reads them, weights-only with an allow-list.
-    ("unpickling", "trainer.safe_load",
-     lambda node: isinstance(node, ast.Call) and _dotted(node.func) in UNPICKLERS),
-]  # fmt: skip
-UNPICKLERS = {"torch.load", "torch.serialization.load", "pickle.load", "pickle.loads",
-              "pickle.Unpickler", "cloudpickle.load", "cloudpickle.loads"}  # fmt: skip
+    (
+        "unpickling",
+        "trainer.safe_load",
+        lambda node: isinstance(node, ast.Call) and _dotted(node.func) in UNPICKLERS,
+    ),
+]
+UNPICKLERS = {
+    "torch.load",
+    "torch.serialization.load",
+    "pickle.load",
+    "pickle.loads",
+    "pickle.Unpickler",
+    "cloudpickle.load",
+    "cloudpickle.loads",
+}
 
 
 def _names(target: ast.AST) -> set[str]:

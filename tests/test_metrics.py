@@ -75,8 +75,12 @@ def test_accuracy_and_calibration_by_hand():
     assert bins[8]["predicted"] == pytest.approx(0.8) and bins[8]["observed"] == 1.0
     assert bins[6]["observed"] == 0.0 and bins[0]["predicted"] is None
     assert metrics.calibration_bins(np.array([0.0, 0.05, 0.1, 0.999, 1.0]), 10).tolist() == [
-        0, 0, 1, 9, 9,
-    ]  # fmt: skip
+        0,
+        0,
+        1,
+        9,
+        9,
+    ]
 
 
 def test_weighted_metrics_weight_each_person():
@@ -122,11 +126,18 @@ def test_the_interval_brackets_the_value_and_shrinks_with_more_people():
     def people(n: int) -> pa.Table:
         ids = np.repeat([f"p{i:05d}" for i in range(n)], 4)
         logp = -rng.exponential(1.0, size=len(ids))
-        return pa.table({
-            "person_id": ids, "position": np.tile(np.arange(4), n), "year": np.tile(2000 + np.arange(4), n),
-            "prev_job": pa.array([None, "a", "a", "a"] * n, pa.string()), "target_job": ["a"] * len(ids),
-            "logp": logp, "p_stay": np.tile([np.nan, 0.5, 0.5, 0.5], n), "rank": np.ones(len(ids), np.int32),
-        })  # fmt: skip
+        return pa.table(
+            {
+                "person_id": ids,
+                "position": np.tile(np.arange(4), n),
+                "year": np.tile(2000 + np.arange(4), n),
+                "prev_job": pa.array([None, "a", "a", "a"] * n, pa.string()),
+                "target_job": ["a"] * len(ids),
+                "logp": logp,
+                "p_stay": np.tile([np.nan, 0.5, 0.5, 0.5], n),
+                "rank": np.ones(len(ids), np.int32),
+            }
+        )
 
     small, large = metrics.perplexity(people(40)), metrics.perplexity(people(4000))
     for estimate in (small, large):
@@ -165,8 +176,10 @@ def test_the_oracle_column():
     assert s["oracle_perplexity"]["value"] == pytest.approx(2**0.5)
     assert "oracle_perplexity" not in metrics.summarize(hand_table(), bootstrap=0)
     partial = with_oracle.set_column(
-        with_oracle.column_names.index("oracle_logp"), "oracle_logp", pa.array([-1.0, None, -1, -1, -1])
-    )  # fmt: skip
+        with_oracle.column_names.index("oracle_logp"),
+        "oracle_logp",
+        pa.array([-1.0, None, -1, -1, -1]),
+    )
     assert not metrics.has_oracle(partial)
 
 

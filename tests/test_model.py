@@ -16,8 +16,14 @@ SIZES = {
     "ethnicity": 7,
     "birth_year": 254,
 }
-EXPECTED_PARAMETERS = {"tiny": (0.03e6, 0.1e6), "panel": (0.1e6, 0.3e6), "small": (0.5e6, 2e6), "paper": (5.3e6, 5.8e6),
-                       "medium": (30e6, 50e6), "large": (100e6, 130e6)}  # fmt: skip
+EXPECTED_PARAMETERS = {
+    "tiny": (0.03e6, 0.1e6),
+    "panel": (0.1e6, 0.3e6),
+    "small": (0.5e6, 2e6),
+    "paper": (5.3e6, 5.8e6),
+    "medium": (30e6, 50e6),
+    "large": (100e6, 130e6),
+}
 
 
 def make_batch(B=4, T=9, seed=0, lengths=None):
@@ -139,10 +145,17 @@ def test_finetune_growth_keeps_existing_rows_and_adds_covariates():
         for name in SIZES
     }
     base_vocab = Vocabulary({k: v for k, v in fields.items() if k not in ("gender", "ethnicity")})
-    model = build_model({k: len(v) for k, v in base_vocab.fields.items()}, "tiny",
-                        covariates=("year", "education", "location", "birth_year"))  # fmt: skip
-    grown = {**fields, "job": fields["job"] + ["unemployed", "not_in_labor_force", "education"],
-             "education": fields["education"] + ["doctorate"], "year": fields["year"] + ["2101", "2102"]}  # fmt: skip
+    model = build_model(
+        {k: len(v) for k, v in base_vocab.fields.items()},
+        "tiny",
+        covariates=("year", "education", "location", "birth_year"),
+    )
+    grown = {
+        **fields,
+        "job": fields["job"] + ["unemployed", "not_in_labor_force", "education"],
+        "education": fields["education"] + ["doctorate"],
+        "year": fields["year"] + ["2101", "2102"],
+    }
     vocab = Vocabulary(grown, parent_hash=base_vocab.hash)
     adapted, notes = adapt_to_dataset(model, base_vocab, vocab, COVARIATES)
     assert notes == {
@@ -150,9 +163,12 @@ def test_finetune_growth_keeps_existing_rows_and_adds_covariates():
         "new_tokens": {"job": 3, "year": 2, "education": 1},
         "new_covariates": ["gender", "ethnicity"],
         # Loading the base's weights: only the new covariates had nothing to load, nothing unused.
-        "missing_keys": ["covariate_embeddings.ethnicity.weight", "covariate_embeddings.gender.weight"],
+        "missing_keys": [
+            "covariate_embeddings.ethnicity.weight",
+            "covariate_embeddings.gender.weight",
+        ],
         "unexpected_keys": [],
-    }  # fmt: skip
+    }
     n = model.job_embedding.num_embeddings
     assert torch.equal(adapted.job_embedding.weight[:n], model.job_embedding.weight)
     assert (

@@ -35,13 +35,24 @@ from trainer.models.registry import KINDS, build, config_from_dict, from_config
 from trainer.monitor import flops_per_token
 from trainer.package import FILES, load_model, write_package
 
-SIZES = {"job": 12, "year": 40, "education": 6, "location": 7, "gender": 5, "ethnicity": 6,
-         "birth_year": 30}  # fmt: skip
+SIZES = {
+    "job": 12,
+    "year": 40,
+    "education": 6,
+    "location": 7,
+    "gender": 5,
+    "ethnicity": 6,
+    "birth_year": 30,
+}
 
 
 def vocabulary(sizes=SIZES) -> Vocabulary:
-    return Vocabulary({name: ["<pad>", "<bos>", "<unk>", *[f"{name}{i}" for i in range(n - 3)]]
-                       for name, n in sizes.items()})  # fmt: skip
+    return Vocabulary(
+        {
+            name: ["<pad>", "<bos>", "<unk>", *[f"{name}{i}" for i in range(n - 3)]]
+            for name, n in sizes.items()
+        }
+    )
 
 
 def random_batch(B=3, T=7, seed=0, lengths=(7, 4, 1)) -> dict[str, torch.Tensor]:
@@ -176,8 +187,14 @@ def hand_batch() -> dict[str, torch.Tensor]:
         name: torch.tensor([[3] * 5, [4, 4, 0, 0, 0]])
         for name in ("location", "gender", "ethnicity")
     }
-    return {"inputs": inputs, "targets": targets, "year": year, "education": education,
-            "lengths": torch.tensor([5, 2]), **static}  # fmt: skip
+    return {
+        "inputs": inputs,
+        "targets": targets,
+        "year": year,
+        "education": education,
+        "lengths": torch.tensor([5, 2]),
+        **static,
+    }
 
 
 def test_regression_features_on_a_hand_built_batch():
@@ -198,8 +215,19 @@ def test_regression_features_on_a_hand_built_batch():
 def test_regression_is_an_intercept_plus_one_effect_per_feature_clamped():
     model = build("regression", SIZES, "tiny")
     names = list(model.features)
-    assert names == ["last_job", "job_before", "tenure", "years_observed", "year", "gap",
-                     "education", "education_changed", "location", "gender", "ethnicity"]  # fmt: skip
+    assert names == [
+        "last_job",
+        "job_before",
+        "tenure",
+        "years_observed",
+        "year",
+        "gap",
+        "education",
+        "education_changed",
+        "location",
+        "gender",
+        "ethnicity",
+    ]
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         model.bias.copy_(torch.randn(model.bias.shape, generator=g))
@@ -208,8 +236,19 @@ def test_regression_is_an_intercept_plus_one_effect_per_feature_clamped():
             if table.padding_idx is not None:
                 table.weight[table.padding_idx] = 0
     batch = hand_batch()
-    values = {"last_job": 7, "job_before": 5, "tenure": 1, "years_observed": 3, "year": 14, "gap": 0,
-              "education": 4, "education_changed": 0, "location": 3, "gender": 3, "ethnicity": 3}  # fmt: skip
+    values = {
+        "last_job": 7,
+        "job_before": 5,
+        "tenure": 1,
+        "years_observed": 3,
+        "year": 14,
+        "gap": 0,
+        "education": 4,
+        "education_changed": 0,
+        "location": 3,
+        "gender": 3,
+        "ethnicity": 3,
+    }
     expected = model.bias + sum(model.effects[n].weight[v] for n, v in values.items())
     logits, stay = model(batch)
     torch.testing.assert_close(logits[0, 3], expected[:-1].clamp(-10, 10))
@@ -246,8 +285,15 @@ def test_regression_effects_get_the_weight_decay_and_the_intercept_does_not(
     for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
         monkeypatch.setenv(name, "1")
     select_accelerator(use_gpu=False)
-    config = make_config("pretrain", "tiny", ["optim.weight_decay=0.25"], kind="regression",
-                         zero_stage=0, updates=1, tokens_per_update=100).resolve(1, False)  # fmt: skip
+    config = make_config(
+        "pretrain",
+        "tiny",
+        ["optim.weight_decay=0.25"],
+        kind="regression",
+        zero_stage=0,
+        updates=1,
+        tokens_per_update=100,
+    ).resolve(1, False)
     model = build("regression", SIZES, "tiny")
     engine, optimizer, _ = ds_engine.initialize(NLLModule(model), config, 1)
     inner = getattr(optimizer, "optimizer", optimizer)
@@ -307,8 +353,11 @@ def test_a_package_names_its_kind_and_hashes_every_other_file(tmp_path):
     write_package(str(package), model.state_dict(), model.config, vocabulary(), metrics, "sha")
     config = json.loads((package / "config.json").read_text())
     assert config["kind"] == "regression" and config["model"]["kind"] == "regression"
-    assert config["files"] == {n: hashlib.sha256((package / n).read_bytes()).hexdigest()
-                               for n in FILES if n != "config.json"}  # fmt: skip
+    assert config["files"] == {
+        n: hashlib.sha256((package / n).read_bytes()).hexdigest()
+        for n in FILES
+        if n != "config.json"
+    }
     loaded = load_model(str(package))
     assert isinstance(loaded.model, regression.Regression) and loaded.kind == "regression"
     assert not loaded.model.training and loaded.metrics == {"valid_perplexity": 3.0}
@@ -398,8 +447,14 @@ def test_fine_tuning_refuses_other_kinds():
 
 
 # ----------------------------------------------------------------------------- markov, end to end
-TRAIN = [("a a b", "2000 2001 2002"), ("b c", "2001 2002"), ("a b b c", "2000 2001 2002 2003"),
-         ("c", "2005"), ("c a a", "2001 2002 2004"), ("b", "2000")]  # fmt: skip
+TRAIN = [
+    ("a a b", "2000 2001 2002"),
+    ("b c", "2001 2002"),
+    ("a b b c", "2000 2001 2002 2003"),
+    ("c", "2005"),
+    ("c a a", "2001 2002 2004"),
+    ("b", "2000"),
+]
 VALID = [("a b", "2000 2001"), ("c c a", "2001 2003 2004"), ("d a", "2000 2001")]
 TEST = [("a", "2000")]
 
@@ -488,8 +543,9 @@ def test_markov_package_equals_counting_by_hand(hand_made, tmp_path, capsys):
     assert torch.allclose(table[ids["d"]], table[PAD_ID])  # `d` never led anywhere in training
     # fine-tuning a markov package is refused (exit 2), before anything is written
     fine = tmp_path / "fine"
-    refused = main(["finetune", "--base", str(out / "package"), "--data", hand_made,
-                    "--out", str(fine)])  # fmt: skip
+    refused = main(
+        ["finetune", "--base", str(out / "package"), "--data", hand_made, "--out", str(fine)]
+    )
     assert refused == 2 and not fine.exists()
     assert "fine-tuning a markov package is not implemented" in capsys.readouterr().err
 
@@ -531,8 +587,12 @@ def markov_perplexity(data_url: str) -> float:
 
     from eval.markov import fit_markov
 
-    tables = {split: pa.table({"jobs": [r["jobs"] for r in records_from_loader(data_url, split).values()]})
-              for split in ("train", "valid")}  # fmt: skip
+    tables = {
+        split: pa.table(
+            {"jobs": [r["jobs"] for r in records_from_loader(data_url, split).values()]}
+        )
+        for split in ("train", "valid")
+    }
     return fit_markov(tables["train"], tables["valid"]).perplexity(tables["valid"])
 
 
@@ -543,19 +603,52 @@ def valid_perplexity(model, data_url: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "extra"), [("regression", ["optim.lr=0.05"]),
-                                             ("bag-of-jobs", ["optim.lr=0.01"])])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "extra"), [("regression", ["optim.lr=0.05"]), ("bag-of-jobs", ["optim.lr=0.01"])]
+)
 def test_baselines_train_through_the_trainer_and_their_packages_reproduce_it(
     survey, tmp_path, kind, extra
 ):
     out = tmp_path / "run"
-    dry = career("pretrain", "--model", kind, "--preset", "tiny", "--data", survey, "--out", str(out),
-                 "--dry-run", "--workers", "2")  # fmt: skip
+    dry = career(
+        "pretrain",
+        "--model",
+        kind,
+        "--preset",
+        "tiny",
+        "--data",
+        survey,
+        "--out",
+        str(out),
+        "--dry-run",
+        "--workers",
+        "2",
+    )
     described = json.loads(dry.stdout)["model"]
     assert described["kind"] == kind and described["parameters"] > 0
-    career("pretrain", "--model", kind, "--preset", "tiny", "--data", survey, "--out", str(out),
-           "--updates", "16", "--eval-every", "8", "--tokens-per-update", "1500", "--launcher", "torchrun",
-           "--workers", "2", "loader_workers=0", *extra)  # fmt: skip
+    career(
+        "pretrain",
+        "--model",
+        kind,
+        "--preset",
+        "tiny",
+        "--data",
+        survey,
+        "--out",
+        str(out),
+        "--updates",
+        "16",
+        "--eval-every",
+        "8",
+        "--tokens-per-update",
+        "1500",
+        "--launcher",
+        "torchrun",
+        "--workers",
+        "2",
+        "loader_workers=0",
+        *extra,
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     package = load_model(str(out / "package"))
     assert package.kind == kind and package.config["model"]["kind"] == kind

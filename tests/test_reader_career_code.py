@@ -112,11 +112,15 @@ def test_missing_folder_and_missing_required_file(tmp_path):
 
 
 def test_malformed_people_are_quarantined_and_counted(store):
-    url = write_files(store, "bad", {
-        "train.job": "a b\nc d e\nf g\n\nh\ni j\n",
-        "train.year": "2000 2001\n2000 2001\n2001 19x9\n\n1999\n2005 2003\n",
-        "train.birth_year": "1970\n1970\n1970\n1970\nsoon\n1970\n",
-    })  # fmt: skip
+    url = write_files(
+        store,
+        "bad",
+        {
+            "train.job": "a b\nc d e\nf g\n\nh\ni j\n",
+            "train.year": "2000 2001\n2000 2001\n2001 19x9\n\n1999\n2005 2003\n",
+            "train.birth_year": "1970\n1970\n1970\n1970\nsoon\n1970\n",
+        },
+    )
     result = read(url, "career-code", storage_options=store.storage_options)
     report = result.report
     assert (report.people_read, report.people_accepted, report.people_quarantined) == (6, 1, 5)
@@ -160,11 +164,14 @@ def read_in_blocks(url, lines_per_block):
 
 
 def test_undecodable_line_quarantines_that_person_only(tmp_path):
-    url = write_bytes(tmp_path, {
-        "train.job": b"a b\nc\nd\n",
-        "train.year": b"2000 2001\n2002\n2003\n",
-        "train.education": b"hs hs\nb\xffa\nphd\n",
-    })  # fmt: skip
+    url = write_bytes(
+        tmp_path,
+        {
+            "train.job": b"a b\nc\nd\n",
+            "train.year": b"2000 2001\n2002\n2003\n",
+            "train.education": b"hs hs\nb\xffa\nphd\n",
+        },
+    )
     for result in (read(url, "career-code"), read_in_blocks(url, 1)):
         r = result.report
         assert (r.people_read, r.people_accepted, r.people_quarantined) == (3, 2, 1)
@@ -176,13 +183,16 @@ def test_undecodable_line_quarantines_that_person_only(tmp_path):
 
 
 def test_control_characters_in_codes_and_labels_are_quarantined(tmp_path):
-    url = write_bytes(tmp_path, {
-        "train.job": b"a\x00b c\nd\ne\nf\ng\r\n",
-        "train.year": b"2000 2001\n2002\n2003\n2004\n2005\r\n",
-        "train.education": b"hs hs\nb\x01\nb\nb\nb\r\n",
-        "train.location": b"CA\nCA\nC\x1bA\nCA\nCA\r\n",
-        "train.id": b"p1\np2\np3\np\x074\np5\r\n",
-    })  # fmt: skip
+    url = write_bytes(
+        tmp_path,
+        {
+            "train.job": b"a\x00b c\nd\ne\nf\ng\r\n",
+            "train.year": b"2000 2001\n2002\n2003\n2004\n2005\r\n",
+            "train.education": b"hs hs\nb\x01\nb\nb\nb\r\n",
+            "train.location": b"CA\nCA\nC\x1bA\nCA\nCA\r\n",
+            "train.id": b"p1\np2\np3\np\x074\np5\r\n",
+        },
+    )
     result = read(url, "career-code")
     assert [row["person_id"] for row in result.table.to_pylist()] == ["p5"]  # CRLF is fine
     assert result.table.to_pylist()[0]["location"] == "CA"
@@ -192,10 +202,17 @@ def test_control_characters_in_codes_and_labels_are_quarantined(tmp_path):
 
 
 def test_duplicate_ids_are_quarantined_with_file_and_line(tmp_path):
-    url = write_bytes(tmp_path, {
-        "train.job": b"a\nb\nc\n", "train.year": b"2000\n2001\n2002\n", "train.id": b"x\ny\nx\n",
-        "valid.job": b"d\n", "valid.year": b"2003\n", "valid.id": b"y\n",
-    })  # fmt: skip
+    url = write_bytes(
+        tmp_path,
+        {
+            "train.job": b"a\nb\nc\n",
+            "train.year": b"2000\n2001\n2002\n",
+            "train.id": b"x\ny\nx\n",
+            "valid.job": b"d\n",
+            "valid.year": b"2003\n",
+            "valid.id": b"y\n",
+        },
+    )
     result = read(url, "career-code")  # across splits too (the sharding job's plan finds those)
     entries = sorted((e.source, e.reason) for e in result.quarantine)
     assert entries == [
@@ -207,12 +224,15 @@ def test_duplicate_ids_are_quarantined_with_file_and_line(tmp_path):
 
 def test_bom_is_stripped_at_the_start_of_every_field_file(tmp_path):
     bom = "\ufeff".encode()
-    url = write_bytes(tmp_path, {
-        "train.job": bom + b"270 271\n272\n",
-        "train.year": bom + b"2000 2001\n2002\n",
-        "train.location": bom + b"CA\nNY\n",
-        "train.id": bom + b"p1\np2\n",
-    })  # fmt: skip
+    url = write_bytes(
+        tmp_path,
+        {
+            "train.job": bom + b"270 271\n272\n",
+            "train.year": bom + b"2000 2001\n2002\n",
+            "train.location": bom + b"CA\nNY\n",
+            "train.id": bom + b"p1\np2\n",
+        },
+    )
     for result in (read(url, "career-code"), read_in_blocks(url, 1)):
         assert result.report.people_quarantined == 0
         rows = result.table.to_pylist()
@@ -223,10 +243,16 @@ def test_bom_is_stripped_at_the_start_of_every_field_file(tmp_path):
 
 
 def test_extra_files_are_noted_once_and_warned_at_plan_time(tmp_path, caplog):
-    url = write_bytes(tmp_path, {
-        "train.job": b"a\nb\nc\n", "train.year": b"2000\n2001\n2002\n", "train.foo": b"x\n",
-        "dev.job": b"d\n", "dev.year": b"2003\n",
-    })  # fmt: skip
+    url = write_bytes(
+        tmp_path,
+        {
+            "train.job": b"a\nb\nc\n",
+            "train.year": b"2000\n2001\n2002\n",
+            "train.foo": b"x\n",
+            "dev.job": b"d\n",
+            "dev.year": b"2003\n",
+        },
+    )
     with caplog.at_level(logging.WARNING, logger="data_shards.readers.career_code"):
         result = read(url, "career-code")
     assert result.report.notes == {

@@ -16,10 +16,17 @@ from data_shards.writers import write_panel, write_panel_csv
 
 OCC = tuple(f"occ{i}" for i in range(1, 10))
 WAGEPAN = PanelMapping(
-    person="nr", year="year", occupation_dummies=OCC, education="educ", wage="lwage", wage_is_log=True,
-    ethnicity_dummies=("black", "hisp"), ethnicity_base="other",
-    location_dummies=("nrthcen", "nrtheast", "south"), location_base="west",
-)  # fmt: skip
+    person="nr",
+    year="year",
+    occupation_dummies=OCC,
+    education="educ",
+    wage="lwage",
+    wage_is_log=True,
+    ethnicity_dummies=("black", "hisp"),
+    ethnicity_base="other",
+    location_dummies=("nrthcen", "nrtheast", "south"),
+    location_base="west",
+)
 
 
 def put(store, name, data: bytes) -> str:
@@ -278,12 +285,15 @@ def test_parquet_person_id_not_utf8_is_one_quarantined_row(tmp_path):
     import pyarrow.parquet as pq
 
     ids = pa.array([b"1", b"\xff\xfe", b"3"], pa.binary())
-    pq.write_table(pa.table({"person_id": ids, "year": [2000] * 3, "job": ["a"] * 3}),
-                   tmp_path / "b.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table({"person_id": ids, "year": [2000] * 3, "job": ["a"] * 3}), tmp_path / "b.parquet"
+    )
     # A Parquet string column is not checked to hold UTF-8 when written, nor when read.
     as_string = pa.Array.from_buffers(pa.string(), 3, ids.buffers())
-    pq.write_table(pa.table({"person_id": ["1", "2", "3"], "year": [2000] * 3, "job": as_string}),
-                   tmp_path / "s.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table({"person_id": ["1", "2", "3"], "year": [2000] * 3, "job": as_string}),
+        tmp_path / "s.parquet",
+    )
     result = read(str(tmp_path / "b.parquet"), "panel")
     assert rows_by_line(result) == {
         "row 2": "'person_id' value is not UTF-8 text (byte 0xff at column 1)"
@@ -298,10 +308,12 @@ def test_parquet_person_id_not_utf8_is_one_quarantined_row(tmp_path):
 
 @pytest.mark.parametrize(
     "header, mapping",
-    [("id,year,job,education,education", PanelMapping(person="id")),  # pyarrow took the first
-     ("id,year,job,x,x", PanelMapping(person="id")),  # not mapped: still refused
-     ("id,year,id,job", PanelMapping(person="id"))],
-)  # fmt: skip
+    [
+        ("id,year,job,education,education", PanelMapping(person="id")),  # pyarrow took the first
+        ("id,year,job,x,x", PanelMapping(person="id")),  # not mapped: still refused
+        ("id,year,id,job", PanelMapping(person="id")),
+    ],
+)
 def test_duplicate_header_names_are_refused_naming_file_and_column(tmp_path, header, mapping):
     (tmp_path / "d.csv").write_text(header + "\n" + ",".join("1" * len(header.split(","))) + "\n")
     name = next(n for n in header.split(",") if header.split(",").count(n) > 1)
@@ -320,11 +332,13 @@ def test_duplicate_header_exits_2_with_the_file_and_column(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "values, type_",
-    [([["a"], ["b"]], None),  # used to exit 1: "unexpected ArrowNotImplementedError"
-     ([{"code": "a"}, {"code": "b"}], None),
-     ([[("k", 1)], [("k", 2)]], pa.map_(pa.string(), pa.int64()))],
+    [
+        ([["a"], ["b"]], None),  # used to exit 1: "unexpected ArrowNotImplementedError"
+        ([{"code": "a"}, {"code": "b"}], None),
+        ([[("k", 1)], [("k", 2)]], pa.map_(pa.string(), pa.int64())),
+    ],
     ids=["list", "struct", "map"],
-)  # fmt: skip
+)
 def test_nested_parquet_columns_are_refused_when_mapped(tmp_path, values, type_):
     import pyarrow.parquet as pq
 
@@ -362,8 +376,10 @@ def test_control_characters_in_values_are_quarantined_with_the_reason(tmp_path):
         "2": ["a\tb"],
         "3": ["b"],
     }
-    pq.write_table(pa.table({"person_id": ["1", "2\x00"], "year": [2000] * 2, "job": ["a"] * 2}),
-                   tmp_path / "c.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table({"person_id": ["1", "2\x00"], "year": [2000] * 2, "job": ["a"] * 2}),
+        tmp_path / "c.parquet",
+    )
     result = read(str(tmp_path / "c.parquet"), "panel")
     assert rows_by_line(result) == {
         "row 2": "person id contains control character '\\x00': '2\\x00'"
@@ -462,9 +478,23 @@ def test_shard_quarantines_bad_cells_and_refuses_a_duplicate_header(tmp_path, ra
     from cluster.cli import main
 
     def shard(name: str, csv_name: str) -> int:
-        return main(["shard", "--format", "panel", "--input", str(tmp_path / csv_name),
-                     "--person", "id", "--out", str(tmp_path / "out"), "--name", name,
-                     "--ray-address", ray_address])  # fmt: skip
+        return main(
+            [
+                "shard",
+                "--format",
+                "panel",
+                "--input",
+                str(tmp_path / csv_name),
+                "--person",
+                "id",
+                "--out",
+                str(tmp_path / "out"),
+                "--name",
+                name,
+                "--ray-address",
+                ray_address,
+            ]
+        )
 
     good = b"".join(b"%d,%d,a\n" % (p, y) for p in range(30) for y in (2000, 2001))
     (tmp_path / "p.csv").write_bytes(b"id,year,job\n" + good + b"x,2000,caf\xe9\ny\x00,2000,a\n")

@@ -22,15 +22,27 @@ def convert(record, as_of=None):
 
 
 def test_longest_held_job_wins_each_year():
-    r = convert({"jobs": [{"code": "A", "start": "2010-01", "end": "2012-04"},
-                          {"code": "B", "start": "2012-05", "end": "2013-02"}]})  # fmt: skip
+    r = convert(
+        {
+            "jobs": [
+                {"code": "A", "start": "2010-01", "end": "2012-04"},
+                {"code": "B", "start": "2012-05", "end": "2013-02"},
+            ]
+        }
+    )
     # 2012: A 4 months, B 8 months -> B. 2013: only B.
     assert r["years"] == [2010, 2011, 2012, 2013] and r["jobs"] == ["A", "A", "B", "B"]
 
 
 def test_ties_go_to_the_newer_job_then_the_smaller_code():
-    r = convert({"jobs": [{"code": "A", "start": "2010-01", "end": "2010-06"},
-                          {"code": "B", "start": "2010-07", "end": "2010-12"}]})  # fmt: skip
+    r = convert(
+        {
+            "jobs": [
+                {"code": "A", "start": "2010-01", "end": "2010-06"},
+                {"code": "B", "start": "2010-07", "end": "2010-12"},
+            ]
+        }
+    )
     assert r["jobs"] == ["B"]
     r = convert(
         {
@@ -76,11 +88,17 @@ def test_gaps_are_unobserved_and_open_jobs_close_at_as_of():
 
 
 def test_education_is_highest_degree_completed_by_each_year():
-    r = convert({
-        "jobs": [{"code": "A", "start": "2008", "end": "2013"}],
-        "education": [{"degree": "Bachelors", "end": "2009"}, {"degree": "high school", "end": "2005"},
-                      {"degree": "MBA", "end": "2012-05"}, {"degree": "PhD", "end": None}],
-    })  # fmt: skip
+    r = convert(
+        {
+            "jobs": [{"code": "A", "start": "2008", "end": "2013"}],
+            "education": [
+                {"degree": "Bachelors", "end": "2009"},
+                {"degree": "high school", "end": "2005"},
+                {"degree": "MBA", "end": "2012-05"},
+                {"degree": "PhD", "end": None},
+            ],
+        }
+    )
     assert r["education"] == [
         "high_school",
         "bachelors",
@@ -162,7 +180,12 @@ def test_round_trip_from_simulated_records(tmp_path):
     for row in table.to_pylist():
         b = got[row["person_id"]]
         assert (b["years"], b["jobs"], b["education"], b["location"], b["birth_year"]) == (
-            row["years"], row["jobs"], row["education"], row["location"], row["birth_year"])  # fmt: skip
+            row["years"],
+            row["jobs"],
+            row["education"],
+            row["location"],
+            row["birth_year"],
+        )
 
 
 @pytest.mark.parametrize(
@@ -186,10 +209,15 @@ def test_more_malformed_resumes(record, reason):
 
 
 def test_open_education_and_tie_break_by_code_not_end():
-    r = convert({
-        "jobs": [{"code": "Z", "start": "2010", "end": "2012"}, {"code": "A", "start": "2010", "end": "2015"}],
-        "education": [{"degree": "bachelors", "end": "Present"}],
-    })  # fmt: skip
+    r = convert(
+        {
+            "jobs": [
+                {"code": "Z", "start": "2010", "end": "2012"},
+                {"code": "A", "start": "2010", "end": "2015"},
+            ],
+            "education": [{"degree": "bachelors", "end": "Present"}],
+        }
+    )
     assert r["jobs"][0] == "A"  # same months, same start: the smaller code
     assert set(r["education"]) == {"less_than_high_school"}
 
@@ -228,9 +256,14 @@ def reasons_by_line(result):
 
 
 def test_undecodable_line_is_quarantined_with_its_line(tmp_path):
-    url = write_jsonl(tmp_path / "r.jsonl", [
-        {"id": "a", "jobs": [job()]}, b'{"id": "b\xff", "jobs": []}', {"id": "c", "jobs": [job()]},
-    ])  # fmt: skip
+    url = write_jsonl(
+        tmp_path / "r.jsonl",
+        [
+            {"id": "a", "jobs": [job()]},
+            b'{"id": "b\xff", "jobs": []}',
+            {"id": "c", "jobs": [job()]},
+        ],
+    )
     for result in (read(url, "resume-jsonl"), read_in_blocks(url, 1)):
         r = result.report
         assert (r.people_read, r.people_accepted, r.people_quarantined) == (3, 2, 1)
@@ -248,8 +281,16 @@ def test_number_python_refuses_is_quarantined_not_fatal(tmp_path):
 
 
 def test_impossible_dates_are_quarantined_and_real_ones_accepted():
-    for bad in ("2020-02-30", "2020-01-45", "2021-02-29", "2020-04-31", "2020-00", "2020--5",
-                "2020-01-01T00", "2020-1-"):  # fmt: skip
+    for bad in (
+        "2020-02-30",
+        "2020-01-45",
+        "2021-02-29",
+        "2020-04-31",
+        "2020-00",
+        "2020--5",
+        "2020-01-01T00",
+        "2020-1-",
+    ):
         with pytest.raises(RecordError, match="unparseable job 0 start date"):
             convert({"jobs": [job(start=bad, end="2021")]})
         with pytest.raises(RecordError, match="unparseable education 0 end date"):
@@ -277,14 +318,17 @@ def test_person_ids_must_be_strings_or_integers(tmp_path):
 
 
 def test_control_characters_in_codes_and_labels_are_quarantined(tmp_path):
-    url = write_jsonl(tmp_path / "r.jsonl", [
-        {"id": "a", "jobs": [job(code="A\x00")]},
-        {"id": "b", "jobs": [job()], "location": "C\x1bA"},
-        {"id": "c", "jobs": [job()], "education": [{"degree": "bachelors\x00", "end": "2001"}]},
-        {"id": "d\x07", "jobs": [job()]},
-        {"id": "e", "jobs": [job()], "gender": "f\x85"},
-        {"id": "f", "jobs": [job(code="A")], "location": "CA"},
-    ])  # fmt: skip
+    url = write_jsonl(
+        tmp_path / "r.jsonl",
+        [
+            {"id": "a", "jobs": [job(code="A\x00")]},
+            {"id": "b", "jobs": [job()], "location": "C\x1bA"},
+            {"id": "c", "jobs": [job()], "education": [{"degree": "bachelors\x00", "end": "2001"}]},
+            {"id": "d\x07", "jobs": [job()]},
+            {"id": "e", "jobs": [job()], "gender": "f\x85"},
+            {"id": "f", "jobs": [job(code="A")], "location": "CA"},
+        ],
+    )
     result = read(url, "resume-jsonl")
     reasons = reasons_by_line(result)
     assert sorted(reasons) == [1, 2, 3, 4, 5]
@@ -294,10 +338,13 @@ def test_control_characters_in_codes_and_labels_are_quarantined(tmp_path):
 
 def test_bom_is_stripped_only_at_file_start(tmp_path):
     bom = "\ufeff".encode()
-    url = write_jsonl(tmp_path / "r.jsonl", [
-        bom + json.dumps({"id": "a", "jobs": [job()]}).encode(),
-        bom + json.dumps({"id": "b", "jobs": [job()]}).encode(),
-    ])  # fmt: skip
+    url = write_jsonl(
+        tmp_path / "r.jsonl",
+        [
+            bom + json.dumps({"id": "a", "jobs": [job()]}).encode(),
+            bom + json.dumps({"id": "b", "jobs": [job()]}).encode(),
+        ],
+    )
     for result in (read(url, "resume-jsonl"), read_in_blocks(url, 1)):
         assert [r["person_id"] for r in result.table.to_pylist()] == ["a"]
         assert reasons_by_line(result) == {
@@ -316,7 +363,11 @@ def test_as_of_is_validated_when_options_are_built(bad):
 def test_as_of_accepts_years_and_dates_in_the_record_year_range():
     assert ResumeOptions(as_of="2007").as_of == 2007  # what the command line passes
     assert [ResumeOptions(as_of=v).as_of for v in (1850, 2100, " 2020-6 ", "2020-02-29")] == [
-        1850, 2100, "2020-06", "2020-02-29"]  # fmt: skip
+        1850,
+        2100,
+        "2020-06",
+        "2020-02-29",
+    ]
     record = {"jobs": [job("A", "2006-01", "2007-08"), job("B", "2007-03", None)]}
     assert convert(record, as_of=2007)["jobs"] == ["A", "B"]  # 2007: A 8 months, B 10
     assert convert(record, as_of="2007-05")["jobs"] == ["A", "A"]  # A Jan-May, B Mar-May
@@ -329,8 +380,10 @@ def test_cli_refuses_a_bad_as_of_at_once(tmp_path):
     url = write_jsonl(tmp_path / "x.jsonl", [{"id": "a", "jobs": [job(end=None)]}])
     proc = subprocess.run(
         [CAREER, "inspect", "--input", url, "--format", "resume-jsonl", "--as-of", "100000000"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "as_of (--as-of) must be a year 1850-2100" in proc.stderr and "100000000" in proc.stderr
 

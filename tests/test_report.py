@@ -34,9 +34,23 @@ from eval.report import build_report
 from eval.report.run import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "tiny", "--updates", "6", "--tokens-per-update", "1500", "--workers", "1",
-        "--eval-every", "3", "--launcher", "torchrun", "loader_workers=0", "cpu_threads=1",
-        "log_every=2"]  # fmt: skip
+TINY = [
+    "--preset",
+    "tiny",
+    "--updates",
+    "6",
+    "--tokens-per-update",
+    "1500",
+    "--workers",
+    "1",
+    "--eval-every",
+    "3",
+    "--launcher",
+    "torchrun",
+    "loader_workers=0",
+    "cpu_threads=1",
+    "log_every=2",
+]
 IMG = re.compile(r'<img src="([^"]+)"')
 
 
@@ -45,30 +59,74 @@ def run(tmp_path_factory, ray_address) -> Path:
     root = tmp_path_factory.mktemp("report") / "RUN"
     data = root / "datasets"
     config = ShardConfig(people_per_block=32, blocks_per_shard=2)
-    resumes = shard_dataset(InputSpec(format="synth", preset="resumes", people=300, seed=1),
-                            str(data), "resumes", config).dataset_url  # fmt: skip
+    resumes = shard_dataset(
+        InputSpec(format="synth", preset="resumes", people=300, seed=1),
+        str(data),
+        "resumes",
+        config,
+    ).dataset_url
     survey_config = ShardConfig(people_per_block=32, split_fractions=(0.6, 0.1, 0.3))
-    shard_dataset(InputSpec(format="synth", preset="nlsy79", people=300, seed=2), str(data),
-                  "nlsy79", survey_config, f"{resumes}/vocab.json")  # fmt: skip
+    shard_dataset(
+        InputSpec(format="synth", preset="nlsy79", people=300, seed=2),
+        str(data),
+        "nlsy79",
+        survey_config,
+        f"{resumes}/vocab.json",
+    )
     experiment = {"surveys": ["nlsy79", "psid"], "resumes": "resumes", "seed": 0}
     (root / "experiment.json").write_text(json.dumps(experiment))
-    steps = [{"step": "shard resumes", "seconds": 12.5, "status": "done"},
-             {"step": "pretrain", "seconds": 30.25, "status": "done"}]  # fmt: skip
+    steps = [
+        {"step": "shard resumes", "seconds": 12.5, "status": "done"},
+        {"step": "pretrain", "seconds": 30.25, "status": "done"},
+    ]
     (root / "steps.json").write_text(json.dumps(steps))
     survey = "surveys/nlsy79"
     career_all(
         ["pretrain", "--data", "datasets/resumes", "--out", "pretrain", *TINY],
-        ["pretrain", "--model", "regression", "--data", "datasets/nlsy79", "--out",
-         f"{survey}/regression", *TINY, "optim.lr=0.05"],
+        [
+            "pretrain",
+            "--model",
+            "regression",
+            "--data",
+            "datasets/nlsy79",
+            "--out",
+            f"{survey}/regression",
+            *TINY,
+            "optim.lr=0.05",
+        ],
         ["pretrain", "--model", "markov", "--data", "datasets/nlsy79", "--out", f"{survey}/markov"],
         cwd=root,
-    )  # fmt: skip
-    career_all(["finetune", "--base", "pretrain/package", "--data", "datasets/nlsy79",
-                "--out", f"{survey}/finetuned", *TINY], cwd=root)  # fmt: skip
+    )
+    career_all(
+        [
+            "finetune",
+            "--base",
+            "pretrain/package",
+            "--data",
+            "datasets/nlsy79",
+            "--out",
+            f"{survey}/finetuned",
+            *TINY,
+        ],
+        cwd=root,
+    )
     models = [f"{m}={root}/{survey}/{m}/package" for m in ("finetuned", "regression", "markov")]
-    code = main(["evaluate", *(a for m in models for a in ("--model", m)), "--data",
-                 f"{data}/nlsy79", "--out", f"{root}/{survey}/evaluation", "--bootstrap", "100",
-                 "--transition-jobs", "8", "--ray-address", ray_address])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            *(a for m in models for a in ("--model", m)),
+            "--data",
+            f"{data}/nlsy79",
+            "--out",
+            f"{root}/{survey}/evaluation",
+            "--bootstrap",
+            "100",
+            "--transition-jobs",
+            "8",
+            "--ray-address",
+            ray_address,
+        ]
+    )
     assert code == 0
     return root
 
@@ -148,11 +206,20 @@ def test_the_report_holds_every_section_and_says_what_is_missing(run, report):
     # 2-5. one figure each: learning curves (pretraining and the survey), perplexity bars,
     # reliability diagram, transition heatmap, every one a real PNG beside the page
     images = IMG.findall(html)
-    assert sorted(images) == sorted(set(images)) == sorted(
-        f"plots/{name}.png"
-        for name in ("learning-pretrain", "learning-nlsy79", "perplexity-nlsy79-nlsy79",
-                     "calibration-nlsy79-nlsy79", "transitions-nlsy79-nlsy79-finetuned")
-    )  # fmt: skip
+    assert (
+        sorted(images)
+        == sorted(set(images))
+        == sorted(
+            f"plots/{name}.png"
+            for name in (
+                "learning-pretrain",
+                "learning-nlsy79",
+                "perplexity-nlsy79-nlsy79",
+                "calibration-nlsy79-nlsy79",
+                "transitions-nlsy79-nlsy79-finetuned",
+            )
+        )
+    )
     assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md) == images  # the twin shows the same figures
     for image in images:
         width, height = _png_size(report / image)
@@ -166,10 +233,12 @@ def test_the_report_holds_every_section_and_says_what_is_missing(run, report):
     assert f"| nlsy79 | {totals['people_written']:,} | {totals['tokens']:,} | 0 | 0 |" in md
     assert "| shard resumes | 12.5 | done |" in md and "42.8 s of wall time" in md
     # What is missing is named, in both.
-    for text in ("psid: not started (surveys/psid/)",
-                 "nlsy79: not trained yet: scratch, bag-of-jobs",
-                 "psid: no evaluation yet (surveys/psid/evaluation/metrics.json)",
-                 "dataset psid: not there yet (datasets/psid/manifest.json)"):  # fmt: skip
+    for text in (
+        "psid: not started (surveys/psid/)",
+        "nlsy79: not trained yet: scratch, bag-of-jobs",
+        "psid: no evaluation yet (surveys/psid/evaluation/metrics.json)",
+        "dataset psid: not there yet (datasets/psid/manifest.json)",
+    ):
         assert text in md and text in html.replace("&#x27;", "'"), text
     assert "train_history" not in md  # every training run here recorded its training loss
 
@@ -246,12 +315,27 @@ def test_a_run_in_progress_is_reported_as_far_as_it_goes(tmp_path, capsys):
     root = tmp_path / "RUN"
     _write(root / "experiment.json", {"surveys": ["nlsy79"], "resumes": "resumes"})
     # An older pretraining run: validation history only (no train_history yet).
-    _write(root / "pretrain" / "metrics.json",
-           {"valid_history": [[100, 3.7], [200, 3.4]], "best_step": 200, "updates": 200,
-            "best_valid_perplexity": 3.4, "tokens_seen": 1.6e6, "wall_seconds": 61.0})  # fmt: skip
-    _write(root / "surveys" / "nlsy79" / "markov" / "metrics.json",
-           {"kind": "markov", "fit": "closed form", "valid_history": [[0, 4.2]],
-            "best_valid_perplexity": 4.2, "updates": 0})  # fmt: skip
+    _write(
+        root / "pretrain" / "metrics.json",
+        {
+            "valid_history": [[100, 3.7], [200, 3.4]],
+            "best_step": 200,
+            "updates": 200,
+            "best_valid_perplexity": 3.4,
+            "tokens_seen": 1.6e6,
+            "wall_seconds": 61.0,
+        },
+    )
+    _write(
+        root / "surveys" / "nlsy79" / "markov" / "metrics.json",
+        {
+            "kind": "markov",
+            "fit": "closed form",
+            "valid_history": [[0, 4.2]],
+            "best_valid_perplexity": 4.2,
+            "updates": 0,
+        },
+    )
     assert main(["report", str(root), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     md = (tmp_path / "out" / "report.md").read_text()
@@ -261,7 +345,9 @@ def test_a_run_in_progress_is_reported_as_far_as_it_goes(tmp_path, capsys):
     assert "| pretraining | career | 200 | 1,600,000 | 200 | 3.4 | 61 |" in md
     assert "No step times recorded" in md
     assert sorted(IMG.findall((tmp_path / "out" / "report.html").read_text())) == [
-        "plots/learning-nlsy79.png", "plots/learning-pretrain.png"]  # fmt: skip
+        "plots/learning-nlsy79.png",
+        "plots/learning-pretrain.png",
+    ]
     assert "missing (named in the report)" in printed and "dataset resumes: not there" in printed
 
 
@@ -292,8 +378,12 @@ def chromium():
     """Headless Chromium driven by Selenium through Debian's chromedriver (never a downloaded
     browser or driver); installed by tests/install_chromium.sh when missing."""
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        proc = subprocess.run(["bash", str(ROOT / "tests" / "install_chromium.sh")],
-                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        proc = subprocess.run(
+            ["bash", str(ROOT / "tests" / "install_chromium.sh")],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if proc.returncode or not (shutil.which("chromium") and shutil.which("chromedriver")):
             pytest.fail(
                 "headless Chromium is needed by the report test and could not be installed: "
@@ -305,8 +395,13 @@ def chromium():
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1280,900"):  # fmt: skip
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)

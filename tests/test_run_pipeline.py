@@ -49,8 +49,11 @@ def finished(tmp_path_factory, ray_address):
     (folder / "exp.yaml").write_text(EXPERIMENT)
     proc = subprocess.run(
         [CAREER, "run", "--config", "exp.yaml", "--run-id", "first", "--ray-address", ray_address],
-        capture_output=True, text=True, cwd=folder, timeout=900,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder, proc
 
@@ -61,8 +64,14 @@ def test_the_whole_experiment_from_an_empty_folder(finished):
     run = folder / "store" / "first"
     assert "Traceback" not in proc.stderr
     assert (folder / "exp.yaml").read_text() == EXPERIMENT  # its one input, left as it was
-    for step in ("shard resumes", "shard nlsy79", "shard psid", "pretrain", "survey nlsy79",
-                 "survey psid"):  # fmt: skip
+    for step in (
+        "shard resumes",
+        "shard nlsy79",
+        "shard psid",
+        "pretrain",
+        "survey nlsy79",
+        "survey psid",
+    ):
         assert f"{step}:" in proc.stdout
     resumes = json.loads((run / "datasets" / "resumes" / "vocab.json").read_text())
     for survey in ("nlsy79", "psid"):
@@ -125,10 +134,27 @@ def test_a_run_on_s3_killed_and_resumed_to_the_same_table(finished, s3_endpoint,
     (folder / "options.json").write_text(json.dumps(options))
     fs = s3fs.S3FileSystem(**options)
     run = f"{root.removeprefix('s3://')}/runs/second"
-    args = [CAREER, "run", "--config", "exp.yaml", "--store", f"{root}/runs", "--run-id",
-            "second", "--storage-options", "@options.json", "--ray-address", ray_address]  # fmt: skip
-    driver = subprocess.Popen(args, cwd=folder, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    args = [
+        CAREER,
+        "run",
+        "--config",
+        "exp.yaml",
+        "--store",
+        f"{root}/runs",
+        "--run-id",
+        "second",
+        "--storage-options",
+        "@options.json",
+        "--ray-address",
+        ray_address,
+    ]
+    driver = subprocess.Popen(
+        args,
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     checkpoint = f"{run}/pretrain/checkpoints/latest.json"
     deadline = time.monotonic() + 600
     while driver.poll() is None and time.monotonic() < deadline and not fs.exists(checkpoint):
@@ -162,7 +188,18 @@ def test_resume_refuses_another_experiment(finished, ray_address):
     folder, _ = finished
     (folder / "other.yaml").write_text(EXPERIMENT.replace("updates: 4", "updates: 5"))
     proc = subprocess.run(
-        [CAREER, "run", "--config", "other.yaml", "--run-id", "first", "--ray-address", ray_address],
-        capture_output=True, text=True, cwd=folder,
-    )  # fmt: skip
+        [
+            CAREER,
+            "run",
+            "--config",
+            "other.yaml",
+            "--run-id",
+            "first",
+            "--ray-address",
+            ray_address,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+    )
     assert proc.returncode == 2 and "started with another experiment" in proc.stderr

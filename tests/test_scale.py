@@ -36,23 +36,34 @@ PLOTS = ("loss_vs_parameters.png", "loss_vs_tokens.png", "survey_vs_corpus.png")
 
 
 def test_grid_points_names_and_refusals(tmp_path):
-    study = from_dict({"models": ["tiny", {"name": "w", "preset": "tiny", "d_model": 48}],
-                       "people": [50_000, 10_000], "tokens": [2_000_000]})  # fmt: skip
+    study = from_dict(
+        {
+            "models": ["tiny", {"name": "w", "preset": "tiny", "d_model": 48}],
+            "people": [50_000, 10_000],
+            "tokens": [2_000_000],
+        }
+    )
     names = [p.name for p in study.points()]
     assert names == ["tiny-10k-t2M", "tiny-50k-t2M", "w-10k-t2M", "w-50k-t2M"]
     assert all(p.updates == 2_000_000 // study.pretrain.tokens_per_update for p in study.points())
     assert study.corpus_people() > 50_000  # enough simulated people for the largest train prefix
     assert count_label(2500) == "2.5k" and count_label(24_000_000) == "24M"
-    for bad, message in (({"models": ["tiny"], "people": [10, 10]}, "must not repeat"),
-                         ({"models": ["tiny"], "people": []}, "at least one"),
-                         ({"models": ["huge"], "people": [10]}, "unknown preset"),
-                         ({"models": ["tiny"], "people": [10], "pretrian": {}}, "pretrian")):  # fmt: skip
+    for bad, message in (
+        ({"models": ["tiny"], "people": [10, 10]}, "must not repeat"),
+        ({"models": ["tiny"], "people": []}, "at least one"),
+        ({"models": ["huge"], "people": [10]}, "unknown preset"),
+        ({"models": ["tiny"], "people": [10], "pretrian": {}}, "pretrian"),
+    ):
         with pytest.raises(ValueError, match=message):
             from_dict(bad)
     grid = tmp_path / "grid.yaml"
     grid.write_text("models: [tiny]\npeople: [100]\npretrain: {updates: 5, eval_evry: 2}\n")
-    proc = subprocess.run([CAREER, "scale", "--config", "grid.yaml", "--out", "s", "--plan"],
-                          cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [CAREER, "scale", "--config", "grid.yaml", "--out", "s", "--plan"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "grid.yaml" in proc.stderr and "eval_evry" in proc.stderr
     assert not (tmp_path / "s").exists()
     with pytest.raises(ValueError, match="not a number"):
@@ -60,14 +71,24 @@ def test_grid_points_names_and_refusals(tmp_path):
 
 
 def test_plan_prints_points_parameters_flops_and_device_hours(tmp_path):
-    proc = subprocess.run([CAREER, "scale", "--grid", "paper", "--out", "s", "--plan"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [CAREER, "scale", "--grid", "paper", "--out", "s", "--plan"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for text in ("large-24M", "small-100k", "GPU-hours", "FLOPs"):
         assert text in proc.stdout, text
     assert not (tmp_path / "s").exists()  # a plan writes nothing
-    dry = subprocess.run([CAREER, "scale", "--models", "tiny", "--people", "1k,4k", "--out", "s",
-                          "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    dry = subprocess.run(
+        [CAREER, "scale", "--models", "tiny", "--people", "1k,4k", "--out", "s", "--dry-run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert dry.returncode == 0 and "tiny-4k" in dry.stdout and "CPU-hours" in dry.stdout
 
 
@@ -76,10 +97,23 @@ def killed_and_finished(tmp_path_factory, ray_address):
     """The study's driver killed once a point checkpointed, then rerun to the end."""
     folder = tmp_path_factory.mktemp("career-scale")
     (folder / "grid.yaml").write_text(GRID)
-    args = [CAREER, "scale", "--config", "grid.yaml", "--out", "study", "--ray-address",
-            ray_address]  # fmt: skip
-    driver = subprocess.Popen(args, cwd=folder, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    args = [
+        CAREER,
+        "scale",
+        "--config",
+        "grid.yaml",
+        "--out",
+        "study",
+        "--ray-address",
+        ray_address,
+    ]
+    driver = subprocess.Popen(
+        args,
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 600
     pattern = str(folder / "study" / "points" / "*" / "checkpoints" / "latest.json")
     while driver.poll() is None and time.monotonic() < deadline and not glob.glob(pattern):
@@ -88,9 +122,12 @@ def killed_and_finished(tmp_path_factory, ray_address):
     driver.wait()
     assert glob.glob(pattern), "no point reached its first checkpoint"
     # The points the kill interrupted after a checkpoint: these must continue from it.
-    unfinished = [p for p in glob.glob(str(folder / "study" / "points" / "*"))
-                  if not os.path.exists(os.path.join(p, "metrics.json"))
-                  and os.path.exists(os.path.join(p, "checkpoints", "latest.json"))]  # fmt: skip
+    unfinished = [
+        p
+        for p in glob.glob(str(folder / "study" / "points" / "*"))
+        if not os.path.exists(os.path.join(p, "metrics.json"))
+        and os.path.exists(os.path.join(p, "checkpoints", "latest.json"))
+    ]
     resumed = subprocess.run(args, cwd=folder, capture_output=True, text=True, timeout=1200)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return folder, args, unfinished, resumed
@@ -112,8 +149,9 @@ def test_a_killed_study_resumes_and_writes_table_fit_plots_report(killed_and_fin
     assert (points["unique_tokens"] <= points["corpus_tokens"] + 1e-9).all()
     assert (points["unique_tokens"] <= points["tokens_seen"] + 1e-9).all()
     assert (points["non_embedding_parameters"] < points["parameters"]).all()
-    wide, tiny = (points[points["model"] == m]["non_embedding_parameters"].iloc[0]
-                  for m in ("wide", "tiny"))  # fmt: skip
+    wide, tiny = (
+        points[points["model"] == m]["non_embedding_parameters"].iloc[0] for m in ("wide", "tiny")
+    )
     assert wide > tiny
     assert points["best_valid_loss"].between(0.1, 8).all()
     assert points["survey_test_perplexity"].notna().all() and (points["survey"] == "psid").all()
@@ -146,8 +184,13 @@ def test_rerunning_a_finished_study_trains_nothing(killed_and_finished):
     assert {m: os.stat(m).st_mtime_ns for m in metrics} == before
     other = GRID.replace("updates: 24", "updates: 25")
     (folder / "other.yaml").write_text(other)
-    refused = subprocess.run([*args[:3], "other.yaml", *args[4:]], cwd=folder,
-                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    refused = subprocess.run(
+        [*args[:3], "other.yaml", *args[4:]],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert refused.returncode == 2 and "another grid" in refused.stderr
 
 
@@ -162,13 +205,32 @@ def test_a_subset_larger_than_the_corpus_is_refused_before_training(tmp_path, ra
     from data_shards.inputs import InputSpec
     from data_shards.shard import ShardConfig, shard_dataset
 
-    shard_dataset(InputSpec(format="synth", preset="resumes", people=300, seed=1),
-                  str(tmp_path), "data", ShardConfig(people_per_block=50))  # fmt: skip
+    shard_dataset(
+        InputSpec(format="synth", preset="resumes", people=300, seed=1),
+        str(tmp_path),
+        "data",
+        ShardConfig(people_per_block=50),
+    )
     proc = subprocess.run(
-        [CAREER, "pretrain", "--data", "data", "--out", "run", "--preset", "tiny",
-         "--train-people", "100000", "--ray-address", ray_address],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            CAREER,
+            "pretrain",
+            "--data",
+            "data",
+            "--out",
+            "run",
+            "--preset",
+            "tiny",
+            "--train-people",
+            "100000",
+            "--ray-address",
+            ray_address,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "train_people" in proc.stderr and "needs a larger corpus" in proc.stderr
     assert "data" in proc.stderr and not (tmp_path / "run").exists()

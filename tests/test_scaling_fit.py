@@ -206,11 +206,20 @@ def study_points(sizes=(1e7, 1e8, 1e9), people=(5e5, 5e6, 5e7), survey=True) -> 
         for p in people:
             d = 20 * p  # twenty job-years each
             loss = TRUTH["E"] + TRUTH["A"] / n ** TRUTH["alpha"] + TRUTH["B"] / d ** TRUTH["beta"]
-            rows.append({"name": f"model{i}", "preset": f"preset{i}", "people": int(p),
-                         "parameters": 1.1 * n, "non_embedding_parameters": n,
-                         "unique_tokens": d, "tokens_seen": 2 * d, "flops": 6 * n * 2 * d,
-                         "best_valid_loss": loss,
-                         "survey_test_perplexity": math.exp(loss) if survey else None})  # fmt: skip
+            rows.append(
+                {
+                    "name": f"model{i}",
+                    "preset": f"preset{i}",
+                    "people": int(p),
+                    "parameters": 1.1 * n,
+                    "non_embedding_parameters": n,
+                    "unique_tokens": d,
+                    "tokens_seen": 2 * d,
+                    "flops": 6 * n * 2 * d,
+                    "best_valid_loss": loss,
+                    "survey_test_perplexity": math.exp(loss) if survey else None,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -220,12 +229,29 @@ def study():
 
 
 def test_fit_study_keys_and_notes(study):
-    assert set(study) == {"law", "power_law_n", "power_law_d", "compute_optimal", "floor",
-                          "E_minus_floor", "floor_in_E_interval", "points", "columns", "notes"}  # fmt: skip
+    assert set(study) == {
+        "law",
+        "power_law_n",
+        "power_law_d",
+        "compute_optimal",
+        "floor",
+        "E_minus_floor",
+        "floor_in_E_interval",
+        "points",
+        "columns",
+        "notes",
+    }
     assert study["points"] == 9
     assert study["law"]["E"] == pytest.approx(TRUTH["E"], abs=E_TOLERANCE)
-    assert set(study["law"]["intervals"]) == {"E", "A", "B", "alpha", "beta", "replicates",
-                                              "skipped"}  # fmt: skip
+    assert set(study["law"]["intervals"]) == {
+        "E",
+        "A",
+        "B",
+        "alpha",
+        "beta",
+        "replicates",
+        "skipped",
+    }
     assert study["floor"] == 1.15
     assert study["E_minus_floor"] == pytest.approx(study["law"]["E"] - 1.15)
     assert isinstance(study["floor_in_E_interval"], bool)
@@ -251,8 +277,13 @@ def test_fit_study_with_too_few_points_has_no_law():
 
 def test_write_plots_draws_every_figure(study):
     written = plots.write_plots(study_points(), study, 1.15)
-    assert set(written) == {"loss_vs_parameters.png", "loss_vs_tokens.png", "iso_loss.png",
-                            "iso_flop.png", "survey_vs_corpus.png"}  # fmt: skip
+    assert set(written) == {
+        "loss_vs_parameters.png",
+        "loss_vs_tokens.png",
+        "iso_loss.png",
+        "iso_flop.png",
+        "survey_vs_corpus.png",
+    }
     for name, png in written.items():
         assert png.startswith(PNG) and len(png) > 1000, name
 

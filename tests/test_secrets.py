@@ -28,8 +28,22 @@ OPTION_SECRET = "CanaryOpt/5ecret+Key+0002"
 URL_SECRET = "CanaryUrl/5ecret+Key+0003"
 TOKEN_SECRET = "CanaryTok/5ecret+Key+0004"
 CANARIES = (ENV_SECRET, OPTION_SECRET, URL_SECRET, TOKEN_SECRET)
-TINY = ["--preset", "tiny", "--updates", "2", "--tokens-per-update", "1500", "--zero-stage", "1",
-        "--eval-every", "2", "--workers", "2", "loader_workers=0", "cpu_threads=1"]  # fmt: skip
+TINY = [
+    "--preset",
+    "tiny",
+    "--updates",
+    "2",
+    "--tokens-per-update",
+    "1500",
+    "--zero-stage",
+    "1",
+    "--eval-every",
+    "2",
+    "--workers",
+    "2",
+    "loader_workers=0",
+    "cpu_threads=1",
+]
 
 
 def _ray_session_dir() -> Path | None:
@@ -52,16 +66,33 @@ def _files_with_canary(root: Path, since: float = 0.0) -> list[str]:
     return found
 
 
-def check_the_torchrun_options_file(tmp_path: Path, env: dict, data: str, out: str,
-                                   with_options: list[str]) -> None:  # fmt: skip
+def check_the_torchrun_options_file(
+    tmp_path: Path, env: dict, data: str, out: str, with_options: list[str]
+) -> None:
     """`--launcher torchrun` hands the storage options to its workers in a file: while they run
     it is private (0600) in a private folder, no process's command line holds a canary, and it
     is gone when the command ends (the scan of every file under the test folder then follows)."""
     import psutil
 
-    proc = subprocess.Popen([CAREER, "pretrain", "--data", data, "--out", out, *TINY, "--launcher",
-                             "torchrun", *with_options], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            CAREER,
+            "pretrain",
+            "--data",
+            data,
+            "--out",
+            out,
+            *TINY,
+            "--launcher",
+            "torchrun",
+            *with_options,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen: dict[str, int] = {}
     argv_leaks: set[str] = set()
     while proc.poll() is None:
@@ -92,50 +123,123 @@ def test_no_secret_is_written_or_printed(tmp_path, s3_endpoint, ray_address):
     bucket = root.removeprefix("s3://")
     fs = s3fs.S3FileSystem(**options)
     (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": ENV_SECRET, "AWS_ENDPOINT_URL": s3_endpoint,
-           "TMPDIR": str(tmp_path / "tmp")}  # fmt: skip
+    env = {
+        **os.environ,
+        "AWS_SECRET_ACCESS_KEY": ENV_SECRET,
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
     printed: list[str] = []
 
     def career(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
-        proc = subprocess.run([CAREER, *args], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)  # fmt: skip
+        proc = subprocess.run(
+            [CAREER, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
         printed.append(proc.stdout + proc.stderr)
         assert proc.returncode == expect, f"career {args[0]}: {proc.returncode}\n{proc.stderr}"
         return proc
 
     with_options = ["--storage-options", json.dumps(options)]
     root = f"s3://{bucket}"
-    career("synth", "--preset", "nlsy79", "--people", "300", "--layout", "resume-jsonl",
-           "--out", f"{root}/input.jsonl", *with_options)  # fmt: skip
-    career("shard", "--format", "resume-jsonl", "--input", f"{root}/input.jsonl", "--out",
-           f"{root}/data", "--name", "survey", "--people-per-block", "32", "--ray-address",
-           ray_address, *with_options)  # fmt: skip
+    career(
+        "synth",
+        "--preset",
+        "nlsy79",
+        "--people",
+        "300",
+        "--layout",
+        "resume-jsonl",
+        "--out",
+        f"{root}/input.jsonl",
+        *with_options,
+    )
+    career(
+        "shard",
+        "--format",
+        "resume-jsonl",
+        "--input",
+        f"{root}/input.jsonl",
+        "--out",
+        f"{root}/data",
+        "--name",
+        "survey",
+        "--people-per-block",
+        "32",
+        "--ray-address",
+        ray_address,
+        *with_options,
+    )
     # Through Ray Train, and side by side (independent runs) through torchrun, watched.
-    ray_train = subprocess.Popen([CAREER, "pretrain", "--data", f"{root}/data/survey", "--out",
-                                  f"{root}/run", *TINY, "--ray-address", ray_address, *with_options],
-                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
-    check_the_torchrun_options_file(tmp_path, env, f"{root}/data/survey", f"{root}/run-torchrun",
-                                    with_options)  # fmt: skip
+    ray_train = subprocess.Popen(
+        [
+            CAREER,
+            "pretrain",
+            "--data",
+            f"{root}/data/survey",
+            "--out",
+            f"{root}/run",
+            *TINY,
+            "--ray-address",
+            ray_address,
+            *with_options,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    check_the_torchrun_options_file(
+        tmp_path, env, f"{root}/data/survey", f"{root}/run-torchrun", with_options
+    )
     out, err = ray_train.communicate(timeout=600)
     printed.append(out + err)
     assert ray_train.returncode == 0, f"career pretrain: {ray_train.returncode}\n{err}"
     career("export", "--run", f"{root}/run", "--package", f"{root}/exported", *with_options)
     # Inspect with the environment's credentials (no storage options), quarantine written locally.
-    career("inspect", "--input", f"{root}/input.jsonl", "--format", "resume-jsonl",
-           "--quarantine-out", "quarantine.jsonl")  # fmt: skip
+    career(
+        "inspect",
+        "--input",
+        f"{root}/input.jsonl",
+        "--format",
+        "resume-jsonl",
+        "--quarantine-out",
+        "quarantine.jsonl",
+    )
     assert (tmp_path / "quarantine.jsonl").exists()
 
     # Failures with the secrets in their arguments: the messages must mask them.
-    failed = career("inspect", "--input", f"s3://AKIACANARY:{URL_SECRET}@{bucket}/input.jsonl",
-                    "--format", "resume-jsonl", expect=2)  # fmt: skip
+    failed = career(
+        "inspect",
+        "--input",
+        f"s3://AKIACANARY:{URL_SECRET}@{bucket}/input.jsonl",
+        "--format",
+        "resume-jsonl",
+        expect=2,
+    )
     assert "credentials inside a URL are refused" in failed.stderr
-    failed = career("pretrain", "--data", f"{root}/missing", "--out", f"{root}/run2", *TINY,
-                    *with_options, expect=2)  # fmt: skip
+    failed = career(
+        "pretrain",
+        "--data",
+        f"{root}/missing",
+        "--out",
+        f"{root}/run2",
+        *TINY,
+        *with_options,
+        expect=2,
+    )
     assert "manifest.json" in failed.stderr
     leaked_options = {**options, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
-    career("inspect", "--input", f"{root}/input.jsonl", "--format", "resume-jsonl",
-           "--storage-options", json.dumps(leaked_options), expect=2)  # fmt: skip
+    career(
+        "inspect",
+        "--input",
+        f"{root}/input.jsonl",
+        "--format",
+        "resume-jsonl",
+        "--storage-options",
+        json.dumps(leaked_options),
+        expect=2,
+    )
 
     assert fs.exists(f"{bucket}/exported/model.safetensors")
     assert fs.find(f"{bucket}/run/tb") and fs.find(f"{bucket}/run/checkpoints")

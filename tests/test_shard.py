@@ -102,11 +102,29 @@ def test_deterministic_across_runs_and_cpu_counts(tmp_path, ray_address):
     shard_dataset(spec, str(tmp_path / "a"), "psid", SMALL)
     shard_dataset(spec, str(tmp_path / "b"), "psid", SMALL)
     one_cpu = subprocess.run(
-        [CAREER, "shard", "--format", "career-code", "--input", str(tmp_path / "input"),
-         "--out", str(tmp_path / "c"), "--name", "psid", "--people-per-block", "64", "--blocks-per-shard", "2",
-         "--lines-per-block", "150", "--num-cpus", "1"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            CAREER,
+            "shard",
+            "--format",
+            "career-code",
+            "--input",
+            str(tmp_path / "input"),
+            "--out",
+            str(tmp_path / "c"),
+            "--name",
+            "psid",
+            "--people-per-block",
+            "64",
+            "--blocks-per-shard",
+            "2",
+            "--lines-per-block",
+            "150",
+            "--num-cpus",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert one_cpu.returncode == 0, one_cpu.stderr
     a, b, c = (all_files(str(tmp_path / d / "psid")) for d in "abc")
     assert a == b
@@ -122,11 +140,32 @@ def test_killed_job_rerun_gives_the_same_bytes(tmp_path, ray_address):
     reference = shard_dataset(spec, str(tmp_path / "ref"), "r", config)
     out = tmp_path / "crash"
     proc = subprocess.Popen(
-        [CAREER, "shard", "--format", "synth", "--sim-preset", "resumes", "--people", "6000", "--seed", "2",
-         "--out", str(out), "--name", "r", "--people-per-block", "16", "--blocks-per-shard", "1",
-         "--ray-address", ray_address],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            CAREER,
+            "shard",
+            "--format",
+            "synth",
+            "--sim-preset",
+            "resumes",
+            "--people",
+            "6000",
+            "--seed",
+            "2",
+            "--out",
+            str(out),
+            "--name",
+            "r",
+            "--people-per-block",
+            "16",
+            "--blocks-per-shard",
+            "1",
+            "--ray-address",
+            ray_address,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     done = out / "r" / "_staging" / "done"
     deadline = time.time() + 120
     while time.time() < deadline and (not done.exists() or len(list(done.iterdir())) < 5):
@@ -174,15 +213,43 @@ def test_quarantine_and_duplicates_are_counted_per_split(tmp_path, ray_address):
 def test_structural_error_exits_2_and_leaves_nothing(tmp_path, ray_address, capsys):
     (tmp_path / "p.csv").write_text("id,year,job\n1,2000,a\n")
     out = tmp_path / "out"
-    code = main(["shard", "--format", "panel", "--input", str(tmp_path / "p.csv"), "--person", "nope",
-                 "--out", str(out), "--name", "x", "--ray-address", ray_address])  # fmt: skip
+    code = main(
+        [
+            "shard",
+            "--format",
+            "panel",
+            "--input",
+            str(tmp_path / "p.csv"),
+            "--person",
+            "nope",
+            "--out",
+            str(out),
+            "--name",
+            "x",
+            "--ray-address",
+            ray_address,
+        ]
+    )
     assert code == 2 and "missing column" in capsys.readouterr().err
     assert not (out / "x").exists() or not any((out / "x").rglob("*"))
 
 
 def test_existing_dataset_is_reused_or_refused(tmp_path, ray_address, capsys):
-    flags = ["shard", "--format", "synth", "--sim-preset", "nlsy97", "--people", "300", "--out", str(tmp_path), "--name", "d",
-             "--ray-address", ray_address]  # fmt: skip
+    flags = [
+        "shard",
+        "--format",
+        "synth",
+        "--sim-preset",
+        "nlsy97",
+        "--people",
+        "300",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "d",
+        "--ray-address",
+        ray_address,
+    ]
     assert main(flags) == 0
     before = all_files(str(tmp_path / "d"))
     assert main(flags) == 0 and "already complete" in capsys.readouterr().out
@@ -240,9 +307,16 @@ def _panel_with_a_corrupt_page(path: Path, corrupt: bool = True) -> Path:
     import pyarrow.parquet as pq
 
     n = 400
-    pq.write_table(pa.table({"person_id": [f"p{i // 4}" for i in range(n)],
-                             "year": [2000 + i % 4 for i in range(n)],
-                             "job": [str(i % 7) for i in range(n)]}), path)  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "person_id": [f"p{i // 4}" for i in range(n)],
+                "year": [2000 + i % 4 for i in range(n)],
+                "job": [str(i % 7) for i in range(n)],
+            }
+        ),
+        path,
+    )
     if corrupt:
         data = bytearray(path.read_bytes())
         start = pq.read_metadata(path).row_group(0).column(2).data_page_offset
@@ -253,20 +327,39 @@ def _panel_with_a_corrupt_page(path: Path, corrupt: bool = True) -> Path:
 
 def test_overwrite_with_a_bad_input_keeps_the_old_dataset(tmp_path, ray_address):
     panel = _panel_with_a_corrupt_page(tmp_path / "p.parquet", corrupt=False)
-    good = shard_dataset(InputSpec(format="panel", url=str(panel)), str(tmp_path / "out"), "d",
-                         SMALL)  # fmt: skip
+    good = shard_dataset(
+        InputSpec(format="panel", url=str(panel)), str(tmp_path / "out"), "d", SMALL
+    )
     _panel_with_a_corrupt_page(panel)
     with pytest.raises(StructuralError, match=r"p.parquet: unreadable panel"):
-        shard_dataset(InputSpec(format="panel", url=str(panel)), str(tmp_path / "out"), "d",
-                      SMALL, overwrite=True)  # fmt: skip
+        shard_dataset(
+            InputSpec(format="panel", url=str(panel)),
+            str(tmp_path / "out"),
+            "d",
+            SMALL,
+            overwrite=True,
+        )
     assert load_manifest(good.dataset_url).to_json() == good.manifest.to_json()
     assert not (Path(good.dataset_url) / "_staging").exists()
 
 
 def test_structural_error_inside_a_read_task_exits_2(tmp_path, ray_address, capsys):
     panel = _panel_with_a_corrupt_page(tmp_path / "p.parquet")
-    code = main(["shard", "--format", "panel", "--input", str(panel), "--out", str(tmp_path / "out"),
-                 "--name", "x", "--ray-address", ray_address])  # fmt: skip
+    code = main(
+        [
+            "shard",
+            "--format",
+            "panel",
+            "--input",
+            str(panel),
+            "--out",
+            str(tmp_path / "out"),
+            "--name",
+            "x",
+            "--ray-address",
+            ray_address,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "p.parquet: unreadable panel" in err and "\x1b[" not in err
     assert (

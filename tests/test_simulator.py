@@ -106,8 +106,16 @@ def test_sampler_agrees_with_the_probabilities():
     J = TINY_WORLD.num_jobs
     expected = np.zeros(J**3)
     for group in groups:
-        example = people.filter(pc.and_(pc.equal(people["location"], group["location"]),
-                                        pc.equal(people["gender"], group["gender"]))).slice(0, 1).to_pylist()[0]  # fmt: skip
+        example = (
+            people.filter(
+                pc.and_(
+                    pc.equal(people["location"], group["location"]),
+                    pc.equal(people["gender"], group["gender"]),
+                )
+            )
+            .slice(0, 1)
+            .to_pylist()[0]
+        )
         joint, _ = enumerate_joint(TINY_WORLD, TINY, example)
         female = np.array([1.0 if example["gender"] == "female" else 0.0])
         prior = np.exp(type_log_prior(TINY_WORLD, TINY, female))[:, 0]

@@ -19,10 +19,18 @@ from data_shards.vocab import BOS_ID, PAD_ID
 def datasets(tmp_path_factory, ray_address):
     """One dataset with many shards, one whose valid split is a single shard of several blocks."""
     root = tmp_path_factory.mktemp("stream")
-    many = shard_dataset(InputSpec(format="synth", preset="nlsy97", people=3000, seed=5), str(root), "many",
-                         ShardConfig(people_per_block=50, blocks_per_shard=3))  # fmt: skip
-    few = shard_dataset(InputSpec(format="synth", preset="psid", people=1500, seed=6), str(root), "few",
-                        ShardConfig(people_per_block=20, blocks_per_shard=1000))  # fmt: skip
+    many = shard_dataset(
+        InputSpec(format="synth", preset="nlsy97", people=3000, seed=5),
+        str(root),
+        "many",
+        ShardConfig(people_per_block=50, blocks_per_shard=3),
+    )
+    few = shard_dataset(
+        InputSpec(format="synth", preset="psid", people=1500, seed=6),
+        str(root),
+        "few",
+        ShardConfig(people_per_block=20, blocks_per_shard=1000),
+    )
     return many, few
 
 
@@ -158,8 +166,12 @@ def test_s3_loader_with_a_worker_process(s3_endpoint, ray_address):
         "secret": "testing",
     }
     s3fs.S3FileSystem(**options).mkdir("stream-bucket")
-    result = shard_dataset(InputSpec(format="synth", preset="nlsy79", people=600, storage_options=options),
-                           "s3://stream-bucket/data", "n", ShardConfig(people_per_block=64, blocks_per_shard=2))  # fmt: skip
+    result = shard_dataset(
+        InputSpec(format="synth", preset="nlsy79", people=600, storage_options=options),
+        "s3://stream-bucket/data",
+        "n",
+        ShardConfig(people_per_block=64, blocks_per_shard=2),
+    )
     config = StreamConfig(split="train", loop=False, shuffle=False)
     remote = [
         b["person_id"]
@@ -171,8 +183,12 @@ def test_s3_loader_with_a_worker_process(s3_endpoint, ray_address):
 
 
 def test_more_slots_than_blocks_fails_instead_of_hanging(tmp_path, ray_address):
-    tiny = shard_dataset(InputSpec(format="synth", preset="nlsy79", people=40), str(tmp_path), "tiny",
-                         ShardConfig(people_per_block=1024))  # fmt: skip
+    tiny = shard_dataset(
+        InputSpec(format="synth", preset="nlsy79", people=40),
+        str(tmp_path),
+        "tiny",
+        ShardConfig(people_per_block=1024),
+    )
     stream = CareerStream(tiny.dataset_url, StreamConfig(split="train", rank=1, world_size=2))
     with pytest.raises(ValueError, match="too few blocks"):
         next(iter(stream))
@@ -223,9 +239,16 @@ def test_resume_with_another_number_of_workers_reads_everyone_once_per_epoch(dat
     url, people = data.dataset_url, data.manifest.splits["train"]["people"]
 
     def loaders(ranks, workers):
-        return [CareerLoader(url, StreamConfig(split="train", tokens_per_update=1200, seed=4, rank=r,
-                                               world_size=ranks), num_workers=workers)
-                for r in range(ranks)]  # fmt: skip
+        return [
+            CareerLoader(
+                url,
+                StreamConfig(
+                    split="train", tokens_per_update=1200, seed=4, rank=r, world_size=ranks
+                ),
+                num_workers=workers,
+            )
+            for r in range(ranks)
+        ]
 
     seen = collections.defaultdict(list)
     first = loaders(2, 0)  # 2 slots; rank 0 runs ahead into epoch 1, rank 1 stays in epoch 0
@@ -288,8 +311,11 @@ def test_corpus_subsets_are_nested_deterministic_prefixes_with_exact_token_count
     data = dict(zip(["many", "few"], datasets, strict=True))[which]
     url = data.dataset_url
     stream = CareerStream(url, StreamConfig(split="train", shuffle=False, loop=False))
-    everyone = [str(p) for _, data in stream.read_pieces(stream.plan(0, 1, 0))
-                for p in decode_block(data).person_id]  # manifest order  # fmt: skip
+    everyone = [
+        str(p)
+        for _, data in stream.read_pieces(stream.plan(0, 1, 0))
+        for p in decode_block(data).person_id
+    ]  # manifest order
     subsets = {}
     for people in (1, 37, 120, 449, len(everyone)):  # inside a block, across blocks and shards
         config = StreamConfig(split="train", tokens_per_update=900, people=people, loop=False)
@@ -297,9 +323,18 @@ def test_corpus_subsets_are_nested_deterministic_prefixes_with_exact_token_count
         assert len(read) == len(set(read)) == people
         assert set(read) == set(everyone[:people])  # the prefix, whatever the shuffling
         assert CareerStream(url, config).tokens() == tokens
-        ranks = [_people_read(url, StreamConfig(split="train", people=people, loop=False,
-                                                rank=r, world_size=2), num_workers=1)[0]
-                 for r in range(2)] if people >= 120 else None  # fmt: skip
+        ranks = (
+            [
+                _people_read(
+                    url,
+                    StreamConfig(split="train", people=people, loop=False, rank=r, world_size=2),
+                    num_workers=1,
+                )[0]
+                for r in range(2)
+            ]
+            if people >= 120
+            else None
+        )
         if ranks:
             assert sorted(ranks[0] + ranks[1]) == sorted(read)
         subsets[people] = set(read)

@@ -32,8 +32,20 @@ from cluster.submit_job import entrypoint_of
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]  # the working dir shipped with each job
 CAREER = str(BIN / "career")
-TINY = ["--preset", "tiny", "--updates", "3", "--tokens-per-update", "1500", "--zero-stage", "1",
-        "--eval-every", "3", "loader_workers=0", "cpu_threads=1"]  # fmt: skip
+TINY = [
+    "--preset",
+    "tiny",
+    "--updates",
+    "3",
+    "--tokens-per-update",
+    "1500",
+    "--zero-stage",
+    "1",
+    "--eval-every",
+    "3",
+    "loader_workers=0",
+    "cpu_threads=1",
+]
 #: Ray's client variables: the tests set each one themselves.
 RAY_CLIENT_ENV = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
@@ -97,8 +109,17 @@ def head():
     token_path = root / "auth_token"
     token_path.write_text(token)
     token_path.chmod(0o600)
-    (gcs, dashboard, client_server, agent_http, agent_grpc, runtime_env, metrics, node_manager,
-     object_manager) = _free_ports(9)  # fmt: skip
+    (
+        gcs,
+        dashboard,
+        client_server,
+        agent_http,
+        agent_grpc,
+        runtime_env,
+        metrics,
+        node_manager,
+        object_manager,
+    ) = _free_ports(9)
     env = {k: v for k, v in os.environ.items() if k not in RAY_CLIENT_ENV}
     env.update(
         RAY_AUTH_MODE="token",
@@ -108,18 +129,45 @@ def head():
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # job drivers find `career`
     )
     command = [
-        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-        "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--include-dashboard", "true", "--ray-client-server-port", str(client_server),
-        "--dashboard-agent-listen-port", str(agent_http),
-        "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
-        "--metrics-export-port", str(metrics), "--node-manager-port", str(node_manager),
-        "--object-manager-port", str(object_manager), "--num-cpus", "2",
-        "--object-store-memory", str(300 * 2**20), "--temp-dir", str(root / "ray"),
-    ]  # fmt: skip
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(gcs),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--include-dashboard",
+        "true",
+        "--ray-client-server-port",
+        str(client_server),
+        "--dashboard-agent-listen-port",
+        str(agent_http),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--runtime-env-agent-port",
+        str(runtime_env),
+        "--metrics-export-port",
+        str(metrics),
+        "--node-manager-port",
+        str(node_manager),
+        "--object-manager-port",
+        str(object_manager),
+        "--num-cpus",
+        "2",
+        "--object-store-memory",
+        str(300 * 2**20),
+        "--temp-dir",
+        str(root / "ray"),
+    ]
     log = (root / "head.log").open("w")
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     address = f"http://127.0.0.1:{dashboard}"
     client_env = {k: v for k, v in env.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     started = Head(address, token, token_path, {**client_env, "RAY_ADDRESS": address})
@@ -134,8 +182,9 @@ def head():
 
 
 def _wait_until_up(address: str, token: str, proc: subprocess.Popen, log: Path) -> None:
-    request = urllib.request.Request(f"{address}/api/version",
-                                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{address}/api/version", headers={"Authorization": f"Bearer {token}"}
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -152,8 +201,14 @@ def _wait_until_up(address: str, token: str, proc: subprocess.Popen, log: Path) 
 
 def career(head: Head, *args: str, env: dict[str, str] | None = None, timeout: int = 240):
     """Run `career ARGS` with the head's client environment (or `env`); the token never shows."""
-    proc = subprocess.run([CAREER, *args], capture_output=True, text=True, timeout=timeout,
-                          env=head.env if env is None else env, cwd=ROOT)  # fmt: skip
+    proc = subprocess.run(
+        [CAREER, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=head.env if env is None else env,
+        cwd=ROOT,
+    )
     assert head.token not in proc.stdout + proc.stderr
     return proc
 
@@ -234,9 +289,25 @@ def jobs(head: Head, capsys, *args: str) -> tuple[int, str, str]:
 def sharded(head, tmp_path_factory):
     """A sharding job, submitted and followed to its end: (its run, the dataset folder)."""
     out = tmp_path_factory.mktemp("store")
-    proc = career(head, "submit", "--address", head.address, "--", "career", "shard",
-                  "--format", "synth", "--sim-preset", "nlsy79", "--people", "200",
-                  "--out", str(out), "--name", "s")  # fmt: skip
+    proc = career(
+        head,
+        "submit",
+        "--address",
+        head.address,
+        "--",
+        "career",
+        "shard",
+        "--format",
+        "synth",
+        "--sim-preset",
+        "nlsy79",
+        "--people",
+        "200",
+        "--out",
+        str(out),
+        "--name",
+        "s",
+    )
     return proc, out / "s"
 
 
@@ -272,8 +343,21 @@ def test_submit_a_tiny_pretraining_job(head, sharded, tmp_path):
     """Ray Train inside the job, on the job's cluster (`--ray-address auto` added)."""
     _, dataset = sharded
     run = tmp_path / "run"
-    proc = career(head, "submit", "--", "career", "pretrain", "--data", str(dataset),
-                  "--out", str(run), "--workers", "1", *TINY, timeout=480)  # fmt: skip
+    proc = career(
+        head,
+        "submit",
+        "--",
+        "career",
+        "pretrain",
+        "--data",
+        str(dataset),
+        "--out",
+        str(run),
+        "--workers",
+        "1",
+        *TINY,
+        timeout=480,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "model package" in proc.stdout and "SUCCEEDED" in proc.stderr
     assert (run / "metrics.json").is_file() and (run / "package" / "model.safetensors").is_file()
@@ -283,8 +367,9 @@ def test_submit_a_tiny_pretraining_job(head, sharded, tmp_path):
 def test_a_failing_job_exits_with_the_commands_code(head, tmp_path):
     """The command failed on the cluster with exit 2 (bad input): so does `career submit`."""
     missing = tmp_path / "missing.csv"
-    proc = career(head, "submit", "--", "career", "inspect", "--format", "panel",
-                  "--input", str(missing))  # fmt: skip
+    proc = career(
+        head, "submit", "--", "career", "inspect", "--format", "panel", "--input", str(missing)
+    )
     job_id = _job_id(proc)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"career submit: error: job {job_id} FAILED" in proc.stderr
@@ -298,10 +383,27 @@ def test_stop_a_running_job(as_client, tmp_path, capsys):
     head = as_client
     out = tmp_path / "big.jsonl"
     follower = subprocess.Popen(
-        [CAREER, "submit", "--", "career", "synth", "--preset", "resumes", "--people", "5000000",
-         "--layout", "resume-jsonl", "--out", str(out)],
-        env=head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
+        [
+            CAREER,
+            "submit",
+            "--",
+            "career",
+            "synth",
+            "--preset",
+            "resumes",
+            "--people",
+            "5000000",
+            "--layout",
+            "resume-jsonl",
+            "--out",
+            str(out),
+        ],
+        env=head.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         job_id = follower.stdout.readline().strip()
         assert job_id.startswith("raysubmit_"), job_id
@@ -332,9 +434,10 @@ def test_a_wrong_or_missing_token_is_refused_without_printing_it(
     wrong = "wrongtoken-" + secrets.token_hex(16)
     monkeypatch.setenv("RAY_AUTH_TOKEN", wrong)  # RAY_AUTH_TOKEN wins over the file
     never = tmp_path / "never"
-    for argv in (["jobs", "list"],
-                 ["submit", "--no-wait", "--", "career", "synth", "--preset", "psid",
-                  "--out", str(never)]):  # fmt: skip
+    for argv in (
+        ["jobs", "list"],
+        ["submit", "--no-wait", "--", "career", "synth", "--preset", "psid", "--out", str(never)],
+    ):
         assert main(argv) == 2, argv
         out, err = capsys.readouterr()
         assert "refused the token from RAY_AUTH_TOKEN (HTTP 403)" in err, err

@@ -56,8 +56,19 @@ from trainer.model import build_model
 from trainer.package import load_model
 
 pytestmark = pytest.mark.slow
-COMMON = ["--preset", "tiny", "--tokens-per-update", "1500", "--launcher", "torchrun", "--workers", "2",
-          "optim.lr=0.003", "loader_workers=0", "model.dropout=0.1"]  # fmt: skip
+COMMON = [
+    "--preset",
+    "tiny",
+    "--tokens-per-update",
+    "1500",
+    "--launcher",
+    "torchrun",
+    "--workers",
+    "2",
+    "optim.lr=0.003",
+    "loader_workers=0",
+    "model.dropout=0.1",
+]
 #: A weight above ZeRO-3's persistence threshold (1e5 elements, stage3_param_persistence_threshold):
 #: without one, ZeRO-3 keeps every tiny weight whole on each rank and a forward is no collective.
 PARTITIONED = "model.d_ff=4096"
@@ -73,8 +84,13 @@ def data(tmp_path_factory, ray_address):
         "resumes",
         small,
     )
-    survey = shard_dataset(InputSpec(format="synth", preset="nlsy79", people=500, seed=2), str(root), "nlsy79", small,
-                           f"{resumes.dataset_url}/vocab.json")  # fmt: skip
+    survey = shard_dataset(
+        InputSpec(format="synth", preset="nlsy79", people=500, seed=2),
+        str(root),
+        "nlsy79",
+        small,
+        f"{resumes.dataset_url}/vocab.json",
+    )
     alone_input = InputSpec(format="synth", preset="nlsy79", people=300, seed=3)
     alone = shard_dataset(alone_input, str(root), "alone", small)
     one_block = shard_dataset(
@@ -96,9 +112,11 @@ def opposed_dataset(root: Path) -> str:
     worse: early stopping is certain, not the luck of a loss curve. Valid is one block."""
     source = root / "opposed-input"
     source.mkdir()
-    splits = {"train": (200, lambda i: ["1000"] * 5),
-              "valid": (50, lambda i: ["1000", "2000"] * 2 + ["1000"]),
-              "test": (10, lambda i: ["1000", "2000"] * 2 + ["1000"])}  # fmt: skip
+    splits = {
+        "train": (200, lambda i: ["1000"] * 5),
+        "valid": (50, lambda i: ["1000", "2000"] * 2 + ["1000"]),
+        "test": (10, lambda i: ["1000", "2000"] * 2 + ["1000"]),
+    }
     for split, (people, jobs) in splits.items():
         (source / f"{split}.job").write_text(
             "".join(" ".join(jobs(i)) + "\n" for i in range(people))
@@ -116,9 +134,11 @@ def baselines(data):
     out = {}
     for name in ("resumes", "nlsy79"):
         tables = {
-            split: pa.table({"jobs": [r["jobs"] for r in records_from_loader(data[name], split).values()]})
+            split: pa.table(
+                {"jobs": [r["jobs"] for r in records_from_loader(data[name], split).values()]}
+            )
             for split in ("train", "valid")
-        }  # fmt: skip
+        }
         markov = fit_markov(tables["train"], tables["valid"])
         out[name] = {"markov": markov.perplexity(tables["valid"])}
     return out
@@ -194,8 +214,21 @@ def test_loss_falls_below_the_markov_baseline(data, baselines, tmp_path):
     """ZeRO 0 (ZeRO 1/2/3 reach the same perplexities in test_stop_and_resume), precision `auto`
     on a CPU whose /proc/cpuinfo (a real copy) has native bf16: bf16 autocast, in every worker."""
     out = tmp_path / "run"
-    career("pretrain", "--data", data["resumes"], "--out", str(out), "--zero-stage", "0", "--updates", "36",
-           "--eval-every", "12", *COMMON, env=BF16_CPU)  # fmt: skip
+    career(
+        "pretrain",
+        "--data",
+        data["resumes"],
+        "--out",
+        str(out),
+        "--zero-stage",
+        "0",
+        "--updates",
+        "36",
+        "--eval-every",
+        "12",
+        *COMMON,
+        env=BF16_CPU,
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["precision"] == "bf16-autocast"
     assert metrics["precision"]["training"] == "bf16-autocast"
@@ -222,24 +255,41 @@ def test_stop_and_resume(data, baselines, tmp_path, stage, precision):
     (ZeRO 1/3: ZeRO state re-partitioned through a universal checkpoint, the loader re-plans the
     epoch; tests/test_stream.py checks that nobody is skipped or read twice). Bit-exact in bf16
     autocast too: a resumed run repeats the same computations, whatever their precision."""
-    args = ["--data", data["resumes"], "--zero-stage", str(stage), "--updates", "36", "--eval-every", "18",
-            "--checkpoint-every", "18", "--precision", precision, *COMMON]  # fmt: skip
+    args = [
+        "--data",
+        data["resumes"],
+        "--zero-stage",
+        str(stage),
+        "--updates",
+        "36",
+        "--eval-every",
+        "18",
+        "--checkpoint-every",
+        "18",
+        "--precision",
+        precision,
+        *COMMON,
+    ]
     whole, split, elastic = tmp_path / "whole", tmp_path / "split", tmp_path / "elastic"
     pointers = tmp_path / "pointers"
     # Independent runs side by side (their start-ups overlap): the uninterrupted run and the one
     # stopped after update 18; then its resumption on the same workers, a copy's on others
     # (ZeRO 1 and 3 shrink to 1 worker; ZeRO 2 grows to 3: partitions re-cut into more pieces),
     # the export of update 36 and (ZeRO 2) a rerun of a run killed between its two pointers.
-    _, stopped = career_all(["pretrain", "--out", str(whole), *args],
-                            ["pretrain", "--out", str(split), "--stop-after", "18", *args])  # fmt: skip
+    _, stopped = career_all(
+        ["pretrain", "--out", str(whole), *args],
+        ["pretrain", "--out", str(split), "--stop-after", "18", *args],
+    )
     assert "stopped after update 18" in stopped.stdout and not (split / "metrics.json").exists()
     shutil.copytree(split, elastic)
     workers = 3 if stage == 2 else 1
     checkpoints = digest(whole / "checkpoints")
     metrics = json.loads((whole / "metrics.json").read_text())
-    later = [["pretrain", "--out", str(split), *args],
-             ["pretrain", "--out", str(elastic), *args, "--workers", str(workers)],
-             ["export", "--run", str(whole), "--tag", "step0000036", "--package", str(tmp_path / "pkg")]]  # fmt: skip
+    later = [
+        ["pretrain", "--out", str(split), *args],
+        ["pretrain", "--out", str(elastic), *args, "--workers", str(workers)],
+        ["export", "--run", str(whole), "--tag", "step0000036", "--package", str(tmp_path / "pkg")],
+    ]
     if stage == 2:
         later.append(kill_between_the_two_pointers(whole, pointers, args, metrics))
     _, elastic_resumed, *_ = career_all(*later)
@@ -271,35 +321,53 @@ def test_stop_and_resume(data, baselines, tmp_path, stage, precision):
         check_export_refusals(whole, tmp_path)
     if stage == 2:
         check_the_pointers_rerun(pointers, metrics)
-    check_elastic_resume(elastic, elastic_resumed, a, baselines["resumes"]["markov"], metrics,
-                         workers)  # fmt: skip
+    check_elastic_resume(
+        elastic, elastic_resumed, a, baselines["resumes"]["markov"], metrics, workers
+    )
 
 
 def check_export_refusals(run: Path, tmp_path: Path) -> None:
     """`career export` of a tag the run does not have, or of a run with no checkpoint: exit 2
     with what the run has, and no package written."""
-    unknown = career("export", "--run", str(run), "--tag", "step0000099", "--package",
-                     str(tmp_path / "p1"), check=False)  # fmt: skip
+    unknown = career(
+        "export",
+        "--run",
+        str(run),
+        "--tag",
+        "step0000099",
+        "--package",
+        str(tmp_path / "p1"),
+        check=False,
+    )
     assert unknown.returncode == 2 and not (tmp_path / "p1").exists()
     assert "no checkpoint step0000099 in this run (its checkpoints: step0000018, step0000036)" in (
         unknown.stderr
     )
     (tmp_path / "empty-run").mkdir()
-    empty = career("export", "--run", str(tmp_path / "empty-run"), "--package", str(tmp_path / "p2"),
-                   check=False)  # fmt: skip
+    empty = career(
+        "export",
+        "--run",
+        str(tmp_path / "empty-run"),
+        "--package",
+        str(tmp_path / "p2"),
+        check=False,
+    )
     assert empty.returncode == 2 and "no checkpoint found" in empty.stderr
     assert not (tmp_path / "p2").exists()
 
 
-def kill_between_the_two_pointers(whole: Path, out: Path, args: list[str],
-                                  metrics: dict) -> list[str]:  # fmt: skip
+def kill_between_the_two_pointers(
+    whole: Path, out: Path, args: list[str], metrics: dict
+) -> list[str]:
     """A run killed after writing `latest.json` for update 36 and before its `best.json` (still
     naming update 18): made from the uninterrupted run; the command that reruns it."""
     shutil.copytree(whole / "checkpoints", out / "checkpoints")
     assert metrics["best_step"] == 36  # the uninterrupted run's best (at_36 < at_18 above)
-    (out / "checkpoints" / "best.json").write_text(json.dumps(
-        {"tag": "step0000018", "step": 18, "valid_perplexity": metrics["valid_history"][0][1]}
-    ))  # fmt: skip
+    (out / "checkpoints" / "best.json").write_text(
+        json.dumps(
+            {"tag": "step0000018", "step": 18, "valid_perplexity": metrics["valid_history"][0][1]}
+        )
+    )
     return ["pretrain", "--out", str(out), *args]
 
 
@@ -312,8 +380,7 @@ def check_the_pointers_rerun(out: Path, metrics: dict) -> None:
     assert load_model(str(out / "package")).config["checkpoint"] == "step0000036"
 
 
-def check_elastic_resume(out: Path, resumed, whole_36, markov: float, whole,
-                         workers: int) -> None:  # fmt: skip
+def check_elastic_resume(out: Path, resumed, whole_36, markov: float, whole, workers: int) -> None:
     """`resumed`: the finished rerun of a copy of the stopped run on `workers` workers."""
     at_18 = weights(out, 18)
     assert f"elastic: 2 -> {workers} workers" in resumed.stdout + resumed.stderr
@@ -339,8 +406,9 @@ BF16_EPS = 2.0**-8
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16-autocast"])
-def test_two_micro_batches_make_the_update_one_batch_makes(data, monkeypatch, single_process_group,
-                                                            precision):  # fmt: skip
+def test_two_micro_batches_make_the_update_one_batch_makes(
+    data, monkeypatch, single_process_group, precision
+):
     """The same people as one batch or as two micro-batches (gradient accumulation): the same loss,
     gradient norm and weights after two updates (ZeRO-2, the default stage; one rank, in-process).
     The gradient norm is what catches a wrong loss scale: Adam's first steps hardly depend on it.
@@ -358,8 +426,14 @@ def test_two_micro_batches_make_the_update_one_batch_makes(data, monkeypatch, si
     from trainer.distributed import run_info
     from trainer.step import NLLModule, run_update
 
-    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}.items():  # fmt: skip
+    for name, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29533",
+    }.items():
         monkeypatch.setenv(name, value)
     select_accelerator(use_gpu=False)
     dataset = load_dataset(data["resumes"])
@@ -370,14 +444,21 @@ def test_two_micro_batches_make_the_update_one_batch_makes(data, monkeypatch, si
 
     def halves(batch):
         n = len(batch["lengths"]) // 2
-        return [{k: v[part] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-                for part in (slice(0, n), slice(n, None))]  # fmt: skip
+        return [
+            {k: v[part] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            for part in (slice(0, n), slice(n, None))
+        ]
 
     names, results = ("inputs", "targets", *dataset.covariates), {}
     for micro in (1, 2):
-        config = TrainConfig(preset="tiny", micro_batches=micro, tokens_per_update=1500, updates=2,
-                             precision=precision,
-                             optim=OptimConfig(lr=0.003, warmup_updates=0)).resolve(1, False)  # fmt: skip
+        config = TrainConfig(
+            preset="tiny",
+            micro_batches=micro,
+            tokens_per_update=1500,
+            updates=2,
+            precision=precision,
+            optim=OptimConfig(lr=0.003, warmup_updates=0),
+        ).resolve(1, False)
         engine, _, _ = ds_engine.initialize(NLLModule(initial_model(data["resumes"])), config, 1)
         assert engine.torch_autocast_enabled() == (precision == "bf16-autocast")
         engine.train()
@@ -411,18 +492,38 @@ def test_two_micro_batches_make_the_update_one_batch_makes(data, monkeypatch, si
 def test_finetune_extends_the_vocabulary_and_refuses_a_mismatch(data, baselines, tmp_path):
     base = tmp_path / "base"
     # precision `auto` on a CPU without native bf16 (its /proc/cpuinfo): fp32 in every worker
-    career("pretrain", "--data", data["resumes"], "--out", str(base), "--updates", "12", *COMMON,
-           env=FP32_CPU)  # fmt: skip
+    career(
+        "pretrain",
+        "--data",
+        data["resumes"],
+        "--out",
+        str(base),
+        "--updates",
+        "12",
+        *COMMON,
+        env=FP32_CPU,
+    )
     trained = json.loads((base / "metrics.json").read_text())
     assert trained["precision"]["training"] == "fp32" == trained["config"]["precision"]
     assert "auto: CPU without native bf16" in trained["precision"]["training_why"]
     fine, split = tmp_path / "fine", tmp_path / "fine-split"
-    finetune = ["finetune", "--base", str(base / "package"), "--data", data["nlsy79"], "--updates",
-                "12", "--eval-every", "6", *COMMON]  # fmt: skip
+    finetune = [
+        "finetune",
+        "--base",
+        str(base / "package"),
+        "--data",
+        data["nlsy79"],
+        "--updates",
+        "12",
+        "--eval-every",
+        "6",
+        *COMMON,
+    ]
     # A fine-tuning run stopped after update 6 and rerun resumes exactly (the adapted model is
     # rebuilt, then the checkpoint's weights, optimizer, loader and RNG state are loaded over it).
-    _, stopped = career_all([*finetune, "--out", str(fine)],
-                            [*finetune, "--out", str(split), "--stop-after", "6"])  # fmt: skip
+    _, stopped = career_all(
+        [*finetune, "--out", str(fine)], [*finetune, "--out", str(split), "--stop-after", "6"]
+    )
     assert "stopped after update 6" in stopped.stdout
     resumed = career(*finetune, "--out", str(split))
     assert "resumed from step0000006" in resumed.stdout + resumed.stderr
@@ -451,8 +552,17 @@ def test_finetune_extends_the_vocabulary_and_refuses_a_mismatch(data, baselines,
     ]
     assert adapt["unexpected_keys"] == []
     assert metrics["best_valid_perplexity"] < baselines["nlsy79"]["markov"]
-    refused = career("finetune", "--base", str(base / "package"), "--data", data["alone"], "--out", str(tmp_path / "x"),
-                     *COMMON, check=False)  # fmt: skip
+    refused = career(
+        "finetune",
+        "--base",
+        str(base / "package"),
+        "--data",
+        data["alone"],
+        "--out",
+        str(tmp_path / "x"),
+        *COMMON,
+        check=False,
+    )
     assert refused.returncode == 2 and "does not extend" in refused.stderr
     assert not (tmp_path / "x").exists()  # a refused command leaves nothing behind
 
@@ -468,16 +578,44 @@ def test_zero3_on_a_survey_with_one_validation_block(data, tmp_path):
     assert sum(shard.blocks for shard in valid) == 1
     zero3 = ["--data", data["opposed"], "--zero-stage", "3", *COMMON]
     base, fine = tmp_path / "base", tmp_path / "fine"
-    career("pretrain", "--out", str(base), "--updates", "6", "--eval-every", "3", *zero3, PARTITIONED,
-           "--precision", "bf16", timeout=240)  # fmt: skip
+    career(
+        "pretrain",
+        "--out",
+        str(base),
+        "--updates",
+        "6",
+        "--eval-every",
+        "3",
+        *zero3,
+        PARTITIONED,
+        "--precision",
+        "bf16",
+        timeout=240,
+    )
     pretrained = json.loads((base / "metrics.json").read_text())
     assert len(pretrained["valid_history"]) == 2 and pretrained["precision"]["training"] == "bf16"
     assert loader_perplexity(load_model(str(base / "package")).model, data["opposed"]) == (
         pytest.approx(pretrained["best_valid_perplexity"], rel=1e-5)
     )
-    finetuned = career("finetune", "--base", str(base / "package"), "--out", str(fine), "--updates", "40",
-                       "--eval-every", "2", "--checkpoint-every", "2", *zero3, "--precision", "fp32",
-                       "patience=2", "keep_checkpoints=1", timeout=240)  # fmt: skip
+    finetuned = career(
+        "finetune",
+        "--base",
+        str(base / "package"),
+        "--out",
+        str(fine),
+        "--updates",
+        "40",
+        "--eval-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+        *zero3,
+        "--precision",
+        "fp32",
+        "patience=2",
+        "keep_checkpoints=1",
+        timeout=240,
+    )
     metrics = json.loads((fine / "metrics.json").read_text())
     steps, history = zip(*metrics["valid_history"], strict=True)
     assert "early stopping: no improvement in 2 evaluations" in finetuned.stdout + finetuned.stderr
@@ -496,8 +634,16 @@ def test_zero3_on_a_survey_with_one_validation_block(data, tmp_path):
 
 def test_bad_inputs_are_refused_before_launch(data, tmp_path):
     def pretrain(data_url: str, *extra: str, check: bool = False) -> subprocess.CompletedProcess:
-        return career("pretrain", "--data", data_url, "--out", str(tmp_path / "o"), *extra, *COMMON,
-                      check=check)  # fmt: skip
+        return career(
+            "pretrain",
+            "--data",
+            data_url,
+            "--out",
+            str(tmp_path / "o"),
+            *extra,
+            *COMMON,
+            check=check,
+        )
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -508,8 +654,16 @@ def test_bad_inputs_are_refused_before_launch(data, tmp_path):
     proc = pretrain(data["resumes"], "optim.nonsense=1")
     assert proc.returncode == 2 and "unknown setting" in proc.stderr
     # One training block for two workers: refused with the fix, never left waiting.
-    proc = career("pretrain", "--data", data["one_block"], "--out", str(tmp_path / "o"), *COMMON,
-                  check=False, timeout=120)  # fmt: skip
+    proc = career(
+        "pretrain",
+        "--data",
+        data["one_block"],
+        "--out",
+        str(tmp_path / "o"),
+        *COMMON,
+        check=False,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "fewer training blocks (1) than workers (2)" in proc.stderr
     assert "--people-per-block" in proc.stderr and not (tmp_path / "o").exists()
     dry = pretrain(data["resumes"], "--dry-run", "--updates", "100", check=True)
@@ -526,8 +680,9 @@ def test_bad_inputs_are_refused_before_launch(data, tmp_path):
     assert any(n.startswith("precision auto -> ") and "CPU" in n for n in notes)
     assert "dropout: hash dropout (C kernel)" in notes
     # GPU options resolve into DeepSpeed's config: torch autocast over fp32 weights, compilation.
-    amp = pretrain(data["resumes"], "--dry-run", "--precision", "bf16-autocast", "compile=True",
-                   check=True)  # fmt: skip
+    amp = pretrain(
+        data["resumes"], "--dry-run", "--precision", "bf16-autocast", "compile=True", check=True
+    )
     resolved = json.loads(amp.stdout)
     assert resolved["deepspeed"]["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
     assert "bf16" not in resolved["deepspeed"] and resolved["config"]["compile"] is True
@@ -543,16 +698,38 @@ def test_training_with_data_and_out_on_s3(s3_endpoint, ray_address):
     root, options = new_bucket(s3_endpoint, "train")
     bucket = root.removeprefix("s3://")
     fs = s3fs.S3FileSystem(**options)
-    dataset = shard_dataset(InputSpec(format="synth", preset="nlsy79", people=400, seed=4),
-                            f"s3://{bucket}", "survey", ShardConfig(people_per_block=64),
-                            storage_options=options).dataset_url  # fmt: skip
+    dataset = shard_dataset(
+        InputSpec(format="synth", preset="nlsy79", people=400, seed=4),
+        f"s3://{bucket}",
+        "survey",
+        ShardConfig(people_per_block=64),
+        storage_options=options,
+    ).dataset_url
     precisions = ("fp32", "bf16-autocast")
-    runs = {p: [
-        "pretrain", "--data", dataset, "--out", f"s3://{bucket}/run-{p}", "--storage-options",
-        json.dumps(options), "--updates", "6", "--eval-every", "3", "--checkpoint-every", "3",
-        "--precision", p, *COMMON] for p in precisions}  # fmt: skip
-    for p, stopped in zip(precisions, career_all(*[[*a, "--stop-after", "3"] for a in runs.values()]),
-                          strict=True):  # fmt: skip
+    runs = {
+        p: [
+            "pretrain",
+            "--data",
+            dataset,
+            "--out",
+            f"s3://{bucket}/run-{p}",
+            "--storage-options",
+            json.dumps(options),
+            "--updates",
+            "6",
+            "--eval-every",
+            "3",
+            "--checkpoint-every",
+            "3",
+            "--precision",
+            p,
+            *COMMON,
+        ]
+        for p in precisions
+    }
+    for p, stopped in zip(
+        precisions, career_all(*[[*a, "--stop-after", "3"] for a in runs.values()]), strict=True
+    ):
         assert "stopped after update 3" in stopped.stdout
         assert fs.exists(f"{bucket}/run-{p}/checkpoints/step0000003/career.json")
     # (each run stages its checkpoints in a fresh private folder: the resume downloads them)

@@ -65,16 +65,18 @@ def train_tiny(data_url: str, out: Path, updates: int = 150, seed: int = 0) -> s
     sizes = {name: dataset.vocab.size(name) for name in ("job", *covariates)}
     model = build("career", sizes, "tiny", covariates=covariates)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    loader = CareerLoader(data_url, StreamConfig(split="train", tokens_per_update=4096, seed=seed),
-                          num_workers=0)  # fmt: skip
+    loader = CareerLoader(
+        data_url, StreamConfig(split="train", tokens_per_update=4096, seed=seed), num_workers=0
+    )
     model.train()
     for _, batch in zip(range(updates), loader, strict=False):
         loss, count = model.nll({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
         optimizer.zero_grad()
         (loss / count).backward()
         optimizer.step()
-    write_package(str(out), model.state_dict(), model.config, dataset.vocab, {},
-                  dataset.manifest_sha)  # fmt: skip
+    write_package(
+        str(out), model.state_dict(), model.config, dataset.vocab, {}, dataset.manifest_sha
+    )
     return str(out)
 
 
@@ -82,24 +84,43 @@ def train_tiny(data_url: str, out: Path, updates: int = 150, seed: int = 0) -> s
 def wages(tmp_path_factory, ray_address):
     root = tmp_path_factory.mktemp("wages")
     store = str(root / "data")
-    gap = shard_dataset(InputSpec(format="synth", preset="wage-gap", people=PEOPLE, seed=SEED),
-                        store, "gap", CONFIG).dataset_url  # fmt: skip
+    gap = shard_dataset(
+        InputSpec(format="synth", preset="wage-gap", people=PEOPLE, seed=SEED), store, "gap", CONFIG
+    ).dataset_url
     same_people = dataclasses.replace(PRESETS["wage-gap"], wage_design=NO_HISTORY)
     folder = root / "no_history_career_code"
-    write_layout(simulate(same_people, PEOPLE, seed=SEED), str(folder), "career-code",
-                 fractions=CONFIG.split_fractions)  # fmt: skip
-    no_history = shard_dataset(InputSpec(format="career-code", url=str(folder)), store,
-                               "no_history", CONFIG, f"{gap}/vocab.json").dataset_url  # fmt: skip
-    resumes = shard_dataset(InputSpec(format="synth", preset="resumes", people=60, seed=0),
-                            store, "resumes", ShardConfig(people_per_block=32)).dataset_url  # fmt: skip
+    write_layout(
+        simulate(same_people, PEOPLE, seed=SEED),
+        str(folder),
+        "career-code",
+        fractions=CONFIG.split_fractions,
+    )
+    no_history = shard_dataset(
+        InputSpec(format="career-code", url=str(folder)),
+        store,
+        "no_history",
+        CONFIG,
+        f"{gap}/vocab.json",
+    ).dataset_url
+    resumes = shard_dataset(
+        InputSpec(format="synth", preset="resumes", people=60, seed=0),
+        store,
+        "resumes",
+        ShardConfig(people_per_block=32),
+    ).dataset_url
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         package = train_tiny(gap, root / "models" / "tiny")
     finally:
         torch.set_num_threads(threads)  # (other modules keep their own setting)
-    return {"root": root, "gap": gap, "no_history": no_history, "resumes": resumes,
-            "package": package}  # fmt: skip
+    return {
+        "root": root,
+        "gap": gap,
+        "no_history": no_history,
+        "resumes": resumes,
+        "package": package,
+    }
 
 
 def test_history_beats_mincer_only_where_wages_depend_on_history(wages):
@@ -175,11 +196,18 @@ def test_the_history_adjusted_interval_covers_the_known_gap_at_its_rate(wages, t
         result = wage_gap(loaded, url, "gender")
         assert result["truth"] == pytest.approx(-0.10)
         runs[seed] = result["estimates"]
-    error = {seed: {name: abs(e["estimate"] + 0.10) for name, e in estimates.items()}
-             for seed, estimates in runs.items()}  # fmt: skip
-    covered = {name: [seed for seed, estimates in runs.items()
-                      if estimates[name]["low"] <= -0.10 <= estimates[name]["high"]]
-               for name in ("raw", "mincer_ols", "history_dml")}  # fmt: skip
+    error = {
+        seed: {name: abs(e["estimate"] + 0.10) for name, e in estimates.items()}
+        for seed, estimates in runs.items()
+    }
+    covered = {
+        name: [
+            seed
+            for seed, estimates in runs.items()
+            if estimates[name]["low"] <= -0.10 <= estimates[name]["high"]
+        ]
+        for name in ("raw", "mincer_ols", "history_dml")
+    }
     for seed, estimates in runs.items():
         assert error[seed]["history_dml"] < error[seed]["mincer_ols"], (seed, error[seed])
         assert estimates["mincer_ols"]["estimate"] < -0.10, seed  # history confounds
@@ -198,13 +226,23 @@ def test_the_wage_gap_design_makes_the_gap_given_history_exact():
     rows = []
     for person in people:
         out_of_work, tenure, previous, last_year = 0, 0, None, None
-        years = zip(person["jobs"], person["years"], person["education"], person["log_wage"],
-                    strict=True)  # fmt: skip
+        years = zip(
+            person["jobs"], person["years"], person["education"], person["log_wage"], strict=True
+        )
         for job, year, education, wage in years:
             tenure = tenure + year - last_year if job == previous else 1
             if wage is not None:
-                rows.append((person["gender"] == "female", job, year, education, np.log(tenure),
-                             out_of_work, wage))  # fmt: skip
+                rows.append(
+                    (
+                        person["gender"] == "female",
+                        job,
+                        year,
+                        education,
+                        np.log(tenure),
+                        out_of_work,
+                        wage,
+                    )
+                )
             out_of_work += job in ("unemployed", "not_in_labor_force")
             previous, last_year = job, year
     female, jobs, years, edu, log_tenure, scar, wage = (
@@ -234,21 +272,48 @@ def test_career_wages_prints_and_writes_both_results(wages, tmp_path, capsys):
     table = tmp_path / "table.json"
     before = digest(wages["package"], wages["gap"])
     # the installed command
-    printed = career("wages", "--model", wages["package"], "--data", wages["gap"], "--out",
-                     str(table), "--bootstrap", "50").stdout  # fmt: skip
+    printed = career(
+        "wages",
+        "--model",
+        wages["package"],
+        "--data",
+        wages["gap"],
+        "--out",
+        str(table),
+        "--bootstrap",
+        "50",
+    ).stdout
     assert digest(wages["package"], wages["gap"]) == before  # no input modified
     assert "Mincer + career representation" in printed and "test R^2" in printed
     result = json.loads(table.read_text())["wage_table"]
     assert result["bootstrap"]["replicates"] == 50 and result["penalty"]["chosen"] > 0
     gap = tmp_path / "gap.json"
-    assert main(["wages", "--model", wages["package"], "--data", wages["gap"], "--gap",
-                 "gender", "--out", str(gap), "--pooling", "state"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "wages",
+                "--model",
+                wages["package"],
+                "--data",
+                wages["gap"],
+                "--gap",
+                "gender",
+                "--out",
+                str(gap),
+                "--pooling",
+                "state",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "female minus male" in printed and "covers the truth (-0.1)" in printed
     result = json.loads(gap.read_text())["wage_gap"]
     assert result["pooling"] == "state" and set(result["estimates"]) == {
-        "raw", "mincer_ols", "history_dml"
-    }  # fmt: skip
+        "raw",
+        "mincer_ols",
+        "history_dml",
+    }
 
 
 def _refused(args: list[str], capsys) -> str:
@@ -267,10 +332,12 @@ def test_career_wages_refuses_bad_input_and_writes_nothing(wages, tmp_path, caps
     assert "resumes/manifest.json" in err and "no log wages" in err
     err = _refused(["--model", package, "--data", gap, "--gap", "gender:female,nonbinary"], capsys)
     assert "gap/manifest.json" in err and "no gender value 'nonbinary'" in err
-    assert "--gap takes one of" in _refused(["--model", package, "--data", gap, "--gap", "age"],
-                                            capsys)  # fmt: skip
-    assert "names two values" in _refused(["--model", package, "--data", gap, "--gap",
-                                           "ethnicity:black"], capsys)  # fmt: skip
+    assert "--gap takes one of" in _refused(
+        ["--model", package, "--data", gap, "--gap", "age"], capsys
+    )
+    assert "names two values" in _refused(
+        ["--model", package, "--data", gap, "--gap", "ethnicity:black"], capsys
+    )
     assert "--folds must be at least 2" in _refused(
         ["--model", package, "--data", gap, "--gap", "gender", "--folds", "1"], capsys
     )
@@ -284,8 +351,9 @@ def test_career_wages_refuses_bad_input_and_writes_nothing(wages, tmp_path, caps
     sizes = {name: dataset.vocab.size(name) for name in ("job", *covariates)}
     regression = build("regression", sizes, "paper", covariates=covariates)
     url = str(tmp_path / "regression")
-    write_package(url, regression.state_dict(), regression.config, dataset.vocab, {},
-                  dataset.manifest_sha)  # fmt: skip
+    write_package(
+        url, regression.state_dict(), regression.config, dataset.vocab, {}, dataset.manifest_sha
+    )
     err = _refused(["--model", url, "--data", gap], capsys)
     assert "regression package has no representation" in err
     assert not out.exists() and not Path(f"{gap}/wages.json").exists()
@@ -300,19 +368,30 @@ def test_wagepan_runs_and_a_gap_on_a_field_it_lacks_is_refused(tmp_path, ray_add
     csv = tmp_path / "wagepan.csv"
     frame.to_csv(csv, index=False)
     mapping = PanelMapping(
-        person="nr", occupation_dummies=tuple(f"occ{i}" for i in range(1, 10)), education="educ",
-        wage="lwage", wage_is_log=True, ethnicity_dummies=("black", "hisp"),
-        ethnicity_base="other", birth_year="birth_year",
-    )  # fmt: skip
-    data = shard_dataset(InputSpec(format="panel", url=str(csv), panel=mapping),
-                         str(tmp_path / "data"), "wagepan",
-                         ShardConfig(people_per_block=64, split_fractions=(0.7, 0.15, 0.15)),
-                         ).dataset_url  # fmt: skip
+        person="nr",
+        occupation_dummies=tuple(f"occ{i}" for i in range(1, 10)),
+        education="educ",
+        wage="lwage",
+        wage_is_log=True,
+        ethnicity_dummies=("black", "hisp"),
+        ethnicity_base="other",
+        birth_year="birth_year",
+    )
+    data = shard_dataset(
+        InputSpec(format="panel", url=str(csv), panel=mapping),
+        str(tmp_path / "data"),
+        "wagepan",
+        ShardConfig(people_per_block=64, split_fractions=(0.7, 0.15, 0.15)),
+    ).dataset_url
     dataset = load_dataset(data)
     covariates = covariates_of(dataset.manifest)
     torch.manual_seed(0)
-    model = build("career", {n: dataset.vocab.size(n) for n in ("job", *covariates)}, "tiny",
-                  covariates=covariates)  # fmt: skip
+    model = build(
+        "career",
+        {n: dataset.vocab.size(n) for n in ("job", *covariates)},
+        "tiny",
+        covariates=covariates,
+    )
     url = str(tmp_path / "untrained")
     write_package(url, model.state_dict(), model.config, dataset.vocab, {}, dataset.manifest_sha)
     loaded = load_model(url)

@@ -58,21 +58,30 @@ class Checkpointer:
     def _client_state(self, state: TrainState, valid: float | None) -> dict[str, Any]:
         run = self.run
         return {
-            "step": state.step, "tokens_seen": state.tokens_seen, "world_size": run.info.world_size,
-            "loader": all_gather(self.loader.state_dict()), "rng": all_gather(rng.rng_state()),
-            "config": run.config.to_dict(), "vocab_hash": run.data.vocab.hash,
-            "valid_perplexity": valid, "valid_history": state.valid_history,
+            "step": state.step,
+            "tokens_seen": state.tokens_seen,
+            "world_size": run.info.world_size,
+            "loader": all_gather(self.loader.state_dict()),
+            "rng": all_gather(rng.rng_state()),
+            "config": run.config.to_dict(),
+            "vocab_hash": run.data.vocab.hash,
+            "valid_perplexity": valid,
+            "valid_history": state.valid_history,
             "train_history": state.train_history,
-        }  # fmt: skip
+        }
 
     def _sidecar(self, state: TrainState, valid: float | None) -> dict[str, Any]:
         run = self.run
         return {
-            "model_config": run.model.config.to_dict(), "vocab_hash": run.data.vocab.hash,
-            "dataset": storage.redact(run.data_url), "dataset_manifest_sha256": run.data.manifest_sha,
-            "step": state.step, "tokens_seen": state.tokens_seen, "valid_perplexity": valid,
+            "model_config": run.model.config.to_dict(),
+            "vocab_hash": run.data.vocab.hash,
+            "dataset": storage.redact(run.data_url),
+            "dataset_manifest_sha256": run.data.manifest_sha,
+            "step": state.step,
+            "tokens_seen": state.tokens_seen,
+            "valid_perplexity": valid,
             "config": run.config.to_dict(),
-        }  # fmt: skip
+        }
 
     def save(self, engine, state: TrainState, valid: float | None, is_best: bool = False) -> str:
         """Checkpoint after update `state.step` (every rank); `valid`: its validation perplexity
@@ -125,9 +134,11 @@ class Checkpointer:
         if client["vocab_hash"] != run.data.vocab.hash:
             raise StructuralError("the checkpoint was trained on another vocabulary", path=shown)
         state = TrainState(
-            client["step"], client["tokens_seen"], list(client.get("valid_history", [])),
+            client["step"],
+            client["tokens_seen"],
+            list(client.get("valid_history", [])),
             list(client.get("train_history", [])),
-        )  # fmt: skip
+        )
         # The same workers continue exactly; another number re-plans the rest of the epoch so
         # that no person is skipped or read twice (data_shards.elastic).
         mode = self.loader.load_states(client["loader"])

@@ -234,8 +234,9 @@ VALIDATION_WHY = (
 def precision_record(resolved: TrainConfig) -> dict[str, str]:
     """Which precision training and validation run in, and why (metrics.json and --dry-run)."""
     prefix = f"precision auto -> {resolved.precision} ("  # the note `resolve` wrote
-    auto = [n.removeprefix(prefix).removesuffix(")") for n in resolved.notes
-            if n.startswith(prefix)]  # fmt: skip
+    auto = [
+        n.removeprefix(prefix).removesuffix(")") for n in resolved.notes if n.startswith(prefix)
+    ]
     return {
         "training": resolved.precision,
         "training_why": f"auto: {auto[0]}" if auto else "asked for (--precision)",

@@ -75,8 +75,9 @@ def load_dataset(data_url: str, storage_options=None) -> Dataset:
     return Dataset(data_url, manifest, vocab, hashlib.sha256(manifest_bytes).hexdigest())
 
 
-def check_training_blocks(manifest: Manifest, workers: int, loader_workers: int, url: str,
-                          people: int | None = None) -> None:  # fmt: skip
+def check_training_blocks(
+    manifest: Manifest, workers: int, loader_workers: int, url: str, people: int | None = None
+) -> None:
     """Every (worker, DataLoader worker) reads whole blocks of the train split (of its first
     `people` people): with fewer blocks than that, one would wait forever for data. Refuse before
     any collective starts; a subset larger than the split is refused too."""
@@ -175,8 +176,9 @@ def prepare(
         config.notes.append(f"dropout: {hash_dropout.kernel_status(config.hash_dropout)}")
     rng.seed_everything(config.seed)  # same initial weights on every rank
     data = load_dataset(data_url, storage_options)
-    check_training_blocks(data.manifest, info.world_size, config.loader_workers, data_url,
-                          config.train_people)  # fmt: skip
+    check_training_blocks(
+        data.manifest, info.world_size, config.loader_workers, data_url, config.train_people
+    )
     model, adapt = model_for(config, data.vocab, data.manifest, base_package, storage_options)
     return RunContext(info, config, data_url, out_url, storage_options, data, model, adapt)
 
@@ -184,9 +186,15 @@ def prepare(
 def training_loader(run: RunContext) -> CareerLoader:
     """This rank's endless, shuffled, resumable stream of training batches."""
     config, info = run.config, run.info
-    stream = StreamConfig(split="train", tokens_per_update=config.tokens_per_update, rank=info.rank,
-                          world_size=info.world_size, micro_batches=config.micro_batches, seed=config.seed,
-                          people=config.train_people)  # fmt: skip
+    stream = StreamConfig(
+        split="train",
+        tokens_per_update=config.tokens_per_update,
+        rank=info.rank,
+        world_size=info.world_size,
+        micro_batches=config.micro_batches,
+        seed=config.seed,
+        people=config.train_people,
+    )
     return CareerLoader(
         run.data_url, stream, num_workers=config.loader_workers, storage_options=run.storage_options
     )

@@ -61,8 +61,11 @@ def from_local_rank0(obj: Any, info: RunInfo) -> Any:
     """The `obj` of this node's local rank 0, on every rank of the node (a collective): for the
     folders that rank makes with `tempfile.mkdtemp`, whose names no other rank can compute."""
     host = socket.gethostname()
-    found = [value for other, local_rank, value in all_gather((host, info.local_rank, obj))
-             if other == host and local_rank == 0]  # fmt: skip
+    found = [
+        value
+        for other, local_rank, value in all_gather((host, info.local_rank, obj))
+        if other == host and local_rank == 0
+    ]
     if len(found) != 1:
         raise RuntimeError(f"{len(found)} workers with local rank 0 on host {host}, not 1")
     return found[0]

@@ -210,9 +210,20 @@ def to_universal(checkpoint_dir: str, tag: str, out_dir: str) -> None:
     every read weights-only; a refused file is raised here as `UnsafeCheckpointError`."""
     target = Path(out_dir) / tag
     shutil.rmtree(target, ignore_errors=True)
-    command = [sys.executable, "-m", "trainer.engine",
-               "--input_folder", str(Path(checkpoint_dir) / tag), "--output_folder", str(target),
-               "--inject_missing_state", "--num_extract_workers", "1", "--num_merge_workers", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "trainer.engine",
+        "--input_folder",
+        str(Path(checkpoint_dir) / tag),
+        "--output_folder",
+        str(target),
+        "--inject_missing_state",
+        "--num_extract_workers",
+        "1",
+        "--num_merge_workers",
+        "1",
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode == REFUSED_EXIT:
         lines = [ln for ln in done.stderr.splitlines() if ln.startswith(REFUSED_PREFIX)]

@@ -56,8 +56,14 @@ def evaluate(
 ) -> float:
     """Perplexity of `module` (NLL sum, token count) over a whole split, in fp32 with autocast
     off (the same value on every rank)."""
-    stream = StreamConfig(split=split, tokens_per_update=tokens_per_update, rank=info.rank,
-                          world_size=info.world_size, shuffle=False, loop=False)  # fmt: skip
+    stream = StreamConfig(
+        split=split,
+        tokens_per_update=tokens_per_update,
+        rank=info.rank,
+        world_size=info.world_size,
+        shuffle=False,
+        loop=False,
+    )
     loader = CareerLoader(data_url, stream, num_workers=0, storage_options=storage_options)
     nll = tokens = 0.0
     with torch.no_grad(), torch.autocast(info.device.type, enabled=False):
@@ -76,9 +82,18 @@ class Validator:
     Its state is a function of the history, which checkpoints carry, so a resumed run stops
     early exactly where an uninterrupted one would."""
 
-    def __init__(self, engine, replica: Replica, data_url: str, info: RunInfo, config,
-                 names: tuple[str, ...], storage_options=None,
-                 history: list[list[float]] | None = None, best: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        engine,
+        replica: Replica,
+        data_url: str,
+        info: RunInfo,
+        config,
+        names: tuple[str, ...],
+        storage_options=None,
+        history: list[list[float]] | None = None,
+        best: float | None = None,
+    ):
         self.engine = engine
         self.replica = replica
         self.data_url = data_url
@@ -106,8 +121,15 @@ class Validator:
     def run(self, step: int) -> float:
         """Validation perplexity after update `step`, scored and recorded."""
         self.replica.load(self.engine)
-        perplexity = evaluate(self.replica.module, self.data_url, "valid", self.info,
-                              self.config.tokens_per_update, self.names, self.storage_options)  # fmt: skip
+        perplexity = evaluate(
+            self.replica.module,
+            self.data_url,
+            "valid",
+            self.info,
+            self.config.tokens_per_update,
+            self.names,
+            self.storage_options,
+        )
         self._score(step, perplexity)
         self.history.append([step, perplexity])
         return perplexity

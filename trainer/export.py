@@ -61,9 +61,20 @@ def export_run(
             path=storage.redact(store.url),
         ) from None
     if metrics is None:
-        metrics = {"valid_perplexity": sidecar.get("valid_perplexity"), "step": sidecar["step"],
-                   "tokens_seen": sidecar.get("tokens_seen")}  # fmt: skip
+        metrics = {
+            "valid_perplexity": sidecar.get("valid_perplexity"),
+            "step": sidecar["step"],
+            "tokens_seen": sidecar.get("tokens_seen"),
+        }
     target = package_url or storage.join(run_url, "package")
-    write_package(target, state, model_config, vocab, metrics, sidecar["dataset_manifest_sha256"],
-                  {"checkpoint": tag}, storage_options)  # fmt: skip
+    write_package(
+        target,
+        state,
+        model_config,
+        vocab,
+        metrics,
+        sidecar["dataset_manifest_sha256"],
+        {"checkpoint": tag},
+        storage_options,
+    )
     return target

@@ -84,8 +84,10 @@ def adapt_to_dataset(
     adapted = Career(config)
     # Every base weight, the vocabulary-sized ones grown (old rows kept, new rows initialised).
     state = dict(model.state_dict())
-    grown = {"job_embedding": _grow_embedding(model.job_embedding, sizes["job"]),
-             "head": _grow_linear(model.head, sizes["job"])}  # fmt: skip
+    grown = {
+        "job_embedding": _grow_embedding(model.job_embedding, sizes["job"]),
+        "head": _grow_linear(model.head, sizes["job"]),
+    }
     for name in covariates:
         if name in model.covariate_embeddings:
             old = model.covariate_embeddings[name]

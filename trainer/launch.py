@@ -160,13 +160,24 @@ def worker_error(failure: BaseException) -> BaseException | None:
     return None
 
 
-def job_payload(config: TrainConfig, data: str, out: str, base: str | None = None,
-                storage_options: dict | None = None, stop_after: int = 0) -> dict[str, Any]:  # fmt: skip
+def job_payload(
+    config: TrainConfig,
+    data: str,
+    out: str,
+    base: str | None = None,
+    storage_options: dict | None = None,
+    stop_after: int = 0,
+) -> dict[str, Any]:
     """One training run as the workers receive it (local paths made absolute: the workers run in
     another working directory)."""
-    return {"config": config.to_dict(), "data": storage.absolute(data), "out": storage.absolute(out),
-            "base": storage.absolute(base), "storage_options": storage_options,
-            "stop_after": stop_after}  # fmt: skip
+    return {
+        "config": config.to_dict(),
+        "data": storage.absolute(data),
+        "out": storage.absolute(out),
+        "base": storage.absolute(base),
+        "storage_options": storage_options,
+        "stop_after": stop_after,
+    }
 
 
 def ray_train_jobs(
@@ -236,9 +247,13 @@ def main() -> None:
         with open(args.storage_options_file) as f:
             options = json.load(f)
     payload = {
-        "config": json.loads(args.config_json), "data": args.data, "out": args.out, "base": args.base,
-        "storage_options": options, "stop_after": args.stop_after,
-    }  # fmt: skip
+        "config": json.loads(args.config_json),
+        "data": args.data,
+        "out": args.out,
+        "base": args.base,
+        "storage_options": options,
+        "stop_after": args.stop_after,
+    }
     try:
         _worker(payload)
     except USER_ERRORS as error:

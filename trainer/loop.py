@@ -48,8 +48,9 @@ class Due:
     log: bool
 
 
-def _due(step: int, first_step: int, config: TrainConfig, validator, checkpointer,
-         stop_after: int) -> Due:  # fmt: skip
+def _due(
+    step: int, first_step: int, config: TrainConfig, validator, checkpointer, stop_after: int
+) -> Due:
     stop = bool(stop_after) and step >= stop_after
     evaluate = validator.due(step)
     save = checkpointer.due(step, stop) or evaluate  # every evaluation is a checkpoint
@@ -93,21 +94,33 @@ def train(
     loader = training_loader(run)
     # What it trains on (a scaling study's corpus size): people and job-years of the split or
     # of its first `train_people`.
-    corpus = {"people": config.train_people or run.data.manifest.splits["train"]["people"],
-              "tokens": loader.stream.tokens()}  # fmt: skip
+    corpus = {
+        "people": config.train_people or run.data.manifest.splits["train"]["people"],
+        "tokens": loader.stream.tokens(),
+    }
     checkpointer = Checkpointer(run, loader)
     monitor = Monitor(out_url, run.info.rank, config, run.model, storage_options, progress_sink)
     engine, replica, state = _start(run, checkpointer, monitor)
     best = checkpointer.store.best()
-    validator = Validator(engine, replica, data_url, run.info, config, run.names, storage_options,
-                          history=state.valid_history, best=best and best["valid_perplexity"])  # fmt: skip
+    validator = Validator(
+        engine,
+        replica,
+        data_url,
+        run.info,
+        config,
+        run.names,
+        storage_options,
+        history=state.valid_history,
+        best=best and best["valid_perplexity"],
+    )
     checkpointer.repair_best(validator.best_step, validator.best)
     started, meter, first_step = time.perf_counter(), Meter(), state.step
     iterator = iter(loader)
     monitor.start(state.step, config.updates)
     while state.step < config.updates and not validator.should_stop:  # (a rerun of a stopped run)
-        update = run_update(engine, [next(iterator) for _ in range(config.micro_batches)],
-                            run.info, run.names)  # fmt: skip
+        update = run_update(
+            engine, [next(iterator) for _ in range(config.micro_batches)], run.info, run.names
+        )
         state.step += 1
         meter.add(update)
         monitor.advance(state.step)
@@ -140,12 +153,21 @@ def train(
     return metrics
 
 
-def _metrics(run: RunContext, checkpointer: Checkpointer, validator: Validator,
-             state: TrainState, meter: Meter, wall: float) -> tuple[dict, dict[str, Any]]:  # fmt: skip
+def _metrics(
+    run: RunContext,
+    checkpointer: Checkpointer,
+    validator: Validator,
+    state: TrainState,
+    meter: Meter,
+    wall: float,
+) -> tuple[dict, dict[str, Any]]:
     """The best checkpoint's pointer, and the run's metrics."""
     last = validator.last
-    best = checkpointer.store.best() or {"tag": tag_of(state.step), "step": state.step,
-                                         "valid_perplexity": last}  # fmt: skip
+    best = checkpointer.store.best() or {
+        "tag": tag_of(state.step),
+        "step": state.step,
+        "valid_perplexity": last,
+    }
     return best, {
         "final_valid_perplexity": last,
         "best_valid_perplexity": best["valid_perplexity"],
@@ -168,8 +190,7 @@ def _finish(run: RunContext, best_tag: str, metrics: dict[str, Any]) -> None:
     """Rank 0 exports the best checkpoint as OUT/package and writes OUT/metrics.json."""
     dist.barrier()
     if run.info.rank == 0:
-        export_run(run.out_url, best_tag, storage_options=run.storage_options,
-                   metrics=metrics)  # fmt: skip
+        export_run(run.out_url, best_tag, storage_options=run.storage_options, metrics=metrics)
         storage.write_bytes_atomic(
             storage.join(run.out_url, "metrics.json"),
             json.dumps(metrics, indent=1, sort_keys=True, default=str).encode(),

@@ -108,8 +108,9 @@ def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
     return table
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-              dropout_p: float) -> torch.Tensor:  # fmt: skip
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
     """Scaled dot-product attention (B, H, T, C/H), causal when `mask` (True: may attend) is None.
 
     With attention dropout on a CPU tensor, the computation of SDPA's math kernel with the hash
@@ -137,9 +138,11 @@ class Block(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.ln_ff = nn.LayerNorm(config.d_model)
         self.ff = nn.Sequential(
-            nn.Linear(config.d_model, config.d_ff), nn.GELU(), hash_dropout.Dropout(config.dropout),
+            nn.Linear(config.d_model, config.d_ff),
+            nn.GELU(),
+            hash_dropout.Dropout(config.dropout),
             nn.Linear(config.d_ff, config.d_model),
-        )  # fmt: skip
+        )
         self.dropout = hash_dropout.Dropout(config.dropout)
         self.attn_dropout = config.dropout
 

@@ -51,16 +51,27 @@ ProgressSink = Callable[[int, int, str, "str | None"], None]
 def training_progress(console: Console) -> Progress:
     """The training bar: updates done of total, loss and tokens/s, elapsed time and ETA."""
     return Progress(
-        TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-    )  # fmt: skip
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 class Monitor:
     def __init__(
-        self, out_url: str, rank: int, config, model, storage_options=None,
+        self,
+        out_url: str,
+        rank: int,
+        config,
+        model,
+        storage_options=None,
         progress_sink: ProgressSink | None = None,
-    ):  # fmt: skip
+    ):
         self.rank = rank
         self.sink = progress_sink if rank == 0 else None
         self.total = 0

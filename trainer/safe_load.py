@@ -44,15 +44,11 @@ FORCE_NO = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 #: fp16 loss scaler from reading loss_scaler.CreateLossScaler). Each is a plain data holder:
 #: unpickling one sets attributes or calls an int Enum, and runs no code of the file's choosing.
 ALLOWED_GLOBALS: dict[str, str] = {
-    "deepspeed.runtime.fp16.loss_scaler.LossScaler":
-        "ZeRO 1-3 optimizer states keep the loss-scaler object (fp32 and bf16: a static scale)",
-    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler":
-        "the same object under fp16 (dynamic loss scaling)",
-    "deepspeed.runtime.zero.config.ZeroStageEnum":
-        "ZeRO optimizer states record their stage as this int Enum",
-    "deepspeed.utils.tensor_fragment.fragment_address":
-        "ZeRO 1/2 optimizer states map each parameter to its fragment (numel, start)",
-}  # fmt: skip
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler": "ZeRO 1-3 optimizer states keep the loss-scaler object (fp32 and bf16: a static scale)",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler": "the same object under fp16 (dynamic loss scaling)",
+    "deepspeed.runtime.zero.config.ZeroStageEnum": "ZeRO optimizer states record their stage as this int Enum",
+    "deepspeed.utils.tensor_fragment.fragment_address": "ZeRO 1/2 optimizer states map each parameter to its fragment (numel, start)",
+}
 
 
 class UnsafeCheckpointError(StructuralError):

@@ -98,8 +98,11 @@ def _plan(
     if ignored:
         log.warning(
             "%s: not reading %d file(s) that are not {train,valid,test}.{%s}: %s",
-            storage.redact(url), len(ignored), ",".join(FIELDS), ", ".join(ignored),
-        )  # fmt: skip
+            storage.redact(url),
+            len(ignored),
+            ",".join(FIELDS),
+            ", ".join(ignored),
+        )
     fields = set().union(*present.values())
     for split, have in sorted(present.items()):
         for required in ("job", "year"):

@@ -132,8 +132,18 @@ class PanelMapping:
 
     def columns(self) -> list[str]:
         cols = [self.person, self.year]
-        for name in ("occupation", "education", "wage", "location", "gender", "ethnicity",
-                     "birth_year", "weight", "split", "oracle_logp"):  # fmt: skip
+        for name in (
+            "occupation",
+            "education",
+            "wage",
+            "location",
+            "gender",
+            "ethnicity",
+            "birth_year",
+            "weight",
+            "split",
+            "oracle_logp",
+        ):
             if getattr(self, name):
                 cols.append(getattr(self, name))
         for name in CATEGORICAL:
@@ -211,8 +221,11 @@ def _refuse_duplicates(header: list[str], shown: str, line: int | None) -> None:
     positions: dict[str, list[int]] = {}
     for i, name in enumerate(header, start=1):
         positions.setdefault(name, []).append(i)
-    twice = [f"{name!r} (columns {', '.join(map(str, at))})" for name, at in positions.items()
-             if len(at) > 1]  # fmt: skip
+    twice = [
+        f"{name!r} (columns {', '.join(map(str, at))})"
+        for name, at in positions.items()
+        if len(at) > 1
+    ]
     if twice:
         raise StructuralError(
             f"duplicate column name(s) {'; '.join(twice)}: which one is meant is unknown",
@@ -365,8 +378,13 @@ def _physical_lines(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return starts, blank
 
 
-_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
-               pa.types.is_large_binary, pa.types.is_fixed_size_binary)  # fmt: skip
+_TEXT_TYPES = (
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_binary,
+    pa.types.is_large_binary,
+    pa.types.is_fixed_size_binary,
+)
 
 
 def _as_bytes(name: str, column: pa.ChunkedArray, shown: str) -> pa.Array:
@@ -631,8 +649,12 @@ def _parse_rows(table: pa.Table, mapping: PanelMapping, reasons: _Reasons) -> _R
 def _parse_numeric(table: pa.Table, mapping: PanelMapping, reasons: _Reasons) -> dict[str, Any]:
     """Wage (logged unless already), birth year, weight and oracle log-probability, if mapped."""
     out: dict[str, Any] = {}
-    numeric = {"wage": (mapping.wage, _FLOAT, float), "birth_year": (mapping.birth_year, _INT, int),
-               "weight": (mapping.weight, _FLOAT, float), "oracle_logp": (mapping.oracle_logp, _FLOAT, float)}  # fmt: skip
+    numeric = {
+        "wage": (mapping.wage, _FLOAT, float),
+        "birth_year": (mapping.birth_year, _INT, int),
+        "weight": (mapping.weight, _FLOAT, float),
+        "oracle_logp": (mapping.oracle_logp, _FLOAT, float),
+    }
     for name, (column, pattern, kind) in numeric.items():
         if not column:
             continue
@@ -745,8 +767,11 @@ def _records(
         columns["log_wage"] = listed(out["wage"], pa.float32())
     if "oracle_logp" in out:
         columns["oracle_logp"] = listed(out["oracle_logp"], pa.float32())
-    statics = {name: out[name] for name in ("location", "gender", "ethnicity", "birth_year", "weight")
-               if name in out}  # fmt: skip
+    statics = {
+        name: out[name]
+        for name in ("location", "gender", "ethnicity", "birth_year", "weight")
+        if name in out
+    }
     if rows.split is not None:
         statics["split"] = rows.split
     conflicts = 0
@@ -760,8 +785,14 @@ def _records(
     return result, all_people, accepted, conflicts
 
 
-_STATIC_TYPES = {"location": pa.string(), "gender": pa.string(), "ethnicity": pa.string(),
-                 "birth_year": pa.int32(), "weight": pa.float32(), "split": pa.string()}  # fmt: skip
+_STATIC_TYPES = {
+    "location": pa.string(),
+    "gender": pa.string(),
+    "ethnicity": pa.string(),
+    "birth_year": pa.int32(),
+    "weight": pa.float32(),
+    "split": pa.string(),
+}
 
 
 def _static(

@@ -52,16 +52,29 @@ _OPEN = (None, "", "present", "current", "now")
 #: Degree spellings -> (rank, canonical name). The canonical names are the simulator's levels.
 DEGREES = {
     "less_than_high_school": (0, "less_than_high_school"),
-    "high_school": (1, "high_school"), "high_school_diploma": (1, "high_school"),
-    "hs": (1, "high_school"), "ged": (1, "high_school"),
-    "some_college": (2, "some_college"), "associate": (2, "some_college"),
-    "associates": (2, "some_college"), "certificate": (2, "some_college"),
-    "bachelors": (3, "bachelors"), "bachelor": (3, "bachelors"), "ba": (3, "bachelors"),
+    "high_school": (1, "high_school"),
+    "high_school_diploma": (1, "high_school"),
+    "hs": (1, "high_school"),
+    "ged": (1, "high_school"),
+    "some_college": (2, "some_college"),
+    "associate": (2, "some_college"),
+    "associates": (2, "some_college"),
+    "certificate": (2, "some_college"),
+    "bachelors": (3, "bachelors"),
+    "bachelor": (3, "bachelors"),
+    "ba": (3, "bachelors"),
     "bs": (3, "bachelors"),
-    "graduate": (4, "graduate"), "masters": (4, "graduate"), "master": (4, "graduate"),
-    "mba": (4, "graduate"), "ms": (4, "graduate"), "ma": (4, "graduate"), "jd": (4, "graduate"),
-    "md": (4, "graduate"), "phd": (4, "graduate"), "doctorate": (4, "graduate"),
-}  # fmt: skip
+    "graduate": (4, "graduate"),
+    "masters": (4, "graduate"),
+    "master": (4, "graduate"),
+    "mba": (4, "graduate"),
+    "ms": (4, "graduate"),
+    "ma": (4, "graduate"),
+    "jd": (4, "graduate"),
+    "md": (4, "graduate"),
+    "phd": (4, "graduate"),
+    "doctorate": (4, "graduate"),
+}
 
 
 def _date_parts(text: str) -> tuple[int, int | None, int | None]:

@@ -94,11 +94,15 @@ def _plan_input(
     except StructuralError:
         storage.remove_tree(storage.join(dataset_url, STAGING), options)
         raise
-    identity = json.loads(json.dumps({
-        "input": description,
-        "config": {**config.to_dict(), "parent_vocab": parent.hash if parent else None},
-        "code_version": code_version(),
-    }))  # fmt: skip
+    identity = json.loads(
+        json.dumps(
+            {
+                "input": description,
+                "config": {**config.to_dict(), "parent_vocab": parent.hash if parent else None},
+                "code_version": code_version(),
+            }
+        )
+    )
     return blocks, identity
 
 
@@ -110,7 +114,10 @@ def _existing_dataset(
         return None
     existing = load_manifest(dataset_url, options)
     same = (existing.input, existing.config, existing.code_version) == (
-        identity["input"], identity["config"], identity["code_version"])  # fmt: skip
+        identity["input"],
+        identity["config"],
+        identity["code_version"],
+    )
     if same and not overwrite:
         return ShardResult(existing, dataset_url, 0, len(existing.shards), already_complete=True)
     if not overwrite:

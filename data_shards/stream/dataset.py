@@ -36,8 +36,13 @@ from data_shards.stream.subset import Prefix, prefix_of
 class CareerStream(IterableDataset):
     """One rank's stream of batches (dicts) over a split; see the module docstring."""
 
-    def __init__(self, data_url: str, config: StreamConfig, storage_options: dict | None = None,
-                 manifest: Manifest | None = None):  # fmt: skip
+    def __init__(
+        self,
+        data_url: str,
+        config: StreamConfig,
+        storage_options: dict | None = None,
+        manifest: Manifest | None = None,
+    ):
         super().__init__()
         self.data_url = data_url
         self.config = config
@@ -101,8 +106,10 @@ class CareerStream(IterableDataset):
         if self.prefix.cut_shard is None:
             return self.prefix.whole_shard_tokens
         base = int(self.block_base[len(self.shards) - 1])
-        pieces = [(base + b, self.prefix.skipped.get(base + b, ()))
-                  for b in range(self.prefix.cut_shard.blocks)]  # fmt: skip
+        pieces = [
+            (base + b, self.prefix.skipped.get(base + b, ()))
+            for b in range(self.prefix.cut_shard.blocks)
+        ]
         counted = 0
         for (_, skipped), data in self.read_pieces(pieces):
             lengths = decode_block(data).lengths

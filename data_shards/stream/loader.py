@@ -131,14 +131,19 @@ class CareerLoader:
         if first.get("format") != STATE_FORMAT:
             raise ValueError(f"unsupported loader state format {first.get('format')!r}")
         # The earlier order is rebuilt from the saved config; only what is read must be the same.
-        changed = [k for k in ("split", "loop", "people")
-                   if saved.get(k) != getattr(self.config, k)]  # fmt: skip
+        changed = [
+            k for k in ("split", "loop", "people") if saved.get(k) != getattr(self.config, k)
+        ]
         if changed:
             raise ValueError(f"loader state cannot continue with another {', '.join(changed)}")
         if first["manifest_shards"] != [s.sha256 for s in self.stream.shards]:
             raise ValueError("loader state belongs to a different dataset (shard hashes differ)")
-        earlier = CareerStream(self.stream.data_url, StreamConfig(**{**saved, "rank": 0}),
-                               self.stream.storage_options, manifest=self.stream.manifest)  # fmt: skip
+        earlier = CareerStream(
+            self.stream.data_url,
+            StreamConfig(**{**saved, "rank": 0}),
+            self.stream.storage_options,
+            manifest=self.stream.manifest,
+        )
         earlier.catchup = plan_from_json(first.get("catchup", {}))
         positions = {
             int(slot): Position(**pos) for state in states for slot, pos in state["last"].items()

@@ -243,9 +243,15 @@ def _wages(world, preset, who, types, years, jobs, education, lengths, rng) -> n
     if design.type_effect != 1.0:
         type_wage = design.type_effect * type_wage
     wage = (
-        2.0 + world.family_wage[fam] + 0.09 * lvl + 0.08 * education + design.tenure * np.log(np.maximum(tenure, 1))
-        + type_wage + 0.01 * (years - 1990) + rng.normal(0.0, 0.3, (n, T))
-    )  # fmt: skip
+        2.0
+        + world.family_wage[fam]
+        + 0.09 * lvl
+        + 0.08 * education
+        + design.tenure * np.log(np.maximum(tenure, 1))
+        + type_wage
+        + 0.01 * (years - 1990)
+        + rng.normal(0.0, 0.3, (n, T))
+    )
     if design.scar:
         out_of_work = (jobs == world.unemployed_id) | (jobs == world.nilf_id)
         earlier = np.cumsum(out_of_work, axis=1) - out_of_work  # before year t, not at it

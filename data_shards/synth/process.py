@@ -73,9 +73,11 @@ def stay_and_move_logits(
     )
     nilf_base = _type_params(world, "out_of_labor_force") + 0.15 * old + 0.6 * ctx.female
     school_base = (
-        _type_params(world, "school") + 3.0 * _young(age, 19) + 1.5 * _young(age, 23)
+        _type_params(world, "school")
+        + 3.0 * _young(age, 19)
+        + 1.5 * _young(age, 23)
         - 0.25 * np.maximum(age - 23, 0)
-    )  # fmt: skip
+    )
 
     if ctx.prev is None:
         logits[:, :, EMPLOY] = 0.3 * np.minimum(age - 16, 10) / 10

@@ -90,20 +90,30 @@ def forecast_package(
     if not states:
         log.warning(
             "%s knows none of the states unemployed/not_in_labor_force/education: only the "
-            "forecast perplexity of the realised jobs is scored", name,
-        )  # fmt: skip
+            "forecast perplexity of the realised jobs is scored",
+            name,
+        )
     start = time.perf_counter()
     forecast = sample_futures(
-        loaded.model, people.history, people.future, paths=paths, seed=seed,
-        chunk_size=chunk_size, last_year_id=people.last_trained_year_id,
+        loaded.model,
+        people.history,
+        people.future,
+        paths=paths,
+        seed=seed,
+        chunk_size=chunk_size,
+        last_year_id=people.last_trained_year_id,
         on_progress=on_progress,
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - start
     scores = forecast_scores(forecast, people, loaded.vocab, states)
     described = {
-        "model": name, "kind": loaded.kind, "paths": paths, "seed": seed,
-        "sampling_seconds": round(seconds, 3), **describe_people(people),
-    }  # fmt: skip
+        "model": name,
+        "kind": loaded.kind,
+        "paths": paths,
+        "seed": seed,
+        "sampling_seconds": round(seconds, 3),
+        **describe_people(people),
+    }
     scores = scores.replace_schema_metadata({b"career_forecast": json.dumps(described)})
     rates = path_rates(forecast, people, states)
     write_scores(scores, scores_url(out, name), storage_options)

@@ -152,8 +152,10 @@ def summarize(
         mask = year == y
         nll = -float(logp[mask].mean())
         out["by_year"][str(y)] = {
-            "tokens": int(mask.sum()), "nll": nll, "perplexity": math.exp(nll),
-        }  # fmt: skip
+            "tokens": int(mask.sum()),
+            "nll": nll,
+            "perplexity": math.exp(nll),
+        }
     for state in rates:
         p = scores.column(f"p_{state}").to_numpy()
         labels = target == state

@@ -78,8 +78,12 @@ def perplexity_bars(comparison: Mapping[str, Any], title: str) -> bytes | None:
             oracle = _value(r["perplexity"])
             ax.axhline(oracle, color="k", ls="--", lw=1.2, label=f"oracle {oracle:.4g}")
             if r["perplexity"].get("low") is not None:
-                ax.axhspan(_value(r["perplexity"], "low"), _value(r["perplexity"], "high"),
-                           color="k", alpha=0.08)  # fmt: skip
+                ax.axhspan(
+                    _value(r["perplexity"], "low"),
+                    _value(r["perplexity"], "high"),
+                    color="k",
+                    alpha=0.08,
+                )
             ax.legend(fontsize=8, loc="upper left")
     ax.set_xticks(x, [r["model"] for r in rows], rotation=15)
     ax.set(ylabel="test perplexity", title=title)
@@ -95,8 +99,11 @@ def reliability(calibration: Mapping[str, Mapping[str, Any]], title: str) -> byt
     ax.plot([0, 1], [0, 1], color="0.5", ls=":", lw=1, label="perfectly calibrated")
     drawn = False
     for i, (name, cal) in enumerate(calibration.items()):
-        bins = [b for b in cal.get("bins") or [] if b.get("tokens") and b.get("predicted") is not None
-                and b.get("observed") is not None]  # fmt: skip
+        bins = [
+            b
+            for b in cal.get("bins") or []
+            if b.get("tokens") and b.get("predicted") is not None and b.get("observed") is not None
+        ]
         if not bins:
             continue
         predicted = [b["predicted"] for b in bins]
@@ -109,8 +116,14 @@ def reliability(calibration: Mapping[str, Mapping[str, Any]], title: str) -> byt
         drawn = True
     if not drawn:
         return None
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(stay)", ylabel="observed share staying",
-           title=title, aspect="equal")  # fmt: skip
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="predicted P(stay)",
+        ylabel="observed share staying",
+        title=title,
+        aspect="equal",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return _png(figure)
@@ -130,8 +143,9 @@ def transition_heatmaps(aggregate: Mapping[str, Any], model: str, title: str) ->
     size = 0.28 * len(columns) + 2.5
     figure = Figure(figsize=(2 * size + 1.2, size), layout="constrained")
     axes = figure.subplots(1, 2, sharey=True)
-    for ax, matrix, name in zip(axes, (observed, predicted), ("observed (test split)", model),
-                                strict=True):  # fmt: skip
+    for ax, matrix, name in zip(
+        axes, (observed, predicted), ("observed (test split)", model), strict=True
+    ):
         image = ax.imshow(matrix, vmin=0, vmax=top, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
         ax.set_yticks(range(len(rows)), rows, fontsize=7)
@@ -159,12 +173,25 @@ def forecast_rates(models: Mapping[str, Mapping[str, Any]], title: str) -> bytes
                 continue
             x = [int(y) for y in years]
             if not realised_drawn:
-                ax.plot(x, [by_year[y]["realised"] for y in years], color="black", marker="o",
-                        ms=4, lw=1.6, label="realised")  # fmt: skip
+                ax.plot(
+                    x,
+                    [by_year[y]["realised"] for y in years],
+                    color="black",
+                    marker="o",
+                    ms=4,
+                    lw=1.6,
+                    label="realised",
+                )
                 realised_drawn = True
             color = f"C{i % 10}"
-            ax.plot(x, [by_year[y]["forecast"] for y in years], color=color, marker=".",
-                    lw=1.3, label=name)  # fmt: skip
+            ax.plot(
+                x,
+                [by_year[y]["forecast"] for y in years],
+                color=color,
+                marker=".",
+                lw=1.3,
+                label=name,
+            )
             low = [by_year[y]["band"][0] for y in years]
             high = [by_year[y]["band"][1] for y in years]
             if all(v is not None for v in (*low, *high)):

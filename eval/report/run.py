@@ -171,5 +171,6 @@ def _survey(reader: _Reader, name: str) -> Survey:
             found = reader.json(f"{base}/{step}/{last}", notes, f"{name}: {step}")
             if found is not None:
                 downstream[step] = found
-    return Survey(name, models, evaluation, transitions, notes, downstream,
-                  storage.join(reader.url, base))  # fmt: skip
+    return Survey(
+        name, models, evaluation, transitions, notes, downstream, storage.join(reader.url, base)
+    )

@@ -81,11 +81,17 @@ def build(run: Run) -> Document:
     doc = Document(f"Run report: {run.url}")
     doc.missing = run.every_missing
     builders: dict[str, Callable[[Document, Run], None]] = {
-        "status": _status, "comparison": _comparison, "learning": _learning,
-        "perplexity": _perplexity, "calibration": _calibration, "transitions": _transitions,
-        "forecast": downstream.forecast, "wages": downstream.wages,
-        "explain": downstream.explain, "data": _data,
-    }  # fmt: skip
+        "status": _status,
+        "comparison": _comparison,
+        "learning": _learning,
+        "perplexity": _perplexity,
+        "calibration": _calibration,
+        "transitions": _transitions,
+        "forecast": downstream.forecast,
+        "wages": downstream.wages,
+        "explain": downstream.explain,
+        "data": _data,
+    }
     for anchor, title in SECTIONS:
         doc.add(Heading(title, 2, anchor))
         builders[anchor](doc, run)
@@ -107,12 +113,18 @@ def _no_evaluation(doc: Document, survey: Survey) -> None:
 
 # ----------------------------------------------------------------------------- sections
 def _status(doc: Document, run: Run) -> None:
-    doc.add(Text("Built from the run's metrics.json files, manifests and evaluation alone: no "
-                 "model was run to make it."))  # fmt: skip
+    doc.add(
+        Text(
+            "Built from the run's metrics.json files, manifests and evaluation alone: no "
+            "model was run to make it."
+        )
+    )
     experiment = run.experiment or {}
     if experiment:
-        rows = [[key, value if isinstance(value, str) else json.dumps(value)[:160]]
-                for key, value in sorted(experiment.items())]  # fmt: skip
+        rows = [
+            [key, value if isinstance(value, str) else json.dumps(value)[:160]]
+            for key, value in sorted(experiment.items())
+        ]
         doc.add(Table(["experiment", "value"], rows, css="plain"))
     if not run.every_missing:
         doc.add(Text("Nothing is missing: every step has its output."))
@@ -130,26 +142,46 @@ def _comparison(doc: Document, run: Run) -> None:
         for dataset, comparison in _evaluated(survey):
             rows = comparison["rows"]
             best = {i for i, row in enumerate(rows) if row["model"] == comparison["best"]}
-            doc.add(Table(table.COLUMNS, [table.row_cells(r) for r in rows],
-                          table.caption(dataset, split, comparison), best))  # fmt: skip
+            doc.add(
+                Table(
+                    table.COLUMNS,
+                    [table.row_cells(r) for r in rows],
+                    table.caption(dataset, split, comparison),
+                    best,
+                )
+            )
     if not any(s.evaluation for s in run.surveys):
         return
-    doc.add(Text("Perplexity: exp of the mean negative log-likelihood over every job-year of the "
-                 "split (first years included). Δ: the model's perplexity minus the best model's "
-                 "(in bold), on the same people. The oracle row (simulated data) is the true "
-                 "process."))  # fmt: skip
+    doc.add(
+        Text(
+            "Perplexity: exp of the mean negative log-likelihood over every job-year of the "
+            "split (first years included). Δ: the model's perplexity minus the best model's "
+            "(in bold), on the same people. The oracle row (simulated data) is the true "
+            "process."
+        )
+    )
 
 
 def _training_row(name: str, metrics: dict[str, Any]) -> list[str]:
     kind = metrics.get("kind") or (metrics.get("config") or {}).get("kind") or "career"
-    return [name, kind, _n(metrics.get("updates")), _n(metrics.get("tokens_seen")),
-            _n(metrics.get("best_step")), _n(metrics.get("best_valid_perplexity")),
-            _n(metrics.get("wall_seconds"))]  # fmt: skip
+    return [
+        name,
+        kind,
+        _n(metrics.get("updates")),
+        _n(metrics.get("tokens_seen")),
+        _n(metrics.get("best_step")),
+        _n(metrics.get("best_valid_perplexity")),
+        _n(metrics.get("wall_seconds")),
+    ]
 
 
 def _learning(doc: Document, run: Run) -> None:
-    doc.add(Text(f"Training loss (mean of each logging interval) and validation loss (the log of "
-                 f"the validation perplexity), both in {plots.NATS}."))  # fmt: skip
+    doc.add(
+        Text(
+            f"Training loss (mean of each logging interval) and validation loss (the log of "
+            f"the validation perplexity), both in {plots.NATS}."
+        )
+    )
     rows = []
     doc.add(Heading("pretraining", 3))
     if run.pretrain is None:
@@ -157,8 +189,11 @@ def _learning(doc: Document, run: Run) -> None:
     else:
         rows.append(_training_row("pretraining", run.pretrain))
         _no_history(doc, "pretraining", run.pretrain)
-        doc.figure("learning-pretrain", plots.learning_curves({"pretraining": run.pretrain},
-                   "pretraining"), "learning curves of pretraining")  # fmt: skip
+        doc.figure(
+            "learning-pretrain",
+            plots.learning_curves({"pretraining": run.pretrain}, "pretraining"),
+            "learning curves of pretraining",
+        )
     for survey in run.surveys:
         doc.add(Heading(survey.name, 3))
         if not survey.models:
@@ -167,19 +202,39 @@ def _learning(doc: Document, run: Run) -> None:
         for model, metrics in survey.models.items():
             rows.append(_training_row(f"{survey.name}: {model}", metrics))
             _no_history(doc, f"{survey.name}: {model}", metrics)
-        doc.figure(f"learning-{survey.name}", plots.learning_curves(survey.models, survey.name),
-                   f"learning curves on {survey.name}",
-                   "fine-tuned, from scratch and baselines; a dotted level is a closed-form fit")  # fmt: skip
+        doc.figure(
+            f"learning-{survey.name}",
+            plots.learning_curves(survey.models, survey.name),
+            f"learning curves on {survey.name}",
+            "fine-tuned, from scratch and baselines; a dotted level is a closed-form fit",
+        )
     if rows:
-        doc.add(Table(["run", "kind", "updates", "tokens seen", "best step",
-                       "best valid perplexity", "wall seconds"], rows, "training runs"))  # fmt: skip
+        doc.add(
+            Table(
+                [
+                    "run",
+                    "kind",
+                    "updates",
+                    "tokens seen",
+                    "best step",
+                    "best valid perplexity",
+                    "wall seconds",
+                ],
+                rows,
+                "training runs",
+            )
+        )
 
 
 def _no_history(doc: Document, name: str, metrics: dict[str, Any]) -> None:
     closed_form = metrics.get("fit") == "closed form"
     if not closed_form and not metrics.get("train_history"):
-        doc.add(Missing(f"{name}: no training-loss history in metrics.json (a run from before "
-                        "train_history was recorded): validation only"))  # fmt: skip
+        doc.add(
+            Missing(
+                f"{name}: no training-loss history in metrics.json (a run from before "
+                "train_history was recorded): validation only"
+            )
+        )
 
 
 def _perplexity(doc: Document, run: Run) -> None:
@@ -189,11 +244,13 @@ def _perplexity(doc: Document, run: Run) -> None:
             _no_evaluation(doc, survey)
             continue
         for dataset, comparison in _evaluated(survey):
-            doc.figure(f"perplexity-{survey.name}-{dataset}",
-                       plots.perplexity_bars(comparison, f"{dataset}: test perplexity"),
-                       f"test perplexity on {dataset}",
-                       "95% person-bootstrap intervals; the best model in orange; dashed: the "
-                       "oracle (simulated data), its interval shaded")  # fmt: skip
+            doc.figure(
+                f"perplexity-{survey.name}-{dataset}",
+                plots.perplexity_bars(comparison, f"{dataset}: test perplexity"),
+                f"test perplexity on {dataset}",
+                "95% person-bootstrap intervals; the best model in orange; dashed: the "
+                "oracle (simulated data), its interval shaded",
+            )
 
 
 def _get(calibration: dict[str, Any], name: str) -> float | None:
@@ -214,19 +271,37 @@ def _calibration(doc: Document, run: Run) -> None:
             continue
         per_model = survey.evaluation.get("metrics") or {}
         for dataset, _ in _evaluated(survey):
-            calibration = {m: d[dataset]["calibration"] for m, d in per_model.items()
-                           if dataset in d and "calibration" in d[dataset]}  # fmt: skip
-            doc.figure(f"calibration-{survey.name}-{dataset}",
-                       plots.reliability(calibration, f"{dataset}: P(stay)"),
-                       f"reliability of P(stay) on {dataset}",
-                       "equal-width bins of the predicted P(stay) over the tokens with a "
-                       "previous job; marker area: the bin's tokens")  # fmt: skip
-            rows = [[m, _n(_get(c, "ece"), 3), _interval(c.get("ece")),
-                     _n(_get(c, "brier"), 3), _n(c.get("mean_p_stay"), 3),
-                     _n(c.get("stay_share"), 3), _n(c.get("tokens"))]
-                    for m, c in calibration.items()]  # fmt: skip
-            doc.add(Table(["model", "ECE", "95% CI", "Brier", "mean P(stay)", "share staying",
-                           "tokens"], rows, f"{dataset}: calibration of P(stay)"))  # fmt: skip
+            calibration = {
+                m: d[dataset]["calibration"]
+                for m, d in per_model.items()
+                if dataset in d and "calibration" in d[dataset]
+            }
+            doc.figure(
+                f"calibration-{survey.name}-{dataset}",
+                plots.reliability(calibration, f"{dataset}: P(stay)"),
+                f"reliability of P(stay) on {dataset}",
+                "equal-width bins of the predicted P(stay) over the tokens with a "
+                "previous job; marker area: the bin's tokens",
+            )
+            rows = [
+                [
+                    m,
+                    _n(_get(c, "ece"), 3),
+                    _interval(c.get("ece")),
+                    _n(_get(c, "brier"), 3),
+                    _n(c.get("mean_p_stay"), 3),
+                    _n(c.get("stay_share"), 3),
+                    _n(c.get("tokens")),
+                ]
+                for m, c in calibration.items()
+            ]
+            doc.add(
+                Table(
+                    ["model", "ECE", "95% CI", "Brier", "mean P(stay)", "share staying", "tokens"],
+                    rows,
+                    f"{dataset}: calibration of P(stay)",
+                )
+            )
 
 
 def _transition_model(survey: Survey, dataset: str, models: dict[str, Any]) -> str:
@@ -245,19 +320,25 @@ def _transitions(doc: Document, run: Run) -> None:
             _no_evaluation(doc, survey)
             continue
         if not survey.transitions:
-            doc.add(Missing(f"{survey.name}: no transition aggregate in its evaluation "
-                            f"(surveys/{survey.name}/{EVALUATION}/transitions/)"))  # fmt: skip
+            doc.add(
+                Missing(
+                    f"{survey.name}: no transition aggregate in its evaluation "
+                    f"(surveys/{survey.name}/{EVALUATION}/transitions/)"
+                )
+            )
         for dataset, models in survey.transitions.items():
             model = _transition_model(survey, dataset, models)
             aggregate = models[model]
             k, tokens = len(aggregate.get("jobs") or []), sum(aggregate.get("row_tokens") or [])
-            doc.figure(f"transitions-{survey.name}-{dataset}-{model}",
-                       plots.transition_heatmaps(aggregate, model, f"{dataset}: next job"),
-                       f"transitions on {dataset}: observed and {model}",
-                       f"rows: the {k} most common previous jobs of the {aggregate.get('split', 'test')} "
-                       f"split ({tokens:,} job-years after them); columns: the same jobs, then every "
-                       f"other job; left: the observed share of each next job, right: {model}'s mean "
-                       "predicted probability")  # fmt: skip
+            doc.figure(
+                f"transitions-{survey.name}-{dataset}-{model}",
+                plots.transition_heatmaps(aggregate, model, f"{dataset}: next job"),
+                f"transitions on {dataset}: observed and {model}",
+                f"rows: the {k} most common previous jobs of the {aggregate.get('split', 'test')} "
+                f"split ({tokens:,} job-years after them); columns: the same jobs, then every "
+                f"other job; left: the observed share of each next job, right: {model}'s mean "
+                "predicted probability",
+            )
 
 
 def busy_seconds(steps: list[dict[str, Any]]) -> float:
@@ -290,19 +371,43 @@ def _data(doc: Document, run: Run) -> None:
     for name, manifest in run.datasets.items():
         totals, splits = manifest.get("totals") or {}, manifest.get("splits") or {}
         oracle = (manifest.get("oracle_perplexity") or {}).get("test")
-        rows.append([name, _n(totals.get("people_written")), _n(totals.get("tokens")),
-                     _n(totals.get("people_quarantined")), _n(totals.get("rows_quarantined")),
-                     *(_split_cell(splits.get(s)) for s in ("train", "valid", "test")),
-                     _n(oracle)])  # fmt: skip
+        rows.append(
+            [
+                name,
+                _n(totals.get("people_written")),
+                _n(totals.get("tokens")),
+                _n(totals.get("people_quarantined")),
+                _n(totals.get("rows_quarantined")),
+                *(_split_cell(splits.get(s)) for s in ("train", "valid", "test")),
+                _n(oracle),
+            ]
+        )
     if rows:
-        doc.add(Table(["dataset", "people", "job-years", "people quarantined", "rows quarantined",
-                       "train people / job-years", "valid", "test", "oracle perplexity (test)"],
-                      rows, "datasets (from each manifest.json)"))  # fmt: skip
+        doc.add(
+            Table(
+                [
+                    "dataset",
+                    "people",
+                    "job-years",
+                    "people quarantined",
+                    "rows quarantined",
+                    "train people / job-years",
+                    "valid",
+                    "test",
+                    "oracle perplexity (test)",
+                ],
+                rows,
+                "datasets (from each manifest.json)",
+            )
+        )
     else:
         doc.add(Missing("datasets: none sharded yet (datasets/)"))
     if run.steps:
-        steps = [[str(s.get("step", "?")), _n(s.get("seconds"), 5), str(s.get("status", "–"))]
-                 for s in run.steps if isinstance(s, dict)]  # fmt: skip
+        steps = [
+            [str(s.get("step", "?")), _n(s.get("seconds"), 5), str(s.get("status", "–"))]
+            for s in run.steps
+            if isinstance(s, dict)
+        ]
         recorded = [s for s in run.steps if isinstance(s, dict)]
         wall, added = busy_seconds(recorded), sum(s.get("seconds") or 0 for s in recorded)
         side = f"; {added:,.1f} s added up: steps ran side by side" if added > wall + 0.5 else ""

@@ -78,8 +78,9 @@ class LawFit:
     @property
     def theta(self) -> np.ndarray:
         """The optimiser's coordinates (a, b, e, alpha, beta): a row for `fit_law(starts=...)`."""
-        return np.array([math.log(self.A), math.log(self.B), math.log(self.E), self.alpha,
-                         self.beta])  # fmt: skip
+        return np.array(
+            [math.log(self.A), math.log(self.B), math.log(self.E), self.alpha, self.beta]
+        )
 
     def predict(self, n: Any, d: Any) -> np.ndarray:
         """The fitted loss (nats) at parameters n and tokens d (broadcast against each other)."""
@@ -132,8 +133,15 @@ def _objective(
     f = (weights * slope * (r - 0.5 * slope)).sum(axis=1)
     ws = weights * slope / total  # d lse / d u_k = x_k / total
     w1, w2 = ws * x1, ws * x2
-    g = np.column_stack([w1.sum(axis=1), w2.sum(axis=1), (ws * x3).sum(axis=1),
-                         -(w1 * logn).sum(axis=1), -(w2 * logd).sum(axis=1)])  # fmt: skip
+    g = np.column_stack(
+        [
+            w1.sum(axis=1),
+            w2.sum(axis=1),
+            (ws * x3).sum(axis=1),
+            -(w1 * logn).sum(axis=1),
+            -(w2 * logd).sum(axis=1),
+        ]
+    )
     return f, g
 
 
@@ -253,8 +261,14 @@ def _single(theta0: np.ndarray, data: tuple[np.ndarray, ...], weights: np.ndarra
         f, g = _objective(x[None, :], *data, weights, delta)
         return float(f[0]) / delta, g[0] / delta
 
-    return minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=BOUNDS,
-                    options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-8})  # fmt: skip
+    return minimize(
+        fun,
+        theta0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=BOUNDS,
+        options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-8},
+    )
 
 
 def _distinct_best(theta: np.ndarray, f: np.ndarray, count: int) -> np.ndarray:
@@ -317,8 +331,10 @@ def _fit(
     out = []
     for r in range(rows):
         row = slice(r * k, (r + 1) * k)
-        fits = [_polish(ends[row][i], data, weights[r], delta)
-                for i in _distinct_best(ends[row], f[row], polish)]  # fmt: skip
+        fits = [
+            _polish(ends[row][i], data, weights[r], delta)
+            for i in _distinct_best(ends[row], f[row], polish)
+        ]
         out.append(min(fits, key=lambda fit: fit[1]))
     return out
 
@@ -346,9 +362,18 @@ def fit_law(n: Any, d: Any, loss: Any, *, delta: float = 1e-3, starts: Any = Non
     with _one_blas_thread():
         [(theta, objective, converged)] = _fit(data, np.ones((1, n.size)), starts, delta)
     a, b, e, alpha, beta = (float(v) for v in theta)
-    return LawFit(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta,
-                  objective=objective, converged=converged, starts=int(starts.shape[0]),
-                  points=int(n.size), delta=delta)  # fmt: skip
+    return LawFit(
+        E=math.exp(e),
+        A=math.exp(a),
+        B=math.exp(b),
+        alpha=alpha,
+        beta=beta,
+        objective=objective,
+        converged=converged,
+        starts=int(starts.shape[0]),
+        points=int(n.size),
+        delta=delta,
+    )
 
 
 def _interval(value: float, samples: np.ndarray) -> dict[str, float | None]:
@@ -391,8 +416,10 @@ def bootstrap_law(
     if kept:
         with _one_blas_thread():
             fits = _fit(data, weights, starts, fit.delta, polish=1)
-    samples = [(math.exp(e), math.exp(a), math.exp(b), alpha, beta)
-               for (a, b, e, alpha, beta), _, _ in fits]  # fmt: skip
+    samples = [
+        (math.exp(e), math.exp(a), math.exp(b), alpha, beta)
+        for (a, b, e, alpha, beta), _, _ in fits
+    ]
     skipped = replicates - len(kept)
     table = np.array(samples, dtype=float).reshape(-1, 5)
     out: dict[str, Any] = {
@@ -424,8 +451,14 @@ def power_law(x: Any, loss: Any, *, replicates: int = 1000, seed: int = 0) -> di
     with np.errstate(over="ignore", divide="ignore"):
         x_c = float(np.exp(intercept / exponent)) if exponent != 0 else None
     x_c = x_c if x_c is not None and math.isfinite(x_c) else None
-    out: dict[str, Any] = {"x_c": x_c, "exponent": exponent, "r2": r2, "points": int(x.size),
-                           "exponent_interval": None, "note": None}  # fmt: skip
+    out: dict[str, Any] = {
+        "x_c": x_c,
+        "exponent": exponent,
+        "r2": r2,
+        "points": int(x.size),
+        "exponent_interval": None,
+        "note": None,
+    }
     if x.size < 4:
         out["note"] = f"no interval on the exponent from {x.size} points (needs at least 4)"
         return out
@@ -437,8 +470,11 @@ def power_law(x: Any, loss: Any, *, replicates: int = 1000, seed: int = 0) -> di
     keep = sxx > 1e-12 * max(1.0, float(np.abs(logx).max()) ** 2)  # >= 2 distinct x drawn
     exponents = -((lx - mx) * (ll - ml)).sum(axis=1)[keep] / sxx[keep]
     low, high = np.percentile(exponents, [2.5, 97.5])
-    out["exponent_interval"] = {"low": float(low), "high": float(high),
-                                "replicates": int(keep.sum())}  # fmt: skip
+    out["exponent_interval"] = {
+        "low": float(low),
+        "high": float(high),
+        "replicates": int(keep.sum()),
+    }
     return out
 
 
@@ -494,15 +530,20 @@ def _usable(points: pd.DataFrame, columns: Sequence[str], notes: list[str]) -> p
     values = points[list(columns)].apply(pd.to_numeric, errors="coerce")
     keep = (np.isfinite(values) & (values > 0)).all(axis=1)
     if (~keep).sum():
-        notes.append(f"{int((~keep).sum())} row(s) without finite positive {', '.join(columns)} "
-                     "left out")  # fmt: skip
+        notes.append(
+            f"{int((~keep).sum())} row(s) without finite positive {', '.join(columns)} left out"
+        )
     return points.loc[keep]
 
 
 def _power_law_at(
-    rows: pd.DataFrame, x_column: str, loss_column: str, fixed: dict[str, Any], what: str,
+    rows: pd.DataFrame,
+    x_column: str,
+    loss_column: str,
+    fixed: dict[str, Any],
+    what: str,
     notes: list[str],
-) -> dict[str, Any] | None:  # fmt: skip
+) -> dict[str, Any] | None:
     try:
         law = power_law(rows[x_column], rows[loss_column])
     except ValueError as error:
@@ -553,14 +594,22 @@ def fit_study(
     corpus = "people" if "people" in rows.columns else d_column
     largest = rows[rows[corpus] == rows[corpus].max()]
     out["power_law_n"] = _power_law_at(
-        largest, n_column, loss_column, {corpus: _scalar(rows[corpus].max()),
-        d_column: float(largest[d_column].max())}, "N (largest corpus)", notes,
-    )  # fmt: skip
+        largest,
+        n_column,
+        loss_column,
+        {corpus: _scalar(rows[corpus].max()), d_column: float(largest[d_column].max())},
+        "N (largest corpus)",
+        notes,
+    )
     biggest = rows[rows[n_column] == rows[n_column].max()]
     out["power_law_d"] = _power_law_at(
-        biggest, d_column, loss_column, {n_column: float(rows[n_column].max())},
-        "D (largest model)", notes,
-    )  # fmt: skip
+        biggest,
+        d_column,
+        loss_column,
+        {n_column: float(rows[n_column].max())},
+        "D (largest model)",
+        notes,
+    )
 
     try:
         fit = fit_law(n, d, loss)
@@ -573,15 +622,22 @@ def fit_study(
         notes.append("the best start's L-BFGS-B run did not report convergence")
     for name in ("alpha", "beta"):
         if getattr(fit, name) <= 1e-6:
-            notes.append(f"{name} is at its bound 0: the loss does not fall with "
-                         f"{'N' if name == 'alpha' else 'D'} in these points")  # fmt: skip
+            notes.append(
+                f"{name} is at its bound 0: the loss does not fall with "
+                f"{'N' if name == 'alpha' else 'D'} in these points"
+            )
     intervals = bootstrap_law(n, d, loss, replicates=replicates, seed=seed, fit=fit)
     if intervals["skipped"]:
-        notes.append(f"bootstrap: {intervals['skipped']} of {replicates} resamples skipped (fewer "
-                     "than 5 distinct points or 2 distinct N or D)")  # fmt: skip
+        notes.append(
+            f"bootstrap: {intervals['skipped']} of {replicates} resamples skipped (fewer "
+            "than 5 distinct points or 2 distinct N or D)"
+        )
     predicted = fit.predict(n, d)
-    out["law"] = {**fit.to_dict(), "intervals": intervals,
-                  "log_residual_rms": float(np.sqrt(np.mean(np.log(loss / predicted) ** 2)))}  # fmt: skip
+    out["law"] = {
+        **fit.to_dict(),
+        "intervals": intervals,
+        "log_residual_rms": float(np.sqrt(np.mean(np.log(loss / predicted) ** 2))),
+    }
 
     flops = _positive(rows["flops"]) if "flops" in rows.columns else np.array([])
     if flops.size:
@@ -599,8 +655,10 @@ def fit_study(
         if low is not None:
             out["floor_in_E_interval"] = bool(low <= floor <= high)
         if floor > fit.E:
-            notes.append(f"E = {fit.E:.4g} lies below the oracle floor {floor:.4g} nats: the law "
-                         "extrapolates below what any model can reach")  # fmt: skip
+            notes.append(
+                f"E = {fit.E:.4g} lies below the oracle floor {floor:.4g} nats: the law "
+                "extrapolates below what any model can reach"
+            )
     return out
 
 

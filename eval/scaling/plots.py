@@ -30,8 +30,11 @@ SURVEY = "survey_test_perplexity"
 
 def _columns(fit: Mapping[str, Any] | None) -> tuple[str, str, str]:
     columns = (fit or {}).get("columns") or {}
-    return (columns.get("n", "non_embedding_parameters"), columns.get("d", "unique_tokens"),
-            columns.get("loss", "best_valid_loss"))  # fmt: skip
+    return (
+        columns.get("n", "non_embedding_parameters"),
+        columns.get("d", "unique_tokens"),
+        columns.get("loss", "best_valid_loss"),
+    )
 
 
 def _law(fit: Mapping[str, Any] | None) -> LawFit | None:
@@ -109,8 +112,7 @@ def loss_vs_parameters(
             ax.plot(grid, law.predict(grid, float(np.median(d))), color=color, ls="--", lw=1)
     _floor(ax, floor)
     ax.set_xscale("log")
-    ax.set(xlabel=N_LABEL, ylabel=LOSS_LABEL,
-           title="loss against model size (dashed: fitted law)")  # fmt: skip
+    ax.set(xlabel=N_LABEL, ylabel=LOSS_LABEL, title="loss against model size (dashed: fitted law)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncols=2)
     return _png(figure)
@@ -134,16 +136,22 @@ def loss_vs_tokens(
     for i, (name, group) in enumerate(groups):
         group = group.sort_values(d_col)
         color = f"C{i % 10}"
-        ax.plot(group[d_col], group[loss_col], color=color, marker="o", ms=4, lw=1.3,
-                label="points" if name is None else str(name))  # fmt: skip
+        ax.plot(
+            group[d_col],
+            group[loss_col],
+            color=color,
+            marker="o",
+            ms=4,
+            lw=1.3,
+            label="points" if name is None else str(name),
+        )
         n = _positive(group, n_col)
         if law is not None and n.size:
             grid = _span(group[d_col])
             ax.plot(grid, law.predict(float(np.median(n)), grid), color=color, ls="--", lw=1)
     _floor(ax, floor)
     ax.set_xscale("log")
-    ax.set(xlabel=D_LABEL, ylabel=LOSS_LABEL,
-           title="loss against corpus size (dashed: fitted law)")  # fmt: skip
+    ax.set(xlabel=D_LABEL, ylabel=LOSS_LABEL, title="loss against corpus size (dashed: fitted law)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncols=2)
     return _png(figure)
@@ -165,12 +173,18 @@ def iso_loss(points: pd.DataFrame, fit: Mapping[str, Any] | None) -> bytes | Non
     ax.clabel(contours, fontsize=7, fmt="%.3g")
     ax.scatter(rows[n_col], rows[d_col], color="k", s=18, zorder=3, label="trained models")
     for _, row in rows.iterrows():
-        ax.annotate(f"{row[loss_col]:.3f}", (row[n_col], row[d_col]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        ax.annotate(
+            f"{row[loss_col]:.3f}",
+            (row[n_col], row[d_col]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set(xlabel=N_LABEL, ylabel=D_LABEL,
-           title=f"fitted loss ({NATS}): contours; measured: labels")  # fmt: skip
+    ax.set(
+        xlabel=N_LABEL, ylabel=D_LABEL, title=f"fitted loss ({NATS}): contours; measured: labels"
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left")
     return _png(figure)
@@ -197,12 +211,20 @@ def iso_flop(points: pd.DataFrame, fit: Mapping[str, Any] | None) -> bytes | Non
     ):
         color = f"C{i % 10}"
         grid = np.geomspace(n_opt / 30.0, n_opt * 30.0, 200)
-        ax.plot(grid, iso_flop_losses(law, [c], grid)[0], color=color, lw=1.3,
-                label=f"C = {c:.3g} FLOPs")  # fmt: skip
+        ax.plot(
+            grid,
+            iso_flop_losses(law, [c], grid)[0],
+            color=color,
+            lw=1.3,
+            label=f"C = {c:.3g} FLOPs",
+        )
         ax.plot([n_opt], [loss_opt], color=color, marker="*", ms=12, mec="k", mew=0.6)
     ax.set_xscale("log")
-    ax.set(xlabel=N_LABEL, ylabel=f"fitted loss ({NATS})",
-           title="iso-FLOP profiles of the fitted law (star: compute-optimal N)")  # fmt: skip
+    ax.set(
+        xlabel=N_LABEL,
+        ylabel=f"fitted loss ({NATS})",
+        title="iso-FLOP profiles of the fitted law (star: compute-optimal N)",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _png(figure)
@@ -218,11 +240,21 @@ def survey_vs_corpus(points: pd.DataFrame) -> bytes | None:
     ax = figure.add_subplot()
     for i, (name, group) in enumerate(_groups(rows, "name")):
         group = group.sort_values("people")
-        ax.plot(group["people"], group[SURVEY], color=f"C{i % 10}", marker="o", ms=4, lw=1.3,
-                label="points" if name is None else str(name))  # fmt: skip
+        ax.plot(
+            group["people"],
+            group[SURVEY],
+            color=f"C{i % 10}",
+            marker="o",
+            ms=4,
+            lw=1.3,
+            label="points" if name is None else str(name),
+        )
     ax.set_xscale("log")
-    ax.set(xlabel="people in the pretraining corpus", ylabel="survey test perplexity",
-           title="survey test perplexity against pretraining corpus size")  # fmt: skip
+    ax.set(
+        xlabel="people in the pretraining corpus",
+        ylabel="survey test perplexity",
+        title="survey test perplexity against pretraining corpus size",
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncols=2)
     return _png(figure)

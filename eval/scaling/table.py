@@ -20,16 +20,36 @@ from typing import Any
 
 #: The columns of STUDY/points.parquet, in order.
 COLUMNS = (
-    "name", "model", "preset", "n_layer", "d_model", "people", "token_budget", "parameters",
-    "non_embedding_parameters", "corpus_tokens", "tokens_seen", "tokens_at_best",
-    "unique_tokens", "epochs", "flops", "best_valid_perplexity", "best_valid_loss", "best_step",
-    "updates", "stopped_early", "wall_seconds", "tokens_per_second", "survey",
+    "name",
+    "model",
+    "preset",
+    "n_layer",
+    "d_model",
+    "people",
+    "token_budget",
+    "parameters",
+    "non_embedding_parameters",
+    "corpus_tokens",
+    "tokens_seen",
+    "tokens_at_best",
+    "unique_tokens",
+    "epochs",
+    "flops",
+    "best_valid_perplexity",
+    "best_valid_loss",
+    "best_step",
+    "updates",
+    "stopped_early",
+    "wall_seconds",
+    "tokens_per_second",
+    "survey",
     "survey_test_perplexity",
-)  # fmt: skip
+)
 
 
-def point_row(point: dict[str, Any], metrics: dict[str, Any],
-              survey: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def point_row(
+    point: dict[str, Any], metrics: dict[str, Any], survey: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The row of one point. `point`: name, model, preset, n_layer, d_model, people,
     token_budget, parameters, non_embedding_parameters, flops_per_token (from the plan);
     `metrics`: the point's metrics.json; `survey`: its fine-tuned test result, if any."""
@@ -42,24 +62,31 @@ def point_row(point: dict[str, Any], metrics: dict[str, Any],
     planned = int(metrics.get("config", {}).get("updates") or updates)
     best = float(metrics["best_valid_perplexity"])
     return {
-        "name": point["name"], "model": point["model"], "preset": point["preset"],
-        "n_layer": point["n_layer"], "d_model": point["d_model"],
+        "name": point["name"],
+        "model": point["model"],
+        "preset": point["preset"],
+        "n_layer": point["n_layer"],
+        "d_model": point["d_model"],
         "people": int(corpus.get("people") or point["people"]),
         "token_budget": point.get("token_budget"),
         "parameters": int(point["parameters"]),
         "non_embedding_parameters": int(point["non_embedding_parameters"]),
-        "corpus_tokens": corpus_tokens, "tokens_seen": seen, "tokens_at_best": at_best,
+        "corpus_tokens": corpus_tokens,
+        "tokens_seen": seen,
+        "tokens_at_best": at_best,
         "unique_tokens": unique,
         "epochs": seen / corpus_tokens if corpus_tokens else None,
         "flops": float(point["flops_per_token"]) * seen,
-        "best_valid_perplexity": best, "best_valid_loss": math.log(best),
-        "best_step": int(metrics["best_step"]), "updates": updates,
+        "best_valid_perplexity": best,
+        "best_valid_loss": math.log(best),
+        "best_step": int(metrics["best_step"]),
+        "updates": updates,
         "stopped_early": updates < planned,
         "wall_seconds": metrics.get("wall_seconds"),
         "tokens_per_second": metrics.get("tokens_per_second"),
         "survey": survey.get("survey") if survey else None,
         "survey_test_perplexity": survey.get("test_perplexity") if survey else None,
-    }  # fmt: skip
+    }
 
 
 def points_frame(rows: list[dict[str, Any]]):

@@ -116,13 +116,19 @@ class PersonYears:
     def take(self, index: np.ndarray) -> PersonYears:
         """The rows `index` (a boolean mask or integer indices); counts are kept as they are."""
         return PersonYears(
-            person=self.person[index], split=self.split[index], position=self.position[index],
-            year=self.year[index], job=self.job[index], education=self.education[index],
+            person=self.person[index],
+            split=self.split[index],
+            position=self.position[index],
+            year=self.year[index],
+            job=self.job[index],
+            education=self.education[index],
             static={k: v[index] for k, v in self.static.items()},
-            first_year=self.first_year[index], log_wage=self.log_wage[index],
-            represent=self.represent[index], counts=self.counts,
+            first_year=self.first_year[index],
+            log_wage=self.log_wage[index],
+            represent=self.represent[index],
+            counts=self.counts,
             log_ratio=None if self.log_ratio is None else self.log_ratio[index],
-        )  # fmt: skip
+        )
 
 
 def check_wages(dataset: Dataset) -> None:
@@ -204,8 +210,12 @@ def _split_rows(
         add("year", calendar[rows, cols])
         add("first_year", calendar[rows, 0])
         add("job", batch["targets"].numpy()[rows, cols])
-        add("education", batch["education"].numpy()[rows, cols] if "education" in batch
-            else np.zeros(len(rows), dtype=np.int64))  # fmt: skip
+        add(
+            "education",
+            batch["education"].numpy()[rows, cols]
+            if "education" in batch
+            else np.zeros(len(rows), dtype=np.int64),
+        )
         for name in statics:
             add(f"static.{name}", batch[name].numpy()[rows, cols])
         add("log_wage", wage[rows, cols])
@@ -252,20 +262,33 @@ def person_years(
     merged: dict[str, list[np.ndarray]] = {}
     counts: dict[str, Counts] = {}
     for split in splits:
-        parts, counts[split] = _split_rows(loaded, dataset, split, tuple(hide), contrast, pooling,
-                                           storage_options, tokens_per_batch, on_batch)  # fmt: skip
+        parts, counts[split] = _split_rows(
+            loaded,
+            dataset,
+            split,
+            tuple(hide),
+            contrast,
+            pooling,
+            storage_options,
+            tokens_per_batch,
+            on_batch,
+        )
         n = counts[split].wage_years
         parts["split"] = [np.full(n, split, dtype=object)]
         for name, values in parts.items():
             merged.setdefault(name, []).extend(values)
     flat = {name: np.concatenate(values) for name, values in merged.items()}
     return PersonYears(
-        person=flat["person"].astype(str), split=flat["split"].astype(str),
-        position=flat["position"], year=flat["year"], job=flat["job"],
+        person=flat["person"].astype(str),
+        split=flat["split"].astype(str),
+        position=flat["position"],
+        year=flat["year"],
+        job=flat["job"],
         education=flat["education"],
         static={k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("static.")},
-        first_year=flat["first_year"], log_wage=flat["log_wage"],
+        first_year=flat["first_year"],
+        log_wage=flat["log_wage"],
         represent=flat["represent"].astype(np.float32),
         log_ratio=flat.get("log_ratio"),
         counts=counts,
-    )  # fmt: skip
+    )

@@ -164,9 +164,13 @@ def _person_folds(person: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 
 def cross_fitted(
-    features: Features, targets: np.ndarray, person: np.ndarray, folds: int,
-    penalties: tuple[float, ...], seed: int,
-) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+    features: Features,
+    targets: np.ndarray,
+    person: np.ndarray,
+    folds: int,
+    penalties: tuple[float, ...],
+    seed: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Out-of-fold residuals (N, m) of ridge fits of each target column on `features`: fold k is
     predicted from the others, with each target's penalty chosen on fold k+1 from the rest."""
     fold = _person_folds(person, folds, seed)
@@ -178,12 +182,17 @@ def cross_fitted(
     for k in range(folds):
         inner = (k + 1) % folds
         fit = total - parts[k] - parts[inner]
-        errors = np.array([squared_error(parts[inner], solve(fit, ridge_penalty(features, s, fit.n)))
-                           for s in penalties])  # fmt: skip
+        errors = np.array(
+            [
+                squared_error(parts[inner], solve(fit, ridge_penalty(features, s, fit.n)))
+                for s in penalties
+            ]
+        )
         best = [penalties[int(i)] for i in errors.argmin(0)]
         fit = total - parts[k]
-        beta = np.column_stack([solve(fit, ridge_penalty(features, best[j], fit.n))[:, j]
-                                for j in range(m)])  # fmt: skip
+        beta = np.column_stack(
+            [solve(fit, ridge_penalty(features, best[j], fit.n))[:, j] for j in range(m)]
+        )
         rows = np.flatnonzero(fold == k)
         residuals[rows] = targets[rows] - predict(features, rows, beta)
         chosen.append(best)
@@ -238,10 +247,18 @@ def wage_gap(
     check_representation(loaded, storage.redact(data_url))
     group_id, reference_id, group, reference = resolve_groups(dataset, by, group, reference)
     contrast = model_contrast(loaded, by, group_id, reference_id)
-    rows = person_years(loaded, data_url, splits, hide=(by,), contrast=contrast,
-                        storage_options=storage_options,
-                        pooling=pooling, tokens_per_batch=tokens_per_batch, dataset=dataset,
-                        on_progress=on_progress)  # fmt: skip
+    rows = person_years(
+        loaded,
+        data_url,
+        splits,
+        hide=(by,),
+        contrast=contrast,
+        storage_options=storage_options,
+        pooling=pooling,
+        tokens_per_batch=tokens_per_batch,
+        dataset=dataset,
+        on_progress=on_progress,
+    )
     value = rows.static[by]
     used = (value == group_id) | (value == reference_id)
     rows = rows.take(used)
@@ -277,18 +294,27 @@ def wage_gap(
     truth = known_gap(dataset, by, group, reference)
     result: dict[str, Any] = {
         "dataset": {"url": storage.redact(data_url), "manifest_sha256": dataset.manifest_sha},
-        "by": by, "group": group, "reference": reference, "splits": list(splits),
-        "folds": folds, "seed": seed, "pooling": pooling, "method": METHOD, "level": LEVEL,
+        "by": by,
+        "group": group,
+        "reference": reference,
+        "splits": list(splits),
+        "folds": folds,
+        "seed": seed,
+        "pooling": pooling,
+        "method": METHOD,
+        "level": LEVEL,
         "person_years": {
             **{split: c.to_dict() for split, c in rows.counts.items()},
-            "used": len(rows), "people": len(np.unique(rows.person)),
-            "group_people": people_of[group], "reference_people": people_of[reference],
+            "used": len(rows),
+            "people": len(np.unique(rows.person)),
+            "group_people": people_of[group],
+            "reference_people": people_of[reference],
             "other_group_person_years": int((~used).sum()),
         },
         "experience": design.experience_kind,
         "estimates": estimates,
         "truth": truth,
-    }  # fmt: skip
+    }
     if truth is not None:
         result["covers_truth"] = {
             name: bool(e["low"] <= truth <= e["high"]) for name, e in estimates.items()

@@ -43,12 +43,22 @@ class Gram:
         return cls(np.zeros((k, k)), np.zeros((k, m)), np.zeros(m), np.zeros(m), 0)
 
     def __add__(self, other: Gram) -> Gram:
-        return Gram(self.xx + other.xx, self.xy + other.xy, self.yy + other.yy,
-                    self.ysum + other.ysum, self.n + other.n)  # fmt: skip
+        return Gram(
+            self.xx + other.xx,
+            self.xy + other.xy,
+            self.yy + other.yy,
+            self.ysum + other.ysum,
+            self.n + other.n,
+        )
 
     def __sub__(self, other: Gram) -> Gram:
-        return Gram(self.xx - other.xx, self.xy - other.xy, self.yy - other.yy,
-                    self.ysum - other.ysum, self.n - other.n)  # fmt: skip
+        return Gram(
+            self.xx - other.xx,
+            self.xy - other.xy,
+            self.yy - other.yy,
+            self.ysum - other.ysum,
+            self.n - other.n,
+        )
 
 
 Matrix = Callable[[np.ndarray], np.ndarray]
@@ -58,8 +68,9 @@ class Features:
     """The Mincer columns, then (optionally) a representation standardised with the mean and
     standard deviation of the fitting rows: `features(index)` is a dense chunk."""
 
-    def __init__(self, design: MincerDesign, extra: np.ndarray | None = None,
-                 fit: np.ndarray | None = None):  # fmt: skip
+    def __init__(
+        self, design: MincerDesign, extra: np.ndarray | None = None, fit: np.ndarray | None = None
+    ):
         self.design = design
         self.extra = extra
         if extra is not None:
@@ -86,9 +97,13 @@ class Features:
 
 
 def grams(
-    matrix: Matrix, targets: np.ndarray, groups: np.ndarray, count: int, width: int,
+    matrix: Matrix,
+    targets: np.ndarray,
+    groups: np.ndarray,
+    count: int,
+    width: int,
     chunk: int = CHUNK_ROWS,
-) -> list[Gram]:  # fmt: skip
+) -> list[Gram]:
     """One Gram per group 0..count-1 (rows with a negative group are left out); `targets` is
     (N, m)."""
     out = [Gram.zeros(width, targets.shape[1]) for _ in range(count)]

@@ -83,8 +83,9 @@ def _r2(sse: np.ndarray, ysum: np.ndarray, yy: np.ndarray, n: np.ndarray) -> np.
         return 1.0 - sse / (yy - ysum**2 / n)
 
 
-def _estimate(statistic: Callable[[np.ndarray], np.ndarray], sums: np.ndarray,
-              draws: np.ndarray) -> dict[str, float | None]:  # fmt: skip
+def _estimate(
+    statistic: Callable[[np.ndarray], np.ndarray], sums: np.ndarray, draws: np.ndarray
+) -> dict[str, float | None]:
     value = float(statistic(sums.sum(0, keepdims=True))[0])
     if not len(draws):
         return Estimate(value).to_dict()
@@ -154,9 +155,16 @@ def wage_table(
     """
     dataset = load_dataset(data_url, storage_options)
     check_representation(loaded, storage.redact(data_url))
-    rows = person_years(loaded, data_url, SPLITS, storage_options=storage_options,
-                        pooling=pooling, tokens_per_batch=tokens_per_batch, dataset=dataset,
-                        on_progress=on_progress)  # fmt: skip
+    rows = person_years(
+        loaded,
+        data_url,
+        SPLITS,
+        storage_options=storage_options,
+        pooling=pooling,
+        tokens_per_batch=tokens_per_batch,
+        dataset=dataset,
+        on_progress=on_progress,
+    )
     check_splits_have_wages(rows, dataset)
     train = rows.split == "train"
     design = MincerDesign.fit(rows, train, dataset.vocab)
@@ -211,6 +219,6 @@ def wage_table(
                 "level": LEVEL,
                 "unit": "person",
                 "test_people": judged["people"],
-            },  # fmt: skip
+            },
         }
     )

@@ -98,7 +98,7 @@ def _library() -> ctypes.CDLL | None:
                 _cpu_flags().encode(),
                 platform.machine().encode(),
             ]
-        )  # fmt: skip
+        )
     ).hexdigest()[:16]
     target = cache_folder() / f"dropout-{key}.so"
     try:
@@ -111,8 +111,15 @@ def _library() -> ctypes.CDLL | None:
     for name in ("dropout_f32", "dropout_bf16"):
         function = getattr(library, name)
         function.restype = None
-        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64,
-                             ctypes.c_int64, ctypes.c_uint32, ctypes.c_float]  # fmt: skip
+        function.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_uint64,
+            ctypes.c_int64,
+            ctypes.c_uint32,
+            ctypes.c_float,
+        ]
     return library
 
 
@@ -158,7 +165,7 @@ def _run(x: torch.Tensor, seed: int, p: float) -> torch.Tensor:
             start,
             threshold,
             scale,
-        )  # fmt: skip
+        )
         for start in range(0, n, step)
     ]
     for job in jobs:

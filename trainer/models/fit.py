@@ -26,18 +26,21 @@ from trainer.models.registry import get_kind
 from trainer.package import write_package
 
 
-def batches(data_url: str, split: str, tokens: int, storage_options=None,
-            people: int | None = None):  # fmt: skip
+def batches(
+    data_url: str, split: str, tokens: int, storage_options=None, people: int | None = None
+):
     """One pass over a split's batches (of its first `people` people), in order (the tensors
     only)."""
-    stream = StreamConfig(split=split, tokens_per_update=tokens, shuffle=False, loop=False,
-                          people=people)  # fmt: skip
+    stream = StreamConfig(
+        split=split, tokens_per_update=tokens, shuffle=False, loop=False, people=people
+    )
     for batch in CareerLoader(data_url, stream, num_workers=0, storage_options=storage_options):
         yield {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
-def split_perplexity(model: JobModel, data_url: str, split: str, tokens: int,
-                     storage_options=None) -> float:  # fmt: skip
+def split_perplexity(
+    model: JobModel, data_url: str, split: str, tokens: int, storage_options=None
+) -> float:
     """exp(NLL summed over the split's real job-years / their number), as validation does."""
     nll = count = 0.0
     model.eval()
@@ -48,8 +51,13 @@ def split_perplexity(model: JobModel, data_url: str, split: str, tokens: int,
     return math.exp(nll / count) if count else float("nan")
 
 
-def fit_markov(model: markov.Markov, data_url: str, tokens: int, storage_options=None,
-               train_people: int | None = None) -> dict:  # fmt: skip
+def fit_markov(
+    model: markov.Markov,
+    data_url: str,
+    tokens: int,
+    storage_options=None,
+    train_people: int | None = None,
+) -> dict:
     """Count (on the first `train_people` of the train split, or all), choose alpha (unless the
     config fixes it) and set the table; what was decided."""
     V = model.config.vocab_sizes["job"]
@@ -88,8 +96,9 @@ def fit_closed_form(
     config = config.resolve(1, False)
     data = load_dataset(data_url, storage_options)
     model, _ = model_for(config, data.vocab, data.manifest)
-    fitted = FITTERS[config.kind](model, data_url, config.tokens_per_update, storage_options,
-                                  config.train_people)  # fmt: skip
+    fitted = FITTERS[config.kind](
+        model, data_url, config.tokens_per_update, storage_options, config.train_people
+    )
     seconds = time.perf_counter() - started
     valid = split_perplexity(model, data_url, "valid", config.tokens_per_update, storage_options)
     metrics = {
@@ -107,8 +116,16 @@ def fit_closed_form(
         "world_size": 1,
         "config": config.to_dict(),
     }
-    write_package(storage.join(out_url, "package"), model.state_dict(), model.config, data.vocab,
-                  metrics, data.manifest_sha, {"fit": "closed form"}, storage_options)  # fmt: skip
+    write_package(
+        storage.join(out_url, "package"),
+        model.state_dict(),
+        model.config,
+        data.vocab,
+        metrics,
+        data.manifest_sha,
+        {"fit": "closed form"},
+        storage_options,
+    )
     storage.write_bytes_atomic(
         storage.join(out_url, "metrics.json"),
         json.dumps(metrics, indent=1, sort_keys=True, default=str).encode(),

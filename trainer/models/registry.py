@@ -78,7 +78,7 @@ KINDS: dict[str, Kind] = {
             closed_form=True,
             help="order-1 Markov chain, closed form, alpha chosen on valid",
         ),
-    )  # fmt: skip
+    )
 }
 DEFAULT_KIND = career.KIND
 #: Every preset name of any kind (each kind refuses the names it does not have).
