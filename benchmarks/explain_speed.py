@@ -31,7 +31,7 @@ from _common import save  # noqa: E402
 from data_shards.vocab import build_vocabulary  # noqa: E402
 from eval.explain import rationalize  # noqa: E402
 from eval.predict import Query  # noqa: E402
-from trainer.model import build_model  # noqa: E402
+from trainer.models.career import build_model  # noqa: E402
 from trainer.package import LoadedModel  # noqa: E402
 
 JOBS = [str(1000 + i) for i in range(330)] + ["unemployed", "not_in_labor_force", "education"]

@@ -35,7 +35,7 @@ from _common import machine, save  # noqa: E402
 from data_shards.synth.world import World  # noqa: E402
 from data_shards.vocab import BOS_ID, SPECIALS, YEAR_SPAN  # noqa: E402
 from eval.forecast.sample import sample_futures  # noqa: E402
-from trainer.model import build_model  # noqa: E402
+from trainer.models.career import build_model  # noqa: E402
 
 YEARS = YEAR_SPAN[1] - YEAR_SPAN[0] + 1 + len(SPECIALS)
 SIZES = {

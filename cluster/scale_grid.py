@@ -49,7 +49,7 @@ class ModelSpec:
     d_ff: int | None = None
 
     def __post_init__(self) -> None:
-        from trainer.model import PRESETS
+        from trainer.models.career import PRESETS
 
         if self.preset not in PRESETS:
             raise ValueError(

@@ -177,7 +177,7 @@ def corpus_facts(data: str, storage_options) -> dict[str, Any]:
     oracle floor (nats per job-year on valid, simulated corpora only)."""
     from data_shards.manifest import load_manifest
     from trainer.context import covariates_of
-    from trainer.model import COVARIATES
+    from trainer.models.career import COVARIATES
 
     manifest = load_manifest(data, storage_options)
     vocab = json.loads(storage.read_text(storage.join(data, "vocab.json"), storage_options))

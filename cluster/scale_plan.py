@@ -93,7 +93,7 @@ def sample_corpus(preset: str, seed: int = 0) -> tuple[dict[str, int], float]:
 
 def describe(model: ModelSpec, vocab_sizes: dict[str, int], mean_length: float) -> dict[str, Any]:
     """Parameters (total, non-embedding) and training FLOPs per token of one model."""
-    from trainer.model import COVARIATES, build_model
+    from trainer.models.career import COVARIATES, build_model
 
     covariates = tuple(c for c in COVARIATES if c in vocab_sizes)  # those the corpus has
     built = build_model(vocab_sizes, model.preset, covariates=covariates, **model.widths())

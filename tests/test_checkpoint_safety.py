@@ -39,7 +39,7 @@ from trainer.config import OptimConfig, TrainConfig
 from trainer.distributed import run_info
 from trainer.elastic import ResumeSource
 from trainer.export import export_run
-from trainer.model import build_model
+from trainer.models.career import build_model
 from trainer.package import load_model
 from trainer.safe_load import UnsafeCheckpointError
 from trainer.step import NLLModule, run_update

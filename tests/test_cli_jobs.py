@@ -239,7 +239,7 @@ def test_a_worker_error_under_torchrun_exits_2_with_its_message(tmp_path, ray_ad
 
 def _parameters(described: dict) -> int:
     """The parameter count of the architecture `--dry-run` printed, built independently."""
-    from trainer.model import ModelConfig, build_model
+    from trainer.models.career import ModelConfig, build_model
 
     names = [f.name for f in dataclasses.fields(ModelConfig)]
     config = {k: v for k, v in described.items() if k in names and k != "vocab_sizes"}

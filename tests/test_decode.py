@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.model import BOS_ID, COVARIATES, Career, ModelConfig
+from trainer.models.career import BOS_ID, COVARIATES, Career, ModelConfig
 
 SIZES = {
     "job": 40,

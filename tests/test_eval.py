@@ -29,7 +29,7 @@ from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.vocab import PAD_ID, UNK_ID
 from eval import metrics, predict, scores
 from trainer.context import covariates_of, load_dataset
-from trainer.model import build_model
+from trainer.models.career import build_model
 from trainer.package import LoadedModel, load_model, write_package
 
 #: datasets sharded through Ray, models scored through Ray tasks

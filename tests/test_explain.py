@@ -26,7 +26,7 @@ from eval.explain import explain_people, rationalize
 from eval.explain_files import read_people
 from eval.predict import Query
 from trainer.finetune import adapt_to_dataset
-from trainer.model import build_model
+from trainer.models.career import build_model
 from trainer.models.registry import build
 from trainer.package import load_model, write_package
 

@@ -1,5 +1,5 @@
 """The CPU training fast paths, hash dropout (`trainer.models.dropout`) and packed rows
-(`trainer.model.Packing`), each against the computation it replaces; and the precision `auto`
+(`trainer.models.career.Packing`), each against the computation it replaces; and the precision `auto`
 picks on a CPU.
 
 - hash dropout drops at the asked rate, scales kept elements by 1/(1-p), is decided by torch's
@@ -25,8 +25,8 @@ from test_model import SIZES, make_batch
 
 from trainer.accelerator import cpu_bf16_flags
 from trainer.config import TrainConfig
-from trainer.model import Packing, attention, build_model
 from trainer.models import dropout as hash_dropout
+from trainer.models.career import Packing, attention, build_model
 
 #: Tests of the kernel itself; the others (packing, compilation, the fallback without a compiler,
 #: precision) run on every machine.
@@ -200,7 +200,7 @@ def test_the_kernel_check_is_a_constant_to_the_compiler():
         [
             sys.executable,
             "-c",
-            "import sys, trainer.model, cluster.cli; print('torch._dynamo' in sys.modules)",
+            "import sys, trainer.models.career, cluster.cli; print('torch._dynamo' in sys.modules)",
         ],
         capture_output=True,
         text=True,

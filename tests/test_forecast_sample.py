@@ -9,7 +9,7 @@ from test_decode import SIZES, make_model, right_padded, sequences
 
 from data_shards.vocab import Vocabulary
 from eval.forecast.sample import sample_futures, split_at, state_ids
-from trainer.model import BOS_ID, Career, ModelConfig
+from trainer.models.career import BOS_ID, Career, ModelConfig
 
 
 def with_targets(full: dict, seed: int) -> dict:

@@ -5,7 +5,15 @@ import torch
 
 from data_shards.vocab import Vocabulary
 from trainer.finetune import adapt_to_dataset
-from trainer.model import BOS_ID, COVARIATES, PAD_ID, PRESETS, Career, ModelConfig, build_model
+from trainer.models.career import (
+    BOS_ID,
+    COVARIATES,
+    PAD_ID,
+    PRESETS,
+    Career,
+    ModelConfig,
+    build_model,
+)
 
 SIZES = {
     "job": 340,

@@ -451,7 +451,7 @@ def test_a_package_is_safetensors_and_a_pickle_in_its_place_runs_nothing(tmp_pat
     import torch
 
     from data_shards.vocab import Vocabulary
-    from trainer.model import build_model
+    from trainer.models.career import build_model
     from trainer.package import FILES, load_model, write_package
 
     sizes = {

@@ -52,7 +52,7 @@ from eval.markov import fit_markov
 from trainer import engine as ds_engine
 from trainer import safe_load
 from trainer.accelerator import cpu_bf16_flags
-from trainer.model import build_model
+from trainer.models.career import build_model
 from trainer.package import load_model
 
 pytestmark = pytest.mark.slow

@@ -120,7 +120,7 @@ class TrainConfig:
     # torch's generator); False: torch's dropout (the masks of runs before it)
     hash_dropout: bool = True
     # CPU training: layer norms, projections and feed-forward on the real job-years only, not on
-    # padding (trainer.model.Packing); False: the padded layout
+    # padding (trainer.models.career.Packing); False: the padded layout
     pack_rows: bool = True
     seed: int = field(default=0, metadata={"help": "random seed"})
     eval_every: int = field(
@@ -289,7 +289,8 @@ def apply_overrides(payload: dict[str, Any], overrides: list[str]) -> dict[str, 
 def make_config(
     recipe: str, preset: str | None = None, overrides: list[str] | None = None, **fields: Any
 ) -> TrainConfig:
-    """The recipe's config, then `fields` (from CLI flags), then dotted overrides."""
+    """The recipe's config, then `fields` (typed values: a dict merges into its section, e.g.
+    `optim={"lr": 1e-4}`; None means not given), then dotted overrides (user text)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}")
     payload = TrainConfig().to_dict()
@@ -300,5 +301,9 @@ def make_config(
             payload[key] = value
     if preset:
         payload["preset"] = preset
-    payload.update({k: v for k, v in fields.items() if v is not None})
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(payload.get(key), dict):
+            payload[key].update({k: v for k, v in value.items() if v is not None})
+        elif value is not None:
+            payload[key] = value
     return TrainConfig.from_dict(apply_overrides(payload, overrides or []))

@@ -26,8 +26,8 @@ from trainer import rng
 from trainer.config import TrainConfig
 from trainer.distributed import RunInfo, run_info
 from trainer.finetune import adapt_to_dataset
-from trainer.model import COVARIATES
 from trainer.models import dropout as hash_dropout
+from trainer.models.career import COVARIATES
 from trainer.models.output import JobModel
 from trainer.models.registry import build, get_kind
 from trainer.package import load_model

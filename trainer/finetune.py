@@ -12,7 +12,7 @@ import torch
 
 from data_shards.errors import StructuralError
 from data_shards.vocab import Vocabulary
-from trainer.model import Career, ModelConfig
+from trainer.models.career import Career, ModelConfig
 
 
 def _grow_embedding(old: torch.nn.Embedding, size: int) -> torch.nn.Embedding:

@@ -31,7 +31,7 @@ import torch
 
 from data_shards.schema import NON_EMPLOYMENT_STATES
 from data_shards.vocab import PAD_ID, Vocabulary
-from trainer.model import Career
+from trainer.models.career import Career
 from trainer.models.output import JobModel
 
 Batch = dict[str, torch.Tensor]

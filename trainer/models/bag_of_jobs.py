@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from data_shards.vocab import BOS_ID, PAD_ID
-from trainer.model import COVARIATES
 from trainer.models import dropout as hash_dropout
+from trainer.models.career import COVARIATES
 from trainer.models.output import Batch, JobModel, check_covariates, check_kind, check_sizes
 
 KIND = "bag-of-jobs"

@@ -1,6 +1,6 @@
 """The model kinds: name -> config class, model class, presets, covariates, how it is fitted.
 
-    career       the CAREER transformer (trainer/model.py)
+    career       the CAREER transformer (trainer/models/career.py)
     regression   the paper's two-stage multinomial logit (trainer/models/regression.py)
     bag-of-jobs  the paper's bag-of-jobs network (trainer/models/bag_of_jobs.py)
     markov       order-1 Markov chain, closed form (trainer/models/markov.py)
@@ -10,8 +10,8 @@ Every kind is a pure-PyTorch `JobModel` (trainer/models/output.py): `forward(bat
 `kind`, `vocab_sizes`, `covariates` and `to_dict()`. Gradient-trained kinds go through the one
 training loop (DeepSpeed); a `closed_form` kind is fitted by counting (`trainer.models.fit`).
 
-(The registry is its own module, not the package's `__init__`: trainer/model.py imports the
-shared output from this package, and the registry imports trainer/model.py.)
+(The registry is its own module, not the package's `__init__`: every kind imports the shared
+output from this package, and the registry imports every kind.)
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from trainer import model as career
-from trainer.models import bag_of_jobs, markov, regression
+from trainer.models import bag_of_jobs, career, markov, regression
 from trainer.models.output import JobModel
 
 
