@@ -14,6 +14,9 @@ Metadata keys: `help`, `metavar`, `choices`, `parse` (str -> value), `flag` (ano
 `parse` may also name one of `PARSERS` (domain modules cannot import this one); `path` (a local
 path made absolute when parsed: Ray workers run in another working directory),
 `positional`, `required`, `skip` (not a flag); on a composed field, `title` (its help heading).
+`repeat`: a list field given once per value (`--model A --model B`: argparse's "append"),
+required when the field has no default; its values reach the settings as they were typed (a
+`NAME=URL` value is resolved by the settings themselves, so `path` is not applied to them).
 """
 
 from __future__ import annotations
@@ -189,6 +192,12 @@ def add_flags(
             continue
         flag = meta.get("flag", "--" + field.name.replace("_", "-"))
         kwargs["dest"] = field.name
+        if meta.get("repeat"):
+            kwargs.update(action="append", metavar=meta.get("metavar"))
+            if not optional and (meta.get("required") or default is _NOTHING):
+                kwargs["required"] = True
+            parser.add_argument(flag, **kwargs)
+            continue
         if kind is bool:
             parser.add_argument(flag, action="store_true", **kwargs)
             continue
@@ -221,7 +230,9 @@ def build(settings: type[S], namespace: argparse.Namespace, **extra: Any) -> S:
             values[field.name] = build(kind, namespace)
         elif field.init and getattr(namespace, field.name, None) is not None:
             value = getattr(namespace, field.name)
-            if field.metadata.get("path"):
+            if field.metadata.get("repeat"):
+                value = list(value)
+            elif field.metadata.get("path"):
                 value = absolute(value)
             values[field.name] = value
     return settings(**values)

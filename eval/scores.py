@@ -30,7 +30,7 @@ import functools
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -134,6 +134,18 @@ def _year_values(vocab: Vocabulary) -> np.ndarray:
     )
 
 
+def split_batches(
+    data_url: str, split: str, tokens_per_batch: int, storage_options=None
+) -> CareerLoader:
+    """A split's batches in order, each person once (the loader `score_split` reads)."""
+    return CareerLoader(
+        data_url,
+        StreamConfig(split=split, tokens_per_update=tokens_per_batch, shuffle=False, loop=False),
+        num_workers=0,
+        storage_options=storage_options,
+    )
+
+
 def score_split(
     loaded: LoadedModel,
     data_url: str,
@@ -143,18 +155,17 @@ def score_split(
     tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
     dataset: Dataset | None = None,
     transitions: TransitionSums | None = None,
+    batches: Iterable[dict[str, Any]] | None = None,
 ) -> pa.Table:
     """The scores table of `loaded` on a split of the dataset at `data_url` (see the module).
-    `transitions`: an aggregate to fill in the same pass (`eval.transitions`)."""
+    `transitions`: an aggregate to fill in the same pass (`eval.transitions`); `batches`: the
+    split's batches when already read (`split_batches`), else the split is streamed here."""
     dataset = dataset or load_dataset(data_url, storage_options)
     check_compatible(loaded.vocab, dataset, split)
     fields = dataset.manifest.fields
-    loader = CareerLoader(
-        data_url,
-        StreamConfig(split=split, tokens_per_update=tokens_per_batch, shuffle=False, loop=False),
-        num_workers=0,
-        storage_options=storage_options,
-    )
+    loader = batches
+    if loader is None:
+        loader = split_batches(data_url, split, tokens_per_batch, storage_options)
     device = model_device(loaded.model)
     package_jobs = loaded.vocab.size("job")
     years = _year_values(dataset.vocab)
@@ -287,18 +298,14 @@ def score_package(
         device = "cpu"
     loaded = load_model(model_url, storage_options, device=device)
     dataset = load_dataset(data_url, storage_options)
-    transitions = None
+    transitions = batches = None
     if transitions_url:
-        check_compatible(loaded.vocab, dataset, split)  # before a pass over the split
+        # One read of the split: its batches are kept, counted for the aggregate's rows, then
+        # scored (the aggregate needs its rows before the model's first batch).
+        check_compatible(loaded.vocab, dataset, split)  # before the split is read
+        batches = list(split_batches(data_url, split, tokens_per_batch, storage_options))
         job_count = dataset.vocab.size("job")
-        rows = frequent_previous_jobs(
-            data_url,
-            split,
-            transition_jobs,
-            job_count,
-            storage_options=storage_options,
-            tokens_per_batch=tokens_per_batch,
-        )
+        rows = frequent_previous_jobs(batches, transition_jobs, job_count)
         transitions = TransitionSums(rows, job_count, loaded.vocab.size("job"))
     table = score_split(
         loaded,
@@ -308,6 +315,7 @@ def score_package(
         tokens_per_batch=tokens_per_batch,
         dataset=dataset,
         transitions=transitions,
+        batches=batches,
     )
     write_scores(table, out_url, storage_options)
     described = describe(table)

@@ -5,9 +5,10 @@ A scores file holds only the probability of the target; a transition heatmap nee
 predicted distribution, and (V x V) sums would not fit for a vocabulary of 30,000 jobs. So the
 aggregate is bounded whatever the vocabulary: K rows, the K most frequent previous jobs of the
 split's scored tokens (ties by job id), and K + 1 columns, the same K jobs then `<other>` (every
-other job, and what the model gives to codes it does not know). A pre-pass over the split (the
-loader alone, no model: `frequent_previous_jobs`) finds the rows; `eval.scores.score_split` then
-hands every batch's log-probabilities to `TransitionSums.add`, which keeps per row
+other job, and what the model gives to codes it does not know). The split is read once: its
+batches are counted first (no model: `frequent_previous_jobs`) to find the rows, then
+`eval.scores.score_split` hands every batch's log-probabilities to `TransitionSums.add`, which
+keeps per row
 
     row_tokens  scored tokens whose previous job is the row's
     observed    (K, K + 1) counts of the next job
@@ -20,12 +21,12 @@ Only tokens with a real previous job count (a person's first year has none). `to
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
 
-from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.vocab import BOS_ID, PAD_ID, Vocabulary
 
 OTHER = "<other>"
@@ -33,25 +34,12 @@ DEFAULT_JOBS = 20
 FORMAT_VERSION = 1
 
 
-def frequent_previous_jobs(
-    data_url: str,
-    split: str,
-    k: int,
-    job_count: int,
-    *,
-    storage_options=None,
-    tokens_per_batch: int = 8192,
-) -> np.ndarray:
-    """Dataset job ids of the (at most) `k` most frequent previous jobs of the split's tokens,
-    most frequent first, ties by id; jobs that never precede a token are left out."""
-    loader = CareerLoader(
-        data_url,
-        StreamConfig(split=split, tokens_per_update=tokens_per_batch, shuffle=False, loop=False),
-        num_workers=0,
-        storage_options=storage_options,
-    )
+def frequent_previous_jobs(batches: Iterable[dict[str, Any]], k: int, job_count: int) -> np.ndarray:
+    """Dataset job ids of the (at most) `k` most frequent previous jobs of the batches' tokens,
+    most frequent first, ties by id; jobs that never precede a token are left out. The batches
+    are a split's, read once (`eval.scores.score_package` then hands them to the model)."""
     counts = np.zeros(job_count, dtype=np.int64)
-    for batch in loader:
+    for batch in batches:
         inputs, targets = batch["inputs"].numpy(), batch["targets"].numpy()
         counts += np.bincount(inputs[(targets != PAD_ID) & (inputs > BOS_ID)], minlength=job_count)
     order = np.lexsort((np.arange(job_count), -counts))[:k]

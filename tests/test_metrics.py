@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from data_shards.errors import StructuralError
-from eval import metrics, table
+from eval import comparison_table as table
+from eval import metrics
 from eval.scores import read_scores, write_scores
 
 LN2 = math.log(2)

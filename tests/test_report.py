@@ -29,7 +29,8 @@ from cluster.cli import main
 from data_shards.errors import StructuralError
 from data_shards.inputs import InputSpec
 from data_shards.shard import ShardConfig, shard_dataset
-from eval import scores, table
+from eval import comparison_table as table
+from eval import scores
 from eval.report import build_report
 from eval.report.run import load_run
 

@@ -183,3 +183,40 @@ def load_model(url: str, storage_options=None, device: str = "cpu") -> LoadedMod
             f"weights do not fit the config: missing {missing}, unexpected {unexpected}", path=shown
         )
     return LoadedModel(model.to(device).eval(), vocab, config, metrics)
+
+
+@dataclass(frozen=True)
+class PackageInfo:
+    """What a package says about itself without its weights: its vocabulary and config."""
+
+    vocab: Vocabulary
+    config: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.config.get("kind", DEFAULT_KIND)  # format-1 packages are CAREER
+
+
+def read_package_info(url: str, storage_options=None) -> PackageInfo:
+    """A package's vocabulary and config, checked as `load_model` checks them (config.json,
+    every file present, vocab.json's sha256 and vocabulary hash), without reading the weights:
+    for a driver that only checks packages against datasets before its tasks load them."""
+    shown = storage.redact(url)
+    config = _read_config(url, storage_options)
+    for name in HASHED:
+        file_url = storage.join(url, name)
+        if not storage.exists(file_url, storage_options):
+            raise StructuralError(
+                f"not a model package: {name} is missing", path=storage.redact(file_url)
+            )
+    contents = {"vocab.json": storage.read_bytes(storage.join(url, "vocab.json"), storage_options)}
+    try:
+        vocab = Vocabulary.from_json(contents["vocab.json"].decode(), "vocab.json")
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise StructuralError(f"vocab.json is unreadable: {exc}", path=shown) from None
+    _check_hashes(url, config, contents)
+    if vocab.hash != config.get("vocab_hash"):
+        raise StructuralError(
+            "vocab.json does not match the vocabulary the model was trained with", path=shown
+        )
+    return PackageInfo(vocab, config)

@@ -2,7 +2,7 @@
 need (`eval.report.plots`), from a run read back by `eval.report.run` and nothing else.
 
     status        what the run holds and everything it lacks (yet)
-    comparison    per survey, `eval.table`'s comparison (95% intervals, the oracle row)
+    comparison    per survey, `eval.comparison_table`'s comparison (95% intervals, the oracle row)
     learning      training and validation loss of pretraining and of each survey's models
     perplexity    test perplexity per model with its interval, the oracle as a line
     calibration   reliability diagram of P(stay) per survey, with ECE and Brier score
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from eval import table
+from eval import comparison_table as table
 from eval.report import downstream, plots
 from eval.report.render import Block, Heading, Image, Missing, Table, Text
 from eval.report.run import EVALUATION, Run, Survey
