@@ -33,9 +33,10 @@ from _common import career, machine, save  # noqa: E402
 from train_throughput import UPDATES, bare_loop  # noqa: E402
 
 from cluster.ray_session import connect_ray  # noqa: E402
+from data_shards.dataset import load_dataset  # noqa: E402
 from eval.scores import score_split  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
-from trainer.context import load_dataset, model_for  # noqa: E402
+from trainer.context import model_for  # noqa: E402
 from trainer.package import load_model, write_package  # noqa: E402
 
 

@@ -35,11 +35,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    from data_shards.dataset import covariates_of, load_dataset
     from data_shards.inputs import InputSpec
     from data_shards.shard import ShardConfig, shard_dataset
     from data_shards.stream import CareerLoader, StreamConfig
     from trainer.accelerator import cpu_bf16_flags
-    from trainer.context import covariates_of, load_dataset
     from trainer.models.registry import build
     from trainer.step import NLLModule
 

@@ -262,8 +262,8 @@ def evaluate_settings(namespace: argparse.Namespace) -> EvaluateSettings:
 # ----------------------------------------------------------------------------- evaluate
 def check_inputs(s: EvaluateSettings) -> dict[str, Any]:
     """Open every package and dataset and check every pair, before any task starts."""
+    from data_shards.dataset import load_dataset
     from eval.scores import check_compatible
-    from trainer.context import load_dataset
     from trainer.package import load_model
 
     options = s.storage_options

@@ -210,9 +210,9 @@ def run_forecast(s: ForecastSettings) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cluster.report import console, progress_console
+    from data_shards.dataset import load_dataset
     from eval.forecast.protocol import dataset_cutoff
     from eval.forecast.run import compare, forecast_package
-    from trainer.context import load_dataset
 
     options = s.storage.storage_options
     dataset = load_dataset(s.data, options)

@@ -376,8 +376,8 @@ def forecast_survey(
     experiment: Experiment, survey: str, layout: RunLayout, cut: str, storage_options
 ) -> None:
     """`career forecast` of the survey's forecasting models on its cutoff dataset."""
+    from data_shards.dataset import load_dataset
     from eval.forecast.run import compare, forecast_package
-    from trainer.context import load_dataset
 
     settings = experiment.forecast
     dataset = load_dataset(layout.dataset(cut), storage_options)

@@ -238,7 +238,7 @@ def train_all(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
     for s in runs:
         check_inputs(s)
         s.config.resolve(s.workers, s.on_gpu)  # config errors surface before launching
-    from trainer.models.fit import fit_closed_form
+    from trainer.closed_form import fit_closed_form
 
     def fitted_here(s: TrainingSettings) -> bool:
         return closed_form(s) and not s.base

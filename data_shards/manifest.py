@@ -102,10 +102,18 @@ def manifest_url(dataset_url: str) -> str:
 
 def load_manifest(dataset_url: str, storage_options=None) -> Manifest:
     """The manifest of a dataset; a folder without one is refused (it is not a dataset)."""
+    return read_manifest(dataset_url, storage_options)[0]
+
+
+def read_manifest(dataset_url: str, storage_options=None) -> tuple[Manifest, bytes]:
+    """The manifest of a dataset and the bytes of `manifest.json` it was parsed from (one read:
+    their sha256 names the dataset a package was trained on). A strict UTF-8 decoding
+    round-trips, so the text's encoding is exactly the file's bytes."""
     url = manifest_url(dataset_url)
     if not storage.exists(url, storage_options):
         raise StructuralError(
             "no manifest.json: not a finished dataset (is the sharding job still running, or did it fail?)",
             path=storage.redact(dataset_url),
         )
-    return Manifest.from_json(storage.read_text(url, storage_options), storage.redact(url))
+    text = storage.read_text(url, storage_options)
+    return Manifest.from_json(text, storage.redact(url)), text.encode("utf-8")

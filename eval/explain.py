@@ -25,11 +25,11 @@ from typing import Any, NamedTuple
 
 import torch
 
+from data_shards.dataset import load_dataset
 from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.vocab import SPECIALS, UNK
 from eval.predict import Query, build_batch
 from eval.scores import check_compatible, model_device, to_model_ids
-from trainer.context import load_dataset
 from trainer.package import LoadedModel
 
 __all__ = [

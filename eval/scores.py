@@ -39,12 +39,12 @@ import pyarrow.parquet as pq
 import torch
 
 from data_shards import storage
+from data_shards.dataset import Dataset, load_dataset
 from data_shards.errors import StructuralError
 from data_shards.manifest import MANIFEST
 from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.vocab import BOS_ID, FIELD_COLUMNS, PAD_ID, UNK_ID, Vocabulary
 from eval.transitions import DEFAULT_JOBS, TransitionSums, frequent_previous_jobs
-from trainer.context import Dataset, load_dataset
 from trainer.package import LoadedModel, load_model
 
 log = logging.getLogger(__name__)

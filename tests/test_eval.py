@@ -22,13 +22,13 @@ from helpers import career, digest, loader_perplexity, records_from_loader
 
 from cluster import evaluate_job
 from cluster.cli import main
+from data_shards.dataset import covariates_of, load_dataset
 from data_shards.errors import StructuralError
 from data_shards.inputs import InputSpec
 from data_shards.shard import ShardConfig, shard_dataset
 from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.vocab import PAD_ID, UNK_ID
 from eval import metrics, predict, scores
-from trainer.context import covariates_of, load_dataset
 from trainer.models.career import build_model
 from trainer.package import LoadedModel, load_model, write_package
 

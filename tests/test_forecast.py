@@ -18,13 +18,13 @@ import torch
 from helpers import career, digest
 
 from cluster.cli import main
+from data_shards.dataset import covariates_of, load_dataset
 from data_shards.inputs import InputSpec
 from data_shards.shard import ShardConfig, shard_dataset
 from data_shards.stream import CareerLoader, StreamConfig
 from eval.forecast.protocol import forecast_people
 from eval.forecast.run import forecast_package
 from eval.forecast.score import auc, binary_nll
-from trainer.context import covariates_of, load_dataset
 from trainer.models.markov import count_transitions
 from trainer.models.registry import build
 from trainer.package import load_model, write_package

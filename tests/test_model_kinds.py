@@ -597,7 +597,7 @@ def markov_perplexity(data_url: str) -> float:
 
 
 def valid_perplexity(model, data_url: str) -> float:
-    from trainer.models.fit import split_perplexity
+    from trainer.closed_form import split_perplexity
 
     return split_perplexity(model, data_url, "valid", 16_000)
 

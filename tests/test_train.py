@@ -420,9 +420,9 @@ def test_two_micro_batches_make_the_update_one_batch_makes(
     agree to 2 x lr per update, and the two runs end far nearer each other than to the start
     (measured here: loss to 1e-6, gradient norm to 9e-4, weights 0.8% of the way apart)."""
 
+    from data_shards.dataset import load_dataset
     from trainer.accelerator import select_accelerator
     from trainer.config import OptimConfig, TrainConfig
-    from trainer.context import load_dataset
     from trainer.distributed import run_info
     from trainer.step import NLLModule, run_update
 

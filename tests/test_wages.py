@@ -34,6 +34,7 @@ import torch
 from helpers import career, digest
 
 from cluster.cli import main
+from data_shards.dataset import load_dataset
 from data_shards.inputs import InputSpec
 from data_shards.readers.panel import PanelMapping
 from data_shards.shard import ShardConfig, shard_dataset
@@ -44,8 +45,7 @@ from data_shards.writers import write_layout
 from eval.wages import wage_gap, wage_table
 from eval.wages.design import OBSERVED, POTENTIAL, experience
 from eval.wages.features import person_years
-from trainer.context import covariates_of, load_dataset
-from trainer.models.registry import build
+from trainer.models.registry import build, covariates_of
 from trainer.package import load_model, write_package
 
 #: a model trained in-process, datasets sharded through Ray, bootstrapped fits

@@ -9,7 +9,6 @@ dataset's vocabulary (fine-tuning: CAREER packages only).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +16,9 @@ from typing import Any
 import torch
 
 from data_shards import storage
+from data_shards.dataset import Dataset, load_dataset
 from data_shards.errors import StructuralError
-from data_shards.manifest import MANIFEST, Manifest, load_manifest
+from data_shards.manifest import Manifest
 from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.stream.subset import prefix_of
 from data_shards.vocab import Vocabulary
@@ -27,22 +27,9 @@ from trainer.config import TrainConfig
 from trainer.distributed import RunInfo, run_info
 from trainer.finetune import adapt_to_dataset
 from trainer.models import dropout as hash_dropout
-from trainer.models.career import COVARIATES
 from trainer.models.output import JobModel
-from trainer.models.registry import build, get_kind
+from trainer.models.registry import build, covariates_of, get_kind
 from trainer.package import load_model
-
-
-@dataclass(frozen=True)
-class Dataset:
-    url: str
-    manifest: Manifest
-    vocab: Vocabulary
-    manifest_sha: str  # sha256 of manifest.json: which dataset a package was trained on
-
-    @property
-    def covariates(self) -> tuple[str, ...]:
-        return covariates_of(self.manifest)
 
 
 @dataclass
@@ -62,17 +49,6 @@ class RunContext:
         the real rows: `TrainConfig.pack_rows`)."""
         lengths = ("lengths",) if self.config.pack_rows else ()
         return ("inputs", "targets", *lengths, *self.model.config.covariates)
-
-
-def load_dataset(data_url: str, storage_options=None) -> Dataset:
-    manifest = load_manifest(data_url, storage_options)
-    vocab = Vocabulary.load(storage.join(data_url, "vocab.json"), storage_options)
-    if vocab.hash != manifest.vocab_hash:
-        raise StructuralError(
-            "vocab.json does not match the manifest", path=storage.redact(data_url)
-        )
-    manifest_bytes = storage.read_bytes(storage.join(data_url, MANIFEST), storage_options)
-    return Dataset(data_url, manifest, vocab, hashlib.sha256(manifest_bytes).hexdigest())
 
 
 def check_training_blocks(
@@ -98,14 +74,6 @@ def check_training_blocks(
             "train with fewer --workers (or loader_workers)",
             path=storage.redact(url),
         )
-
-
-def covariates_of(manifest: Manifest, kind: str | None = None) -> tuple[str, ...]:
-    """The covariates a model embeds on this dataset: those of the model's (of `kind`'s, else
-    CAREER's) that it has."""
-    present = set(manifest.fields["token_fields"]) | set(manifest.fields["person_fields"])
-    known = get_kind(kind).covariates if kind else COVARIATES
-    return tuple(c for c in known if c in present)
 
 
 def model_for(
@@ -164,7 +132,7 @@ def prepare(
     if get_kind(config.kind).closed_form:
         raise ValueError(
             f"model kind {config.kind} is fitted in closed form, not trained by the training loop "
-            "(career pretrain fits it in one process: trainer.models.fit)"
+            "(career pretrain fits it in one process: trainer.closed_form)"
         )
     info = run_info()
     on_gpu = info.device.type == "cuda"

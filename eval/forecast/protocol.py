@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from data_shards import storage
+from data_shards.dataset import Dataset
 from data_shards.errors import StructuralError
 from data_shards.manifest import MANIFEST
 from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.vocab import PAD_ID
 from eval.forecast.sample import Batch, split_at
 from eval.scores import check_compatible, to_model_ids
-from trainer.context import Dataset
 from trainer.package import LoadedModel
 
 FUTURE_EDUCATION = ("carried", "observed")

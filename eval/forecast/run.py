@@ -27,12 +27,12 @@ from typing import Any
 import pyarrow as pa
 
 from data_shards import storage
+from data_shards.dataset import Dataset
 from eval import metrics
 from eval.forecast.protocol import ForecastPeople, forecast_people
 from eval.forecast.sample import sample_futures, state_ids
 from eval.forecast.score import forecast_scores, path_rates, summarize
 from eval.scores import read_scores, write_scores
-from trainer.context import Dataset
 from trainer.package import load_model
 
 log = logging.getLogger(__name__)

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 from data_shards import storage
+from data_shards.dataset import Dataset, load_dataset
 from data_shards.errors import StructuralError
 from data_shards.manifest import MANIFEST
 from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.vocab import PAD_ID
 from eval.scores import check_compatible, model_device, to_model_ids
-from trainer.context import Dataset, load_dataset
 from trainer.package import LoadedModel
 
 WAGE_FIELD = "log_wage"

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from data_shards import storage
+from data_shards.dataset import Dataset, load_dataset
 from data_shards.errors import StructuralError
 from data_shards.manifest import MANIFEST
 from data_shards.schema import SPLITS
@@ -67,7 +68,6 @@ from eval.wages.linear import (
     squared_error,
 )
 from eval.wages.table import json_ready
-from trainer.context import Dataset, load_dataset
 from trainer.package import LoadedModel
 
 Z_95 = 1.959963984540054

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from data_shards import storage
+from data_shards.dataset import Dataset, load_dataset
 from data_shards.errors import StructuralError
 from data_shards.manifest import MANIFEST
 from data_shards.schema import SPLITS
@@ -43,7 +44,6 @@ from eval.wages.linear import (
     solve,
     squared_error,
 )
-from trainer.context import Dataset, load_dataset
 from trainer.package import LoadedModel
 
 MODELS = ("mincer", "history")

@@ -1,6 +1,6 @@
 """Order-1 Markov baseline as a model kind: P(job_t | job_{t-1}) by counting, smoothed.
 
-Fitted in closed form on the train split through the loader (`trainer.models.fit`), so it is
+Fitted in closed form on the train split through the loader (`trainer.closed_form`), so it is
 scored on exactly the job-year tokens the other kinds are. Counts are taken in the dataset's
 vocabulary ids: C[p, j] = how often job j followed last year's job p (p = `<bos>` counts first
 years), and each row is smoothed toward the unigram u (job frequencies over all training tokens,

@@ -8,7 +8,7 @@
 Every kind is a pure-PyTorch `JobModel` (trainer/models/output.py): `forward(batch)`, `log_probs`,
 `token_log_probs`, `nll`, `num_parameters`, `flops_per_token`, and a `config` dataclass with
 `kind`, `vocab_sizes`, `covariates` and `to_dict()`. Gradient-trained kinds go through the one
-training loop (DeepSpeed); a `closed_form` kind is fitted by counting (`trainer.models.fit`).
+training loop (DeepSpeed); a `closed_form` kind is fitted by counting (`trainer.closed_form`).
 
 (The registry is its own module, not the package's `__init__`: every kind imports the shared
 output from this package, and the registry imports every kind.)
@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from data_shards import dataset
 from trainer.models import bag_of_jobs, career, markov, regression
 from trainer.models.output import JobModel
+
+if TYPE_CHECKING:
+    from data_shards.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,12 @@ def get_kind(name: str) -> Kind:
     if name not in KINDS:
         raise ValueError(f"unknown model kind {name!r}; choose from {', '.join(KINDS)}")
     return KINDS[name]
+
+
+def covariates_of(manifest: Manifest, kind: str | None = None) -> tuple[str, ...]:
+    """The covariates a model embeds on this dataset: those of the model's (of `kind`'s, else
+    CAREER's) that it has."""
+    return dataset.covariates_of(manifest, get_kind(kind or DEFAULT_KIND).covariates)
 
 
 def check_preset(kind: str, preset: str) -> None:

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from data_shards import storage
+from data_shards.dataset import load_dataset
 from data_shards.stream import CareerLoader, StreamConfig
 from trainer.config import TrainConfig
-from trainer.context import load_dataset, model_for
+from trainer.context import model_for
 from trainer.models import markov
 from trainer.models.output import JobModel
 from trainer.models.registry import get_kind
