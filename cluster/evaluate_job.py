@@ -1,36 +1,17 @@
-"""`career evaluate` and `career predict`: settings, checks, Ray tasks, terminal output.
+"""`career evaluate`: settings, Ray tasks, terminal output.
 
-`career evaluate --model PKG … --data DATASET … --out OUT` scores every model on every dataset,
-each pair in its own Ray task (`eval.scores.score_package`), then builds every metric from the
-scores files alone (`eval.metrics`, `eval.table`):
-
-    OUT/scores/<model>__<dataset>.parquet    per-token scores (the Scores contract)
-    OUT/transitions/<model>__<dataset>.json  observed and predicted next jobs after the split's
-                                              most common jobs (`eval.transitions`, for the report)
-    OUT/metrics.json                          every metric of every pair, and the comparisons
-    OUT/table.md                              one comparison table per dataset
-
-Everything that can be refused is refused before a task starts: a package that does not load,
-a dataset without a manifest, a dataset whose vocabulary does not extend a package's, an empty
-split. A model is any package `trainer.package.load_model` opens (CAREER, a baseline, Markov):
-named by `NAME=PKG`, else by its folder (`…/RUN/package` is named RUN).
-
-`career predict --model PKG --history "4720:2012 4720:2013 unemployed:2014"` prints the top-k
-next jobs with probabilities and P(stay); `--input people.jsonl --out predictions.jsonl` does it
-for a file (`eval.predict`).
-
-`--model` and `--data` repeat: the generated flags (`cluster.flags`) have no repeatable option,
-so `add_evaluate_flags` and `evaluate_settings` add and read those two (the `add` and `make` of
-the command's registration).
+`career evaluate --model PKG … --data DATASET … --out OUT` scores every model on every dataset
+and compares them: `eval.evaluate.evaluate_models` checks every pair, scores each (here: each
+pair in its own Ray task, `cluster.tasks.as_completed`), writes scores/, transitions/,
+metrics.json and table.md under OUT and returns the report, which this module prints. A model
+is any package `trainer.package.load_model` opens (CAREER, a baseline, Markov): named by
+`NAME=PKG`, else by its folder (`…/RUN/package` is named RUN). `--model` and `--data` repeat
+(`repeat=True`: `cluster.flags` makes them "append" flags).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,14 +62,12 @@ class EvaluateSettings:
     model: list[str] = flags.option(
         help="model package to evaluate (any kind), NAME=PKG to name it; repeat for several",
         metavar="PKG",
-        default_factory=list,
         repeat=True,
         path=True,
     )
     data: list[str] = flags.option(
         help="dataset folder (made by career shard); repeat for several",
         metavar="DATASET",
-        default_factory=list,
         repeat=True,
         path=True,
     )
@@ -152,266 +131,68 @@ class EvaluateSettings:
         return {"--out": self.out}
 
     def scores_url(self, model: str, dataset: str) -> str:
-        return storage.join(self.out, "scores", f"{model}__{dataset}.parquet")
+        from eval.evaluate import scores_url
 
-    def transitions_url(self, model: str, dataset: str) -> str | None:
-        if not self.transition_jobs:
-            return None
-        return storage.join(self.out, "transitions", f"{model}__{dataset}.json")
+        return scores_url(self.out, model, dataset)
 
 
-def given_covariates(settings: Any) -> dict[str, Any]:
-    """The covariate flags a person-level command was given (`career predict`, `career
-    explain`): static ones as they are, `--education` one degree or one per year."""
-    given: dict[str, Any] = {
-        name: getattr(settings, name)
-        for name in ("location", "gender", "ethnicity", "birth_year")
-        if getattr(settings, name) is not None
-    }
-    if settings.education:
-        degrees = settings.education.split()
-        given["education"] = degrees[0] if len(degrees) == 1 else tuple(degrees)
-    return given
-
-
-@dataclass(kw_only=True)
-class PredictSettings:
-    """Predict next jobs with a model package: the top-k jobs with their probabilities and
-    P(stay), for one history (--history) or a JSON Lines file of people (--input)."""
-
-    model: str = flags.option(help="model package (any kind)", metavar="PKG", path=True)
-    history: str | None = flags.option(
-        None,
-        help='the history as JOB:YEAR items, e.g. "4720:2012 4720:2013 unemployed:2014"',
-        metavar="HISTORY",
-    )
-    year: int | None = flags.option(
-        None, help="the year to predict (default: the history's last year + 1)", metavar="YEAR"
-    )
-    education: str | None = flags.option(
-        None,
-        help="highest degree: one for every year, or one per history year (and the predicted "
-        'year), space-separated, e.g. "high_school high_school bachelors"',
-        metavar="DEGREE",
-    )
-    location: str | None = flags.option(None, help="state of residence", metavar="CODE")
-    gender: str | None = flags.option(None, help="gender", metavar="CODE")
-    ethnicity: str | None = flags.option(None, help="race/ethnicity", metavar="CODE")
-    birth_year: int | None = flags.option(None, help="birth year", metavar="YEAR")
-    top_k: int = flags.option(10, help="how many jobs to show", metavar="K")
-    input: str | None = flags.option(
-        None,
-        help='JSON Lines, one person per line: {"history": "4720:2012 …"} (with optional "id", '
-        '"year" and covariates) or a resume as --format resume-jsonl reads it',
-        metavar="URL",
-        path=True,
-    )
-    out: str | None = flags.option(
-        None, help="where --input's predictions go (JSON Lines)", metavar="URL", path=True
-    )
-    json: bool = flags.option(False, help="print JSON instead of a table (--history)")
-    storage: StorageSettings = field(default_factory=StorageSettings)
-
-    def __post_init__(self) -> None:
-        if (self.history is None) == (self.input is None):
-            raise ValueError("give either --history or --input (a JSON Lines file of people)")
-        if self.input and not self.out:
-            raise ValueError("--input needs --out (where the predictions go)")
-        if self.out and not self.input:
-            raise ValueError("--out goes with --input; --history prints its predictions")
-        if self.top_k < 1:
-            raise ValueError(f"--top-k must be at least 1, not {self.top_k}")
-
-    def covariates(self) -> dict[str, Any]:
-        return given_covariates(self)
-
-    def paths_read(self) -> dict[str, str | None]:
-        return {"--model": self.model, "--input": self.input}
-
-    def paths_written(self) -> dict[str, str | None]:
-        return {"--out": self.out}
-
-
-# ----------------------------------------------------------------------------- the parser
-REPEATED = ("model", "data")
-
-
-def add_evaluate_flags(parser: argparse.ArgumentParser) -> None:
-    """The generated flags of `EvaluateSettings`, with `--model` and `--data` repeatable."""
-    fields = {f.name: f for f in dataclasses.fields(EvaluateSettings)}
-    for name in REPEATED:
-        meta = fields[name].metadata
-        parser.add_argument(
-            f"--{name}",
-            dest=name,
-            action="append",
-            required=True,
-            metavar=meta["metavar"],
-            help=meta["help"],
-        )
-    flags.add_flags(parser, EvaluateSettings, adjust={name: {"skip": True} for name in REPEATED})
-
-
-def evaluate_settings(namespace: argparse.Namespace) -> EvaluateSettings:
-    """`EvaluateSettings` from a parsed namespace (`NAME=PKG` and paths are resolved in it)."""
-    return flags.build(
-        EvaluateSettings, namespace, **{name: list(getattr(namespace, name)) for name in REPEATED}
-    )
-
-
-# ----------------------------------------------------------------------------- evaluate
-def check_inputs(s: EvaluateSettings) -> dict[str, Any]:
-    """Open every package and dataset and check every pair, before any task starts."""
-    from data_shards.dataset import load_dataset
-    from eval.scores import check_compatible
-    from trainer.package import load_model
-
-    options = s.storage_options
-    packages = {}
-    for name, url in s.models:  # load_model refuses a package that is missing or tampered with
-        loaded = load_model(url, options)
-        kind = loaded.config.get("kind", "career")  # format-1 packages are CAREER
-        packages[name] = {"url": url, "vocab": loaded.vocab, "kind": kind}
-    datasets = {name: load_dataset(url, options) for name, url in s.datasets}
-    for package in packages.values():
-        for dataset in datasets.values():
-            check_compatible(package["vocab"], dataset, s.split)
-    return {"packages": packages, "datasets": datasets}
-
-
-def _completed(ray, refs: list) -> Iterator[Any]:
-    """Each task's result as it finishes; an error of ours raised in a task is re-raised as
-    itself (its message, exit code 2), not as Ray's wrapper."""
-    from data_shards.errors import StructuralError
-
-    waiting = list(refs)
-    while waiting:
-        done, waiting = ray.wait(waiting, num_returns=1)
-        try:
-            yield ray.get(done[0])
-        except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause
-            if isinstance(cause, StructuralError | ValueError | OSError):
-                raise cause from None
-            raise
-
-
-def run_evaluate(s: EvaluateSettings) -> int:
+def ray_scoring(settings: EvaluateSettings):
+    """`evaluate_models`' `score_all` on Ray: each request a task with the settings' CPUs and
+    GPUs (none when the cluster has fewer GPUs than a task asks for), under a progress bar."""
     from cluster.ray_session import connect_ray
-    from cluster.report import console, print_rows, progress
-    from eval import metrics, table
-    from eval.scores import read_scores, score_package
+    from cluster.report import console, progress
+    from cluster.tasks import as_completed
+    from eval.evaluate import run_request
 
-    checked = check_inputs(s)
-    connect_ray(s.ray.ray_address, s.ray.num_cpus)
+    connect_ray(settings.ray.ray_address, settings.ray.num_cpus)
     import ray
 
-    gpus = s.gpus_per_task
+    gpus = settings.gpus_per_task
     if gpus and ray.cluster_resources().get("GPU", 0) < gpus:
         console.print(f"the Ray cluster has no {gpus:g} GPU for a task: scoring on CPUs")
         gpus = 0
-    task = ray.remote(score_package).options(num_cpus=s.cpus_per_task, num_gpus=gpus)
-    pairs = [(m, d) for m, _ in s.models for d, _ in s.datasets]
-    models, datasets = dict(s.models), dict(s.datasets)
-    refs = [
-        task.remote(
-            models[m],
-            datasets[d],
-            s.split,
-            s.scores_url(m, d),
-            storage_options=s.storage_options,
-            tokens_per_batch=s.tokens_per_batch,
-            device="cuda" if gpus else "cpu",
-            threads=s.cpus_per_task,
-            transitions_url=s.transitions_url(m, d),
-            transition_jobs=s.transition_jobs,
-        )
-        for m, d in pairs
-    ]
-    for _ in progress(_completed(ray, refs), len(refs), f"scoring ({len(refs)} model x dataset)"):
-        pass
+    task = ray.remote(run_request).options(num_cpus=settings.cpus_per_task, num_gpus=gpus)
 
-    options = dict(weighted=s.weighted, bootstrap=s.bootstrap, seed=s.seed)
-    per_pair: dict[str, dict[str, Any]] = {m: {} for m, _ in s.models}
-    comparisons: dict[str, Any] = {}
-    for d, _ in s.datasets:
-        scores = {m: read_scores(s.scores_url(m, d), s.storage_options) for m, _ in s.models}
-        summaries = {m: metrics.summarize(scores[m], **options) for m in scores}
-        for m, summary in summaries.items():
-            per_pair[m][d] = summary
-        comparisons[d] = table.compare(scores, summaries=summaries, **options)
-    report = {
-        "split": s.split,
-        "weighted": s.weighted,
-        "bootstrap": {"replicates": s.bootstrap, "seed": s.seed, "level": metrics.LEVEL},
-        "models": {
-            m: {"package": storage.redact(url), "kind": checked["packages"][m]["kind"]}
-            for m, url in s.models
-        },
-        "datasets": {
-            d: {
-                "url": storage.redact(url),
-                "manifest_sha256": checked["datasets"][d].manifest_sha,
-                "oracle_perplexity": (checked["datasets"][d].manifest.oracle_perplexity or {}).get(
-                    s.split
-                ),
-            }
-            for d, url in s.datasets
-        },
-        "scores": {m: {d: f"scores/{m}__{d}.parquet" for d, _ in s.datasets} for m, _ in s.models},
-        **(
-            {
-                "transitions": {
-                    m: {d: f"transitions/{m}__{d}.json" for d, _ in s.datasets} for m, _ in s.models
-                }
-            }
-            if s.transition_jobs
-            else {}
-        ),
-        "metrics": per_pair,
-        "comparison": comparisons,
-    }
-    storage.write_bytes_atomic(
-        storage.join(s.out, "table.md"),
-        table.markdown(comparisons, s.split).encode(),
-        s.storage_options,
-    )
-    storage.write_bytes_atomic(
-        storage.join(s.out, "metrics.json"), table.to_json(report).encode(), s.storage_options
-    )
-    for d, comparison in comparisons.items():
+    def score_all(requests: list) -> Any:
+        refs = [
+            task.remote(request, device="cuda" if gpus else "cpu", threads=settings.cpus_per_task)
+            for request in requests
+        ]
+        return progress(as_completed(refs), len(refs), f"scoring ({len(refs)} model x dataset)")
+
+    return score_all
+
+
+def print_comparisons(report: dict[str, Any]) -> None:
+    """One comparison table per dataset of an `evaluate_models` report."""
+    from cluster.report import print_rows
+    from eval import comparison_table as table
+
+    for d, comparison in report["comparison"].items():
         print_rows(
-            table.caption(d, s.split, comparison),
+            table.caption(d, report["split"], comparison),
             table.COLUMNS,
             [table.row_cells(row) for row in comparison["rows"]],
         )
-    console.print(f"scores, metrics.json and table.md in {storage.redact(s.out)}")
-    return 0
 
 
-# ----------------------------------------------------------------------------- predict
-def run_predict(s: PredictSettings) -> int:
-    from cluster.report import console, print_rows
-    from eval.predict import Query, predict, read_queries, top_k, write_predictions
-    from trainer.package import load_model
+def run_evaluate(settings: EvaluateSettings) -> int:
+    from cluster.report import console
+    from eval.evaluate import evaluate_models
 
-    loaded = load_model(s.model, s.storage.storage_options)
-    if s.input:
-        queries: list[Query] = read_queries(s.input, s.storage.storage_options)
-        count = write_predictions(
-            predict(loaded, queries, s.top_k), s.out, s.storage.storage_options
-        )
-        console.print(f"{count:,} predictions written to {storage.redact(s.out or '')}")
-        return 0
-    prediction = top_k(loaded, s.history or "", s.top_k, covariates=s.covariates(), year=s.year)
-    if s.json:
-        print(json.dumps(prediction.to_dict(), sort_keys=True))
-        return 0
-    stay = "-" if prediction.p_stay is None else f"{prediction.p_stay:.4f}"
-    print_rows(
-        f"next job in {prediction.year} (after {prediction.last_job or 'no history'}; "
-        f"P(stay) = {stay})",
-        ["rank", "job", "probability"],
-        [[i + 1, job, round(p, 6)] for i, (job, p) in enumerate(prediction.top)],
+    report = evaluate_models(
+        settings.models,
+        settings.datasets,
+        settings.out,
+        split=settings.split,
+        weighted=settings.weighted,
+        bootstrap=settings.bootstrap,
+        seed=settings.seed,
+        tokens_per_batch=settings.tokens_per_batch,
+        transition_jobs=settings.transition_jobs,
+        storage_options=settings.storage_options,
+        score_all=ray_scoring(settings),
     )
-    return 0  # codes read as <unk> were named by eval.predict's warning
+    print_comparisons(report)
+    console.print(f"scores, metrics.json and table.md in {storage.redact(settings.out)}")
+    return 0

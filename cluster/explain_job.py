@@ -3,9 +3,9 @@
 `career explain --model PKG --history "4720:2012 5310:2013 4720:2014"` prints, for the model's
 top job in the next year (or `--target JOB`), one line per past year (year, job, kept or not)
 and the probability of that job with only the kept years, with the whole history and with none
-(`eval.explain`). `--input people.jsonl --out rationales.jsonl` does it for a file in
-`career predict`'s format (`eval.explain_files`). A package trained without word dropout gets a
-warning, not a refusal: its rationales are computed but unreliable.
+(`eval.explain.explain_history`). `--input people.jsonl --out rationales.jsonl` does it for a
+file in `career predict`'s format (`eval.explain_files.explain_file`). A package trained
+without word dropout gets a warning, not a refusal: its rationales are computed but unreliable.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import flags
-from cluster.evaluate_job import given_covariates
+from cluster.predict_job import given_covariates
 from cluster.settings import StorageSettings
 from data_shards import storage
 
@@ -91,57 +91,47 @@ def _warn(text: str) -> None:
     print(f"career explain: warning: {text}", file=sys.stderr)
 
 
-def _explain_file(s: ExplainSettings, loaded: Any) -> int:
+def _explain_file(settings: ExplainSettings) -> int:
     from cluster.report import console
-    from eval.explain import rationalize
-    from eval.explain_files import Refused, read_people, write_results
+    from eval.explain_files import explain_file
 
-    options = s.storage.storage_options
-    people, refused = read_people(s.input or "", options)
-    results: list[tuple[int, dict[str, Any]]] = [(r.line, r.to_dict()) for r in refused]
-    explained = 0
-    for person in people:
-        try:
-            rationale = rationalize(loaded, person.query, person.target or s.target)
-        except ValueError as exc:  # a line's own target the model lacks
-            refused.append(Refused(person.line, str(exc), person.query.id))
-            results.append((person.line, refused[-1].to_dict()))
-            continue
-        results.append((person.line, {"line": person.line, **rationale.to_dict()}))
-        explained += 1
-    write_results([r for _, r in sorted(results, key=lambda lr: lr[0])], s.out or "", options)
-    shown = storage.redact(s.input or "")
-    for item in sorted(refused, key=lambda r: r.line):
+    done = explain_file(
+        settings.model,
+        settings.input or "",
+        settings.out or "",
+        target=settings.target,
+        storage_options=settings.storage.storage_options,
+        on_warning=_warn,
+    )
+    shown = storage.redact(settings.input or "")
+    for item in done.refused:
         _warn(f"{shown}:{item.line}: refused: {item.reason}")
+    refused = len(done.refused)
     console.print(
-        f"{explained:,} rationale{'' if explained == 1 else 's'} and {len(refused):,} refused "
-        f"line{'' if len(refused) == 1 else 's'} (with the reason) written to "
-        f"{storage.redact(s.out or '')}"
+        f"{done.explained:,} rationale{'' if done.explained == 1 else 's'} and {refused:,} "
+        f"refused line{'' if refused == 1 else 's'} (with the reason) written to "
+        f"{storage.redact(settings.out or '')}"
     )
     return 0
 
 
-def run_explain(s: ExplainSettings) -> int:
-    from eval.explain import check_explainable, reliability_warning, target_id
-    from eval.predict import Query, parse_history
-    from trainer.package import load_model
+def run_explain(settings: ExplainSettings) -> int:
+    from eval.explain import explain_history
 
-    loaded = load_model(s.model, s.storage.storage_options)
-    check_explainable(loaded)
-    if s.target is not None:
-        target_id(loaded, s.target)  # refused before anything is read
-    warning = reliability_warning(loaded)
-    if warning:
-        _warn(warning)
-    if s.input:
-        return _explain_file(s, loaded)
-    from eval.explain import rationalize
-
-    query = Query(tuple(parse_history(s.history or "")), year=s.year, **s.covariates())
-    rationale = rationalize(loaded, query, s.target)
+    if settings.input:
+        return _explain_file(settings)
+    rationale = explain_history(
+        settings.model,
+        settings.history or "",
+        target=settings.target,
+        year=settings.year,
+        covariates=settings.covariates(),
+        storage_options=settings.storage.storage_options,
+        on_warning=_warn,
+    )
     if rationale.unknown:
         _warn(f"unknown to the model, read as <unk>: {', '.join(rationale.unknown)}")
-    if s.json:
+    if settings.json:
         print(json.dumps(rationale.to_dict(), sort_keys=True))
     else:
         print("\n".join(rationale.lines()))

@@ -12,10 +12,9 @@ bootstrap of the forecast perplexity). Forecasting is torch alone, in this proce
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +36,6 @@ class ForecastSettings:
         help="model package (CAREER or a baseline), NAME=PKG to name it; repeat to compare "
         "(the first is the reference)",
         metavar="PKG",
-        default_factory=list,
         repeat=True,
         path=True,
     )
@@ -90,41 +88,6 @@ class ForecastSettings:
 
     def paths_written(self) -> dict[str, str | None]:
         return {"--out": self.out}
-
-
-def add_forecast_flags(parser: argparse.ArgumentParser) -> None:
-    """The generated flags, with `--model` repeatable."""
-    meta = {f.name: f for f in dataclasses.fields(ForecastSettings)}["model"].metadata
-    parser.add_argument(
-        "--model",
-        dest="model",
-        action="append",
-        required=True,
-        metavar=meta["metavar"],
-        help=meta["help"],
-    )
-    flags.add_flags(parser, ForecastSettings, adjust={"model": {"skip": True}})
-
-
-def forecast_settings(namespace: argparse.Namespace) -> ForecastSettings:
-    return flags.build(ForecastSettings, namespace, model=list(namespace.model))
-
-
-def _check_models(s: ForecastSettings, dataset) -> None:
-    """Every package loads before any sampling; one trained on another dataset is named (it may
-    have seen years after the cutoff)."""
-    from trainer.package import load_model
-
-    for name, url in s.models:
-        loaded = load_model(url, s.storage.storage_options)
-        trained_on = loaded.config.get("dataset_manifest_sha256")
-        if trained_on and trained_on != dataset.manifest_sha:
-            log.warning(
-                "%s was trained on another dataset than %s: make sure it saw no year after the "
-                "cutoff, or its forecast is not one",
-                name,
-                storage.redact(s.data),
-            )
 
 
 def _cell(estimate: dict | None, digits: int = 3) -> str:
@@ -206,24 +169,17 @@ def _rate(entry: dict | None) -> str:
     return f"{entry['forecast']:.3f}{band} vs {entry['realised']:.3f}"
 
 
-def run_forecast(s: ForecastSettings) -> int:
+def run_forecast(settings: ForecastSettings) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cluster.report import console, progress_console
-    from data_shards.dataset import load_dataset
-    from eval.forecast.protocol import dataset_cutoff
-    from eval.forecast.run import compare, forecast_package
+    from eval.forecast.run import forecast_models
 
-    options = s.storage.storage_options
-    dataset = load_dataset(s.data, options)
-    dataset_cutoff(dataset, s.cutoff)  # before any package is read
-    _check_models(s, dataset)
-    if s.future_education == "observed":
+    if settings.future_education == "observed":
         log.warning(
             "--future-education observed reads each person's realised future education: it "
             "leaks information about the years forecast (the public code's choice)"
         )
-    summaries: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -232,38 +188,27 @@ def run_forecast(s: ForecastSettings) -> int:
         TimeElapsedColumn(),
         console=progress_console,
     ) as bar:
-        for name, url in s.models:
+
+        def on_progress(name: str) -> Callable[[int, int], None]:
             task = bar.add_task(f"forecasting with {name}", total=None)
+            return lambda done, total: bar.update(task, completed=done, total=total)
 
-            def progress(done: int, total: int, task: int = task) -> None:
-                bar.update(task, completed=done, total=total)
-
-            summaries[name] = forecast_package(
-                name,
-                url,
-                dataset,
-                s.out,
-                paths=s.paths,
-                seed=s.seed,
-                cutoff=s.cutoff,
-                future_education=s.future_education,
-                chunk_size=s.chunk_size,
-                bootstrap=s.bootstrap,
-                storage_options=options,
-                on_progress=progress,
-            )
-    cutoff = summaries[s.models[0][0]]["cutoff"]
-    result = compare(
-        summaries,
-        s.out,
-        bootstrap=s.bootstrap,
-        seed=s.seed,
-        storage_options=options,
-        title=f"{dataset.manifest.name}: forecast after {cutoff}",
-    )
+        result = forecast_models(
+            settings.models,
+            settings.data,
+            settings.out,
+            paths=settings.paths,
+            seed=settings.seed,
+            cutoff=settings.cutoff,
+            future_education=settings.future_education,
+            chunk_size=settings.chunk_size,
+            bootstrap=settings.bootstrap,
+            storage_options=settings.storage.storage_options,
+            on_progress=on_progress,
+        )
     print_forecast(result)
     console.print(
-        f"forecast in {time.perf_counter() - start:,.1f} s; written to {storage.redact(s.out)} "
-        f"(forecast.json, forecast.png, scores/, rates/)"
+        f"forecast in {time.perf_counter() - start:,.1f} s; written to "
+        f"{storage.redact(settings.out)} (forecast.json, forecast.png, scores/, rates/)"
     )
     return 0

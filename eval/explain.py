@@ -15,11 +15,14 @@ years; last year is listed as always seen. A model trained without word dropout 
 partial history: its rationales are unreliable (`reliability_warning`), though they are computed.
 
 People come as `eval.predict` queries (one format for `career predict` and `career explain`) or,
-for the pipeline, from a dataset split (`explain_people`).
+for the pipeline, from a dataset split (`explain_people`). The use cases, from a package's URL:
+`explain_history` (`career explain --history`), `eval.explain_files.explain_file` (`--input`)
+and `rationales_payload` (`career run`'s rationales.json).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -28,16 +31,19 @@ import torch
 from data_shards.dataset import load_dataset
 from data_shards.stream import CareerLoader, StreamConfig
 from data_shards.vocab import SPECIALS, UNK
-from eval.predict import Query, build_batch
+from eval.predict import Query, build_batch, parse_history
 from eval.scores import check_compatible, model_device, to_model_ids
-from trainer.package import LoadedModel
+from trainer.package import LoadedModel, load_model
 
 __all__ = [
     "Rationale",
     "YearRow",
     "check_explainable",
+    "explain_history",
     "explain_people",
     "greedy",
+    "load_explainable",
+    "rationales_payload",
     "rationalize",
     "reliability_warning",
     "target_id",
@@ -260,6 +266,62 @@ def rationalize(loaded: LoadedModel, query: Query, target: str | None = None) ->
         unknown=unknown[0],
         id=query.id,
     )
+
+
+# ----------------------------------------------------------------------------- use cases
+def load_explainable(
+    model: str,
+    *,
+    target: str | None = None,
+    storage_options=None,
+    on_warning: Callable[[str], None] | None = None,
+) -> LoadedModel:
+    """The package at `model`, refused unless it can be explained (and has the job `target`,
+    when given) before anything else is read; `on_warning` gets `reliability_warning`'s text."""
+    loaded = load_model(model, storage_options)
+    check_explainable(loaded)
+    if target is not None:
+        target_id(loaded, target)  # refused before anything is read
+    warning = reliability_warning(loaded)
+    if warning and on_warning is not None:
+        on_warning(warning)
+    return loaded
+
+
+def explain_history(
+    model: str,
+    history: str,
+    *,
+    target: str | None = None,
+    year: int | None = None,
+    covariates: dict[str, Any] | None = None,
+    storage_options=None,
+    on_warning: Callable[[str], None] | None = None,
+) -> Rationale:
+    """`career explain --history`: the rationale of one history ("JOB:YEAR …") by the package
+    at `model` (`rationalize`); codes it lacks are named in the rationale's `unknown`."""
+    loaded = load_explainable(
+        model, target=target, storage_options=storage_options, on_warning=on_warning
+    )
+    query = Query(tuple(parse_history(history)), year=year, **(covariates or {}))
+    return rationalize(loaded, query, target)
+
+
+def rationales_payload(package: str, data: str, *, people: int, storage_options=None) -> dict:
+    """`career run`'s rationales.json: the rationales of the first `people` test people of the
+    dataset at `data` who changed jobs in their last year (the job they moved to, explained by
+    their earlier years), from the word-dropout package at `package`."""
+    loaded = load_model(package, storage_options)
+    found = explain_people(
+        loaded, data, "test", people, storage_options, target="observed", movers=True
+    )
+    return {
+        "model": "explain/model",
+        "word_dropout": loaded.model.config.word_dropout,
+        "target": "observed",
+        "movers": True,
+        "people": found,
+    }
 
 
 # ----------------------------------------------------------------------------- a dataset split

@@ -12,12 +12,13 @@ is refused, counted, and written to the output with its line and reason (`Refuse
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from data_shards import storage
 from data_shards.errors import StructuralError
+from eval.explain import load_explainable, rationalize
 from eval.predict import Query, query_from_json
 
 
@@ -98,3 +99,42 @@ def write_results(results: Iterable[dict[str, Any]], url: str, storage_options=N
     lines = [json.dumps(result, sort_keys=True) for result in results]
     storage.write_bytes_atomic(url, ("\n".join(lines) + "\n").encode(), storage_options)
     return len(lines)
+
+
+@dataclass(frozen=True)
+class ExplainedFile:
+    """What `explain_file` wrote: how many rationales, and the refused lines (by line)."""
+
+    explained: int
+    refused: list[Refused]
+
+
+def explain_file(
+    model: str,
+    input: str,
+    out: str,
+    *,
+    target: str | None = None,
+    storage_options=None,
+    on_warning: Callable[[str], None] | None = None,
+) -> ExplainedFile:
+    """`career explain --input`: the rationale of every person of a JSON Lines file by the
+    package at `model` (a line's own "target" first, else `target`, else the model's top job),
+    written to `out` in the file's line order, each refused line with its reason."""
+    loaded = load_explainable(
+        model, target=target, storage_options=storage_options, on_warning=on_warning
+    )
+    people, refused = read_people(input, storage_options)
+    results: list[tuple[int, dict[str, Any]]] = [(r.line, r.to_dict()) for r in refused]
+    explained = 0
+    for person in people:
+        try:
+            rationale = rationalize(loaded, person.query, person.target or target)
+        except ValueError as exc:  # a line's own target the model lacks
+            refused.append(Refused(person.line, str(exc), person.query.id))
+            results.append((person.line, refused[-1].to_dict()))
+            continue
+        results.append((person.line, {"line": person.line, **rationale.to_dict()}))
+        explained += 1
+    write_results([r for _, r in sorted(results, key=lambda lr: lr[0])], out, storage_options)
+    return ExplainedFile(explained, sorted(refused, key=lambda r: r.line))

@@ -31,7 +31,7 @@ from data_shards.readers.common import RecordError
 from data_shards.readers.resume_jsonl import ResumeOptions, resume_to_record
 from data_shards.vocab import BOS_ID, PAD_ID, UNK, UNK_ID, Vocabulary
 from eval.scores import model_device
-from trainer.package import LoadedModel
+from trainer.package import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -306,3 +306,27 @@ def write_predictions(predictions: Iterable[Prediction], url: str, storage_optio
     lines = [json.dumps(p.to_dict(), sort_keys=True) for p in predictions]
     storage.write_bytes_atomic(url, ("\n".join(lines) + "\n").encode(), storage_options)
     return len(lines)
+
+
+# ----------------------------------------------------------------------------- use cases
+def predict_history(
+    model: str,
+    history: Sequence[tuple[str, int]] | str,
+    *,
+    k: int,
+    covariates: dict[str, Any] | None = None,
+    year: int | None = None,
+    storage_options=None,
+) -> Prediction:
+    """`career predict --history`: the top-k next jobs of the package at `model` after one
+    history (`top_k`)."""
+    loaded = load_model(model, storage_options)
+    return top_k(loaded, history, k, covariates=covariates, year=year)
+
+
+def predict_file(model: str, input: str, out: str, *, k: int, storage_options=None) -> int:
+    """`career predict --input`: the top-k next jobs of every person of a JSON Lines file
+    (`read_queries`), written to `out` as JSON Lines; returns how many."""
+    loaded = load_model(model, storage_options)
+    queries = read_queries(input, storage_options)
+    return write_predictions(predict(loaded, queries, k), out, storage_options)

@@ -117,6 +117,11 @@ def _stack(batches: list[dict]) -> dict:
     return out
 
 
+def read_test(dataset: Dataset, storage_options=None, tokens_per_batch: int = 16384) -> dict:
+    """The test split as one right-padded batch in the dataset's ids (any package's people)."""
+    return _stack(_read_split(dataset.url, "test", storage_options, tokens_per_batch))
+
+
 def forecast_people(
     loaded: LoadedModel,
     dataset: Dataset,
@@ -124,8 +129,10 @@ def forecast_people(
     future_education: str = "carried",
     storage_options=None,
     tokens_per_batch: int = 16384,
+    test: dict | None = None,
 ) -> ForecastPeople:
-    """The scored people of `dataset`'s test split, their histories and futures (see the module)."""
+    """The scored people of `dataset`'s test split, their histories and futures (see the module).
+    `test`: the split as `read_test` returns it, when already read (for several packages)."""
     if future_education not in FUTURE_EDUCATION:
         raise ValueError(
             f"future education must be one of {', '.join(FUTURE_EDUCATION)}, not {future_education!r}"
@@ -133,7 +140,7 @@ def forecast_people(
     cutoff = dataset_cutoff(dataset, cutoff)
     check_compatible(loaded.vocab, dataset, "test")
     where = storage.redact(dataset.url)
-    batch = _stack(_read_split(dataset.url, "test", storage_options, tokens_per_batch))
+    batch = test if test is not None else read_test(dataset, storage_options, tokens_per_batch)
     calendar = _calendar(dataset)
     real = batch["targets"] != PAD_ID
     years = np.where(real.numpy(), calendar[batch["year"].numpy()], 0)

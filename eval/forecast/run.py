@@ -1,5 +1,7 @@
 """Forecast with a model package on a cutoff dataset: sample, score, write, summarise.
 
+    forecast_models    the use case of `career forecast`: every package loaded once, the test
+                       split read once, each forecast (`forecast_loaded`), then `compare`
     forecast_package   one package: the scored people (`protocol`), `paths` futures each
                        (`sample`), the scores table and per-path rates written under OUT, and
                        the model's summary (`score.summarize`)
@@ -21,19 +23,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
 
 from data_shards import storage
-from data_shards.dataset import Dataset
+from data_shards.dataset import Dataset, load_dataset
 from eval import metrics
-from eval.forecast.protocol import ForecastPeople, forecast_people
+from eval.forecast.protocol import ForecastPeople, dataset_cutoff, forecast_people, read_test
 from eval.forecast.sample import sample_futures, state_ids
 from eval.forecast.score import forecast_scores, path_rates, summarize
-from eval.scores import read_scores, write_scores
-from trainer.package import load_model
+from eval.scores import check_compatible, read_scores, write_scores
+from trainer.package import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,34 @@ def forecast_package(
     and rates under `out` and return its summary (with "people": `describe_people`)."""
     loaded = load_model(model_url, storage_options)
     people = forecast_people(loaded, dataset, cutoff, future_education, storage_options)
+    return forecast_loaded(
+        name,
+        loaded,
+        people,
+        out,
+        paths=paths,
+        seed=seed,
+        chunk_size=chunk_size,
+        bootstrap=bootstrap,
+        storage_options=storage_options,
+        on_progress=on_progress,
+    )
+
+
+def forecast_loaded(
+    name: str,
+    loaded: LoadedModel,
+    people: ForecastPeople,
+    out: str,
+    *,
+    paths: int,
+    seed: int,
+    chunk_size: int,
+    bootstrap: int,
+    storage_options=None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """`forecast_package` of a package already loaded, on its people already read."""
     states = state_ids(loaded.vocab)  # none in a panel of occupations only (wagepan)
     if not states:
         log.warning(
@@ -157,3 +187,69 @@ def compare(
         storage.write_bytes_atomic(storage.join(out, PLOT), png, storage_options)
     _write_json(storage.join(out, SUMMARY), result, storage_options)
     return result
+
+
+def forecast_models(
+    models: Sequence[tuple[str, str]],
+    data: str,
+    out: str,
+    *,
+    paths: int,
+    seed: int,
+    cutoff: int | None = None,
+    future_education: str,
+    chunk_size: int,
+    bootstrap: int,
+    storage_options=None,
+    title: str | None = None,
+    on_progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
+) -> dict[str, Any]:
+    """Forecast the test people of the cutoff dataset at `data` with every (name, package URL)
+    of `models` (the first is the reference), write everything under `out` (see the module) and
+    return `compare`'s result. The dataset's cutoff is checked before any package is read; each
+    package is loaded once (one trained on another dataset is named: it may have seen years
+    after the cutoff) and the test split is read once for all of them. `on_progress(name)`: the
+    `(done, total)` callback of that model's sampling, or None. `title`: the plot's, where
+    `{cutoff}` stands for the cutoff (default: "DATASET: forecast after {cutoff}")."""
+    dataset = load_dataset(data, storage_options)
+    dataset_cutoff(dataset, cutoff)  # before any package is read
+    loaded = {}
+    for name, url in models:
+        loaded[name] = load_model(url, storage_options)
+        trained_on = loaded[name].config.get("dataset_manifest_sha256")
+        if trained_on and trained_on != dataset.manifest_sha:
+            log.warning(
+                "%s was trained on another dataset than %s: make sure it saw no year after the "
+                "cutoff, or its forecast is not one",
+                name,
+                storage.redact(data),
+            )
+    for package in loaded.values():
+        check_compatible(package.vocab, dataset, "test")  # before the split is read
+    test = read_test(dataset, storage_options)
+    summaries: dict[str, dict[str, Any]] = {}
+    for name, package in loaded.items():
+        people = forecast_people(
+            package, dataset, cutoff, future_education, storage_options, test=test
+        )
+        summaries[name] = forecast_loaded(
+            name,
+            package,
+            people,
+            out,
+            paths=paths,
+            seed=seed,
+            chunk_size=chunk_size,
+            bootstrap=bootstrap,
+            storage_options=storage_options,
+            on_progress=on_progress(name) if on_progress else None,
+        )
+    title = title or f"{dataset.manifest.name}: forecast after {{cutoff}}"
+    return compare(
+        summaries,
+        out,
+        bootstrap=bootstrap,
+        seed=seed,
+        storage_options=storage_options,
+        title=title.format(cutoff=summaries[models[0][0]]["cutoff"]),
+    )
