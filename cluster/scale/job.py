@@ -119,7 +119,7 @@ def run_point(
     if not _exists(storage.join(out, "metrics.json"), storage_options):
         train_job.train(point_settings(study, point, data, out, address, storage_options))
     if survey is not None and not _exists(layout.survey_result(name), storage_options):
-        from trainer.closed_form import split_perplexity
+        from trainer.models.fit import split_perplexity
         from trainer.package import load_model
 
         tuned = layout.finetune(name, study.survey.name)
@@ -175,8 +175,8 @@ def check_study(layout: StudyLayout, study: Study, storage_options) -> bool:
 def corpus_facts(data: str, storage_options) -> dict[str, Any]:
     """What the plan and the fits need of the corpus: vocabulary sizes, mean train length, the
     oracle floor (nats per job-year on valid, simulated corpora only)."""
-    from data_shards.dataset import covariates_of
     from data_shards.manifest import load_manifest
+    from trainer.context import covariates_of
     from trainer.models.career import COVARIATES
 
     manifest = load_manifest(data, storage_options)
