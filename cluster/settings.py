@@ -47,6 +47,35 @@ class StorageSettings:
     )
 
 
+@dataclass(kw_only=True, frozen=True)
+class Resources:
+    """Training workers.
+
+    What a training run asks of the cluster: pretraining, a survey's models, a scaling point."""
+
+    workers: int = option(
+        2, help="training workers (a run may resume on another number)", metavar="N"
+    )
+    gpus_per_worker: float = option(0, help="GPUs per worker (default 0: CPU, gloo)", metavar="G")
+    cpus_per_worker: float = option(
+        1,
+        help="Ray CPUs a CPU worker asks for (default 1; below 1 lets runs share a core)",
+        metavar="C",
+    )
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, not {self.workers}")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"--gpus-per-worker must not be negative, not {self.gpus_per_worker}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"--cpus-per-worker must be positive, not {self.cpus_per_worker}")
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
 @dataclass(kw_only=True)
 class SimulatorSettings:
     """Simulator (--format synth)."""
@@ -195,15 +224,7 @@ class TrainingSettings:
         help="run folder: checkpoints/, package/, tb/, metrics.json", metavar="URL", path=True
     )
     base: str | None = option(None, help="model package to start from", metavar="URL", path=True)
-    workers: int = option(
-        2, help="training workers (a run may resume on another number)", metavar="N"
-    )
-    gpus_per_worker: float = option(0, help="GPUs per worker (default 0: CPU, gloo)", metavar="G")
-    cpus_per_worker: float = option(
-        1,
-        help="Ray CPUs a CPU worker asks for (default 1; below 1 lets runs share a core)",
-        metavar="C",
-    )
+    resources: Resources = field(default_factory=Resources)
     launcher: str = option(
         "ray",
         help="ray: Ray Train workers (local Ray unless --ray-address); torchrun: this node",
@@ -226,14 +247,6 @@ class TrainingSettings:
     ray: RaySettings = field(default_factory=RaySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
 
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"--workers must be at least 1, not {self.workers}")
-        if self.gpus_per_worker < 0:
-            raise ValueError(f"--gpus-per-worker must not be negative, not {self.gpus_per_worker}")
-        if self.cpus_per_worker <= 0:
-            raise ValueError(f"--cpus-per-worker must be positive, not {self.cpus_per_worker}")
-
     def paths_read(self) -> dict[str, str | None]:
         return {"--data": self.data, "--base": self.base}
 
@@ -241,8 +254,12 @@ class TrainingSettings:
         return {"--out": self.out}
 
     @property
+    def workers(self) -> int:
+        return self.resources.workers
+
+    @property
     def on_gpu(self) -> bool:
-        return self.gpus_per_worker > 0
+        return self.resources.on_gpu
 
     @property
     def storage_options(self) -> dict | None:

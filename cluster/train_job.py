@@ -215,15 +215,15 @@ def launch_together(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
         from trainer.launch import job_payload, ray_train_jobs
 
         first = together[0]
-        shape = (first.workers, first.gpus_per_worker, first.cpus_per_worker)
-        if any((s.workers, s.gpus_per_worker, s.cpus_per_worker) != shape for s in together):
+        if any(s.resources != first.resources for s in together):
             raise ValueError("runs launched together must use the same workers, GPUs and CPUs")
         connect_ray(first.ray.ray_address, first.ray.num_cpus)
         jobs = [
             job_payload(s.config, s.data, s.out, s.base, s.storage_options, s.stop_after)
             for s in together
         ]
-        ray_train_jobs(jobs, *shape)
+        held = first.resources
+        ray_train_jobs(jobs, held.workers, held.gpus_per_worker, held.cpus_per_worker)
     return [_outcome(s) for s in runs]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import posixpath
@@ -274,6 +275,26 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: StorageOptions = 
             handle.write(data)
     else:
         retry(lambda: fs.pipe_file(path, data), url)
+
+
+def json_text(value: Any, *, sort_keys: bool = True, newline: bool = True, default=None) -> str:
+    """The one JSON form of the files we write: indent 1, NaN refused (not valid JSON)."""
+    text = json.dumps(value, indent=1, sort_keys=sort_keys, allow_nan=False, default=default)
+    return text + "\n" if newline else text
+
+
+def write_json(
+    url: str,
+    value: Any,
+    storage_options: StorageOptions = None,
+    *,
+    sort_keys: bool = True,
+    newline: bool = True,
+    default=None,
+) -> None:
+    """`value` as JSON (`json_text`), written atomically (`write_bytes_atomic`)."""
+    text = json_text(value, sort_keys=sort_keys, newline=newline, default=default)
+    write_bytes_atomic(url, text.encode(), storage_options)
 
 
 def refuse_special_target(path: str, url: str | None = None, folder_ok: bool = False) -> None:

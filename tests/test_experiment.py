@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cluster.cli import main
-from cluster.experiment import SIZES, builtin, from_dict, load
-from cluster.run_job import check_trainable
+from cluster.run.experiment import from_dict, load
+from cluster.run.models import check_trainable
+from cluster.run.sizes import SIZES, builtin
 from data_shards.errors import StructuralError
 
 WAGEPAN_YAML = """\

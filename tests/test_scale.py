@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cluster.scale_grid import Study, count_label, from_dict
-from cluster.scale_job import ScaleSettings
+from cluster.scale.grid import Study, count_label, from_dict
+from cluster.scale.job import ScaleSettings
 
 CAREER = str(Path(sys.executable).with_name("career"))
 GRID = """\

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from cluster.cli import COMMANDS, main
-from cluster.submit_job import entrypoint_of
+from cluster.submit.job import entrypoint_of
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]  # the working dir shipped with each job

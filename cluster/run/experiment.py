@@ -25,7 +25,7 @@
 
 Every key is checked: a misspelt one is an error naming the file and the key, never a silent
 default. `--size demo|small|paper` starts from a built-in experiment (`SIZES`); a file given with
-`--config` replaces it whole. The resolved experiment is written to RUN/experiment.json and a
+`--config` replaces it whole (`cluster.run.sizes`). The resolved experiment is written to RUN/experiment.json and a
 resumed run must match it.
 """
 
@@ -34,13 +34,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from cluster.settings import Resources
+from cluster.spec_files import build_strict, read_mapping
 from data_shards.errors import StructuralError
+from eval.run_layout import BASELINES
 
-#: The baselines a run can train next to fine-tuned CAREER, in the report's order.
-BASELINES = ("scratch", "regression", "bag-of-jobs", "markov")
 #: baseline -> the model kind it trains
 BASELINE_KIND = {
     "scratch": "career",
@@ -136,7 +136,7 @@ class TrainSpec:
             raise ValueError("updates, tokens_per_update and eval_every must be >= 1, lr > 0")
 
     def with_changes(self, changes: dict[str, Any], where: str) -> TrainSpec:
-        return _build(TrainSpec, {**dataclasses.asdict(self), **changes}, where)
+        return build_strict(TrainSpec, {**dataclasses.asdict(self), **changes}, where)
 
 
 @dataclass
@@ -227,6 +227,20 @@ class Experiment:
                     f"({', '.join(sorted(trained))})"
                 )
 
+    @property
+    def pretrain_resources(self) -> Resources:
+        """What pretraining holds: `workers` Ray Train workers of one CPU (or GPUs) each."""
+        return Resources(workers=self.workers, gpus_per_worker=self.gpus_per_worker)
+
+    @property
+    def survey_resources(self) -> Resources:
+        """What each survey's training holds (the survey tasks run side by side)."""
+        return Resources(
+            workers=self.survey_workers,
+            gpus_per_worker=self.gpus_per_worker,
+            cpus_per_worker=self.survey_worker_cpus,
+        )
+
     def forecast_cutoff(self, survey: DatasetSpec) -> int | None:
         """The cutoff `survey` is forecast from, or None when it is not forecast."""
         if self.forecast is None or not survey.downstream:
@@ -259,64 +273,27 @@ class Experiment:
         return {k: v for k, v in self.to_dict().items() if k != "store"}
 
 
-def _build(cls: type, values: Any, where: str):
-    """`cls(**values)`, refusing keys `cls` does not have, with `where` in the message."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {', '.join(sorted(known))}")
-    try:
-        return cls(**values)
-    except TypeError as error:  # a required key missing
-        raise ValueError(f"{where}: {error}") from None
-
-
 def from_dict(values: dict[str, Any], where: str = "experiment") -> Experiment:
     values = dict(values)
     if "resumes" in values:
-        values["resumes"] = _build(DatasetSpec, values["resumes"], f"{where}: resumes")
+        values["resumes"] = build_strict(DatasetSpec, values["resumes"], f"{where}: resumes")
     if "surveys" in values:
         if not isinstance(values["surveys"], list):
             raise ValueError(f"{where}: surveys must be a list")
         values["surveys"] = [
-            _build(DatasetSpec, s, f"{where}: surveys[{i}]")
+            build_strict(DatasetSpec, s, f"{where}: surveys[{i}]")
             for i, s in enumerate(values["surveys"])
         ]
     for key in ("pretrain", "finetune"):
         if key in values:
-            values[key] = _build(TrainSpec, values[key], f"{where}: {key}")
+            values[key] = build_strict(TrainSpec, values[key], f"{where}: {key}")
     for key, cls in (("forecast", ForecastSpec), ("wages", WagesSpec), ("explain", ExplainSpec)):
         if values.get(key) is not None:
-            values[key] = _build(cls, values[key], f"{where}: {key}")
-    experiment = _build(Experiment, values, where)
+            values[key] = build_strict(cls, values[key], f"{where}: {key}")
+    experiment = build_strict(Experiment, values, where)
     for baseline in experiment.baselines:  # every baseline's settings resolve
         experiment.baseline_spec(baseline)
     return experiment
-
-
-def read_mapping(path: str, what: str, keys: str) -> dict[str, Any]:
-    """The mapping in the YAML (or JSON) `what` file at `path` (an experiment, a scaling grid);
-    an unreadable file, invalid YAML (with its line) or another top level stops naming the file."""
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise StructuralError(f"cannot read the {what} file: {error.strerror}", path=path) from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise StructuralError(
-            f"not valid YAML: {getattr(error, 'problem', error)}", path=path, line=line
-        ) from None
-    if not isinstance(values, dict):
-        article = "an" if what[0] in "aeiou" else "a"
-        raise StructuralError(f"{article} {what} file holds a mapping ({keys})", path=path)
-    return values
 
 
 def load(path: str) -> Experiment:
@@ -326,113 +303,3 @@ def load(path: str) -> Experiment:
         return from_dict(values, where=path)
     except ValueError as error:
         raise StructuralError(str(error), path=path) from None
-
-
-#: Built-in experiments. demo: minutes on a laptop's CPU; small: about two hours on 2 cores;
-#: paper: the paper's corpus and model (24M resumes, `paper` preset, 85,000 updates) for a GPU
-#: cluster.
-SIZES: dict[str, dict[str, Any]] = {
-    "demo": {
-        "resumes": {"name": "resumes", "simulate": "resumes", "people": 20_000},
-        "surveys": [
-            {"name": n, "simulate": n, "people": 2_500, "people_per_block": 128}
-            for n in ("nlsy79", "nlsy97", "psid")
-        ],
-        "pretrain": {
-            "preset": "small",
-            "updates": 150,
-            "tokens_per_update": 8000,
-            "lr": 1e-3,
-            "eval_every": 50,
-        },
-        "finetune": {
-            "preset": "small",
-            "updates": 60,
-            "tokens_per_update": 4000,
-            "lr": 1e-3,
-            "eval_every": 20,
-            "patience": 2,
-        },
-        "baselines": {
-            "scratch": {},
-            "regression": {"preset": "paper", "lr": 0.05},
-            "bag-of-jobs": {"preset": "small"},
-            "markov": {},
-        },
-        "workers": 2,
-        "survey_workers": 1,
-        "survey_worker_cpus": 0.5,
-        "forecast": {"cutoff": 2014, "paths": 1000},
-        "wages": {"gap": "gender"},
-        "explain": {"people": 3, "changes": {"updates": 40}},
-    },
-    "small": {
-        "resumes": {"name": "resumes", "simulate": "resumes", "people": 200_000},
-        "surveys": [{"name": n, "simulate": n} for n in ("nlsy79", "nlsy97", "psid")],
-        "pretrain": {
-            "preset": "small",
-            "updates": 800,
-            "tokens_per_update": 16_000,
-            "lr": 1e-3,
-            "eval_every": 100,
-        },
-        "finetune": {
-            "preset": "small",
-            "updates": 600,
-            "tokens_per_update": 4000,
-            "lr": 1e-3,
-            "eval_every": 25,
-            "patience": 4,
-        },
-        "baselines": {
-            "scratch": {},
-            "regression": {"preset": "paper", "lr": 0.05, "weight_decay": 0.1},
-            "bag-of-jobs": {"preset": "small"},
-            "markov": {},
-        },
-        "workers": 2,
-        "survey_workers": 2,
-        "forecast": {"cutoff": 2014, "paths": 1000},
-        "wages": {"gap": "gender"},
-        "explain": {"people": 5},
-    },
-    "paper": {
-        "resumes": {"name": "resumes", "simulate": "resumes", "people": 24_000_000},
-        "surveys": [{"name": n, "simulate": n} for n in ("nlsy79", "nlsy97", "psid")],
-        "pretrain": {
-            "preset": "paper",
-            "updates": 85_000,
-            "tokens_per_update": 16_000,
-            "lr": 5e-4,
-            "eval_every": 1000,
-            "zero_stage": 2,
-        },
-        "finetune": {
-            "preset": "paper",
-            "updates": 5_000,
-            "tokens_per_update": 16_000,
-            "lr": 1e-4,
-            "eval_every": 250,
-            "patience": 5,
-        },
-        "baselines": {
-            "scratch": {"lr": 5e-4},
-            "regression": {"lr": 0.05},
-            "bag-of-jobs": {"lr": 5e-4},
-            "markov": {},
-        },
-        "workers": 8,
-        "survey_workers": 1,
-        "gpus_per_worker": 1,
-        "cpus_per_evaluation": 4,
-        "forecast": {"cutoff": 2014, "paths": 1000},
-        "wages": {"gap": "gender"},
-        "explain": {"people": 10},
-    },
-}
-
-
-def builtin(size: str) -> Experiment:
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
-    return from_dict(json.loads(json.dumps(SIZES[size])), where=f"--size {size}")

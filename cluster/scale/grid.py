@@ -28,7 +28,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.experiment import DatasetSpec, TrainSpec, _build, read_mapping
+from cluster.run.experiment import DatasetSpec, TrainSpec
+from cluster.settings import Resources
+from cluster.spec_files import build_strict, read_mapping
 
 #: Architecture settings a model of the grid may give over its preset.
 WIDTHS = ("n_layer", "d_model", "n_head", "d_ff")
@@ -128,6 +130,15 @@ class Study:
         if self.survey is not None and self.survey.name == self.corpus.name:
             raise ValueError("the survey and the corpus need different names")
 
+    @property
+    def resources(self) -> Resources:
+        """What each point's training holds (points run side by side)."""
+        return Resources(
+            workers=self.workers_per_point,
+            gpus_per_worker=self.gpus_per_worker,
+            cpus_per_worker=self.cpus_per_worker,
+        )
+
     def points(self) -> list[Point]:
         budgets: list[int | None] = list(self.tokens) or [None]
         points = []
@@ -155,7 +166,7 @@ def _model(value: Any, where: str) -> ModelSpec:
         return ModelSpec(name=value, preset=value)
     if isinstance(value, dict) and "name" in value and "preset" not in value:
         value = {**value, "preset": value["name"]}
-    return _build(ModelSpec, value, where)
+    return build_strict(ModelSpec, value, where)
 
 
 def from_dict(values: dict[str, Any], where: str = "study") -> Study:
@@ -169,11 +180,11 @@ def from_dict(values: dict[str, Any], where: str = "study") -> Study:
             ]
         for key in ("corpus", "survey"):
             if values.get(key) is not None:
-                values[key] = _build(DatasetSpec, values[key], f"{where}: {key}")
+                values[key] = build_strict(DatasetSpec, values[key], f"{where}: {key}")
         for key in ("pretrain", "finetune"):
             if key in values:
-                values[key] = _build(TrainSpec, values[key], f"{where}: {key}")
-        return _build(Study, values, where)
+                values[key] = build_strict(TrainSpec, values[key], f"{where}: {key}")
+        return build_strict(Study, values, where)
     except ValueError as error:
         message = str(error)
         raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.scale_grid import ModelSpec, Study, count_label
+from cluster.scale.grid import ModelSpec, Study, count_label
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,10 @@
 """A run folder read back for the report: what exists, and a note for everything that does not.
 
-The layout `career run` writes (a local folder or any fsspec URL, read through
-`data_shards.storage`):
+The layout is `eval.run_layout`'s (the one `career run` writes), read through
+`data_shards.storage` from a local folder or any fsspec URL.
 
-    RUN/experiment.json                      the resolved experiment ({"surveys": [...], "resumes": ...})
-    RUN/steps.json                           optional: [{"step", "seconds", "status"}, ...]
-    RUN/datasets/<name>/manifest.json        each sharded dataset
-    RUN/pretrain/metrics.json                pretraining (train_history, valid_history, ...)
-    RUN/surveys/<survey>/<model>/metrics.json    finetuned, scratch, regression, bag-of-jobs, markov
-    RUN/surveys/<survey>/evaluation/         what `career evaluate` writes (metrics.json,
-                                             transitions/<model>__<dataset>.json)
-    RUN/surveys/<survey>/forecast/           `career forecast` (forecast.json, forecast.png)
-    RUN/surveys/<survey>/wages/              `career wages` (wages.json)
-    RUN/surveys/<survey>/explain/            `career explain` (rationales.json)
-
-A run still in progress has only some of these: each absent or unreadable file becomes a note
-(`Run.missing`, `Survey.missing`), never an error. Only a folder that holds none of
+A run still in progress has only some of its files: each absent or unreadable file becomes a
+note (`Run.missing`, `Survey.missing`), never an error. Only a folder that holds none of
 experiment.json, datasets/, pretrain/ and surveys/ is refused: it is not a run folder.
 """
 
@@ -27,15 +16,16 @@ from typing import Any
 
 from data_shards import storage
 from data_shards.errors import StructuralError
-from data_shards.manifest import MANIFEST
-
-#: The models `career run` trains on each survey, in the order the report shows them.
-MODELS = ("finetuned", "scratch", "regression", "bag-of-jobs", "markov")
-EVALUATION = "evaluation"
-#: Folders of a survey that hold downstream uses, not models, and the file each step ends with.
-DOWNSTREAM = {"forecast": "forecast.json", "wages": "wages.json", "explain": "rationales.json"}
-METRICS = "metrics.json"
-STEP_FOLDERS = ("datasets", "pretrain", "surveys")
+from eval.run_layout import (
+    DOWNSTREAM,
+    EVALUATION,
+    EXPERIMENT,
+    MANIFEST,
+    METRICS,
+    MODELS,
+    STEP_FOLDERS,
+    STEPS,
+)
 
 
 @dataclass
@@ -104,17 +94,17 @@ def load_run(url: str, storage_options=None) -> Run:
     if not storage.exists(url, storage_options):
         raise StructuralError("no such run folder", path=shown)
     top = reader.folders("")
-    if not reader.exists("experiment.json") and not set(STEP_FOLDERS) & set(top):
+    if not reader.exists(EXPERIMENT) and not set(STEP_FOLDERS) & set(top):
         raise StructuralError(
             "not a run folder: no experiment.json, datasets/, pretrain/ or surveys/ "
             "(the layout `career run` writes)",
             path=shown,
         )
     missing: list[str] = []
-    experiment = reader.json("experiment.json", missing, "the experiment")
+    experiment = reader.json(EXPERIMENT, missing, "the experiment")
     steps = None
-    if reader.exists("steps.json"):
-        steps = reader.json("steps.json", missing, "step times")
+    if reader.exists(STEPS):
+        steps = reader.json(STEPS, missing, "step times")
     datasets = _datasets(reader, experiment or {}, missing)
     pretrain = reader.json(f"pretrain/{METRICS}", missing, "pretraining")
     named = [str(s) for s in (experiment or {}).get("surveys") or []]

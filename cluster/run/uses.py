@@ -1,0 +1,105 @@
+"""The downstream steps of a survey in `career run`: the same eval use cases the commands call
+(`career evaluate|forecast|wages|explain`), with the experiment's settings; nothing printed."""
+
+from __future__ import annotations
+
+from cluster.run.experiment import Experiment
+from cluster.run.models import survey_models
+from cluster.settings import RaySettings, StorageSettings
+from data_shards import storage
+from eval.run_layout import DOWNSTREAM, FINETUNED, RunLayout, package_of
+
+
+def evaluate(
+    experiment: Experiment, survey: str, layout: RunLayout, address: str | None, storage_options
+) -> None:
+    """`career evaluate` of every model of the survey on its test split (scoring as Ray tasks)."""
+    from cluster.evaluate_job import EvaluateSettings, ray_scoring
+    from eval.evaluate import evaluate_models
+
+    settings = EvaluateSettings(
+        model=[f"{m}={package_of(layout.model(survey, m))}" for m in survey_models(experiment)],
+        data=[layout.dataset(survey)],
+        out=layout.evaluation(survey),
+        cpus_per_task=experiment.cpus_per_evaluation,
+        gpus_per_task=experiment.gpus_per_worker,
+        ray=RaySettings(ray_address=address),
+        storage=StorageSettings(storage_options=storage_options),
+    )
+    evaluate_models(
+        settings.models,
+        settings.datasets,
+        settings.out,
+        split=settings.split,
+        weighted=settings.weighted,
+        bootstrap=settings.bootstrap,
+        seed=settings.seed,
+        tokens_per_batch=settings.tokens_per_batch,
+        transition_jobs=settings.transition_jobs,
+        storage_options=storage_options,
+        score_all=ray_scoring(settings),
+    )
+
+
+def forecast(
+    experiment: Experiment, survey: str, layout: RunLayout, cut: str, storage_options
+) -> None:
+    """`career forecast` of the survey's forecasting models on its cutoff dataset."""
+    from cluster.forecast_job import ForecastSettings
+    from eval.forecast.run import forecast_models
+
+    spec = experiment.forecast
+    # `career forecast`'s defaults for what the experiment does not set (chunk size, bootstrap)
+    settings = ForecastSettings(
+        model=[f"{m}={package_of(layout.forecast_model(survey, m))}" for m in spec.models],
+        data=layout.dataset(cut),
+        out=layout.forecast(survey),
+        paths=spec.paths,
+        seed=spec.seed,
+        future_education=spec.future_education,
+    )
+    forecast_models(
+        settings.models,
+        settings.data,
+        settings.out,
+        paths=settings.paths,
+        seed=settings.seed,
+        future_education=settings.future_education,
+        chunk_size=settings.chunk_size,
+        bootstrap=settings.bootstrap,
+        storage_options=storage_options,
+        title=f"{survey}: forecast after {{cutoff}}",
+    )
+
+
+def wages(experiment: Experiment, survey: str, layout: RunLayout, storage_options) -> None:
+    """The wage table of the fine-tuned model and, with `wages.gap`, the history-adjusted gap."""
+    from eval.wages import run_payload
+
+    settings = experiment.wages
+    payload = run_payload(
+        package_of(layout.model(survey, FINETUNED)),
+        layout.dataset(survey),
+        gap_by=settings.gap,
+        folds=settings.folds,
+        bootstrap=settings.bootstrap,
+        storage_options=storage_options,
+    )
+    storage.write_json(
+        storage.join(layout.wages(survey), DOWNSTREAM["wages"]), payload, storage_options
+    )
+
+
+def explain(experiment: Experiment, survey: str, layout: RunLayout, storage_options) -> None:
+    """Rationales of the first test people who changed jobs in their last year."""
+    from eval.explain import rationales_payload
+
+    payload = rationales_payload(
+        package_of(layout.explain_model(survey)),
+        layout.dataset(survey),
+        people=experiment.explain.people,
+        storage_options=storage_options,
+    )
+    storage.write_json(
+        storage.join(layout.explain(survey), DOWNSTREAM["explain"]), payload, storage_options
+    )

@@ -1,0 +1,1 @@
+"""`career submit` and `career jobs`: the Jobs API client (`client`) and the commands (`job`)."""
