@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 
 from data_shards.dataset import load_dataset
-from data_shards.stream import CareerLoader, StreamConfig
+from data_shards.stream import read_split
 from data_shards.vocab import SPECIALS, UNK
 from eval.predict import Query, build_batch, parse_history
 from eval.scores import check_compatible, model_device, to_model_ids
@@ -352,12 +352,7 @@ def explain_people(
     jobs, years = dataset.vocab.fields["job"], dataset.vocab.fields["year"]
     known = loaded.vocab.size("job")
     device = model_device(loaded.model)
-    loader = CareerLoader(
-        data_url,
-        StreamConfig(split=split, shuffle=False, loop=False),
-        num_workers=0,
-        storage_options=storage_options,
-    )
+    loader = read_split(data_url, split, storage_options=storage_options)
     out: list[dict[str, Any]] = []
     for batch in loader:
         ids = to_model_ids(batch, loaded.vocab, device)

@@ -42,7 +42,7 @@ from data_shards import storage
 from data_shards.dataset import Dataset, load_dataset
 from data_shards.errors import StructuralError
 from data_shards.manifest import MANIFEST
-from data_shards.stream import CareerLoader, StreamConfig
+from data_shards.stream import CareerLoader, read_split
 from data_shards.vocab import BOS_ID, FIELD_COLUMNS, PAD_ID, UNK_ID, Vocabulary
 from eval.transitions import DEFAULT_JOBS, TransitionSums, frequent_previous_jobs
 from trainer.package import LoadedModel, load_model
@@ -138,11 +138,8 @@ def split_batches(
     data_url: str, split: str, tokens_per_batch: int, storage_options=None
 ) -> CareerLoader:
     """A split's batches in order, each person once (the loader `score_split` reads)."""
-    return CareerLoader(
-        data_url,
-        StreamConfig(split=split, tokens_per_update=tokens_per_batch, shuffle=False, loop=False),
-        num_workers=0,
-        storage_options=storage_options,
+    return read_split(
+        data_url, split, tokens_per_batch=tokens_per_batch, storage_options=storage_options
     )
 
 

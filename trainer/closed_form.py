@@ -1,6 +1,6 @@
 """Closed-form fitting: `career pretrain --model markov`, in one process, without DeepSpeed.
 
-Reads the dataset through the same loader training and evaluation read (`CareerLoader`, one pass,
+Reads the dataset through the same loader training and evaluation read (`read_split`: one pass,
 no shuffling): transition counts on the train split, the smoothing alpha chosen on the valid
 split, then the validation perplexity of the fitted model scored batch by batch exactly as the
 training loop's validation scores a model. Writes the run output a training run writes:
@@ -18,7 +18,7 @@ import torch
 
 from data_shards import storage
 from data_shards.dataset import load_dataset
-from data_shards.stream import CareerLoader, StreamConfig
+from data_shards.stream import read_split
 from trainer.config import TrainConfig
 from trainer.context import model_for
 from trainer.models import markov
@@ -32,10 +32,10 @@ def batches(
 ):
     """One pass over a split's batches (of its first `people` people), in order (the tensors
     only)."""
-    stream = StreamConfig(
-        split=split, tokens_per_update=tokens, shuffle=False, loop=False, people=people
+    loader = read_split(
+        data_url, split, tokens_per_batch=tokens, people=people, storage_options=storage_options
     )
-    for batch in CareerLoader(data_url, stream, num_workers=0, storage_options=storage_options):
+    for batch in loader:
         yield {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 

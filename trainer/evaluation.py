@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from data_shards.stream import CareerLoader, StreamConfig
+from data_shards.stream import read_split
 from trainer import engine as ds_engine
 from trainer.distributed import RunInfo, all_sum, from_rank0, to_device
 
@@ -56,15 +56,14 @@ def evaluate(
 ) -> float:
     """Perplexity of `module` (NLL sum, token count) over a whole split, in fp32 with autocast
     off (the same value on every rank)."""
-    stream = StreamConfig(
-        split=split,
-        tokens_per_update=tokens_per_update,
+    loader = read_split(
+        data_url,
+        split,
+        tokens_per_batch=tokens_per_update,
         rank=info.rank,
         world_size=info.world_size,
-        shuffle=False,
-        loop=False,
+        storage_options=storage_options,
     )
-    loader = CareerLoader(data_url, stream, num_workers=0, storage_options=storage_options)
     nll = tokens = 0.0
     with torch.no_grad(), torch.autocast(info.device.type, enabled=False):
         for batch in loader:

@@ -9,7 +9,8 @@ One module per concern, imported in this order (each imports only those above it
     subset.py    nested corpus sizes: the first N people of a split (whole blocks, one cut)
     elastic.py   resuming with another number of slots: the catch-up epochs
     dataset.py   `CareerStream`: one rank's batches, slots (rank x DataLoader worker), groups
-    loader.py    `CareerLoader`: the DataLoader, its state, exact and elastic resume
+    loader.py    `CareerLoader`: the DataLoader, its state, exact and elastic resume; and
+                 `read_split`: one pass over a split, in order (evaluation)
 
 Batching (as in the paper): a budget of `tokens_per_update` job-year tokens per update (padding
 excluded) is divided over ranks and micro-batches.
@@ -30,7 +31,7 @@ from data_shards.stream.collate import (
 )
 from data_shards.stream.config import STATE_FORMAT, Piece, Position, StreamConfig
 from data_shards.stream.dataset import CareerStream
-from data_shards.stream.loader import CareerLoader
+from data_shards.stream.loader import CareerLoader, read_split
 
 __all__ = [
     "STATE_FORMAT",
@@ -43,6 +44,7 @@ __all__ = [
     "decode_group",
     "make_batches",
     "merge_blocks",
+    "read_split",
     "select_people",
     "to_tensors",
 ]

@@ -6,6 +6,8 @@ after it, with DataLoader workers rotated so that the next batch is exactly the 
 uninterrupted run would have yielded. `load_states` takes the states of every rank and also
 resumes on another number of ranks or workers: the people the earlier slots had not read yet in
 each begun epoch are dealt out as catch-up epochs (`elastic.remaining_plan`).
+
+`read_split`: the one way to read a split once, in order (evaluation, scoring, closed-form fits).
 """
 
 from __future__ import annotations
@@ -152,6 +154,31 @@ class CareerLoader:
         self.stream.catchup = remaining_plan(earlier, slots, positions)
         self.last, self.consumed = {}, 0
         return "elastic"
+
+
+def read_split(
+    data_url: str,
+    split: str,
+    *,
+    tokens_per_batch: int = StreamConfig.tokens_per_update,
+    people: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    storage_options: dict | None = None,
+) -> CareerLoader:
+    """One pass over a split's batches in order, each person once (no shuffling, no epochs, read
+    in this process): of its first `people` people when given; of this rank's share when
+    `world_size` > 1. `tokens_per_batch`: the token budget (`StreamConfig.tokens_per_update`)."""
+    config = StreamConfig(
+        split=split,
+        tokens_per_update=tokens_per_batch,
+        rank=rank,
+        world_size=world_size,
+        shuffle=False,
+        loop=False,
+        people=people,
+    )
+    return CareerLoader(data_url, config, num_workers=0, storage_options=storage_options)
 
 
 def _saved_config(state: dict[str, Any]) -> dict[str, Any]:

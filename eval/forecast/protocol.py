@@ -29,7 +29,7 @@ from data_shards import storage
 from data_shards.dataset import Dataset
 from data_shards.errors import StructuralError
 from data_shards.manifest import MANIFEST
-from data_shards.stream import CareerLoader, StreamConfig
+from data_shards.stream import read_split
 from data_shards.vocab import PAD_ID
 from eval.forecast.sample import Batch, split_at
 from eval.scores import check_compatible, to_model_ids
@@ -91,11 +91,8 @@ def _calendar(dataset: Dataset) -> np.ndarray:
 
 
 def _read_split(url: str, split: str, storage_options, tokens_per_batch: int) -> list[dict]:
-    loader = CareerLoader(
-        url,
-        StreamConfig(split=split, tokens_per_update=tokens_per_batch, shuffle=False, loop=False),
-        num_workers=0,
-        storage_options=storage_options,
+    loader = read_split(
+        url, split, tokens_per_batch=tokens_per_batch, storage_options=storage_options
     )
     return list(loader)
 

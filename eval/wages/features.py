@@ -36,7 +36,7 @@ from data_shards import storage
 from data_shards.dataset import Dataset, load_dataset
 from data_shards.errors import StructuralError
 from data_shards.manifest import MANIFEST
-from data_shards.stream import CareerLoader, StreamConfig
+from data_shards.stream import read_split
 from data_shards.vocab import PAD_ID
 from eval.scores import check_compatible, model_device, to_model_ids
 from trainer.package import LoadedModel
@@ -170,11 +170,8 @@ def _split_rows(
     tokens_per_batch: int,
     on_batch: Callable[[int], None] | None,
 ) -> tuple[dict[str, list[np.ndarray]], Counts]:
-    loader = CareerLoader(
-        dataset.url,
-        StreamConfig(split=split, tokens_per_update=tokens_per_batch, shuffle=False, loop=False),
-        num_workers=0,
-        storage_options=storage_options,
+    loader = read_split(
+        dataset.url, split, tokens_per_batch=tokens_per_batch, storage_options=storage_options
     )
     device = model_device(loaded.model)
     years = _years_of(dataset)
