@@ -107,6 +107,14 @@ class Vocabulary:
             self._index[name] = {tok: i for i, tok in enumerate(self.fields[name])}
         return self._index[name]
 
+    def calendar_years(self, unknown: int = -1) -> np.ndarray:
+        """The calendar year of each year id (int64), `unknown` for the tokens that are not a
+        year (the special ones)."""
+        return np.array(
+            [int(t) if t.lstrip("-").isdigit() else unknown for t in self.fields["year"]],
+            dtype=np.int64,
+        )
+
     def encode(self, name: str, values: pa.Array | np.ndarray | list) -> np.ndarray:
         """Ids of `values` in field `name`; unknown values -> `<unk>`, nulls -> `<pad>`.
 

@@ -127,13 +127,6 @@ def _tokens(vocab: Vocabulary, name: str) -> pa.Array:
     return pa.array(vocab.fields[name], pa.string())
 
 
-def _year_values(vocab: Vocabulary) -> np.ndarray:
-    """Calendar year of each year id (-1 for the special tokens)."""
-    return np.array(
-        [int(t) if t.lstrip("-").isdigit() else -1 for t in vocab.fields["year"]], dtype=np.int64
-    )
-
-
 def split_batches(
     data_url: str, split: str, tokens_per_batch: int, storage_options=None
 ) -> CareerLoader:
@@ -165,7 +158,7 @@ def score_split(
         loader = split_batches(data_url, split, tokens_per_batch, storage_options)
     device = model_device(loaded.model)
     package_jobs = loaded.vocab.size("job")
-    years = _year_values(dataset.vocab)
+    years = dataset.vocab.calendar_years()  # -1 for the special tokens
     parts: dict[str, list[np.ndarray]] = {
         name: []
         for name in ("person_id", "position", "year", "prev", "target", "logp", "p_stay", "rank")

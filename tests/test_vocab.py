@@ -40,6 +40,15 @@ def test_layout_frequency_order_and_years():
     assert v.fields["location"] == [*SPECIALS, "CA"]
 
 
+def test_calendar_years_of_year_ids():
+    v = build_vocabulary(count_tokens(table([["a", "b"]], [[2001, 2002]])))
+    years = v.calendar_years()
+    assert years.dtype == "int64" and len(years) == v.size("year")
+    assert list(years[:3]) == [-1, -1, -1]  # the special tokens: `unknown`, -1 by default
+    assert list(v.calendar_years(unknown=0)[:3]) == [0, 0, 0]
+    assert years[v.ids("year")["2001"]] == 2001 and years[-1] == YEAR_SPAN[1]
+
+
 def test_min_count_maps_rare_codes_to_unk():
     t = table([["a", "a", "b"]], [[2000, 2001, 2002]])
     v = build_vocabulary(count_tokens(t), min_count=2)

@@ -85,11 +85,6 @@ def dataset_cutoff(dataset: Dataset, cutoff: int | None) -> int:
     return int(recorded)
 
 
-def _calendar(dataset: Dataset) -> np.ndarray:
-    tokens = dataset.vocab.fields["year"]
-    return np.array([int(t) if t.lstrip("-").isdigit() else 0 for t in tokens], dtype=np.int64)
-
-
 def _read_split(url: str, split: str, storage_options, tokens_per_batch: int) -> list[dict]:
     loader = read_split(
         url, split, tokens_per_batch=tokens_per_batch, storage_options=storage_options
@@ -138,7 +133,7 @@ def forecast_people(
     check_compatible(loaded.vocab, dataset, "test")
     where = storage.redact(dataset.url)
     batch = test if test is not None else read_test(dataset, storage_options, tokens_per_batch)
-    calendar = _calendar(dataset)
+    calendar = dataset.vocab.calendar_years(unknown=0)
     real = batch["targets"] != PAD_ID
     years = np.where(real.numpy(), calendar[batch["year"].numpy()], 0)
     # The last wave up to the cutoff (a biennial survey may have none in the cutoff year itself):

@@ -151,14 +151,6 @@ def check_representation(loaded: LoadedModel, where: str) -> None:
         )
 
 
-def _years_of(dataset: Dataset) -> np.ndarray:
-    """Calendar year of each year id (-1 for the special tokens)."""
-    return np.array(
-        [int(t) if t.lstrip("-").isdigit() else -1 for t in dataset.vocab.fields["year"]],
-        dtype=np.int64,
-    )
-
-
 def _split_rows(
     loaded: LoadedModel,
     dataset: Dataset,
@@ -174,7 +166,7 @@ def _split_rows(
         dataset.url, split, tokens_per_batch=tokens_per_batch, storage_options=storage_options
     )
     device = model_device(loaded.model)
-    years = _years_of(dataset)
+    years = dataset.vocab.calendar_years()  # -1 for the special tokens
     statics = [f for f in STATIC_FIELDS if f in dataset.manifest.fields["person_fields"]]
     parts: dict[str, list[np.ndarray]] = {}
 
