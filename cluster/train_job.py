@@ -1,10 +1,8 @@
 """`career pretrain` / `career finetune` / `career export`: check, resolve, launch, report.
 
-Everything that can be refused is refused here, before a worker starts and before anything is
-written under `--out`: a dataset without a manifest, a vocabulary the package cannot extend to,
-a package of a kind that cannot be fine-tuned, a corrupt checkpoint to resume from, a config that
-does not resolve. A closed-form kind (`--model markov`) is fitted here, in this process: no
-workers, no DeepSpeed.
+Every run is checked before a worker starts and before anything is written under `--out`
+(`trainer.preflight.check_run`); a closed-form kind (`--model markov`) is then fitted in this
+process (no workers, no DeepSpeed), the others launched with Ray Train or torchrun.
 """
 
 from __future__ import annotations
@@ -14,133 +12,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import zipfile
 from typing import Any
 
 from cluster.report import console, print_rows
 from cluster.settings import ExportSettings, TrainingSettings
 from data_shards import storage
 from data_shards.errors import StructuralError
-from data_shards.manifest import load_manifest
-from data_shards.vocab import Vocabulary
 from trainer.accelerator import accelerator_env
-from trainer.config import precision_record
 from trainer.launch import ERROR_FILE_ENV
-
-
-def check_checkpoint(out: str, storage_options) -> None:
-    """A run folder being resumed must hold a complete, readable latest checkpoint.
-
-    Reads only: a fresh `--out` is left untouched (nothing is created by a refused command)."""
-    from trainer.checkpoint import CheckpointStore
-
-    store = CheckpointStore(out, storage_options)
-    tag = store.latest()
-    if tag is None:
-        return
-    shown = storage.redact(storage.join(store.url, tag))
-    store.read_sidecar(tag)
-    fs, root = storage.filesystem(storage.join(store.url, tag), storage_options)
-    files = fs.ls(root, detail=False) if fs.exists(root) else []
-    states = [f for f in files if f.endswith(".pt")]
-    if not any(f.endswith("mp_rank_00_model_states.pt") for f in states):
-        raise StructuralError(
-            "checkpoint is incomplete: no model states; remove it or use another --out", path=shown
-        )
-    for path in states:
-        # torch.save writes zip files; remote stores are checked for size only
-        ok = fs.size(path) > 0 if store.remote else zipfile.is_zipfile(path)
-        if not ok:
-            raise StructuralError(
-                f"checkpoint is corrupt: {path.rsplit('/', 1)[-1]} is truncated or damaged",
-                path=shown,
-            )
-
-
-def check_inputs(s: TrainingSettings) -> None:
-    """Refuse before launching anything: no manifest, fewer training blocks than workers, a
-    vocabulary the package cannot extend to, or a corrupt checkpoint to resume from."""
-    from trainer.context import check_training_blocks
-
-    data, base, storage_options = s.data, s.base, s.storage_options
-    manifest = load_manifest(data, storage_options)
-    if not closed_form(s):  # one process: no blocks to share out, no checkpoints to resume
-        check_training_blocks(
-            manifest, s.workers, s.config.loader_workers, data, s.config.train_people
-        )
-    if base:
-        from trainer.context import check_finetune_kind
-        from trainer.package import load_model
-
-        package = load_model(base, storage_options)
-        check_finetune_kind(package.kind, s.config.kind, base)
-        vocab = Vocabulary.load(storage.join(data, "vocab.json"), storage_options)
-        problem = vocab.incompatibility(package.vocab)
-        if problem:
-            raise StructuralError(
-                f"the dataset's vocabulary does not extend the package's ({problem}); shard the data with "
-                "--vocab pointing at the pretraining dataset's vocab.json",
-                path=storage.redact(data),
-            )
-    if not closed_form(s):
-        check_checkpoint(s.out, storage_options)
-
-
-def closed_form(s: TrainingSettings) -> bool:
-    """The kind is fitted by counting, in this process (markov)."""
-    from trainer.models.registry import get_kind
-
-    return get_kind(s.config.kind).closed_form
-
-
-# ----------------------------------------------------------------------------- dry run
-def describe_model(s: TrainingSettings) -> dict[str, Any]:
-    """The architecture training would build on this dataset (from the package when fine-tuning),
-    with its parameter count: what `--dry-run` shows."""
-    from trainer.context import model_for
-
-    manifest = load_manifest(s.data, s.storage_options)
-    vocab = Vocabulary.load(storage.join(s.data, "vocab.json"), s.storage_options)
-    model, adapt = model_for(s.config, vocab, manifest, s.base, s.storage_options)
-    described = model.config.to_dict()
-    described["parameters"] = model.num_parameters()
-    if adapt:
-        described["finetune"] = adapt
-    return described
-
-
-def dry_run(s: TrainingSettings) -> dict[str, Any]:
-    if closed_form(s) and not s.base:
-        resolved = s.config.resolve(1, False)
-        return {
-            "model": describe_model(s),
-            "config": resolved.to_dict(),
-            "fit": f"{s.config.kind}: closed form in this process, from counts over the train "
-            "split read through the loader; smoothing chosen on the valid split (no workers, no "
-            "DeepSpeed)",
-            "workers": 1,
-        }
-    from trainer.engine import deepspeed_config
-
-    resolved = s.config.resolve(s.workers, s.on_gpu)
-    if not s.on_gpu:
-        from trainer.models.dropout import kernel_status
-
-        resolved.notes.append(f"dropout: {kernel_status(resolved.hash_dropout)}")
-    per_micro_batch = resolved.tokens_per_update // (s.workers * resolved.micro_batches)
-    return {
-        "model": describe_model(s),
-        "config": resolved.to_dict(),
-        "deepspeed": deepspeed_config(resolved, s.workers),
-        "precision": precision_record(resolved),
-        "batching": (
-            f"batches are token budgets: one update = {resolved.tokens_per_update:,} job-years over "
-            f"all workers; DeepSpeed's train_batch_size counts micro-batches ({s.workers} workers x "
-            f"{resolved.micro_batches} accumulation steps), each of about {per_micro_batch:,} "
-            "job-years, not people"
-        ),
-        "workers": s.workers,
-    }
 
 
 # ----------------------------------------------------------------------------- launch
@@ -235,13 +114,22 @@ def launch(s: TrainingSettings) -> dict[str, Any]:
 def train_all(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
     """Check every run, then fit the closed-form ones here and launch the rest together
     (`launch_together`); their metrics, in order. Nothing starts before every run is checked."""
-    for s in runs:
-        check_inputs(s)
-        s.config.resolve(s.workers, s.on_gpu)  # config errors surface before launching
     from trainer.closed_form import fit_closed_form
+    from trainer.preflight import check_run, closed_form
+
+    for s in runs:
+        check_run(
+            s.config,
+            data=s.data,
+            out=s.out,
+            base=s.base,
+            workers=s.workers,
+            storage_options=s.storage_options,
+        )
+        s.config.resolve(s.workers, s.on_gpu)  # config errors surface before launching
 
     def fitted_here(s: TrainingSettings) -> bool:
-        return closed_form(s) and not s.base
+        return closed_form(s.config.kind) and not s.base
 
     launched = iter(launch_together([s for s in runs if not fitted_here(s)]))
     return [
@@ -259,7 +147,17 @@ def train(s: TrainingSettings) -> dict[str, Any]:
 
 def run_training(s: TrainingSettings) -> int:
     if s.dry_run:
-        print(json.dumps(dry_run(s), indent=1, sort_keys=True))
+        from trainer.preflight import describe_run
+
+        described = describe_run(
+            s.config,
+            data=s.data,
+            base=s.base,
+            workers=s.workers,
+            on_gpu=s.on_gpu,
+            storage_options=s.storage_options,
+        )
+        print(json.dumps(described, indent=1, sort_keys=True))
         return 0
     metrics = train(s)
     if "stopped_at" in metrics:
