@@ -203,19 +203,14 @@ def print_gap(result: dict[str, Any]) -> None:
         )
 
 
-def run_wages(s: WagesSettings) -> int:
-    import torch
+def run_wages(settings: WagesSettings) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cluster.report import console, progress_console
-    from eval.table import to_json
-    from eval.wages import wage_gap, wage_table
-    from trainer.package import load_model
+    from eval.comparison_table import to_json
+    from eval.wages import wage_models
 
-    options = s.storage.storage_options
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    loaded = load_model(s.model, options)
+    options = settings.storage.storage_options
     start = time.perf_counter()
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -229,35 +224,29 @@ def run_wages(s: WagesSettings) -> int:
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        common = dict(
+        found = wage_models(
+            settings.model,
+            settings.data,
+            table=settings.gap_spec is None,
+            gap=settings.gap_spec,
+            gap_splits=settings.gap_splits,
+            folds=settings.folds,
+            bootstrap=settings.bootstrap,
+            seed=settings.seed,
+            pooling=settings.pooling,
+            tokens_per_batch=settings.tokens_per_batch,
+            threads=settings.threads,
             storage_options=options,
-            pooling=s.pooling,
-            tokens_per_batch=s.tokens_per_batch,
             on_progress=progress,
-            seed=s.seed,
         )
-        if s.gap_spec:
-            by, group, reference = s.gap_spec
-            result = {
-                "wage_gap": wage_gap(
-                    loaded,
-                    s.data,
-                    by,
-                    group,
-                    reference,
-                    splits=s.gap_splits,
-                    folds=s.folds,
-                    **common,
-                )
-            }
-        else:
-            result = {"wage_table": wage_table(loaded, s.data, bootstrap=s.bootstrap, **common)}
-    if s.out:
-        storage.write_bytes_atomic(s.out, to_json(result).encode(), options)
-    if s.gap_spec:
+    gap = settings.gap_spec is not None
+    result = {"wage_gap": found["gap"]} if gap else {"wage_table": found["table"]}
+    if settings.out:
+        storage.write_bytes_atomic(settings.out, to_json(result).encode(), options)
+    if gap:
         print_gap(result["wage_gap"])
     else:
         print_table(result["wage_table"])
-    written = f"; written to {storage.redact(s.out)}" if s.out else ""
+    written = f"; written to {storage.redact(settings.out)}" if settings.out else ""
     console.print(f"done in {time.perf_counter() - start:,.1f} s{written}")
     return 0

@@ -109,6 +109,8 @@ class PersonYears:
     represent: np.ndarray  # (N, C) float32
     log_ratio: np.ndarray | None = None  # (N,) with a contrast: see `log_ratio`
     counts: dict[str, Counts] = field(default_factory=dict)  # per split
+    #: (N, C) float32 with `also_hide`: the representation with those covariates hidden
+    represent_hidden: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.log_wage)
@@ -128,6 +130,9 @@ class PersonYears:
             represent=self.represent[index],
             counts=self.counts,
             log_ratio=None if self.log_ratio is None else self.log_ratio[index],
+            represent_hidden=None
+            if self.represent_hidden is None
+            else self.represent_hidden[index],
         )
 
 
@@ -151,6 +156,17 @@ def check_representation(loaded: LoadedModel, where: str) -> None:
         )
 
 
+def _represent(
+    model: torch.nn.Module, ids: dict[str, torch.Tensor], hide: tuple[str, ...], pooling: str
+) -> np.ndarray:
+    """The pooled representation of a batch with the covariates `hide` replaced by padding."""
+    hidden_from = dict(ids)
+    for name in hide:
+        if name in hidden_from:
+            hidden_from[name] = torch.full_like(ids[name], PAD_ID)
+    return pooled(model.represent(hidden_from).float(), pooling).cpu().numpy()
+
+
 def _split_rows(
     loaded: LoadedModel,
     dataset: Dataset,
@@ -161,6 +177,7 @@ def _split_rows(
     storage_options,
     tokens_per_batch: int,
     on_batch: Callable[[int], None] | None,
+    also_hide: tuple[str, ...] | None = None,
 ) -> tuple[dict[str, list[np.ndarray]], Counts]:
     loader = read_split(
         dataset.url, split, tokens_per_batch=tokens_per_batch, storage_options=storage_options
@@ -181,12 +198,9 @@ def _split_rows(
         wage = batch[WAGE_FIELD].numpy().astype(np.float64)
         observed = real & np.isfinite(wage)
         ids = to_model_ids(batch, loaded.vocab, device)
-        hidden_from = dict(ids)
-        for name in hide:
-            if name in hidden_from:
-                hidden_from[name] = torch.full_like(ids[name], PAD_ID)
         with torch.inference_mode():
-            hidden = pooled(loaded.model.represent(hidden_from).float(), pooling).cpu().numpy()
+            hidden = _represent(loaded.model, ids, hide, pooling)
+            also = None if also_hide is None else _represent(loaded.model, ids, also_hide, pooling)
             ratio = None if contrast is None else log_ratio(loaded.model, ids, *contrast)
         rows, cols = np.nonzero(observed)
         counts.people += len(lengths)
@@ -209,6 +223,8 @@ def _split_rows(
             add(f"static.{name}", batch[name].numpy()[rows, cols])
         add("log_wage", wage[rows, cols])
         add("represent", hidden[rows, cols])
+        if also is not None:
+            add("represent_hidden", also[rows, cols])
         if ratio is not None:
             add("log_ratio", ratio.cpu().numpy()[rows, cols])
         if on_batch is not None:
@@ -228,9 +244,12 @@ def person_years(
     tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
     dataset: Dataset | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    also_hide: Iterable[str] | None = None,
 ) -> PersonYears:
     """The person-years with a log wage of `splits`, with the model's representation (see the
-    module). `on_progress(people read, people in those splits)` after each batch."""
+    module). `on_progress(people read, people in those splits)` after each batch. `also_hide`:
+    in the same pass, the representation with those covariates hidden (`represent_hidden`: the
+    wage table and the wage gap from one read)."""
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
     dataset = dataset or load_dataset(data_url, storage_options)
@@ -261,6 +280,7 @@ def person_years(
             storage_options,
             tokens_per_batch,
             on_batch,
+            None if also_hide is None else tuple(also_hide),
         )
         n = counts[split].wage_years
         parts["split"] = [np.full(n, split, dtype=object)]
@@ -280,4 +300,7 @@ def person_years(
         represent=flat["represent"].astype(np.float32),
         log_ratio=flat.get("log_ratio"),
         counts=counts,
+        represent_hidden=flat["represent_hidden"].astype(np.float32)
+        if "represent_hidden" in flat
+        else None,
     )

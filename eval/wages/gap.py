@@ -38,7 +38,7 @@ gap): the result carries it as `truth`, and which intervals cover it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -245,20 +245,67 @@ def wage_gap(
         raise ValueError(f"cross-fitting needs at least 2 folds, not {folds}")
     dataset = load_dataset(data_url, storage_options)
     check_representation(loaded, storage.redact(data_url))
-    group_id, reference_id, group, reference = resolve_groups(dataset, by, group, reference)
-    contrast = model_contrast(loaded, by, group_id, reference_id)
+    groups = gap_groups(loaded, dataset, by, group, reference)
     rows = person_years(
         loaded,
         data_url,
         splits,
         hide=(by,),
-        contrast=contrast,
+        contrast=groups.contrast,
         storage_options=storage_options,
         pooling=pooling,
         tokens_per_batch=tokens_per_batch,
         dataset=dataset,
         on_progress=on_progress,
     )
+    return gap_of(
+        rows,
+        dataset,
+        groups,
+        data_url,
+        splits=splits,
+        folds=folds,
+        penalties=penalties,
+        seed=seed,
+        pooling=pooling,
+    )
+
+
+class GapGroups(NamedTuple):
+    """The two groups of a gap, resolved in a dataset and a package (`gap_groups`)."""
+
+    by: str
+    group_id: int
+    reference_id: int
+    group: str
+    reference: str
+    contrast: tuple[str, int, int] | None  # `model_contrast`
+
+
+def gap_groups(
+    loaded: LoadedModel, dataset: Dataset, by: str, group: str | None, reference: str | None
+) -> GapGroups:
+    """`resolve_groups` and `model_contrast`: what must be known before the data is read."""
+    group_id, reference_id, group, reference = resolve_groups(dataset, by, group, reference)
+    contrast = model_contrast(loaded, by, group_id, reference_id)
+    return GapGroups(by, group_id, reference_id, group, reference, contrast)
+
+
+def gap_of(
+    rows: PersonYears,
+    dataset: Dataset,
+    groups: GapGroups,
+    data_url: str,
+    *,
+    splits: tuple[str, ...] = SPLITS,
+    folds: int = DEFAULT_FOLDS,
+    penalties: tuple[float, ...] = PENALTIES,
+    seed: int = 0,
+    pooling: str = DEFAULT_POOLING,
+) -> dict[str, Any]:
+    """`wage_gap`'s result from the person-years of `splits`, already read (`rows`: with the
+    representation of the history with `groups.by` hidden, and `groups.contrast`'s ratio)."""
+    by, group_id, reference_id, group, reference, _ = groups
     value = rows.static[by]
     used = (value == group_id) | (value == reference_id)
     rows = rows.take(used)

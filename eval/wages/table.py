@@ -165,6 +165,31 @@ def wage_table(
         dataset=dataset,
         on_progress=on_progress,
     )
+    return table_of(
+        rows,
+        dataset,
+        loaded.kind,
+        data_url,
+        penalties=penalties,
+        bootstrap=bootstrap,
+        seed=seed,
+        pooling=pooling,
+    )
+
+
+def table_of(
+    rows: PersonYears,
+    dataset: Dataset,
+    kind: str,
+    data_url: str,
+    *,
+    penalties: tuple[float, ...] = PENALTIES,
+    bootstrap: int = DEFAULT_REPLICATES,
+    seed: int = 0,
+    pooling: str = DEFAULT_POOLING,
+) -> dict[str, Any]:
+    """`wage_table`'s result from the person-years of every split, already read (`rows`: with
+    the representation of a package of `kind`, pooled by `pooling`)."""
     check_splits_have_wages(rows, dataset)
     train = rows.split == "train"
     design = MincerDesign.fit(rows, train, dataset.vocab)
@@ -191,12 +216,12 @@ def wage_table(
     test = np.flatnonzero(rows.split == "test")
     fitted = predict(features, test, beta)
     judged = judge_on_test(rows.person[test], rows.log_wage[test], fitted, bootstrap, seed)
-    labels = {"mincer": "Mincer", "history": f"Mincer + {loaded.kind} representation"}
+    labels = {"mincer": "Mincer", "history": f"Mincer + {kind} representation"}
     return json_ready(
         {
             "dataset": {"url": storage.redact(data_url), "manifest_sha256": dataset.manifest_sha},
             "package": {
-                "kind": loaded.kind,
+                "kind": kind,
                 "width": int(rows.represent.shape[1]),
                 "pooling": pooling,
             },
