@@ -67,13 +67,13 @@ class Command:
 
 
 # ----------------------------------------------------------------------------- handlers
-def run_inspect(s: settings.InspectSettings) -> int:
-    from cluster import report
+def run_inspect(settings: settings.InspectSettings) -> int:
+    from cluster.console import print_summary
     from data_shards.quarantine import write_quarantine
     from data_shards.readers import read
     from data_shards.summary import summarize
 
-    source = s.source
+    source = settings.source
     result = read(
         source.input,
         source.format,
@@ -82,47 +82,47 @@ def run_inspect(s: settings.InspectSettings) -> int:
         storage_options=source.storage.storage_options,
     )
     summary = summarize(result.table, result.report, result.quarantine)
-    if s.quarantine_out:
-        write_quarantine(s.quarantine_out, result.quarantine, source.storage.storage_options)
-    if s.json:
+    if settings.quarantine_out:
+        write_quarantine(settings.quarantine_out, result.quarantine, source.storage.storage_options)
+    if settings.json:
         print(json.dumps(summary, sort_keys=True))
     else:
-        report.print_summary(summary, title=f"{source.format}: {result.report.source}")
+        print_summary(summary, title=f"{source.format}: {result.report.source}")
     return 0
 
 
-def run_synth(s: settings.SynthSettings) -> int:
+def run_synth(settings: settings.SynthSettings) -> int:
     from cluster.synth_job import run_synth as synth
 
     synth(
-        preset=s.preset,
-        people=s.people,
-        seed=s.seed,
-        out=s.out,
-        layout=s.layout,
-        fractions=s.split_fractions,
-        storage_options=s.storage.storage_options,
+        preset=settings.preset,
+        people=settings.people,
+        seed=settings.seed,
+        out=settings.out,
+        layout=settings.layout,
+        fractions=settings.split_fractions,
+        storage_options=settings.storage.storage_options,
     )
     return 0
 
 
-def run_shard(s: settings.ShardSettings) -> int:
+def run_shard(settings: settings.ShardSettings) -> int:
     from cluster.shard_job import run_shard as shard
 
-    shard(s)
+    shard(settings)
     return 0
 
 
-def run_training(s: settings.TrainingSettings) -> int:
+def run_training(settings: settings.TrainingSettings) -> int:
     from cluster.train_job import run_training as train
 
-    return train(s)
+    return train(settings)
 
 
-def run_export(s: settings.ExportSettings) -> int:
+def run_export(settings: settings.ExportSettings) -> int:
     from cluster.train_job import run_export as export
 
-    return export(s)
+    return export(settings)
 
 
 # ----------------------------------------------------------------------------- training flags

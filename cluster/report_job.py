@@ -61,11 +61,11 @@ def report_settings(namespace: argparse.Namespace) -> ReportSettings:
     return flags.build(ReportSettings, namespace, run=namespace.run)
 
 
-def run_report(s: ReportSettings) -> int:
-    from cluster.report import console
+def run_report(settings: ReportSettings) -> int:
+    from cluster.console import console
     from eval.report import build_report
 
-    written = build_report(s.run, s.out, s.storage.storage_options)
+    written = build_report(settings.run, settings.out, settings.storage.storage_options)
     console.print(
         f"report: {storage.redact(written.html)} (and {storage.redact(written.markdown)}, "
         f"{len(written.plots)} plots)"

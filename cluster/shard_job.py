@@ -6,17 +6,17 @@ import time
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from cluster.console import console, print_rows, progress_console
 from cluster.ray_session import connect_ray
-from cluster.report import console, print_rows, progress_console
 from cluster.settings import ShardSettings
 from data_shards import storage
 from data_shards.inputs import InputSpec
 from data_shards.shard import ShardResult, shard_dataset
 
 
-def input_spec(s: ShardSettings) -> InputSpec:
+def input_spec(settings: ShardSettings) -> InputSpec:
     """What to read (or simulate), from the shard command's settings."""
-    source, sim = s.source, s.simulator
+    source, sim = settings.source, settings.simulator
     if source.format == "synth" and not sim.sim_preset:
         raise ValueError("--format synth needs --sim-preset")
     return InputSpec(
@@ -31,11 +31,11 @@ def input_spec(s: ShardSettings) -> InputSpec:
     )
 
 
-def run_shard(s: ShardSettings) -> ShardResult:
+def run_shard(settings: ShardSettings) -> ShardResult:
     """Run the sharding job for `career shard` with a progress bar and print a summary."""
-    spec = input_spec(s)
+    spec = input_spec(settings)
     start = time.perf_counter()
-    connect_ray(s.ray.ray_address, s.ray.num_cpus)
+    connect_ray(settings.ray.ray_address, settings.ray.num_cpus)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -60,7 +60,15 @@ def run_shard(s: ShardSettings) -> ShardResult:
                 detail=f"{people:,} people, {people / elapsed:,.0f}/s",
             )
 
-        result = shard_dataset(spec, s.out, s.name, s.config, s.vocab, s.overwrite, on_progress)
+        result = shard_dataset(
+            spec,
+            settings.out,
+            settings.name,
+            settings.config,
+            settings.vocab,
+            settings.overwrite,
+            on_progress,
+        )
     elapsed = time.perf_counter() - start
     manifest = result.manifest
     if result.already_complete:

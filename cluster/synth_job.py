@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from cluster.report import console, progress
+from cluster.console import console, progress
 from data_shards import storage, writers
 from data_shards.synth.generate import chunk_sizes, simulate
 from data_shards.synth.presets import get_preset

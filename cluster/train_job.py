@@ -14,7 +14,7 @@ import sys
 import tempfile
 from typing import Any
 
-from cluster.report import console, print_rows
+from cluster.console import console, print_rows
 from cluster.settings import ExportSettings, TrainingSettings
 from data_shards import storage
 from data_shards.errors import StructuralError
@@ -23,34 +23,34 @@ from trainer.launch import ERROR_FILE_ENV
 
 
 # ----------------------------------------------------------------------------- launch
-def _torchrun(s: TrainingSettings) -> None:
+def _torchrun(settings: TrainingSettings) -> None:
     """One node, `--workers` processes. Storage options travel in a 0600 file, never in argv."""
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node",
-        str(s.workers),
+        str(settings.workers),
         "-m",
         "trainer.launch",
         "--data",
-        s.data,
+        settings.data,
         "--out",
-        s.out,
+        settings.out,
         "--config-json",
-        json.dumps(s.config.to_dict()),
+        json.dumps(settings.config.to_dict()),
         "--stop-after",
-        str(s.stop_after),
+        str(settings.stop_after),
     ]
-    if s.base:
-        command += ["--base", s.base]
+    if settings.base:
+        command += ["--base", settings.base]
     with tempfile.TemporaryDirectory(prefix="career-launch-") as folder:
         errors = os.path.join(folder, "error")
-        env = {**os.environ, **accelerator_env(s.on_gpu), ERROR_FILE_ENV: errors}
-        if s.storage_options:
+        env = {**os.environ, **accelerator_env(settings.on_gpu), ERROR_FILE_ENV: errors}
+        if settings.storage_options:
             path = os.path.join(folder, "storage_options.json")
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-                json.dump(s.storage_options, f)
+                json.dump(settings.storage_options, f)
             command += ["--storage-options-file", path]
         if subprocess.run(command, env=env).returncode != 0:
             raise _worker_failure(folder)
@@ -71,12 +71,12 @@ def _worker_failure(folder: str) -> Exception:
     return kind(report["message"])
 
 
-def _outcome(s: TrainingSettings) -> dict[str, Any]:
+def _outcome(settings: TrainingSettings) -> dict[str, Any]:
     """A launched run's metrics.json, or `{"stopped_at": N}` when `--stop-after` ended it."""
-    metrics_url = storage.join(s.out, "metrics.json")
-    if s.stop_after and not storage.exists(metrics_url, s.storage_options):
-        return {"stopped_at": s.stop_after}
-    return json.loads(storage.read_text(metrics_url, s.storage_options))
+    metrics_url = storage.join(settings.out, "metrics.json")
+    if settings.stop_after and not storage.exists(metrics_url, settings.storage_options):
+        return {"stopped_at": settings.stop_after}
+    return json.loads(storage.read_text(metrics_url, settings.storage_options))
 
 
 def launch_together(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
@@ -106,9 +106,9 @@ def launch_together(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
     return [_outcome(s) for s in runs]
 
 
-def launch(s: TrainingSettings) -> dict[str, Any]:
+def launch(settings: TrainingSettings) -> dict[str, Any]:
     """Run training with the chosen launcher and return the run's metrics.json."""
-    return launch_together([s])[0]
+    return launch_together([settings])[0]
 
 
 def train_all(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
@@ -140,33 +140,33 @@ def train_all(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
     ]
 
 
-def train(s: TrainingSettings) -> dict[str, Any]:
+def train(settings: TrainingSettings) -> dict[str, Any]:
     """Check, then fit (closed-form kinds) or launch training; the run's metrics."""
-    return train_all([s])[0]
+    return train_all([settings])[0]
 
 
-def run_training(s: TrainingSettings) -> int:
-    if s.dry_run:
+def run_training(settings: TrainingSettings) -> int:
+    if settings.dry_run:
         from trainer.preflight import describe_run
 
         described = describe_run(
-            s.config,
-            data=s.data,
-            base=s.base,
-            workers=s.workers,
-            on_gpu=s.on_gpu,
-            storage_options=s.storage_options,
+            settings.config,
+            data=settings.data,
+            base=settings.base,
+            workers=settings.workers,
+            on_gpu=settings.on_gpu,
+            storage_options=settings.storage_options,
         )
         print(json.dumps(described, indent=1, sort_keys=True))
         return 0
-    metrics = train(s)
+    metrics = train(settings)
     if "stopped_at" in metrics:
         console.print(
-            f"stopped after update {metrics['stopped_at']} with a checkpoint in {storage.redact(s.out)}/checkpoints"
+            f"stopped after update {metrics['stopped_at']} with a checkpoint in {storage.redact(settings.out)}/checkpoints"
         )
         return 0
     print_rows(
-        f"{s.recipe} -> {storage.redact(s.out)}",
+        f"{settings.recipe} -> {storage.redact(settings.out)}",
         ["updates", "tokens seen", "best valid ppl", "best step", "final valid ppl", "wall s"],
         [
             [
@@ -179,13 +179,15 @@ def run_training(s: TrainingSettings) -> int:
             ]
         ],
     )
-    console.print(f"model package: {storage.redact(storage.join(s.out, 'package'))}")
+    console.print(f"model package: {storage.redact(storage.join(settings.out, 'package'))}")
     return 0
 
 
-def run_export(s: ExportSettings) -> int:
+def run_export(settings: ExportSettings) -> int:
     from trainer.export import export_run
 
-    target = export_run(s.run, s.tag, s.package, s.storage.storage_options)
+    target = export_run(
+        settings.run, settings.tag, settings.package, settings.storage.storage_options
+    )
     console.print(f"model package written to {storage.redact(target)}")
     return 0

@@ -211,7 +211,7 @@ def new_run_id() -> str:
 
 
 def print_tables(results: dict[str, dict[str, Any]]) -> None:
-    from cluster.report import print_rows
+    from cluster.console import print_rows
     from eval import comparison_table as table
 
     for survey, metrics in results.items():
@@ -225,7 +225,7 @@ def print_tables(results: dict[str, dict[str, Any]]) -> None:
 
 
 def run_command(settings: RunSettings) -> int:
-    from cluster.report import console
+    from cluster.console import console
 
     experiment = settings.experiment()
     options = settings.storage.storage_options

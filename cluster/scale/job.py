@@ -136,7 +136,7 @@ class ScaleSettings:
 
 
 def print_plan(study: Study, s: ScaleSettings) -> None:
-    from cluster.report import console, print_rows
+    from cluster.console import console, print_rows
     from cluster.scale.plan import SAMPLE_PEOPLE, plan, plan_table, sample_corpus, slots_for, totals
 
     options = s.storage.storage_options
@@ -182,7 +182,7 @@ def _local_cpus() -> int:
 
 
 def run_scale(settings: ScaleSettings) -> int:
-    from cluster.report import console, print_rows
+    from cluster.console import console, print_rows
 
     study = settings.study()
     if settings.plan or settings.dry_run:
