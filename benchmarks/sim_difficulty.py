@@ -26,7 +26,7 @@ from data_shards.schema import NON_EMPLOYMENT_STATES  # noqa: E402
 from data_shards.splits import resolve_splits  # noqa: E402
 from data_shards.synth.generate import simulate  # noqa: E402
 from data_shards.synth.presets import PRESETS  # noqa: E402
-from eval.markov import fit_markov  # noqa: E402
+from trainer.models.markov import fit_markov  # noqa: E402
 
 
 def splits(table: pa.Table) -> dict[str, pa.Table]:

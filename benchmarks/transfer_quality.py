@@ -42,7 +42,7 @@ from data_shards.splits import resolve_splits  # noqa: E402
 from data_shards.stream import CareerLoader, StreamConfig  # noqa: E402
 from data_shards.synth.generate import simulate  # noqa: E402
 from data_shards.synth.presets import PRESETS  # noqa: E402
-from eval.markov import fit_markov  # noqa: E402
+from trainer.models.markov import fit_markov  # noqa: E402
 from trainer.package import load_model  # noqa: E402
 
 CAREER = str(Path(sys.executable).with_name("career"))

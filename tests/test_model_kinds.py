@@ -550,6 +550,18 @@ def test_markov_package_equals_counting_by_hand(hand_made, tmp_path, capsys):
     assert "fine-tuning a markov package is not implemented" in capsys.readouterr().err
 
 
+def test_markov_on_record_tables_equals_counting_by_hand():
+    """`markov.fit_markov` (record tables, for tests and benchmarks) is the kind's closed form:
+    train a->b, a->a: u = (a 3 + .5, b 1 + .5, <unk> .5) / 5.5; alpha 1."""
+    import pyarrow as pa
+
+    model = markov.fit_markov(pa.table({"jobs": [["a", "b"], ["a", "a"]]}), alpha=1.0)
+    got = model.log_probs(pa.table({"jobs": [["a", "b"], ["z"]]}))
+    u = {"a": 3.5 / 5.5, "b": 1.5 / 5.5, "<unk>": 0.5 / 5.5}
+    want = [(2 + u["a"]) / (2 + 1), (1 + u["b"]) / (2 + 1), (0 + u["<unk>"]) / (2 + 1)]
+    assert torch.allclose(torch.from_numpy(got).exp(), torch.tensor(want, dtype=torch.float64))
+
+
 def test_markov_dry_run_and_a_fixed_alpha(hand_made, tmp_path, capsys):
     from cluster.cli import main
 
@@ -585,7 +597,7 @@ def markov_perplexity(data_url: str) -> float:
     import pyarrow as pa
     from helpers import records_from_loader
 
-    from eval.markov import fit_markov
+    from trainer.models.markov import fit_markov
 
     tables = {
         split: pa.table(

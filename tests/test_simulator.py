@@ -18,7 +18,7 @@ from data_shards.synth import process
 from data_shards.synth.generate import CHUNK_PEOPLE, simulate, simulate_chunk, type_log_prior
 from data_shards.synth.presets import PRESETS, Preset
 from data_shards.synth.world import EDUCATION_LEVELS, STATES, World
-from eval.markov import fit_markov
+from trainer.models.markov import fit_markov
 
 #: simulations of thousands of people
 pytestmark = pytest.mark.slow

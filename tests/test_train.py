@@ -48,11 +48,11 @@ from data_shards.inputs import InputSpec
 from data_shards.manifest import load_manifest
 from data_shards.shard import ShardConfig, shard_dataset
 from data_shards.stream import CareerLoader, StreamConfig
-from eval.markov import fit_markov
 from trainer import engine as ds_engine
 from trainer import safe_load
 from trainer.accelerator import cpu_bf16_flags
 from trainer.models.career import build_model
+from trainer.models.markov import fit_markov
 from trainer.package import load_model
 
 pytestmark = pytest.mark.slow
@@ -130,7 +130,7 @@ def opposed_dataset(root: Path) -> str:
 @pytest.fixture(scope="module")
 def baselines(data):
     """Validation perplexities of the order-1 Markov model fitted on the training split by
-    counting (eval.markov): the bar every trained model must clear."""
+    counting (trainer.models.markov.fit_markov): the bar every trained model must clear."""
     out = {}
     for name in ("resumes", "nlsy79"):
         tables = {

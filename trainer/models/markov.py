@@ -11,7 +11,10 @@ years), and each row is smoothed toward the unigram u (job frequencies over all 
 A last job never seen in training (an empty row) falls back to the unigram. `alpha` is chosen on
 the validation split among `alphas` (never on test), unless given (`model.alpha=...`). The
 fitted log-probability table is a buffer, so the model saves as safetensors like every kind.
-The same closed form on Arrow record tables (job strings) is `eval.markov`.
+
+`fit_markov` fits the same closed form on Arrow record tables (a `jobs` list column of job
+strings; tests and benchmarks): the jobs seen in training get ids after the specials, any other
+job is `<unk>`, whose only counts are the unigram's pseudo-count.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
-from data_shards.vocab import PAD_ID, UNK_ID
+from data_shards.vocab import BOS_ID, PAD_ID, SPECIALS, UNK_ID
 from trainer.models.output import (
     Batch,
     JobModel,
@@ -144,3 +150,57 @@ class Markov(JobModel):
         """No gradient training: fitting is counting, so 0 training FLOPs."""
         del seq_len
         return 0.0
+
+
+# ----------------------------------------------------------------------------- on record tables
+@dataclass
+class TableMarkov:
+    """The closed form fitted on record tables: `jobs[i]` has id len(SPECIALS) + i."""
+
+    jobs: list[str]
+    log_table: torch.Tensor  # (V, V) float64 log P(job | last job), as `Markov.log_table`
+    alpha: float
+
+    def transitions(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(last job, job) ids of every job-year of `table`, in order (`<bos>` before a first
+        year, `<unk>` for a job not seen in training)."""
+        index = pa.array(self.jobs, pa.string())
+        flat = pc.list_flatten(table.column("jobs"))
+        found = pc.index_in(flat, value_set=index).fill_null(-1).to_numpy(zero_copy_only=False)
+        ids = np.where(found < 0, UNK_ID, found + len(SPECIALS)).astype(np.int64)
+        lengths = pc.list_value_length(table.column("jobs")).to_numpy(zero_copy_only=False)
+        prev = np.r_[BOS_ID, ids[:-1]].astype(np.int64)
+        prev[np.r_[0, np.cumsum(lengths)[:-1]][lengths > 0]] = BOS_ID
+        return prev, ids
+
+    def counts(self, table: pa.Table) -> torch.Tensor:
+        """(V, V) float64 counts of (last job, job) over `table`'s job-years."""
+        V = self.log_table.shape[0]
+        prev, ids = self.transitions(table)
+        pairs = torch.from_numpy(prev * V + ids)
+        return torch.bincount(pairs, minlength=V * V).double().view(V, V)
+
+    def log_probs(self, table: pa.Table) -> np.ndarray:
+        """log P(job | last job) of every job-year of `table`, in order."""
+        prev, ids = self.transitions(table)
+        return self.log_table[torch.from_numpy(prev), torch.from_numpy(ids)].numpy()
+
+    def perplexity(self, table: pa.Table) -> float:
+        logp = self.log_probs(table)
+        return math.exp(-float(np.mean(logp))) if len(logp) else float("nan")
+
+
+def fit_markov(
+    train: pa.Table, valid: pa.Table | None = None, alpha: float | None = None
+) -> TableMarkov:
+    """Count transitions in `train`; choose alpha among `ALPHAS` on `valid` when given (else
+    `alpha`, or 1), as the model kind does on the splits."""
+    jobs = sorted(set(pc.list_flatten(train.column("jobs")).drop_null().to_pylist()))
+    V = len(SPECIALS) + len(jobs)
+    model = TableMarkov(jobs, torch.zeros(V, V, dtype=torch.float64), 1.0)
+    counts = model.counts(train)
+    if valid is not None and alpha is None:
+        alpha, _ = choose_alpha(counts, model.counts(valid), ALPHAS)
+    model.alpha = alpha if alpha is not None else 1.0
+    model.log_table = smoothed_log_table(counts, model.alpha)
+    return model
