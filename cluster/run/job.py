@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cluster import flags
-from cluster.run.experiment import DatasetSpec, Experiment
+from cluster.run.experiment import Experiment
 from cluster.run.models import check_trainable
 from cluster.run.sizes import SIZES
 from cluster.run.step_list import (
@@ -33,6 +33,7 @@ from cluster.run.step_list import (
     trainings,
 )
 from cluster.settings import RaySettings, StorageSettings
+from cluster.specs import DatasetSpec
 from cluster.steps import Runner, StepLog, record_or_check
 from data_shards import storage
 from data_shards.errors import StructuralError

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cluster.run.experiment import BASELINE_KIND, Experiment, TrainSpec
+from cluster.run.experiment import BASELINE_KIND, Experiment
 from cluster.settings import RaySettings, Resources, StorageSettings, TrainingSettings
+from cluster.specs import TrainSpec
 from eval.run_layout import BASELINES, FINETUNED
 
 if TYPE_CHECKING:

@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.run.experiment import DatasetSpec, Experiment, TrainSpec
+from cluster.run.experiment import Experiment
 from cluster.run.models import model_spec, survey_models, train_settings
 from cluster.settings import TrainingSettings
+from cluster.specs import DatasetSpec, TrainSpec
 from cluster.steps import Step
 from data_shards import storage
 from data_shards.manifest import MANIFEST

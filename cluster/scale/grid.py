@@ -28,9 +28,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.run.experiment import DatasetSpec, TrainSpec
 from cluster.settings import Resources
 from cluster.spec_files import build_strict, read_mapping
+from cluster.specs import DatasetSpec, TrainSpec
 
 #: Architecture settings a model of the grid may give over its preset.
 WIDTHS = ("n_layer", "d_model", "n_head", "d_ff")
