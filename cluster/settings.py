@@ -1,9 +1,13 @@
-"""Typed settings of every `career` subcommand: one dataclass each, composed from shared parts.
+"""Typed settings: the parts several commands share, and the data and training commands' own.
 
-The parsers and `--help` are generated from these (`cluster.flags`); jobs take these objects, never
-an `argparse.Namespace`. Shared settings (Ray, storage, the input and its mapping) are declared
-once here and composed; domain settings are declared where they live (`ShardConfig`,
-`PanelMapping`, `ResumeOptions`, `TrainConfig`) and turned into flags from there.
+The parsers and `--help` are generated from settings dataclasses (`cluster.flags`); handlers take
+these objects, never an `argparse.Namespace`. The shared parts are declared once here and
+composed: `RaySettings`, `StorageSettings`, `Resources` (training workers), `InputSettings` and
+`SimulatorSettings`. The settings of `inspect`, `synth`, `shard`, `pretrain`/`finetune` and
+`export` live here too; every other command's settings live beside its handler
+(`cluster/*_job.py`, `cluster/run/job.py`, `cluster/scale/job.py`, `cluster/submit/`). Domain
+settings are declared where they live (`ShardConfig`, `PanelMapping`, `ResumeOptions`,
+`TrainConfig`) and turned into flags from there.
 """
 
 from __future__ import annotations
