@@ -12,6 +12,7 @@ is any package `trainer.package.load_model` opens (CAREER, a baseline, Markov): 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,36 +137,37 @@ class EvaluateSettings:
         return scores_url(self.out, model, dataset)
 
 
-def ray_scoring(settings: EvaluateSettings):
+def ray_scoring(settings: EvaluateSettings) -> Callable[[list], Iterator[Any]]:
     """`evaluate_models`' `score_all` on Ray: each request a task with the settings' CPUs and
-    GPUs (none when the cluster has fewer GPUs than a task asks for), under a progress bar."""
-    from cluster.ray_session import connect_ray
-    from cluster.report import console, progress
-    from cluster.tasks import as_completed
-    from eval.evaluate import run_request
+    GPUs (none when the cluster has fewer GPUs than a task asks for), under a progress bar. Ray
+    is joined when the scoring starts, after every input was checked."""
 
-    connect_ray(settings.ray.ray_address, settings.ray.num_cpus)
-    import ray
+    def score_all(requests: list) -> Iterator[Any]:
+        from cluster.console import console, progress
+        from cluster.ray_session import connect_ray
+        from cluster.tasks import as_completed
+        from eval.evaluate import run_request
 
-    gpus = settings.gpus_per_task
-    if gpus and ray.cluster_resources().get("GPU", 0) < gpus:
-        console.print(f"the Ray cluster has no {gpus:g} GPU for a task: scoring on CPUs")
-        gpus = 0
-    task = ray.remote(run_request).options(num_cpus=settings.cpus_per_task, num_gpus=gpus)
+        connect_ray(settings.ray.ray_address, settings.ray.num_cpus)
+        import ray
 
-    def score_all(requests: list) -> Any:
+        gpus = settings.gpus_per_task
+        if gpus and ray.cluster_resources().get("GPU", 0) < gpus:
+            console.print(f"the Ray cluster has no {gpus:g} GPU for a task: scoring on CPUs")
+            gpus = 0
+        task = ray.remote(run_request).options(num_cpus=settings.cpus_per_task, num_gpus=gpus)
         refs = [
             task.remote(request, device="cuda" if gpus else "cpu", threads=settings.cpus_per_task)
             for request in requests
         ]
-        return progress(as_completed(refs), len(refs), f"scoring ({len(refs)} model x dataset)")
+        yield from progress(as_completed(refs), len(refs), f"scoring ({len(refs)} model x dataset)")
 
     return score_all
 
 
 def print_comparisons(report: dict[str, Any]) -> None:
     """One comparison table per dataset of an `evaluate_models` report."""
-    from cluster.report import print_rows
+    from cluster.console import print_rows
     from eval import comparison_table as table
 
     for d, comparison in report["comparison"].items():
@@ -177,7 +179,7 @@ def print_comparisons(report: dict[str, Any]) -> None:
 
 
 def run_evaluate(settings: EvaluateSettings) -> int:
-    from cluster.report import console
+    from cluster.console import console
     from eval.evaluate import evaluate_models
 
     report = evaluate_models(

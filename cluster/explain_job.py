@@ -92,7 +92,7 @@ def _warn(text: str) -> None:
 
 
 def _explain_file(settings: ExplainSettings) -> int:
-    from cluster.report import console
+    from cluster.console import console
     from eval.explain_files import explain_file
 
     done = explain_file(

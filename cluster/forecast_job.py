@@ -105,7 +105,7 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 def print_forecast(result: dict[str, Any]) -> None:
     """The comparison table, then the reference's forecast vs realised rates per year."""
-    from cluster.report import console, print_rows
+    from cluster.console import console, print_rows
 
     models = result["models"]
     reference = result["reference"]
@@ -172,7 +172,7 @@ def _rate(entry: dict | None) -> str:
 def run_forecast(settings: ForecastSettings) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cluster.report import console, progress_console
+    from cluster.console import console, progress_console
     from eval.forecast.run import forecast_models
 
     if settings.future_education == "observed":

@@ -90,7 +90,7 @@ class PredictSettings:
 
 
 def run_predict(settings: PredictSettings) -> int:
-    from cluster.report import console, print_rows
+    from cluster.console import console, print_rows
     from eval.predict import predict_file, predict_history
 
     options = settings.storage.storage_options

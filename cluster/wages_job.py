@@ -120,7 +120,7 @@ def _interval(e: dict[str, Any], digits: int = 4) -> str:
 
 
 def print_table(result: dict[str, Any]) -> None:
-    from cluster.report import console, print_rows
+    from cluster.console import console, print_rows
 
     rows = [
         [
@@ -154,7 +154,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def print_gap(result: dict[str, Any]) -> None:
-    from cluster.report import console, print_rows
+    from cluster.console import console, print_rows
 
     names = {
         "raw": "raw",
@@ -206,7 +206,7 @@ def print_gap(result: dict[str, Any]) -> None:
 def run_wages(settings: WagesSettings) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cluster.report import console, progress_console
+    from cluster.console import console, progress_console
     from eval.comparison_table import to_json
     from eval.wages import wage_models
 
