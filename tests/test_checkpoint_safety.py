@@ -33,8 +33,8 @@ from data_shards.errors import StructuralError
 from data_shards.vocab import SPECIALS, Vocabulary
 from trainer import engine as ds_engine
 from trainer import rng, safe_load
-from trainer.checkpoint import CheckpointStore
-from trainer.checkpointing import Checkpointer
+from trainer.checkpoint_store import CheckpointStore
+from trainer.checkpointer import Checkpointer
 from trainer.config import OptimConfig, TrainConfig
 from trainer.distributed import run_info
 from trainer.elastic import ResumeSource

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from trainer import engine as ds_engine
-from trainer.checkpoint import CheckpointStore
+from trainer.checkpoint_store import CheckpointStore
 from trainer.distributed import RunInfo, all_gather, any_rank, from_rank0
 
 

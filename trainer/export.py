@@ -15,7 +15,7 @@ from data_shards import storage
 from data_shards.errors import StructuralError
 from data_shards.vocab import Vocabulary
 from trainer import engine as ds_engine
-from trainer.checkpoint import CheckpointStore, check_tag
+from trainer.checkpoint_store import CheckpointStore, check_tag
 from trainer.models.registry import config_from_dict
 from trainer.package import write_package
 

@@ -5,7 +5,7 @@ runs updates (`trainer.step`) and hands each one to the parts of the run, each w
 
     trainer.context        the resolved config, the dataset, the model (fresh or adapted)
     trainer.elastic        converting a checkpoint for another number of workers
-    trainer.checkpointing  saving with client state, and resuming (weights, optimizer, loader, RNG)
+    trainer.checkpointer   saving with client state, and resuming (weights, optimizer, loader, RNG)
     trainer.evaluation     validation perplexity, early stopping, which checkpoint is the best
     trainer.meter          loss, tokens/s and padded length between host syncs
     trainer.monitor        progress bar and TensorBoard on rank 0
@@ -26,8 +26,8 @@ import torch.distributed as dist
 
 from data_shards import storage
 from trainer import engine as ds_engine
-from trainer.checkpoint import tag_of
-from trainer.checkpointing import Checkpointer, TrainState
+from trainer.checkpoint_store import tag_of
+from trainer.checkpointer import Checkpointer, TrainState
 from trainer.config import TrainConfig, precision_record
 from trainer.context import RunContext, prepare, training_loader
 from trainer.elastic import prepare_resume

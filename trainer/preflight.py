@@ -24,7 +24,7 @@ def check_checkpoint(out: str, storage_options) -> None:
     """A run folder being resumed must hold a complete, readable latest checkpoint.
 
     Reads only: a fresh `--out` is left untouched (nothing is created by a refused command)."""
-    from trainer.checkpoint import CheckpointStore
+    from trainer.checkpoint_store import CheckpointStore
 
     store = CheckpointStore(out, storage_options)
     tag = store.latest()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eval.report import plots
+import eval.report.plots as plots
 from eval.report.render import Heading, Missing, Table, Text
 from eval.report.run import Run
 

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import eval.report.downstream as downstream
+import eval.report.plots as plots
 from eval import comparison_table as table
-from eval.report import downstream, plots
 from eval.report.render import Block, Heading, Image, Missing, Table, Text
 from eval.report.run import EVALUATION, Run, Survey
 

@@ -71,7 +71,7 @@ class CheckpointStore:
         remote one a private staging folder (made on first use unless `use_staging` gave one).
 
         A staging folder is a cache of the remote store: removed by `close`, at the latest when
-        the process exits (`trainer.checkpointing` closes it when training is done, since Ray
+        the process exits (`trainer.checkpointer` closes it when training is done, since Ray
         Train kills its workers without running exit handlers)."""
         if self._local is None:
             self._local = tempfile.mkdtemp(prefix="career-checkpoints-")

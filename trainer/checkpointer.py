@@ -4,7 +4,7 @@ A checkpoint is DeepSpeed's files for the tag `step{N:07d}` plus client state: e
 needs (update, tokens seen, the loader state and RNG states of every rank, the resolved config, the
 vocabulary hash, the validation history). Beside it rank 0 writes `career.json` and `vocab.json`,
 what `career export` needs without unpickling anything. Then the tag is uploaded (remote outputs),
-`latest.json` / `best.json` point at it, and old tags are pruned (`trainer.checkpoint`).
+`latest.json` / `best.json` point at it, and old tags are pruned (`trainer.checkpoint_store`).
 Resuming reads the files weights-only (`trainer.safe_load`, through `trainer.engine`).
 """
 
@@ -21,7 +21,7 @@ from data_shards.errors import StructuralError
 from data_shards.stream import CareerLoader
 from trainer import engine as ds_engine
 from trainer import rng
-from trainer.checkpoint import CheckpointStore, tag_of
+from trainer.checkpoint_store import CheckpointStore, tag_of
 from trainer.distributed import all_gather
 from trainer.elastic import ResumeSource, from_local_rank0, unshare_optimizer_steps
 
