@@ -52,6 +52,16 @@ def split_perplexity(
     return math.exp(nll / count) if count else float("nan")
 
 
+def package_perplexity(
+    package: str, data_url: str, split: str, tokens: int, storage_options=None
+) -> float:
+    """`split_perplexity` of the model a package holds (a scaling point's survey score)."""
+    from trainer.package import load_model
+
+    model = load_model(package, storage_options).model
+    return split_perplexity(model, data_url, split, tokens, storage_options)
+
+
 def fit_markov(
     model: markov.Markov,
     data_url: str,

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from cluster import flags
 from cluster.scale.grid import GRIDS, Study, from_dict, load
 from cluster.scale.layout import StudyLayout
-from cluster.scale.study import corpus_facts, run_study
+from cluster.scale.study import run_study
 from cluster.settings import RaySettings, StorageSettings
 from data_shards import storage
 from data_shards.errors import StructuralError
+from eval.scaling.corpus import corpus_facts
 
 
 def _numbers(text: str | None, what: str) -> list[int] | None:

@@ -63,8 +63,7 @@ def run_point(
     if not storage.exists(storage.join(out, "metrics.json"), storage_options):
         train_job.train(point_settings(study, point, data, out, address, storage_options))
     if survey is not None and not storage.exists(layout.survey_result(name), storage_options):
-        from trainer.closed_form import split_perplexity
-        from trainer.package import load_model
+        from trainer.closed_form import package_perplexity
 
         tuned = layout.finetune(name, study.survey.name)
         if not storage.exists(storage.join(tuned, "metrics.json"), storage_options):
@@ -81,9 +80,8 @@ def run_point(
                     storage_options=storage_options,
                 )
             )
-        model = load_model(storage.join(tuned, "package"), storage_options).model
-        test = split_perplexity(
-            model, survey, "test", study.finetune.tokens_per_update, storage_options
+        test = package_perplexity(
+            package_of(tuned), survey, "test", study.finetune.tokens_per_update, storage_options
         )
         write_json(
             layout.survey_result(name),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +26,7 @@ from cluster.scale.point import run_point
 from cluster.steps import Runner, record_or_check
 from data_shards import storage
 from data_shards.errors import StructuralError
+from eval.scaling.corpus import corpus_facts
 
 
 def check_study(layout: StudyLayout, study: Study, storage_options) -> bool:
@@ -40,30 +40,6 @@ def check_study(layout: StudyLayout, study: Study, storage_options) -> bool:
         storage_options,
         default=str,
     )
-
-
-def corpus_facts(data: str, storage_options) -> dict[str, Any]:
-    """What the plan and the fits need of the corpus: vocabulary sizes, mean train length, the
-    oracle floor (nats per job-year on valid, simulated corpora only)."""
-    from data_shards.dataset import covariates_of
-    from data_shards.manifest import load_manifest
-    from trainer.models.career import COVARIATES
-
-    manifest = load_manifest(data, storage_options)
-    vocab = json.loads(storage.read_text(storage.join(data, "vocab.json"), storage_options))
-    fields = vocab.get("fields", vocab)
-    covariates = covariates_of(manifest)
-    sizes = {"job": len(fields["job"]), **{c: len(fields[c]) for c in covariates}}
-    train = manifest.splits["train"]
-    oracle = (manifest.oracle_perplexity or {}).get("valid")
-    return {
-        "manifest": manifest,
-        "vocab_sizes": sizes,
-        "covariates": covariates if covariates != COVARIATES else None,
-        "train_people": int(train["people"]),
-        "mean_length": train["tokens"] / max(train["people"], 1),
-        "floor": math.log(oracle) if oracle else None,
-    }
 
 
 def shard_inputs(study: Study, layout: StudyLayout, storage_options, say) -> tuple[str, str | None]:
