@@ -1,5 +1,9 @@
 """The import direction of ARCHITECTURE.md: cluster -> eval -> trainer -> data_shards.
 
+Inside `data_shards` and `trainer` too, the parts are layered (`LAYERS`): a module imports its own
+layer or a lower one, never a back-arrow up. No module imports from the namespace of a package
+whose `__init__` imports that module (a cycle through the `__init__`).
+
 Checked two ways: an AST walk over every module of the four packages (every import counts, also
 one inside a function or under TYPE_CHECKING, since each is a dependency), and real imports in
 a fresh interpreter for what must stay light (no DeepSpeed, no Ray).
@@ -130,6 +134,159 @@ def test_the_cycle_finder_finds_a_cycle():
     finally:
         GRAPH["data_shards.vocab"] = imports_of("data_shards.vocab")
         GRAPH["data_shards.storage"] = imports_of("data_shards.storage")
+
+
+#: Inside a package, its parts in layers, lowest first: a module may import a module of its own
+#: layer or of a lower one. A part is a module or a subpackage (all of its modules); the package's
+#: own `__init__` is above every layer. A new module is declared here (`test_every_module_...`).
+LAYERS: dict[str, list[tuple[str, set[str]]]] = {
+    "data_shards": [
+        # the contracts: record, vocabulary, manifest, block encoding, splits, file access
+        (
+            "contracts",
+            {
+                "errors",
+                "schema",
+                "storage",
+                "blocks",
+                "vocab",
+                "splits",
+                "cutoff",
+                "manifest",
+                "quarantine",
+                "encode",
+            },
+        ),
+        # records in and out: the readers and formats, the simulator, writers, a dataset read back
+        ("records", {"readers", "synth", "formats", "inputs", "writers", "summary", "dataset"}),
+        # datasets made and streamed: the sharding job, the streaming loader
+        ("datasets", {"shard", "stream"}),
+    ],
+    "trainer": [
+        # the model kinds, pure nn.Modules, and their registry
+        ("models", {"models"}),
+        # what a run is made of, no DeepSpeed: config, devices, ranks, files of checkpoints and
+        # packages, unpickling, growing a model to a dataset
+        (
+            "parts",
+            {
+                "accelerator",
+                "rng",
+                "distributed",
+                "monitor",
+                "config",
+                "schedule",
+                "safe_load",
+                "checkpoint_store",
+                "package",
+                "finetune",
+            },
+        ),
+        # a run's machinery: the DeepSpeed engine, the run context, updates, validation,
+        # checkpointing and resuming, export
+        (
+            "run",
+            {
+                "engine",
+                "context",
+                "step",
+                "meter",
+                "evaluation",
+                "elastic",
+                "checkpointer",
+                "export",
+            },
+        ),
+        # the entry points: the training loop and its launchers, closed-form fits, the preflight
+        ("entry points", {"loop", "launch", "closed_form", "preflight"}),
+    ],
+}
+
+
+def layer_of(module: str) -> int | None:
+    """The index of `module`'s layer in its package (the package itself: above them all)."""
+    package, *rest = module.split(".")
+    layers = LAYERS[package]
+    if not rest:
+        return len(layers)
+    return next((i for i, (_, parts) in enumerate(layers) if rest[0] in parts), None)
+
+
+def back_arrows(package: str) -> list[tuple[str, str]]:
+    """(module, what it imports) of `package` that point to a higher layer."""
+    return sorted(
+        (module, target)
+        for module, targets in GRAPH.items()
+        if module.split(".")[0] == package
+        for target in targets
+        if target.split(".")[0] == package and layer_of(target) > layer_of(module)
+    )
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_every_module_has_a_layer(package):
+    undeclared = [m for m in MODULES if m.split(".")[0] == package and layer_of(m) is None]
+    assert not undeclared, f"declare them in LAYERS[{package!r}]"
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_no_back_arrow_inside_a_package(package):
+    names = [name for name, _ in LAYERS[package]]
+    assert not back_arrows(package), f"layers, lowest first: {names}"
+
+
+def test_the_layer_check_finds_a_back_arrow():
+    GRAPH["trainer.models.output"].add("trainer.config")
+    GRAPH["data_shards.vocab"].add("data_shards.stream.loader")
+    try:
+        assert ("trainer.models.output", "trainer.config") in back_arrows("trainer")
+        assert ("data_shards.vocab", "data_shards.stream.loader") in back_arrows("data_shards")
+    finally:
+        GRAPH["trainer.models.output"] = imports_of("trainer.models.output")
+        GRAPH["data_shards.vocab"] = imports_of("data_shards.vocab")
+
+
+def _reached(module: str) -> set[str]:
+    """Every module of ours that importing `module` runs."""
+    seen, todo = set(), [module]
+    while todo:
+        for target in GRAPH.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def through_init(module: str, tree: ast.AST) -> list[str]:
+    """The packages `module` (parsed as `tree`) imports names from while their `__init__`, which
+    imports `module`, is still running: `from pkg import sub` inside pkg, pkg/__init__ -> module."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            source = _resolve(module, node, MODULES[module].name == "__init__.py")
+            package = MODULES.get(source)
+            if (
+                package is not None
+                and package.name == "__init__.py"
+                and module.startswith(source + ".")
+                and module in _reached(source)
+            ):
+                found.append(source)
+    return found
+
+
+def test_no_import_through_a_packages_init():
+    bad = {}
+    for module, path in MODULES.items():
+        found = through_init(module, ast.parse(path.read_text(), filename=str(path)))
+        if found:
+            bad[module] = found
+    assert not bad, "import the submodule itself (from pkg.sub import name)"
+
+
+def test_the_init_check_finds_an_import_through_the_init():
+    planted = ast.parse("from eval.report import plots")
+    assert through_init("eval.report.sections", planted) == ["eval.report"]
 
 
 def imported_after(*modules: str) -> set[str]:
