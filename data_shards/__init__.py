@@ -1,5 +1,10 @@
 """Career records, from any input to streamed batches. Never imports trainer, eval or DeepSpeed.
 
+Three layers, each importing only itself and the layers before it (`LAYERS` in
+tests/test_imports.py): the contracts (the flat modules listed first, and cutoff.py, encode.py);
+records in and out (readers/, formats.py, inputs.py, synth/, writers.py, summary.py, dataset.py);
+datasets made and streamed (shard/, stream/).
+
 Contracts, one flat module each (what the other rooms rely on):
 
     schema.py      the career record (one Arrow schema)
@@ -23,6 +28,7 @@ Inputs:
 Datasets:
 
     encode.py      records <-> vocabulary ids, and the optional fields a dataset carries
+    dataset.py     a dataset read back: manifest (read once), vocabulary, manifest sha256
     shard/         the Ray sharding job (input -> shards + manifest); assumes Ray is initialised
-    stream/        the streaming loader (shards -> token-budget batches), resumable
+    stream/        the streaming loader (shards -> token-budget batches), resumable; `read_split`
 """
