@@ -22,6 +22,7 @@ from cluster import flags
 from cluster.evaluate_job import _named_urls
 from cluster.settings import StorageSettings
 from data_shards import storage
+from eval.forecast.protocol import FUTURE_EDUCATION
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class ForecastSettings:
         "carried",
         help="education in future years: carried forward from the cutoff, or read from the "
         "realised future as the public code does (observed: leaks information)",
-        choices=("carried", "observed"),
+        choices=FUTURE_EDUCATION,
     )
     seed: int = flags.option(0, help="seed of the paths and of the bootstrap")
     bootstrap: int = flags.option(

@@ -20,8 +20,7 @@ from cluster import flags
 from cluster.settings import StorageSettings
 from data_shards import storage
 from data_shards.schema import SPLITS
-
-GAP_FIELDS = ("gender", "ethnicity", "location")
+from eval.wages.gap import GAP_FIELDS
 
 
 def parse_gap(text: str) -> tuple[str, str | None, str | None]:

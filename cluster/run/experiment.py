@@ -65,7 +65,9 @@ class ForecastSpec:
     def __post_init__(self) -> None:
         if self.paths < 1:
             raise ValueError("forecast.paths must be at least 1")
-        if self.future_education not in ("carried", "observed"):
+        from eval.forecast.protocol import FUTURE_EDUCATION
+
+        if self.future_education not in FUTURE_EDUCATION:
             raise ValueError("forecast.future_education is carried or observed")
         if not self.models:
             raise ValueError("forecast.models needs at least one model")

@@ -23,7 +23,6 @@ from cluster.scale.study import run_study
 from cluster.settings import RaySettings, StorageSettings
 from data_shards import storage
 from data_shards.errors import StructuralError
-from eval.scaling.corpus import corpus_facts
 
 
 def _numbers(text: str | None, what: str) -> list[int] | None:
@@ -143,6 +142,8 @@ def print_plan(study: Study, s: ScaleSettings) -> None:
     options = s.storage.storage_options
     data = study.data or StudyLayout(storage.absolute(s.out)).dataset(study.corpus.name)
     if storage.exists(storage.join(data, "manifest.json"), options):
+        from eval.scaling.corpus import corpus_facts
+
         facts = corpus_facts(data, options)
         sizes, mean_length, source = (
             facts["vocab_sizes"],

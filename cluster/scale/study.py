@@ -26,7 +26,6 @@ from cluster.scale.point import run_point
 from cluster.steps import Runner, record_or_check
 from data_shards import storage
 from data_shards.errors import StructuralError
-from eval.scaling.corpus import corpus_facts
 
 
 def check_study(layout: StudyLayout, study: Study, storage_options) -> bool:
@@ -97,6 +96,8 @@ def run_study(
     address = connect_ray(ray_address, num_cpus)
     say(f"study {storage.redact(layout.url)}{' (resumed)' if resuming else ''}")
     data, survey = shard_inputs(study, layout, storage_options, say)
+    from eval.scaling.corpus import corpus_facts
+
     facts = corpus_facts(data, storage_options)
     try:
         prefix_of(facts["manifest"], "train", max(study.people))

@@ -73,6 +73,8 @@ from trainer.package import LoadedModel
 Z_95 = 1.959963984540054
 DEFAULT_FOLDS = 5
 #: Default (group, reference) of a field; other fields need both named.
+#: The person fields a wage gap can be measured by.
+GAP_FIELDS = ("gender", "ethnicity", "location")
 DEFAULT_GROUPS = {"gender": ("female", "male")}
 METHOD = (
     "partially linear model, partialling-out score; own cross-fitting over person folds with "
