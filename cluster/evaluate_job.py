@@ -2,7 +2,7 @@
 
 `career evaluate --model PKG … --data DATASET … --out OUT` scores every model on every dataset
 and compares them: `eval.evaluate.evaluate_models` checks every pair, scores each (here: each
-pair in its own Ray task, `cluster.tasks.as_completed`), writes scores/, transitions/,
+pair in its own Ray task, `data_shards.tasks.as_completed`), writes scores/, transitions/,
 metrics.json and table.md under OUT and returns the report, which this module prints. A model
 is any package `trainer.package.load_model` opens (CAREER, a baseline, Markov): named by
 `NAME=PKG`, else by its folder (`…/RUN/package` is named RUN). `--model` and `--data` repeat
@@ -145,7 +145,7 @@ def ray_scoring(settings: EvaluateSettings) -> Callable[[list], Iterator[Any]]:
     def score_all(requests: list) -> Iterator[Any]:
         from cluster.console import console, progress
         from cluster.ray_session import connect_ray
-        from cluster.tasks import as_completed
+        from data_shards.tasks import as_completed
         from eval.evaluate import run_request
 
         connect_ray(settings.ray.ray_address, settings.ray.num_cpus)
@@ -156,11 +156,14 @@ def ray_scoring(settings: EvaluateSettings) -> Callable[[list], Iterator[Any]]:
             console.print(f"the Ray cluster has no {gpus:g} GPU for a task: scoring on CPUs")
             gpus = 0
         task = ray.remote(run_request).options(num_cpus=settings.cpus_per_task, num_gpus=gpus)
-        refs = [
-            task.remote(request, device="cuda" if gpus else "cpu", threads=settings.cpus_per_task)
-            for request in requests
-        ]
-        yield from progress(as_completed(refs), len(refs), f"scoring ({len(refs)} model x dataset)")
+        refs = {
+            task.remote(
+                request, device="cuda" if gpus else "cpu", threads=settings.cpus_per_task
+            ): i
+            for i, request in enumerate(requests)
+        }
+        results = (result for _, result in as_completed(refs))
+        yield from progress(results, len(refs), f"scoring ({len(refs)} model x dataset)")
 
     return score_all
 

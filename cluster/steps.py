@@ -6,7 +6,7 @@ A long job is a list of steps, each finished when its marker file exists. The ru
 - skips a finished step, times the others and rewrites steps.json as each ends (`StepLog`,
   `Runner.step`);
 - runs Ray tasks side by side, as many as the cluster holds, and hands each result back as it
-  ends (`Runner.tasks`, on `cluster.tasks.as_completed`).
+  ends (`Runner.tasks`, on `data_shards.tasks.as_completed`).
 """
 
 from __future__ import annotations
@@ -101,25 +101,18 @@ class Runner:
         return result
 
     def tasks(
-        self,
-        items: Iterable[T],
-        submit: Callable[[T], Any],
-        key: Callable[[T], str],
-        result_key: Callable[[Any], str],
-        slots: int | None = None,
+        self, items: Iterable[T], submit: Callable[[T], Any], slots: int | None = None
     ) -> Iterator[tuple[T, Any]]:
         """Each item's task result as it ends, at most `slots` tasks running at once (all of
-        them when None), started in the order given; a result names its item (`result_key`
-        equals the item's `key`). An error of ours raised in a task is raised here as itself
-        (`cluster.tasks.as_completed`)."""
-        from cluster.tasks import as_completed
+        them when None), started in the order given; `submit(item)` starts its task. An error of
+        ours raised in a task is raised here as itself (`data_shards.tasks.as_completed`)."""
+        from data_shards.tasks import as_completed
 
         todo = list(items)
-        running: dict[str, tuple[T, Any]] = {}
+        running: dict[Any, T] = {}  # the task's object ref -> its item
         while todo or running:
             while todo and (slots is None or len(running) < slots):
                 item = todo.pop(0)
-                running[key(item)] = (item, submit(item))
-            result = next(as_completed(ref for _, ref in running.values()))
-            item, _ = running.pop(result_key(result))
-            yield item, result
+                running[submit(item)] = item
+            ref, result = next(as_completed({ref: ref for ref in running}))
+            yield running.pop(ref), result

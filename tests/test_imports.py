@@ -1,7 +1,7 @@
-"""The import direction of ARCHITECTURE.md: cluster -> eval -> trainer -> data_shards.
+"""The import direction of docs/ARCHITECTURE.md: cluster -> eval -> trainer -> data_shards.
 
-Inside `data_shards` and `trainer` too, the parts are layered (`LAYERS`): a module imports its own
-layer or a lower one, never a back-arrow up. No module imports from the namespace of a package
+Inside `data_shards`, `trainer` and `cluster` too, the parts are layered (`LAYERS`): a module
+imports its own layer or a lower one, never a back-arrow up. No module imports from the namespace of a package
 whose `__init__` imports that module (a cycle through the `__init__`).
 
 Checked two ways: an AST walk over every module of the four packages (every import counts, also
@@ -155,6 +155,7 @@ LAYERS: dict[str, list[tuple[str, set[str]]]] = {
                 "manifest",
                 "quarantine",
                 "encode",
+                "tasks",  # the one ray.wait loop (Ray imported only when it runs)
             },
         ),
         # records in and out: the readers and formats, the simulator, writers, a dataset read back
@@ -200,6 +201,42 @@ LAYERS: dict[str, list[tuple[str, set[str]]]] = {
         # the entry points: the training loop and its launchers, closed-form fits, the preflight
         ("entry points", {"loop", "launch", "closed_form", "preflight"}),
     ],
+    "cluster": [
+        # what every command shares: settings and flags, terminal output, Ray, guards, the step
+        # runner, the spec files of run and scale
+        (
+            "parts",
+            {
+                "flags",
+                "settings",
+                "console",
+                "ray_session",
+                "guards",
+                "steps",
+                "specs",
+                "spec_files",
+            },
+        ),
+        # one command each: its settings, one call, its terminal output
+        (
+            "jobs",
+            {
+                "synth_job",
+                "shard_job",
+                "train_job",
+                "evaluate_job",
+                "predict_job",
+                "explain_job",
+                "forecast_job",
+                "wages_job",
+                "report_job",
+            },
+        ),
+        # the commands that orchestrate others: career run, career scale, career submit and jobs
+        ("studies", {"run", "scale", "submit"}),
+        # the command line: the table of subcommands and main
+        ("commands", {"commands", "cli"}),
+    ],
 }
 
 
@@ -238,12 +275,15 @@ def test_no_back_arrow_inside_a_package(package):
 def test_the_layer_check_finds_a_back_arrow():
     GRAPH["trainer.models.output"].add("trainer.config")
     GRAPH["data_shards.vocab"].add("data_shards.stream.loader")
+    GRAPH["cluster.steps"].add("cluster.run.job")
     try:
         assert ("trainer.models.output", "trainer.config") in back_arrows("trainer")
         assert ("data_shards.vocab", "data_shards.stream.loader") in back_arrows("data_shards")
+        assert ("cluster.steps", "cluster.run.job") in back_arrows("cluster")
     finally:
         GRAPH["trainer.models.output"] = imports_of("trainer.models.output")
         GRAPH["data_shards.vocab"] = imports_of("data_shards.vocab")
+        GRAPH["cluster.steps"] = imports_of("cluster.steps")
 
 
 def _reached(module: str) -> set[str]:
@@ -357,6 +397,11 @@ ONE_PLACE = [
             and node.value in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
         ),
     ),
+    (
+        "waiting on Ray tasks",
+        "data_shards.tasks",
+        lambda node: isinstance(node, ast.Call) and _dotted(node.func) == "ray.wait",
+    ),
     # A checkpoint is a pickle: one module reads them, weights-only with an allow-list.
     (
         "unpickling",
@@ -393,3 +438,53 @@ def test_one_place_for_each_cross_cutting_fact(what, home, found):
         if any(found(node) for node in ast.walk(tree)):
             holders.add(module)
     assert holders == {home}, f"{what}: {sorted(holders)}"
+
+
+#: What a module of `cluster` never does itself: compute with tensors or arrays, or open a model
+#: package, a dataset or a split. A command turns settings into one call of an `eval` use case (or
+#: a `trainer` / `data_shards` entry point) and prints what it returns.
+NUMERIC_LIBRARIES = {"torch", "numpy", "pyarrow", "pandas", "scipy", "sklearn"}
+MODEL_AND_DATA_CALLS = {
+    "load_model",
+    "load_dataset",
+    "load_package",
+    "read_split",
+    "CareerLoader",
+    "read_scores",
+    "build_model",
+    "model_for",
+    "score_split",
+}
+
+
+def logic_in(tree: ast.AST) -> list[str]:
+    """The numeric imports and the model or data calls in a parsed module."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.split(".")[0] in NUMERIC_LIBRARIES]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            if (node.module or "").split(".")[0] in NUMERIC_LIBRARIES:
+                found.append(node.module)
+        elif isinstance(node, ast.Call):
+            name = _dotted(node.func).rsplit(".", 1)[-1]
+            if name in MODEL_AND_DATA_CALLS:
+                found.append(f"{name}()")
+    return found
+
+
+def test_cluster_holds_no_model_data_or_metric_logic():
+    bad = {}
+    for module, path in MODULES.items():
+        if module.split(".")[0] == "cluster":
+            found = logic_in(ast.parse(path.read_text(), filename=str(path)))
+            if found:
+                bad[module] = found
+    assert not bad, "move it into eval/, trainer/ or data_shards/ and call that"
+
+
+def test_the_logic_check_finds_numeric_code_and_a_model_load():
+    planted = ast.parse(
+        "import numpy as np\nfrom torch import nn\nloaded = trainer.package.load_model(url)"
+    )
+    assert logic_in(planted) == ["numpy", "torch", "load_model()"]

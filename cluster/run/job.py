@@ -104,8 +104,6 @@ def run_experiment(
     surveys = runner.tasks(
         pending,
         lambda name: task.remote(experiment.to_dict(), name, layout.url, address, storage_options),
-        key=lambda name: name,
-        result_key=lambda result: result["survey"],
     )
     for name, result in surveys:
         seconds = time.perf_counter() - started

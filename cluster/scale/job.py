@@ -137,7 +137,8 @@ class ScaleSettings:
 
 def print_plan(study: Study, s: ScaleSettings) -> None:
     from cluster.console import console, print_rows
-    from cluster.scale.plan import SAMPLE_PEOPLE, plan, plan_table, sample_corpus, slots_for, totals
+    from cluster.scale.plan import plan, plan_table, slots_for, totals
+    from eval.scaling.sizes import SAMPLE_PEOPLE, sample_corpus
 
     options = s.storage.storage_options
     data = study.data or StudyLayout(storage.absolute(s.out)).dataset(study.corpus.name)

@@ -123,8 +123,6 @@ def run_study(
         lambda point: task.remote(
             study.to_dict(), point.name, layout.url, data, survey, address, storage_options
         ),
-        key=lambda point: point.name,
-        result_key=lambda result: result["point"],
         slots=slots,
     )
     for point, result in finished:

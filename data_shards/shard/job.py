@@ -15,8 +15,7 @@ or CPUs, so reruns are byte-identical.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from data_shards import storage
 from data_shards.errors import StructuralError
@@ -26,9 +25,8 @@ from data_shards.shard.commit import Commit, Outputs, commit, stage_plan
 from data_shards.shard.config import Progress, ShardConfig, ShardResult, code_version
 from data_shards.shard.plan import BlockSummary, DatasetPlan, plan_dataset, read_and_split
 from data_shards.shard.write import WriteContext, write_task
+from data_shards.tasks import as_completed
 from data_shards.vocab import Vocabulary
-
-K = TypeVar("K")
 
 
 def shard_dataset(
@@ -152,15 +150,6 @@ def _check_cutoff(
         )
 
 
-def _as_completed(ray, refs: dict[Any, K]) -> Iterator[tuple[K, Any]]:
-    """(key, result) of each Ray task of `refs` (ref -> key), in the order the tasks finish."""
-    pending = dict(refs)
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            yield pending.pop(ref), ray.get(ref)
-
-
 def _read_pass(
     ray,
     spec: InputSpec,
@@ -176,7 +165,7 @@ def _read_pass(
     done: dict[int, BlockSummary] = {}
     people = 0
     try:
-        for index, summary in _as_completed(ray, {r[0]: i for i, r in enumerate(refs)}):
+        for index, summary in as_completed({r[0]: i for i, r in enumerate(refs)}):
             done[index] = summary
             people += summary.people_read
             progress("read", len(done), len(blocks), people)
@@ -211,7 +200,7 @@ def _write_pass(
         drop_rows = [plan.drops.get((s.block, task.split)) for s in task.segments]
         tables = [table_refs[s.block] for s in task.segments]  # per-split dicts, resolved by Ray
         futures[shard_task.remote(context, task, drop_rows, *tables)] = task
-    for task, output in _as_completed(ray, futures):
+    for task, output in as_completed(futures):
         outputs[(task.split, task.index)] = output
         people += output.info.people
         progress("write", len(outputs), len(plan.tasks), people)
