@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from cluster import flags
 from cluster.settings import StorageSettings
 from data_shards import storage
+from eval.run_layout import STEP_FOLDERS
 
 
 @dataclass(kw_only=True)
@@ -41,10 +42,7 @@ class ReportSettings:
 
     def paths_read(self) -> dict[str, str | None]:
         """The run's step outputs: the report folder may lie in RUN, not in what it reads."""
-        return {
-            f"RUN/{step}": storage.join(self.run, step)
-            for step in ("datasets", "pretrain", "surveys")
-        }
+        return {f"RUN/{step}": storage.join(self.run, step) for step in STEP_FOLDERS}
 
     def paths_written(self) -> dict[str, str | None]:
         return {"--out": self.out}

@@ -18,6 +18,7 @@ from cluster.console import console, print_rows
 from cluster.settings import ExportSettings, TrainingSettings
 from data_shards import storage
 from data_shards.errors import StructuralError
+from eval.run_layout import METRICS
 from trainer.accelerator import accelerator_env
 from trainer.launch import ERROR_FILE_ENV
 
@@ -73,7 +74,7 @@ def _worker_failure(folder: str) -> Exception:
 
 def _outcome(settings: TrainingSettings) -> dict[str, Any]:
     """A launched run's metrics.json, or `{"stopped_at": N}` when `--stop-after` ended it."""
-    metrics_url = storage.join(settings.out, "metrics.json")
+    metrics_url = storage.join(settings.out, METRICS)
     if settings.stop_after and not storage.exists(metrics_url, settings.storage_options):
         return {"stopped_at": settings.stop_after}
     return json.loads(storage.read_text(metrics_url, settings.storage_options))

@@ -206,7 +206,6 @@ def run_wages(settings: WagesSettings) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cluster.console import console, progress_console
-    from eval.comparison_table import to_json
     from eval.wages import wage_models
 
     options = settings.storage.storage_options
@@ -241,7 +240,7 @@ def run_wages(settings: WagesSettings) -> int:
     gap = settings.gap_spec is not None
     result = {"wage_gap": found["gap"]} if gap else {"wage_table": found["table"]}
     if settings.out:
-        storage.write_bytes_atomic(settings.out, to_json(result).encode(), options)
+        storage.write_json(settings.out, result, options)
     if gap:
         print_gap(result["wage_gap"])
     else:

@@ -11,13 +11,13 @@ Everything is computed from scores tables (`eval.metrics`); `markdown` and `to_j
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
 
+from data_shards import storage
 from eval import metrics
 
 ORACLE = "oracle"
@@ -172,4 +172,5 @@ def markdown(tables: Mapping[str, dict[str, Any]], split: str) -> str:
 
 
 def to_json(value: Any) -> str:
-    return json.dumps(value, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    """A comparison (or a report holding them) in the JSON form of our files."""
+    return storage.json_text(value)

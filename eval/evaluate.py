@@ -26,6 +26,7 @@ from typing import Any
 from data_shards import storage
 from data_shards.dataset import load_dataset
 from eval import comparison_table, metrics
+from eval.run_layout import METRICS
 from eval.scores import DEFAULT_TOKENS_PER_BATCH, check_compatible, read_scores, score_package
 from eval.transitions import DEFAULT_JOBS
 from trainer.package import read_package_info
@@ -164,9 +165,5 @@ def evaluate_models(
         comparison_table.markdown(comparisons, split).encode(),
         storage_options,
     )
-    storage.write_bytes_atomic(
-        storage.join(out, "metrics.json"),
-        comparison_table.to_json(report).encode(),
-        storage_options,
-    )
+    storage.write_json(storage.join(out, METRICS), report, storage_options)
     return report

@@ -311,9 +311,5 @@ def score_package(
     described = describe(table)
     if transitions is not None and transitions_url:
         payload = {**transitions.to_dict(dataset.vocab), **described}
-        storage.write_bytes_atomic(
-            transitions_url,
-            (json.dumps(payload, indent=1, sort_keys=True, allow_nan=False) + "\n").encode(),
-            storage_options,
-        )
+        storage.write_json(transitions_url, payload, storage_options)
     return described

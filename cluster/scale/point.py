@@ -13,7 +13,7 @@ from cluster.scale.grid import Point, Study, from_dict
 from cluster.scale.layout import StudyLayout, write_json
 from cluster.settings import TrainingSettings
 from data_shards import storage
-from eval.run_layout import package_of
+from eval.run_layout import METRICS, package_of
 
 
 def point_settings(
@@ -60,13 +60,13 @@ def run_point(
     layout = StudyLayout(url)
     out = layout.point(name)
     started = time.perf_counter()
-    if not storage.exists(storage.join(out, "metrics.json"), storage_options):
+    if not storage.exists(storage.join(out, METRICS), storage_options):
         train_job.train(point_settings(study, point, data, out, address, storage_options))
     if survey is not None and not storage.exists(layout.survey_result(name), storage_options):
         from trainer.closed_form import package_perplexity
 
         tuned = layout.finetune(name, study.survey.name)
-        if not storage.exists(storage.join(tuned, "metrics.json"), storage_options):
+        if not storage.exists(storage.join(tuned, METRICS), storage_options):
             train_job.train(
                 train_settings(
                     study.finetune,

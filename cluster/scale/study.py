@@ -26,6 +26,7 @@ from cluster.scale.point import run_point
 from cluster.steps import Runner, record_or_check
 from data_shards import storage
 from data_shards.errors import StructuralError
+from eval.run_layout import METRICS
 
 
 def check_study(layout: StudyLayout, study: Study, storage_options) -> bool:
@@ -135,7 +136,7 @@ def run_study(
 
 
 def _point_done(layout: StudyLayout, point: Point, survey: str | None, storage_options) -> bool:
-    if not storage.exists(storage.join(layout.point(point.name), "metrics.json"), storage_options):
+    if not storage.exists(storage.join(layout.point(point.name), METRICS), storage_options):
         return False
     return survey is None or storage.exists(layout.survey_result(point.name), storage_options)
 
@@ -152,7 +153,7 @@ def write_results(
 
     table = []
     for point in study.points():
-        metrics_url = storage.join(layout.point(point.name), "metrics.json")
+        metrics_url = storage.join(layout.point(point.name), METRICS)
         if not storage.exists(metrics_url, storage_options):
             continue
         metrics = json.loads(storage.read_text(metrics_url, storage_options))

@@ -51,11 +51,6 @@ def rates_url(out: str, name: str) -> str:
     return storage.join(out, "rates", f"{name}.json")
 
 
-def _write_json(url: str, value: Any, storage_options) -> None:
-    text = json.dumps(value, indent=1, sort_keys=True, allow_nan=False) + "\n"
-    storage.write_bytes_atomic(url, text.encode(), storage_options)
-
-
 def describe_people(people: ForecastPeople) -> dict[str, Any]:
     """Who was scored and how (for the summary and the report)."""
     return {
@@ -147,7 +142,7 @@ def forecast_loaded(
     scores = scores.replace_schema_metadata({b"career_forecast": json.dumps(described)})
     rates = path_rates(forecast, people, states)
     write_scores(scores, scores_url(out, name), storage_options)
-    _write_json(rates_url(out, name), rates, storage_options)
+    storage.write_json(rates_url(out, name), rates, storage_options)
     summary = summarize(scores, rates, bootstrap=bootstrap, seed=seed)
     return {**summary, **described}
 
@@ -185,7 +180,7 @@ def compare(
     png = plots.forecast_rates(summaries, title or f"forecast after {cutoff}")
     if png is not None:
         storage.write_bytes_atomic(storage.join(out, PLOT), png, storage_options)
-    _write_json(storage.join(out, SUMMARY), result, storage_options)
+    storage.write_json(storage.join(out, SUMMARY), result, storage_options)
     return result
 
 
