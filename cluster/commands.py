@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster import (
+    data_settings,
     evaluate_job,
     explain_job,
     flags,
     forecast_job,
     predict_job,
     report_job,
-    settings,
+    train_settings,
     wages_job,
 )
 from cluster.run import job as run_job
@@ -67,7 +68,7 @@ class Command:
 
 
 # ----------------------------------------------------------------------------- handlers
-def run_inspect(settings: settings.InspectSettings) -> int:
+def run_inspect(settings: data_settings.InspectSettings) -> int:
     from cluster.console import print_summary
     from data_shards.quarantine import write_quarantine
     from data_shards.readers import read
@@ -91,7 +92,7 @@ def run_inspect(settings: settings.InspectSettings) -> int:
     return 0
 
 
-def run_synth(settings: settings.SynthSettings) -> int:
+def run_synth(settings: data_settings.SynthSettings) -> int:
     from cluster.synth_job import run_synth as synth
 
     synth(
@@ -106,20 +107,20 @@ def run_synth(settings: settings.SynthSettings) -> int:
     return 0
 
 
-def run_shard(settings: settings.ShardSettings) -> int:
+def run_shard(settings: data_settings.ShardSettings) -> int:
     from cluster.shard_job import run_shard as shard
 
     shard(settings)
     return 0
 
 
-def run_training(settings: settings.TrainingSettings) -> int:
+def run_training(settings: train_settings.TrainingSettings) -> int:
     from cluster.train_job import run_training as train
 
     return train(settings)
 
 
-def run_export(settings: settings.ExportSettings) -> int:
+def run_export(settings: train_settings.ExportSettings) -> int:
     from cluster.train_job import run_export as export
 
     return export(settings)
@@ -130,7 +131,7 @@ def _recipe_defaults(recipe: str) -> dict[str, Any]:
     from trainer.config import make_config
 
     config = make_config(recipe)
-    shown = {name: getattr(config, name) for name in settings.TRAIN_FLAGS}
+    shown = {name: getattr(config, name) for name in train_settings.TRAIN_FLAGS}
     if recipe == "finetune":
         shown["preset"] = "the package's"
     return shown
@@ -141,12 +142,12 @@ def _training_flags(recipe: str) -> Callable[[argparse.ArgumentParser], None]:
         from trainer.config import TrainConfig
 
         base = {"base": {"required": True}} if recipe == "finetune" else {"base": {"skip": True}}
-        flags.add_flags(parser, settings.TrainingSettings, adjust=base)
+        flags.add_flags(parser, train_settings.TrainingSettings, adjust=base)
         group = parser.add_argument_group(f"training recipe ({recipe}; others as KEY=VALUE)")
         flags.add_flags(
             group,
             TrainConfig,
-            only=settings.TRAIN_FLAGS,
+            only=train_settings.TRAIN_FLAGS,
             optional=True,
             defaults=_recipe_defaults(recipe),
         )
@@ -154,14 +155,16 @@ def _training_flags(recipe: str) -> Callable[[argparse.ArgumentParser], None]:
     return add
 
 
-def _training_settings(recipe: str) -> Callable[[argparse.Namespace], settings.TrainingSettings]:
-    def make(namespace: argparse.Namespace) -> settings.TrainingSettings:
+def _training_settings(
+    recipe: str,
+) -> Callable[[argparse.Namespace], train_settings.TrainingSettings]:
+    def make(namespace: argparse.Namespace) -> train_settings.TrainingSettings:
         from trainer.config import TrainConfig, make_config
 
-        chosen = flags.given(namespace, TrainConfig, settings.TRAIN_FLAGS)
+        chosen = flags.given(namespace, TrainConfig, train_settings.TRAIN_FLAGS)
         preset = chosen.pop("preset", None)
         config = make_config(recipe, preset, namespace.overrides, **chosen)
-        return flags.build(settings.TrainingSettings, namespace, recipe=recipe, config=config)
+        return flags.build(train_settings.TrainingSettings, namespace, recipe=recipe, config=config)
 
     return make
 
@@ -175,24 +178,24 @@ COMMANDS: dict[str, Command] = {
     ),
     "synth": Command(
         "simulate careers (resumes, NLSY79, NLSY97, PSID) with their oracle",
-        settings.SynthSettings,
+        data_settings.SynthSettings,
         run_synth,
     ),
     "inspect": Command(
         "summarise an input corpus before training",
-        settings.InspectSettings,
+        data_settings.InspectSettings,
         run_inspect,
         adjust=_format_flag(READABLE_FORMATS, input_required=True),
     ),
     "shard": Command(
         "shard an input into streaming webdataset tarballs with a Ray job",
-        settings.ShardSettings,
+        data_settings.ShardSettings,
         run_shard,
         adjust=_format_flag(ALL_FORMATS, input_required=False),
     ),
     "pretrain": Command(
         "pretrain CAREER with DeepSpeed ZeRO",
-        settings.TrainingSettings,
+        train_settings.TrainingSettings,
         run_training,
         add=_training_flags("pretrain"),
         make=_training_settings("pretrain"),
@@ -201,7 +204,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "finetune": Command(
         "fine-tune a model package on a survey dataset",
-        settings.TrainingSettings,
+        train_settings.TrainingSettings,
         run_training,
         add=_training_flags("finetune"),
         make=_training_settings("finetune"),
@@ -209,7 +212,7 @@ COMMANDS: dict[str, Command] = {
         "extends the package's.",
     ),
     "export": Command(
-        "consolidate a checkpoint into a model package", settings.ExportSettings, run_export
+        "consolidate a checkpoint into a model package", train_settings.ExportSettings, run_export
     ),
     "evaluate": Command(
         "score model packages on datasets and compare them (per-token scores, metrics, table)",

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import flags
-from cluster.predict_job import given_covariates
-from cluster.settings import StorageSettings
+from cluster.settings import Covariates, StorageSettings
 from data_shards import storage
 
 
@@ -43,16 +42,7 @@ class ExplainSettings:
     year: int | None = flags.option(
         None, help="the year explained (default: the history's last year + 1)", metavar="YEAR"
     )
-    education: str | None = flags.option(
-        None,
-        help="highest degree: one for every year, or one per history year (and the explained "
-        "year), space-separated",
-        metavar="DEGREE",
-    )
-    location: str | None = flags.option(None, help="state of residence", metavar="CODE")
-    gender: str | None = flags.option(None, help="gender", metavar="CODE")
-    ethnicity: str | None = flags.option(None, help="race/ethnicity", metavar="CODE")
-    birth_year: int | None = flags.option(None, help="birth year", metavar="YEAR")
+    person: Covariates = field(default_factory=Covariates)
     input: str | None = flags.option(
         None,
         help='JSON Lines, one person per line, as career predict reads them ({"history": …} '
@@ -78,7 +68,7 @@ class ExplainSettings:
             raise ValueError("--out goes with --input; --history prints its rationale")
 
     def covariates(self) -> dict[str, Any]:
-        return given_covariates(self)
+        return self.person.given()
 
     def paths_read(self) -> dict[str, str | None]:
         return {"--model": self.model, "--input": self.input}

@@ -13,22 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import flags
-from cluster.settings import StorageSettings
+from cluster.settings import Covariates, StorageSettings
 from data_shards import storage
-
-
-def given_covariates(settings: Any) -> dict[str, Any]:
-    """The covariate flags a person-level command was given (`career predict`, `career
-    explain`): static ones as they are, `--education` one degree or one per year."""
-    given: dict[str, Any] = {
-        name: getattr(settings, name)
-        for name in ("location", "gender", "ethnicity", "birth_year")
-        if getattr(settings, name) is not None
-    }
-    if settings.education:
-        degrees = settings.education.split()
-        given["education"] = degrees[0] if len(degrees) == 1 else tuple(degrees)
-    return given
 
 
 @dataclass(kw_only=True)
@@ -45,16 +31,7 @@ class PredictSettings:
     year: int | None = flags.option(
         None, help="the year to predict (default: the history's last year + 1)", metavar="YEAR"
     )
-    education: str | None = flags.option(
-        None,
-        help="highest degree: one for every year, or one per history year (and the predicted "
-        'year), space-separated, e.g. "high_school high_school bachelors"',
-        metavar="DEGREE",
-    )
-    location: str | None = flags.option(None, help="state of residence", metavar="CODE")
-    gender: str | None = flags.option(None, help="gender", metavar="CODE")
-    ethnicity: str | None = flags.option(None, help="race/ethnicity", metavar="CODE")
-    birth_year: int | None = flags.option(None, help="birth year", metavar="YEAR")
+    person: Covariates = field(default_factory=Covariates)
     top_k: int = flags.option(10, help="how many jobs to show", metavar="K")
     input: str | None = flags.option(
         None,
@@ -80,7 +57,7 @@ class PredictSettings:
             raise ValueError(f"--top-k must be at least 1, not {self.top_k}")
 
     def covariates(self) -> dict[str, Any]:
-        return given_covariates(self)
+        return self.person.given()
 
     def paths_read(self) -> dict[str, str | None]:
         return {"--model": self.model, "--input": self.input}

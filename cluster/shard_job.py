@@ -7,8 +7,8 @@ import time
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cluster.console import console, print_rows, progress_console
+from cluster.data_settings import ShardSettings
 from cluster.ray_session import connect_ray
-from cluster.settings import ShardSettings
 from data_shards import storage
 from data_shards.inputs import InputSpec
 from data_shards.shard import ShardResult, shard_dataset

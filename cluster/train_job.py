@@ -15,7 +15,7 @@ import tempfile
 from typing import Any
 
 from cluster.console import console, print_rows
-from cluster.settings import ExportSettings, TrainingSettings
+from cluster.train_settings import ExportSettings, TrainingSettings
 from data_shards import storage
 from data_shards.errors import StructuralError
 from eval.run_layout import METRICS

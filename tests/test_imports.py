@@ -209,6 +209,8 @@ LAYERS: dict[str, list[tuple[str, set[str]]]] = {
             {
                 "flags",
                 "settings",
+                "data_settings",
+                "train_settings",
                 "console",
                 "ray_session",
                 "guards",

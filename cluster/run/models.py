@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cluster.run.experiment import BASELINE_KIND, Experiment
-from cluster.settings import RaySettings, Resources, StorageSettings, TrainingSettings
+from cluster.settings import RaySettings, Resources, StorageSettings
 from cluster.specs import TrainSpec
+from cluster.train_settings import TrainingSettings
 from eval.run_layout import BASELINES, FINETUNED
 
 if TYPE_CHECKING:

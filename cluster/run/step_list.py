@@ -18,9 +18,9 @@ from typing import Any
 
 from cluster.run.experiment import Experiment
 from cluster.run.models import model_spec, survey_models, train_settings
-from cluster.settings import TrainingSettings
 from cluster.specs import DatasetSpec, TrainSpec
 from cluster.steps import Step
+from cluster.train_settings import TrainingSettings
 from data_shards import storage
 from data_shards.manifest import MANIFEST
 from eval.run_layout import DOWNSTREAM, METRICS, RunLayout, package_of

@@ -11,7 +11,7 @@ from typing import Any
 from cluster.run.models import train_settings
 from cluster.scale.grid import Point, Study, from_dict
 from cluster.scale.layout import StudyLayout, write_json
-from cluster.settings import TrainingSettings
+from cluster.train_settings import TrainingSettings
 from data_shards import storage
 from eval.run_layout import METRICS, package_of
 
