@@ -4,7 +4,7 @@ smallest set of past years that alone makes the model predict a job as its top c
 A CAREER model fine-tuned with word dropout (`model.word_dropout=0.5`, the paper's mixture) has
 learned to predict from any subset of a history: training hid random history positions from
 attention. Greedy rationalization hides them on purpose, with the same mask
-(`batch["visible"]`, `trainer.model.Career.represent`): it starts from no past year, then adds
+(`batch["visible"]`, `trainer.models.career.Career.represent`): it starts from no past year, then adds
 the year whose addition raises the target's probability most, until the target is the model's
 top job given only the kept years.
 

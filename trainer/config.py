@@ -245,7 +245,7 @@ def precision_record(resolved: TrainConfig) -> dict[str, str]:
     }
 
 
-#: The paper's recipes (DOMAIN.md).
+#: The paper's recipes (Vafa et al., TMLR 2024: its pretraining and fine-tuning settings).
 RECIPES: dict[str, dict[str, Any]] = {
     "pretrain": {"optim": {"lr": 5e-4, "warmup_updates": 4000}, "updates": 85_000},
     "finetune": {"optim": {"lr": 1e-4, "warmup_updates": 500}, "updates": 5_000, "patience": 5},

@@ -16,7 +16,7 @@ or flags, a dataclass underneath.
     cpus_per_worker: 1
     gpus_per_worker: 0
 
-Every key is checked, as in `career run`'s experiment file (`cluster.experiment`), whose dataset
+Every key is checked, as in `career run`'s experiment file (`cluster.run.experiment`), whose dataset
 and training sections this reuses. `--grid small|paper` starts from a built-in grid (`GRIDS`).
 """
 

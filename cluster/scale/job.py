@@ -56,7 +56,7 @@ class ScaleSettings:
     )
     config: str | None = flags.option(
         None,
-        help="grid file (YAML; see cluster/scale_grid.py); default: --grid",
+        help="grid file (YAML; see cluster/scale/grid.py); default: --grid",
         metavar="FILE",
         path=True,
     )

@@ -1,7 +1,7 @@
 """Monte Carlo futures of careers: P paths per person sampled year by year from a CAREER model.
 
-The paper's forecasting protocol (DOMAIN.md, "Forecasting"): from each person's true history up to
-the cutoff, each path draws next year's job from the model's two-stage distribution (the model's
+The paper's forecasting protocol (Vafa et al., TMLR 2024, "Forecasting"): from each person's
+true history up to the cutoff, each path draws next year's job from the model's two-stage distribution (the model's
 own `next_log_probs`, so `<pad>`/`<bos>`/`<unk>` are what the model makes them), feeds it back as
 the next input, and goes on through the person's observed future waves (biennial gaps stay: the
 steps are waves, their calendar years come from the data). Per person and future step we keep the
