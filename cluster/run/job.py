@@ -103,7 +103,13 @@ def run_experiment(
     started = time.perf_counter()
     surveys = runner.tasks(
         pending,
-        lambda name: task.remote(experiment.to_dict(), name, layout.url, address, storage_options),
+        lambda name: task.remote(
+            experiment.to_dict(),
+            name,
+            run_url=layout.url,
+            ray_address=address,
+            storage_options=storage_options,
+        ),
     )
     for name, result in surveys:
         seconds = time.perf_counter() - started

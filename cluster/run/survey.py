@@ -17,6 +17,7 @@ from eval.run_layout import METRICS, RunLayout, finished
 def survey_task(
     experiment_dict: dict[str, Any],
     survey: str,
+    *,
     run_url: str,
     ray_address: str | None,
     storage_options: dict | None,

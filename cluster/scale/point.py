@@ -17,7 +17,7 @@ from eval.run_layout import METRICS, package_of
 
 
 def point_settings(
-    study: Study, point: Point, data: str, out: str, address: str | None, storage_options
+    study: Study, point: Point, *, data: str, out: str, address: str | None, storage_options
 ) -> TrainingSettings:
     """The `career pretrain` settings of one point: its model on the first `people` people."""
     spec = dataclasses.replace(
@@ -45,6 +45,7 @@ def point_settings(
 def run_point(
     study_dict: dict[str, Any],
     name: str,
+    *,
     url: str,
     data: str,
     survey: str | None,
@@ -61,7 +62,11 @@ def run_point(
     out = layout.point(name)
     started = time.perf_counter()
     if not storage.exists(storage.join(out, METRICS), storage_options):
-        train_job.train(point_settings(study, point, data, out, address, storage_options))
+        train_job.train(
+            point_settings(
+                study, point, data=data, out=out, address=address, storage_options=storage_options
+            )
+        )
     if survey is not None and not storage.exists(layout.survey_result(name), storage_options):
         from trainer.closed_form import package_perplexity
 

@@ -122,7 +122,13 @@ def run_study(
     finished = Runner(say=say).tasks(
         todo,
         lambda point: task.remote(
-            study.to_dict(), point.name, layout.url, data, survey, address, storage_options
+            study.to_dict(),
+            point.name,
+            url=layout.url,
+            data=data,
+            survey=survey,
+            address=address,
+            storage_options=storage_options,
         ),
         slots=slots,
     )
