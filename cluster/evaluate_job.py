@@ -181,11 +181,12 @@ def print_comparisons(report: dict[str, Any]) -> None:
         )
 
 
-def run_evaluate(settings: EvaluateSettings) -> int:
-    from cluster.console import console
+def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
+    """`eval.evaluate.evaluate_models` with the command's settings, scoring as Ray tasks; the
+    metrics.json report (nothing printed but the progress bar)."""
     from eval.evaluate import evaluate_models
 
-    report = evaluate_models(
+    return evaluate_models(
         settings.models,
         settings.datasets,
         settings.out,
@@ -198,6 +199,12 @@ def run_evaluate(settings: EvaluateSettings) -> int:
         storage_options=settings.storage_options,
         score_all=ray_scoring(settings),
     )
+
+
+def run_evaluate(settings: EvaluateSettings) -> int:
+    from cluster.console import console
+
+    report = evaluate(settings)
     print_comparisons(report)
     console.print(f"scores, metrics.json and table.md in {storage.redact(settings.out)}")
     return 0

@@ -170,11 +170,36 @@ def _rate(entry: dict | None) -> str:
     return f"{entry['forecast']:.3f}{band} vs {entry['realised']:.3f}"
 
 
+def forecast(
+    settings: ForecastSettings,
+    *,
+    title: str | None = None,
+    on_progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
+) -> dict[str, Any]:
+    """`eval.forecast.run.forecast_models` with the command's settings; its comparison (nothing
+    printed). `title`: the plot's, `{cutoff}` standing for the cutoff."""
+    from eval.forecast.run import forecast_models
+
+    return forecast_models(
+        settings.models,
+        settings.data,
+        settings.out,
+        paths=settings.paths,
+        seed=settings.seed,
+        cutoff=settings.cutoff,
+        future_education=settings.future_education,
+        chunk_size=settings.chunk_size,
+        bootstrap=settings.bootstrap,
+        storage_options=settings.storage.storage_options,
+        title=title,
+        on_progress=on_progress,
+    )
+
+
 def run_forecast(settings: ForecastSettings) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cluster.console import console, progress_console
-    from eval.forecast.run import forecast_models
 
     if settings.future_education == "observed":
         log.warning(
@@ -194,19 +219,7 @@ def run_forecast(settings: ForecastSettings) -> int:
             task = bar.add_task(f"forecasting with {name}", total=None)
             return lambda done, total: bar.update(task, completed=done, total=total)
 
-        result = forecast_models(
-            settings.models,
-            settings.data,
-            settings.out,
-            paths=settings.paths,
-            seed=settings.seed,
-            cutoff=settings.cutoff,
-            future_education=settings.future_education,
-            chunk_size=settings.chunk_size,
-            bootstrap=settings.bootstrap,
-            storage_options=settings.storage.storage_options,
-            on_progress=on_progress,
-        )
+        result = forecast(settings, on_progress=on_progress)
     print_forecast(result)
     console.print(
         f"forecast in {time.perf_counter() - start:,.1f} s; written to "

@@ -14,62 +14,39 @@ def evaluate(
     experiment: Experiment, survey: str, layout: RunLayout, address: str | None, storage_options
 ) -> None:
     """`career evaluate` of every model of the survey on its test split (scoring as Ray tasks)."""
-    from cluster.evaluate_job import EvaluateSettings, ray_scoring
-    from eval.evaluate import evaluate_models
+    from cluster import evaluate_job
 
-    settings = EvaluateSettings(
-        model=[f"{m}={package_of(layout.model(survey, m))}" for m in survey_models(experiment)],
-        data=[layout.dataset(survey)],
-        out=layout.evaluation(survey),
-        cpus_per_task=experiment.cpus_per_evaluation,
-        gpus_per_task=experiment.gpus_per_worker,
-        ray=RaySettings(ray_address=address),
-        storage=StorageSettings(storage_options=storage_options),
-    )
-    evaluate_models(
-        settings.models,
-        settings.datasets,
-        settings.out,
-        split=settings.split,
-        weighted=settings.weighted,
-        bootstrap=settings.bootstrap,
-        seed=settings.seed,
-        tokens_per_batch=settings.tokens_per_batch,
-        transition_jobs=settings.transition_jobs,
-        storage_options=storage_options,
-        score_all=ray_scoring(settings),
+    evaluate_job.evaluate(
+        evaluate_job.EvaluateSettings(
+            model=[f"{m}={package_of(layout.model(survey, m))}" for m in survey_models(experiment)],
+            data=[layout.dataset(survey)],
+            out=layout.evaluation(survey),
+            cpus_per_task=experiment.cpus_per_evaluation,
+            gpus_per_task=experiment.gpus_per_worker,
+            ray=RaySettings(ray_address=address),
+            storage=StorageSettings(storage_options=storage_options),
+        )
     )
 
 
 def forecast(
     experiment: Experiment, survey: str, layout: RunLayout, cut: str, storage_options
 ) -> None:
-    """`career forecast` of the survey's forecasting models on its cutoff dataset."""
-    from cluster.forecast_job import ForecastSettings
-    from eval.forecast.run import forecast_models
+    """`career forecast` of the survey's forecasting models on its cutoff dataset (the command's
+    defaults for what the experiment does not set: chunk size, bootstrap)."""
+    from cluster import forecast_job
 
     spec = experiment.forecast
-    # `career forecast`'s defaults for what the experiment does not set (chunk size, bootstrap)
-    settings = ForecastSettings(
+    settings = forecast_job.ForecastSettings(
         model=[f"{m}={package_of(layout.forecast_model(survey, m))}" for m in spec.models],
         data=layout.dataset(cut),
         out=layout.forecast(survey),
         paths=spec.paths,
         seed=spec.seed,
         future_education=spec.future_education,
+        storage=StorageSettings(storage_options=storage_options),
     )
-    forecast_models(
-        settings.models,
-        settings.data,
-        settings.out,
-        paths=settings.paths,
-        seed=settings.seed,
-        future_education=settings.future_education,
-        chunk_size=settings.chunk_size,
-        bootstrap=settings.bootstrap,
-        storage_options=storage_options,
-        title=f"{survey}: forecast after {{cutoff}}",
-    )
+    forecast_job.forecast(settings, title=f"{survey}: forecast after {{cutoff}}")
 
 
 def wages(experiment: Experiment, survey: str, layout: RunLayout, storage_options) -> None:
