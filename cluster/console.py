@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -47,6 +48,25 @@ def progress(
             done = bar.tasks[0].completed
             if elapsed > 0:
                 bar.update(task, rate=f"{done / elapsed:,.1f}/s")
+
+
+@contextlib.contextmanager
+def people_bars() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
+    """Progress bars of people read through a model, on stderr: `bar(description)` adds one and
+    returns its `(done, total)` callback (what eval's use cases take as `on_progress`)."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} people"),
+        TimeElapsedColumn(),
+        console=progress_console,
+    ) as bars:
+
+        def bar(description: str) -> Callable[[int, int], None]:
+            task = bars.add_task(description, total=None)
+            return lambda done, total: bars.update(task, completed=done, total=total)
+
+        yield bar
 
 
 def _fmt(value: Any, key: str = "") -> str:

@@ -197,9 +197,7 @@ def forecast(
 
 
 def run_forecast(settings: ForecastSettings) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from cluster.console import console, progress_console
+    from cluster.console import console, people_bars
 
     if settings.future_education == "observed":
         log.warning(
@@ -207,19 +205,8 @@ def run_forecast(settings: ForecastSettings) -> int:
             "leaks information about the years forecast (the public code's choice)"
         )
     start = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} people"),
-        TimeElapsedColumn(),
-        console=progress_console,
-    ) as bar:
-
-        def on_progress(name: str) -> Callable[[int, int], None]:
-            task = bar.add_task(f"forecasting with {name}", total=None)
-            return lambda done, total: bar.update(task, completed=done, total=total)
-
-        result = forecast(settings, on_progress=on_progress)
+    with people_bars() as bar:
+        result = forecast(settings, on_progress=lambda name: bar(f"forecasting with {name}"))
     print_forecast(result)
     console.print(
         f"forecast in {time.perf_counter() - start:,.1f} s; written to "

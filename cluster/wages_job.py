@@ -203,25 +203,13 @@ def print_gap(result: dict[str, Any]) -> None:
 
 
 def run_wages(settings: WagesSettings) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from cluster.console import console, progress_console
+    from cluster.console import console, people_bars
     from eval.wages import wage_models
 
     options = settings.storage.storage_options
     start = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} people"),
-        TimeElapsedColumn(),
-        console=progress_console,
-    ) as bar:
-        task = bar.add_task("reading histories through the model", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with people_bars() as bar:
+        progress = bar("reading histories through the model")
         found = wage_models(
             settings.model,
             settings.data,
