@@ -92,6 +92,22 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout has gone (a pipe whose other end is closed); then stdout is
+    pointed at /dev/null, so that the interpreter's own flush at exit does not fail again."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor, or no poll here
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return gone
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     name, typed = _parse(argv)
     options = _storage_options_of(typed)
@@ -100,6 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         guards.refuse_unsafe_outputs(typed)
         return COMMANDS[name].handler(typed)
+    except BrokenPipeError as exc:
+        if not _stdout_closed():
+            print(f"career {name}: error: {_safe(exc, options)}", file=sys.stderr)
+            return EXIT_STRUCTURAL
+        return 141  # `career ... | head`: the reader left, nothing more to say (as SIGPIPE)
     except USER_ERRORS as exc:
         print(f"career {name}: error: {_safe(exc, options)}", file=sys.stderr)
         return EXIT_STRUCTURAL

@@ -270,3 +270,19 @@ def test_inspect_counts_each_label_so_unknown_ones_show(tmp_path, capsys):
     assert summary["gender_labels"] == {"male": 2, "female": 1}
     assert main(["inspect", "--input", str(folder), "--format", "career-code"]) == 0
     assert "education labels" in capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_early_gets_no_error_message(tmp_path):
+    """`career run --dry-run | head -1`: the reader is gone before the plan is printed; the command
+    ends as a piped Unix tool does (141, SIGPIPE's code), with nothing on stderr."""
+    from helpers import CAREER
+
+    proc = subprocess.Popen(
+        [CAREER, "run", "--dry-run", "--store", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # long before the command has imported what it needs
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert stderr == ""
