@@ -27,8 +27,13 @@ from data_shards import storage
 from data_shards.dataset import load_dataset
 from eval import comparison_table, metrics
 from eval.run_layout import METRICS
-from eval.scores import DEFAULT_TOKENS_PER_BATCH, check_compatible, read_scores, score_package
-from eval.transitions import DEFAULT_JOBS
+from eval.scores import (
+    DEFAULT_TOKENS_PER_BATCH,
+    check_compatible,
+    read_scores,
+    score_package,
+    split_transition_rows,
+)
 from trainer.package import read_package_info
 
 
@@ -53,7 +58,8 @@ class ScoreRequest:
     split: str
     scores_url: str
     transitions_url: str | None
-    transition_jobs: int = DEFAULT_JOBS
+    #: the aggregate's rows on this dataset (`eval.scores.split_transition_rows`), or None
+    transition_rows: tuple[int, ...] | None = None
     tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH
     storage_options: dict | None = None
 
@@ -73,7 +79,7 @@ def run_request(
         device=device,
         threads=threads,
         transitions_url=request.transitions_url,
-        transition_jobs=request.transition_jobs,
+        transition_rows=request.transition_rows,
     )
 
 
@@ -104,6 +110,16 @@ def evaluate_models(
     for package in packages.values():
         for dataset in loaded.values():
             check_compatible(package.vocab, dataset, split)
+    # The transition aggregate's rows are the dataset's: counted once, not once per model.
+    rows = {
+        d: tuple(
+            split_transition_rows(
+                dataset, split, transition_jobs, tokens_per_batch, storage_options
+            )
+        )
+        for d, dataset in loaded.items()
+        if transition_jobs
+    }
     requests = [
         ScoreRequest(
             model=m,
@@ -113,7 +129,7 @@ def evaluate_models(
             split=split,
             scores_url=scores_url(out, m, d),
             transitions_url=transitions_url(out, m, d, transition_jobs),
-            transition_jobs=transition_jobs,
+            transition_rows=rows.get(d),
             tokens_per_batch=tokens_per_batch,
             storage_options=storage_options,
         )

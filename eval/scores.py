@@ -30,7 +30,7 @@ import functools
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ from data_shards.errors import StructuralError
 from data_shards.manifest import MANIFEST
 from data_shards.stream import CareerLoader, read_split
 from data_shards.vocab import BOS_ID, FIELD_COLUMNS, PAD_ID, UNK_ID, Vocabulary
-from eval.transitions import DEFAULT_JOBS, TransitionSums, frequent_previous_jobs
+from eval.transitions import TransitionSums, frequent_previous_jobs
 from trainer.package import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,16 @@ def split_batches(
     )
 
 
+def split_transition_rows(
+    dataset: Dataset, split: str, k: int, tokens_per_batch: int, storage_options=None
+) -> list[int]:
+    """The dataset job ids of the `k` most frequent previous jobs of a split
+    (`eval.transitions.frequent_previous_jobs`): the rows of every model's transition aggregate
+    on it, counted in one streamed pass of the split (no model), before any model is scored."""
+    batches = split_batches(dataset.url, split, tokens_per_batch, storage_options)
+    return frequent_previous_jobs(batches, k, dataset.vocab.size("job")).tolist()
+
+
 def score_split(
     loaded: LoadedModel,
     data_url: str,
@@ -145,17 +155,13 @@ def score_split(
     tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
     dataset: Dataset | None = None,
     transitions: TransitionSums | None = None,
-    batches: Iterable[dict[str, Any]] | None = None,
 ) -> pa.Table:
-    """The scores table of `loaded` on a split of the dataset at `data_url` (see the module).
-    `transitions`: an aggregate to fill in the same pass (`eval.transitions`); `batches`: the
-    split's batches when already read (`split_batches`), else the split is streamed here."""
+    """The scores table of `loaded` on a split of the dataset at `data_url` (see the module),
+    streamed once. `transitions`: an aggregate to fill in the same pass (`eval.transitions`)."""
     dataset = dataset or load_dataset(data_url, storage_options)
     check_compatible(loaded.vocab, dataset, split)
     fields = dataset.manifest.fields
-    loader = batches
-    if loader is None:
-        loader = split_batches(data_url, split, tokens_per_batch, storage_options)
+    loader = split_batches(data_url, split, tokens_per_batch, storage_options)
     device = model_device(loaded.model)
     package_jobs = loaded.vocab.size("job")
     years = dataset.vocab.calendar_years()  # -1 for the special tokens
@@ -274,13 +280,14 @@ def score_package(
     device: str = "cpu",
     threads: int | None = None,
     transitions_url: str | None = None,
-    transition_jobs: int = DEFAULT_JOBS,
+    transition_rows: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Load a package, score it on a split and write the scores to `out_url` (one Parquet file);
     returns `describe` of the table. What a scoring task runs (`career evaluate`: one per model
     and dataset); `device` "cuda" falls back to the CPU where there is no GPU. With
-    `transitions_url`, the transition aggregate of the `transition_jobs` most frequent previous
-    jobs is written there too (JSON, `eval.transitions`)."""
+    `transitions_url`, the transition aggregate of the previous jobs `transition_rows` (dataset
+    job ids: `split_transition_rows`, a property of the dataset's split counted once for every
+    model) is filled in the same pass and written there too (JSON, `eval.transitions`)."""
     if threads:
         torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -288,15 +295,10 @@ def score_package(
         device = "cpu"
     loaded = load_model(model_url, storage_options, device=device)
     dataset = load_dataset(data_url, storage_options)
-    transitions = batches = None
-    if transitions_url:
-        # One read of the split: its batches are kept, counted for the aggregate's rows, then
-        # scored (the aggregate needs its rows before the model's first batch).
-        check_compatible(loaded.vocab, dataset, split)  # before the split is read
-        batches = list(split_batches(data_url, split, tokens_per_batch, storage_options))
-        job_count = dataset.vocab.size("job")
-        rows = frequent_previous_jobs(batches, transition_jobs, job_count)
-        transitions = TransitionSums(rows, job_count, loaded.vocab.size("job"))
+    transitions = None
+    if transitions_url and transition_rows is not None:
+        rows = np.asarray(transition_rows, dtype=np.int64)
+        transitions = TransitionSums(rows, dataset.vocab.size("job"), loaded.vocab.size("job"))
     table = score_split(
         loaded,
         data_url,
@@ -305,7 +307,6 @@ def score_package(
         tokens_per_batch=tokens_per_batch,
         dataset=dataset,
         transitions=transitions,
-        batches=batches,
     )
     write_scores(table, out_url, storage_options)
     described = describe(table)

@@ -5,10 +5,11 @@ A scores file holds only the probability of the target; a transition heatmap nee
 predicted distribution, and (V x V) sums would not fit for a vocabulary of 30,000 jobs. So the
 aggregate is bounded whatever the vocabulary: K rows, the K most frequent previous jobs of the
 split's scored tokens (ties by job id), and K + 1 columns, the same K jobs then `<other>` (every
-other job, and what the model gives to codes it does not know). The split is read once: its
-batches are counted first (no model: `frequent_previous_jobs`) to find the rows, then
-`eval.scores.score_split` hands every batch's log-probabilities to `TransitionSums.add`, which
-keeps per row
+other job, and what the model gives to codes it does not know). The rows are the dataset's, not
+a model's: they are counted once per split, in one streamed pass without a model
+(`frequent_previous_jobs`, through `eval.scores.split_transition_rows`), and every model's
+scoring pass then hands each batch's log-probabilities to `TransitionSums.add`, which keeps per
+row
 
     row_tokens  scored tokens whose previous job is the row's
     observed    (K, K + 1) counts of the next job
@@ -37,7 +38,7 @@ FORMAT_VERSION = 1
 def frequent_previous_jobs(batches: Iterable[dict[str, Any]], k: int, job_count: int) -> np.ndarray:
     """Dataset job ids of the (at most) `k` most frequent previous jobs of the batches' tokens,
     most frequent first, ties by id; jobs that never precede a token are left out. The batches
-    are a split's, read once (`eval.scores.score_package` then hands them to the model)."""
+    are streamed: memory stays at one batch."""
     counts = np.zeros(job_count, dtype=np.int64)
     for batch in batches:
         inputs, targets = batch["inputs"].numpy(), batch["targets"].numpy()
