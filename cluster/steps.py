@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from data_shards import storage
 from data_shards.errors import StructuralError
+from eval.run_layout import finished
 
 T = TypeVar("T")
 Say = Callable[[str], None]
@@ -36,7 +37,7 @@ class Step:
     plan: str | None = None
 
     def finished(self, storage_options=None) -> bool:
-        return storage.exists(storage.join(self.folder, self.marker), storage_options)
+        return finished(self.folder, self.marker, storage_options)
 
 
 def record_or_check(

@@ -23,6 +23,7 @@ from cluster.scale.study import run_study
 from cluster.settings import RaySettings, StorageSettings
 from data_shards import storage
 from data_shards.errors import StructuralError
+from eval.run_layout import MANIFEST, finished
 
 
 def _numbers(text: str | None, what: str) -> list[int] | None:
@@ -142,7 +143,7 @@ def print_plan(study: Study, s: ScaleSettings) -> None:
 
     options = s.storage.storage_options
     data = study.data or StudyLayout(storage.absolute(s.out)).dataset(study.corpus.name)
-    if storage.exists(storage.join(data, "manifest.json"), options):
+    if finished(data, MANIFEST, options):
         from eval.scaling.corpus import corpus_facts
 
         facts = corpus_facts(data, options)

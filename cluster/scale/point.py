@@ -13,7 +13,7 @@ from cluster.scale.grid import Point, Study, from_dict
 from cluster.scale.layout import StudyLayout, write_json
 from cluster.train_settings import TrainingSettings
 from data_shards import storage
-from eval.run_layout import METRICS, package_of
+from eval.run_layout import METRICS, finished, package_of
 
 
 def point_settings(
@@ -61,7 +61,7 @@ def run_point(
     layout = StudyLayout(url)
     out = layout.point(name)
     started = time.perf_counter()
-    if not storage.exists(storage.join(out, METRICS), storage_options):
+    if not finished(out, METRICS, storage_options):
         train_job.train(
             point_settings(
                 study, point, data=data, out=out, address=address, storage_options=storage_options
@@ -71,7 +71,7 @@ def run_point(
         from trainer.closed_form import package_perplexity
 
         tuned = layout.finetune(name, study.survey.name)
-        if not storage.exists(storage.join(tuned, METRICS), storage_options):
+        if not finished(tuned, METRICS, storage_options):
             train_job.train(
                 train_settings(
                     study.finetune,

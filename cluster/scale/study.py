@@ -26,7 +26,7 @@ from cluster.scale.point import run_point
 from cluster.steps import Runner, record_or_check
 from data_shards import storage
 from data_shards.errors import StructuralError
-from eval.run_layout import METRICS
+from eval.run_layout import MANIFEST, METRICS, finished
 
 
 def check_study(layout: StudyLayout, study: Study, storage_options) -> bool:
@@ -48,7 +48,7 @@ def shard_inputs(study: Study, layout: StudyLayout, storage_options, say) -> tup
 
     datasets = storage.join(layout.url, "datasets")
     data = study.data or layout.dataset(study.corpus.name)
-    if not study.data and not storage.exists(storage.join(data, "manifest.json"), storage_options):
+    if not study.data and not finished(data, MANIFEST, storage_options):
         spec = dataclasses.replace(study.corpus, people=study.corpus_people())
         started = time.perf_counter()
         shard_dataset(
@@ -62,7 +62,7 @@ def shard_inputs(study: Study, layout: StudyLayout, storage_options, say) -> tup
     survey = None
     if study.survey is not None:
         survey = layout.dataset(study.survey.name)
-        if not storage.exists(storage.join(survey, "manifest.json"), storage_options):
+        if not finished(survey, MANIFEST, storage_options):
             started = time.perf_counter()
             shard_dataset(
                 study.survey.input_spec(storage_options),
@@ -142,7 +142,7 @@ def run_study(
 
 
 def _point_done(layout: StudyLayout, point: Point, survey: str | None, storage_options) -> bool:
-    if not storage.exists(storage.join(layout.point(point.name), METRICS), storage_options):
+    if not finished(layout.point(point.name), METRICS, storage_options):
         return False
     return survey is None or storage.exists(layout.survey_result(point.name), storage_options)
 
