@@ -26,6 +26,7 @@ from cluster import guards
 from cluster.commands import COMMANDS
 from cluster.settings import StorageSettings
 from data_shards.errors import StructuralError
+from trainer.preemption import PREEMPTED_EXIT, Preempted
 
 EXIT_STRUCTURAL = 2
 #: Errors that mean bad input, a missing file or store, or an fsspec scheme not installed.
@@ -129,7 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Terminated:
         print(f"career {name}: terminated (SIGTERM)", file=sys.stderr)
-        return 143
+        return PREEMPTED_EXIT
+    except Preempted as exc:
+        print(f"career {name}: {_safe(exc, options)}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except Exception as exc:
         from data_shards.storage import object_store_errors
 

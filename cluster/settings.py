@@ -58,8 +58,18 @@ class Resources:
         help="Ray CPUs a CPU worker asks for (default 1; below 1 lets runs share a core)",
         metavar="C",
     )
+    max_failures: int = option(
+        3,
+        help="worker or node losses a Ray Train run survives: each time a new worker group "
+        "resumes from the latest checkpoint (default 3; 0: fail at once; -1: no limit)",
+        metavar="N",
+    )
 
     def __post_init__(self) -> None:
+        if self.max_failures < -1:
+            raise ValueError(
+                f"--max-failures must be -1 (no limit) or more, not {self.max_failures}"
+            )
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, not {self.workers}")
         if self.gpus_per_worker < 0:

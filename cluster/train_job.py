@@ -21,6 +21,7 @@ from data_shards.errors import StructuralError
 from eval.run_layout import METRICS
 from trainer.accelerator import accelerator_env
 from trainer.launch import ERROR_FILE_ENV
+from trainer.preemption import Preempted
 
 
 # ----------------------------------------------------------------------------- launch
@@ -53,8 +54,35 @@ def _torchrun(settings: TrainingSettings) -> None:
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
                 json.dump(settings.storage_options, f)
             command += ["--storage-options-file", path]
-        if subprocess.run(command, env=env).returncode != 0:
+        status, noticed = _run_passing_sigterm(command, env)
+        if noticed:
+            raise Preempted(None, storage.redact(settings.out))
+        if status != 0:
             raise _worker_failure(folder)
+
+
+def _run_passing_sigterm(command: list[str], env: dict[str, str]) -> tuple[int, bool]:
+    """Run torchrun: (its exit status, whether this process got SIGTERM meanwhile). The signal
+    (a preemption notice) is passed on to torchrun, which passes it to the workers: they
+    checkpoint after their current update and stop."""
+    import signal
+    import threading
+
+    child = subprocess.Popen(command, env=env)
+    noticed = threading.Event()
+
+    def pass_on(*_: object) -> None:
+        noticed.set()
+        child.send_signal(signal.SIGTERM)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, pass_on)
+    try:
+        return child.wait(), noticed.is_set()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _worker_failure(folder: str) -> Exception:
@@ -103,7 +131,9 @@ def launch_together(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
             for s in together
         ]
         held = first.resources
-        ray_train_jobs(jobs, held.workers, held.gpus_per_worker, held.cpus_per_worker)
+        ray_train_jobs(
+            jobs, held.workers, held.gpus_per_worker, held.cpus_per_worker, held.max_failures
+        )
     return [_outcome(s) for s in runs]
 
 

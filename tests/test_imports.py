@@ -181,6 +181,7 @@ LAYERS: dict[str, list[tuple[str, set[str]]]] = {
                 "checkpoint_store",
                 "package",
                 "finetune",
+                "preemption",
             },
         ),
         # a run's machinery: the DeepSpeed engine, the run context, updates, validation,
@@ -199,7 +200,7 @@ LAYERS: dict[str, list[tuple[str, set[str]]]] = {
             },
         ),
         # the entry points: the training loop and its launchers, closed-form fits, the preflight
-        ("entry points", {"loop", "launch", "closed_form", "preflight"}),
+        ("entry points", {"loop", "relay", "launch", "closed_form", "preflight"}),
     ],
     "cluster": [
         # what every command shares: settings and flags, terminal output, Ray, guards, the step

@@ -19,11 +19,18 @@ from typing import Any
 from data_shards import storage
 from data_shards.errors import StructuralError
 from trainer.config import TrainConfig
+from trainer.preemption import PREEMPTED_EXIT, Preempted, SignalStop, StopRequest
+from trainer.relay import DriverProgress, DriverStop, RelayStop, RunRelay
 
 log = logging.getLogger("career.launch")
 
 
-def _worker(payload: dict[str, Any], progress_sink=None) -> dict[str, Any]:
+def _worker(
+    payload: dict[str, Any],
+    progress_sink=None,
+    stop_request: StopRequest | None = None,
+    restarts: int = 0,
+) -> dict[str, Any]:
     """Body of every worker: join the process group, train, leave cleanly."""
     from trainer.accelerator import select_accelerator
 
@@ -44,6 +51,9 @@ def _worker(payload: dict[str, Any], progress_sink=None) -> dict[str, Any]:
         storage_options=payload.get("storage_options"),
         stop_after=payload.get("stop_after", 0),
         progress_sink=progress_sink,
+        stop_request=stop_request,
+        restarts=restarts,
+        worker_nodes=payload.get("worker_nodes"),
     )
     dist.barrier()
     return metrics
@@ -51,91 +61,45 @@ def _worker(payload: dict[str, Any], progress_sink=None) -> dict[str, Any]:
 
 def _ray_worker(payload: dict[str, Any]) -> None:
     """Every training run of `payload["jobs"]`, one after another, on the same workers and
-    process group (one Ray Train start-up for a survey's models instead of one per model)."""
+    process group (one Ray Train start-up for a survey's models instead of one per model).
+
+    Ray Train runs this again on a new worker group after a failure: each run not finished
+    resumes from its own latest checkpoint, and the relay says which runs are finished."""
     # No ray.train.report: in Ray Train V2 it is a collective, and the run's metrics and
     # checkpoints already live under --out (metrics.json, checkpoints/).
     import gc
 
-    relay = payload.get("progress")
+    import ray
+    import torch.distributed as dist
+
+    from trainer.distributed import all_gather, from_rank0
+
+    relay = payload["relay"]
+    rank = dist.get_rank()
+    attempt = from_rank0(ray.get(relay.begin_attempt.remote()) if rank == 0 else None)
+    if attempt["give_up"]:  # an error of ours, or a stop, in an earlier group: not retried
+        return
+    nodes = all_gather(ray.get_runtime_context().get_node_id())
 
     def sink(step: int, total: int, detail: str, message: str | None) -> None:
         relay.update.remote(step, total, detail, message)  # fire and forget
 
-    for job in payload["jobs"]:
-        _worker(job, sink if relay is not None else None)
-        gc.collect()  # the finished run's engine, optimizer and loader before the next
-
-
-class ProgressRelay:
-    """A Ray actor holding rank 0's latest progress, which the driver polls and draws."""
-
-    def __init__(self) -> None:
-        self.state: dict[str, Any] = {"step": 0, "total": 0, "detail": ""}
-        self.messages: list[str] = []
-
-    def update(self, step: int, total: int, detail: str, message: str | None) -> None:
-        if message is not None:
-            self.messages.append(message)
-        else:
-            self.state = {"step": step, "total": total, "detail": detail}
-
-    def read(self) -> tuple[dict[str, Any], list[str]]:
-        messages, self.messages = self.messages, []
-        return self.state, messages
-
-
-class DriverProgress:
-    """Draw the relayed progress in the driver's terminal (a thread polling the relay)."""
-
-    def __init__(self, relay, interval: float = 0.5):
-        import threading
-
-        from rich.console import Console
-
-        from trainer.monitor import training_progress
-
-        self.relay = relay
-        self.interval = interval
-        self.progress = training_progress(Console(stderr=True))
-        self.task = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _poll(self) -> None:
-        import ray
-
-        state, messages = ray.get(self.relay.read.remote())
-        for message in messages:
-            self.progress.console.print(message)
-        if state["total"]:
-            if self.task is None:
-                self.task = self.progress.add_task(
-                    "train", total=state["total"], completed=state["step"], detail=""
-                )
-            self.progress.update(self.task, completed=state["step"], detail=state["detail"])
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.interval):
-            try:
-                self._poll()
-            except Exception as error:  # the bar is a convenience: never let it end a run
-                log.warning("progress bar stopped: %s", error)
-                return
-
-    def __enter__(self) -> DriverProgress:
-        self.progress.start()
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
+    stop = RelayStop(relay)
+    for index, job in enumerate(payload["jobs"]):
+        if index in attempt["finished"]:
+            continue
         try:
-            self._poll()  # the last state and messages
-        except Exception as error:  # e.g. the relay's node was lost: the run's result stands
-            log.warning("could not read the final progress: %s", error)
-        finally:
-            self.progress.stop()
+            metrics = _worker(
+                {**job, "worker_nodes": nodes}, sink, stop, attempt["restarts"][index]
+            )
+        except USER_ERRORS as error:
+            ray.get(relay.fail.remote(error))  # recorded before this group is torn down
+            raise
+        if rank == 0:
+            ray.get(relay.finish.remote(index, metrics.get("stopped_at")))
+        if metrics.get("preempted"):
+            return  # the driver got SIGTERM: every rank stopped with a checkpoint
+        gc.collect()  # the finished run's engine, optimizer and loader before the next
 
 
 #: torchrun workers write an error of ours to `$CAREER_ERROR_FILE.<rank>` for the driver.
@@ -180,42 +144,58 @@ def job_payload(
     }
 
 
+#: Worker-group failures a Ray Train run survives by default (`--max-failures`).
+MAX_FAILURES = 3
+#: Seconds the driver waits, after SIGTERM, for the workers' checkpoint before leaving anyway.
+PREEMPTION_GRACE = 120.0
+
+
 def ray_train_jobs(
     jobs: list[dict[str, Any]],
     workers: int = 2,
     gpus_per_worker: float = 0,
     cpus_per_worker: float = 1,
+    max_failures: int = MAX_FAILURES,
+    placement: str = "PACK",
 ) -> None:
     """Run the training runs `jobs` (`job_payload`s) in turn on one set of `workers` Ray Train
     workers (the Ray instance this process is connected to): each resumes from its own
     checkpoints and writes its own metrics and package. `cpus_per_worker`: the Ray CPUs a CPU
-    worker holds (below 1: runs share cores). A worker's error of ours (bad input, a refused
-    checkpoint) is raised here as itself."""
+    worker holds (below 1: runs share cores).
+
+    A worker or node lost: Ray Train starts a new worker group (on the nodes left) up to
+    `max_failures` times, and each unfinished run resumes from its latest checkpoint. A worker's
+    error of ours (bad input, a refused checkpoint) is not retried and is raised here as itself.
+    SIGTERM to this process (a preemption notice): the workers checkpoint after their current
+    update and stop, and `Preempted` is raised."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     use_gpu = gpus_per_worker > 0
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    relay = ray.remote(num_cpus=0)(ProgressRelay).options(scheduling_strategy=here).remote()
-    payload = {"jobs": jobs, "progress": relay}
+    relay = ray.remote(num_cpus=0)(RunRelay).options(scheduling_strategy=here).remote(len(jobs))
     trainer = TorchTrainer(
         _ray_worker,
-        train_loop_config=payload,
+        train_loop_config={"jobs": jobs, "relay": relay},
         scaling_config=ScalingConfig(
             num_workers=workers,
             use_gpu=use_gpu,
             resources_per_worker={"GPU": gpus_per_worker} if use_gpu else {"CPU": cpus_per_worker},
+            placement_strategy=placement,
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
-            storage_path=tempfile.mkdtemp(prefix="career-raytrain-"), name="career"
+            storage_path=tempfile.mkdtemp(prefix="career-raytrain-"),
+            name="career",
+            failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
     try:
-        with DriverProgress(relay):
+        with DriverProgress(relay), DriverStop(relay, PREEMPTION_GRACE):
             trainer.fit()
+        outcome = ray.get(relay.outcome.remote())
     except Exception as failure:
         cause = worker_error(failure)
         if cause is None or os.environ.get("CAREER_DEBUG"):
@@ -223,6 +203,14 @@ def ray_train_jobs(
         raise cause from None
     finally:
         ray.kill(relay)
+    if outcome["error"] is not None:  # raised on a worker; its group's restart gave up at once
+        raise outcome["error"]
+    if outcome["stop"]:
+        stopped = [jobs[i]["out"] for i in outcome["stopped_at"]]
+        steps = list(outcome["stopped_at"].values())
+        raise Preempted(
+            steps[-1] if steps else None, storage.redact(stopped[-1] if stopped else jobs[0]["out"])
+        )
 
 
 def main() -> None:
@@ -255,7 +243,7 @@ def main() -> None:
         "stop_after": args.stop_after,
     }
     try:
-        _worker(payload)
+        metrics = _worker(payload, stop_request=SignalStop())  # torchrun passes SIGTERM on
     except USER_ERRORS as error:
         # Our message for the user, picked up by the driver (`career pretrain`) from this file;
         # torchrun's own report of the failed child stays on stderr.
@@ -270,10 +258,10 @@ def main() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
-    _exit_now()
+    _exit_now(PREEMPTED_EXIT if metrics.get("preempted") else 0)
 
 
-def _exit_now() -> None:
+def _exit_now(status: int) -> None:
     """Leave without the interpreter's teardown. Everything the run keeps is written and closed
     by now (checkpoints, package, metrics.json, TensorBoard); tearing down the C++ objects of
     gloo and DeepSpeed at exit sometimes aborted a finished worker ("terminate called without an
@@ -282,7 +270,7 @@ def _exit_now() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
-    os._exit(0)
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,13 @@ from trainer.checkpoint_store import tag_of
 from trainer.checkpointer import Checkpointer, TrainState
 from trainer.config import TrainConfig, precision_record
 from trainer.context import RunContext, prepare, training_loader
+from trainer.distributed import any_rank
 from trainer.elastic import prepare_resume
 from trainer.evaluation import Replica, Validator
 from trainer.export import export_run
 from trainer.meter import Meter
 from trainer.monitor import Monitor, ProgressSink
+from trainer.preemption import StopRequest
 from trainer.step import NLLModule, run_update
 
 
@@ -59,9 +61,10 @@ def _due(
     return Due(evaluate, save, stop, log)
 
 
-def _start(run: RunContext, checkpointer: Checkpointer, monitor: Monitor):
+def _start(run: RunContext, checkpointer: Checkpointer, monitor: Monitor, restarts: int):
     """The DeepSpeed engine, the fp32 replica validation runs, and the state to continue from
-    (the latest checkpoint, if any)."""
+    (the latest checkpoint, if any). `restarts`: the worker-group failures this run survived so
+    far (Ray Train started this group again)."""
     tag = checkpointer.store.latest()
     source = prepare_resume(checkpointer.store, tag, run.info) if tag else None
     module = NLLModule(run.model).to(run.info.device)
@@ -69,10 +72,13 @@ def _start(run: RunContext, checkpointer: Checkpointer, monitor: Monitor):
     engine, _, _ = ds_engine.initialize(
         module, run.config, run.info.world_size, load_universal=bool(source and source.universal)
     )
+    restarted = f"worker group restarted after failure {restarts}: " if restarts else ""
     if source is None:
+        if restarts:
+            monitor.print0(f"{restarted}no checkpoint yet, starting from update 0")
         return engine, replica, TrainState()
     state, message = checkpointer.resume(engine, source)
-    monitor.print0(message)
+    monitor.print0(restarted + message)
     return engine, replica, state
 
 
@@ -84,11 +90,18 @@ def train(
     storage_options: dict | None = None,
     stop_after: int = 0,
     progress_sink: ProgressSink | None = None,
+    stop_request: StopRequest | None = None,
+    restarts: int = 0,
+    worker_nodes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train on this rank (torch.distributed initialised). Returns the run's metrics, or
-    `{"stopped_at": update}` when `stop_after` ended it (with a checkpoint).
+    `{"stopped_at": update}` when `stop_after` ended it (with a checkpoint), and with
+    `"preempted": True` when a stop request did (`trainer.preemption`).
 
-    `progress_sink`: where rank 0 sends its progress instead of drawing a bar (Ray Train)."""
+    `progress_sink`: where rank 0 sends its progress instead of drawing a bar (Ray Train);
+    `stop_request`: asked after every update (every rank has one or none); `restarts`: the
+    worker-group failures survived so far; `worker_nodes`: where each rank runs (Ray node ids),
+    for metrics.json."""
     run = prepare(config, data_url, out_url, base_package, storage_options)
     config = run.config
     loader = training_loader(run)
@@ -100,7 +113,7 @@ def train(
     }
     checkpointer = Checkpointer(run, loader)
     monitor = Monitor(out_url, run.info.rank, config, run.model, storage_options, progress_sink)
-    engine, replica, state = _start(run, checkpointer, monitor)
+    engine, replica, state = _start(run, checkpointer, monitor, restarts)
     best = checkpointer.store.best()
     validator = Validator(
         engine,
@@ -125,6 +138,9 @@ def train(
         meter.add(update)
         monitor.advance(state.step)
         due = _due(state.step, first_step, config, validator, checkpointer, stop_after)
+        preempted = stop_request is not None and any_rank(stop_request(), run.info.device)
+        if preempted:  # every rank saw it after this update: checkpoint here and stop
+            due = Due(evaluate=due.evaluate, save=True, stop=True, log=True)
         if due.log:
             loss, tokens, seq_len = meter.flush(timed=state.step > first_step + 1)
             state.tokens_seen += tokens
@@ -140,12 +156,17 @@ def train(
             monitor.print0(f"early stopping: no improvement in {validator.stale} evaluations")
             break
         if due.stop:
+            if preempted:
+                monitor.print0(f"preemption notice: checkpoint at update {state.step}, stopping")
             monitor.close()
-            return {"stopped_at": state.step}
+            return {"stopped_at": state.step, **({"preempted": True} if preempted else {})}
     best, metrics = _metrics(
         run, checkpointer, validator, state, meter, time.perf_counter() - started
     )
     metrics["train_corpus"] = corpus
+    metrics["failures_survived"] = restarts
+    if worker_nodes:
+        metrics["worker_nodes"] = worker_nodes
     if first_step:
         metrics["resumed_from"] = first_step  # the update its last checkpoint had reached
     _finish(run, best["tag"], metrics)

@@ -22,6 +22,7 @@
     survey_workers: 1                  # ... of each survey run (survey tasks run side by side)
     survey_worker_cpus: 1              # Ray CPUs each of them holds (0.5: two share a core)
     gpus_per_worker: 0
+    max_failures: 3                    # worker/node losses each Ray Train run survives
 
 Every key is checked: a misspelt one is an error naming the file and the key, never a silent
 default. `--size demo|small|paper` starts from a built-in experiment (`SIZES`); a file given with
@@ -114,6 +115,8 @@ class Experiment:
     #: than there are cores (the demo's three surveys share 2 cores instead of two at a time).
     survey_worker_cpus: float = 1.0
     cpus_per_evaluation: int = 1
+    #: Worker or node losses each Ray Train run survives (resumed from its latest checkpoint).
+    max_failures: int = 3
     #: Downstream uses per survey (issue 12); null (absent) turns one off.
     forecast: ForecastSpec | None = None
     wages: WagesSpec | None = None
@@ -132,6 +135,8 @@ class Experiment:
             raise ValueError("workers and survey_workers must be >= 1, gpus_per_worker >= 0")
         if self.survey_worker_cpus <= 0:
             raise ValueError("survey_worker_cpus must be > 0")
+        if self.max_failures < -1:
+            raise ValueError("max_failures must be -1 (no limit) or more")
         if self.forecast is not None:
             trained = {"finetuned", *self.baselines}
             unknown = [m for m in self.forecast.models if m not in trained]
@@ -144,7 +149,11 @@ class Experiment:
     @property
     def pretrain_resources(self) -> Resources:
         """What pretraining holds: `workers` Ray Train workers of one CPU (or GPUs) each."""
-        return Resources(workers=self.workers, gpus_per_worker=self.gpus_per_worker)
+        return Resources(
+            workers=self.workers,
+            gpus_per_worker=self.gpus_per_worker,
+            max_failures=self.max_failures,
+        )
 
     @property
     def survey_resources(self) -> Resources:
@@ -153,6 +162,7 @@ class Experiment:
             workers=self.survey_workers,
             gpus_per_worker=self.gpus_per_worker,
             cpus_per_worker=self.survey_worker_cpus,
+            max_failures=self.max_failures,
         )
 
     def forecast_cutoff(self, survey: DatasetSpec) -> int | None:
@@ -183,8 +193,9 @@ class Experiment:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a resumed run must share with the run it continues (the store may move)."""
-        return {k: v for k, v in self.to_dict().items() if k != "store"}
+        """What a resumed run must share with the run it continues (the store may move, and how
+        many failures a run survives changes no result)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("store", "max_failures")}
 
 
 def from_dict(values: dict[str, Any], where: str = "experiment") -> Experiment:

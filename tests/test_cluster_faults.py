@@ -1,0 +1,162 @@
+"""Faults on a multi-node Ray cluster started on this machine (`ray_cluster` in conftest.py):
+what is recovered without a person, and that the result is the uninterrupted run's.
+
+Every command joins the cluster with `--ray-address`, and writes to moto's S3 server: on more
+than one node a local folder is not where every node can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import s3fs
+import torch
+from helpers import CAREER, career, new_bucket
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+#: A run long enough to be hit while it trains (a few seconds), checkpointing every 4 updates.
+TRAIN = [
+    "--preset",
+    "tiny",
+    "--updates",
+    "24",
+    "--tokens-per-update",
+    "1500",
+    "--zero-stage",
+    "1",
+    "--eval-every",
+    "12",
+    "checkpoint_every=4",
+    "loader_workers=0",
+    "cpu_threads=1",
+    "precision=fp32",
+]
+
+
+class S3:
+    """A bucket on the session's moto server, and the flags that reach it."""
+
+    def __init__(self, endpoint: str):
+        self.url, self.options = new_bucket(endpoint, prefix="faults")
+        self.fs = s3fs.S3FileSystem(**self.options)
+        self.flags = [
+            "--storage-options",
+            json.dumps({"client_kwargs": self.options["client_kwargs"]}),
+        ]
+
+    def json(self, *parts: str) -> dict:
+        return json.loads(self.fs.cat_file("/".join([self.url, *parts]).removeprefix("s3://")))
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists("/".join([self.url, *parts]).removeprefix("s3://"))
+
+    def weights(self, run: str) -> dict[str, torch.Tensor]:
+        local = f"/tmp/{run.replace('/', '_')}-{time.time_ns()}.safetensors"
+        self.fs.get_file(f"{self.url.removeprefix('s3://')}/{run}/package/model.safetensors", local)
+        return load_file(local)
+
+
+@pytest.fixture(scope="module")
+def s3(s3_endpoint) -> S3:
+    return S3(s3_endpoint)
+
+
+@pytest.fixture(scope="module")
+def resumes(s3, ray_cluster) -> str:
+    """A small resume dataset, sharded on the cluster to S3 (small blocks: one per worker)."""
+    url = f"{s3.url}/data"
+    career(
+        "shard",
+        "--format",
+        "synth",
+        "--sim-preset",
+        "resumes",
+        "--people",
+        "600",
+        "--people-per-block",
+        "64",
+        "--blocks-per-shard",
+        "2",
+        "--name",
+        "resumes",
+        "--out",
+        url,
+        "--ray-address",
+        ray_cluster.address,
+        *s3.flags,
+    )
+    return f"{url}/resumes"
+
+
+def _pretrain(s3: S3, data: str, out: str, address: str, *extra: str) -> list[str]:
+    return [
+        CAREER,
+        "pretrain",
+        "--data",
+        data,
+        "--out",
+        f"{s3.url}/{out}",
+        "--ray-address",
+        address,
+        *s3.flags,
+        *TRAIN,
+        *extra,
+    ]
+
+
+def _wait_for_checkpoint(s3: S3, run: str, proc: subprocess.Popen, step: int) -> int:
+    """Block until the run's latest checkpoint is at least `step`; the step it is at."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before its checkpoint: {proc.stderr.read()}")
+        if s3.exists(run, "checkpoints", "latest.json"):
+            latest = s3.json(run, "checkpoints", "latest.json")["step"]
+            if latest >= step:
+                return latest
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint within 300 s")
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(s3, resumes, ray_cluster) -> dict[str, torch.Tensor]:
+    """The run no fault touched: its package's weights."""
+    career(*_pretrain(s3, resumes, "whole", ray_cluster.address)[1:])
+    return s3.weights("whole")
+
+
+def test_a_killed_training_worker_is_restarted_from_the_last_checkpoint(
+    s3, resumes, ray_cluster, uninterrupted
+):
+    """SIGKILL to one Ray Train worker after the first checkpoint: a new worker group resumes
+    from it by itself, and the run ends where the uninterrupted one did, bit for bit."""
+    proc = subprocess.Popen(
+        _pretrain(s3, resumes, "killed", ray_cluster.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    at = _wait_for_checkpoint(s3, "killed", proc, 4)
+    workers = ray_cluster.worker_processes("RayTrainWorker")
+    assert len(workers) == 2, workers
+    # The two workers are on two nodes (one CPU each): the run is spread over the cluster.
+    assert len({ray_cluster.node_of(w) for w in workers}) == 2
+    workers[-1].send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=420)
+    assert proc.returncode == 0, err[-3000:]
+    assert "worker group restarted after failure 1: resumed from step" in err, err[-3000:]
+    metrics = s3.json("killed", "metrics.json")
+    assert metrics["failures_survived"] == 1
+    assert metrics["updates"] == 24 and metrics["resumed_from"] >= at
+    assert len(set(metrics["worker_nodes"])) == 2
+    assert _same_weights(s3.weights("killed"), uninterrupted)
