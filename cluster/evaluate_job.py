@@ -148,7 +148,12 @@ def ray_scoring(settings: EvaluateSettings) -> Callable[[list], Iterator[Any]]:
         from data_shards.tasks import as_completed
         from eval.evaluate import run_request
 
-        connect_ray(settings.ray.ray_address, settings.ray.num_cpus)
+        connect_ray(
+            settings.ray.ray_address,
+            settings.ray.num_cpus,
+            paths=settings,
+            shared_fs=settings.ray.shared_fs,
+        )
         import ray
 
         gpus = settings.gpus_per_task

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 
+from cluster.guards import HasPaths, refuse_node_local_paths
+
 LOCAL_OBJECT_STORE_BYTES = 2 * 1024**3
 _LOCAL_ONLY_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK = "127.0.0.1"
@@ -24,9 +26,13 @@ def connect_ray(
     address: str | None = None,
     num_cpus: int | None = None,
     object_store_memory: int = LOCAL_OBJECT_STORE_BYTES,
+    *,
+    paths: HasPaths | None = None,
+    shared_fs: bool = False,
 ) -> str:
     """Join `address`, or start a local Ray instance bound to 127.0.0.1; returns the GCS
-    address. Idempotent."""
+    address. Idempotent. `paths`: the command's paths, refused where they are local folders on a
+    cluster of several nodes (unless `shared_fs`: `cluster.guards.refuse_node_local_paths`)."""
     if not address:
         os.environ[_LOCAL_ONLY_SWITCH] = "0"  # before ray reads it at import
     import ray
@@ -48,7 +54,16 @@ def connect_ray(
             if not gcs.startswith(f"{LOOPBACK}:"):
                 ray.shutdown()
                 raise RuntimeError(f"the local Ray instance is not bound to {LOOPBACK} ({gcs})")
+    if paths is not None:
+        refuse_node_local_paths(paths, alive_nodes(), shared_fs)
     return ray.get_runtime_context().gcs_address
+
+
+def alive_nodes() -> int:
+    """The nodes of the cluster this process is connected to that are alive."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
 def _local_only_even_if_imported_before() -> None:

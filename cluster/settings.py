@@ -28,6 +28,11 @@ class RaySettings:
     num_cpus: int | None = option(
         None, help="CPUs of the local Ray instance (default: all)", metavar="N"
     )
+    shared_fs: bool = option(
+        False,
+        help="the local folders given are on a file system every node of the Ray cluster mounts "
+        "(NFS, Lustre): allow them on a cluster of several nodes",
+    )
 
 
 @dataclass(kw_only=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -35,7 +37,12 @@ def run_shard(settings: ShardSettings) -> ShardResult:
     """Run the sharding job for `career shard` with a progress bar and print a summary."""
     spec = input_spec(settings)
     start = time.perf_counter()
-    connect_ray(settings.ray.ray_address, settings.ray.num_cpus)
+    connect_ray(
+        settings.ray.ray_address,
+        settings.ray.num_cpus,
+        paths=settings,
+        shared_fs=settings.ray.shared_fs,
+    )
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -75,6 +82,7 @@ def run_shard(settings: ShardSettings) -> ShardResult:
         console.print(
             f"{storage.redact(result.dataset_url)} is already complete (same input and config): nothing to do"
         )
+        warn_quarantined(result)
         return result
     rows = []
     for split, info in manifest.splits.items():
@@ -124,4 +132,20 @@ def run_shard(settings: ShardSettings) -> ShardResult:
             else ""
         )
     )
+    warn_quarantined(result)
+    return result
+
+
+def warn_quarantined(result: ShardResult, command: str = "shard") -> None:
+    """On stderr, at the end: more than half of the input was quarantined (`ShardResult.warning`)."""
+    if result.warning:
+        name = result.manifest.name
+        print(f"career {command}: warning: dataset {name}: {result.warning}", file=sys.stderr)
+
+
+def shard_and_warn(command: str, *args: Any, **kwargs: Any) -> ShardResult:
+    """`shard_dataset` for `career run` and `career scale`, then `warn_quarantined` (an input that
+    yields no record is refused by `shard_dataset` itself: exit 2, nothing written)."""
+    result = shard_dataset(*args, **kwargs)
+    warn_quarantined(result, command)
     return result

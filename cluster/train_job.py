@@ -125,7 +125,12 @@ def launch_together(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
         first = together[0]
         if any(s.resources != first.resources for s in together):
             raise ValueError("runs launched together must use the same workers, GPUs and CPUs")
-        connect_ray(first.ray.ray_address, first.ray.num_cpus)
+        connect_ray(
+            first.ray.ray_address,
+            first.ray.num_cpus,
+            paths=first,
+            shared_fs=first.ray.shared_fs,
+        )
         jobs = [
             job_payload(s.config, s.data, s.out, s.base, s.storage_options, s.stop_after)
             for s in together

@@ -160,3 +160,75 @@ def test_a_killed_training_worker_is_restarted_from_the_last_checkpoint(
     assert metrics["updates"] == 24 and metrics["resumed_from"] >= at
     assert len(set(metrics["worker_nodes"])) == 2
     assert _same_weights(s3.weights("killed"), uninterrupted)
+
+
+def test_sigterm_to_the_driver_checkpoints_at_the_next_update_and_exits_143(
+    s3, resumes, ray_cluster, uninterrupted
+):
+    """A spot instance's warning: the workers checkpoint after the update in progress (not at
+    the next scheduled checkpoint), the command exits 143 within seconds, and its rerun ends
+    where the uninterrupted run did."""
+    command = _pretrain(s3, resumes, "preempted", ray_cluster.address)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(s3, "preempted", proc, 4)
+    noticed = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    took = time.monotonic() - noticed
+    assert proc.returncode == 143, err[-3000:]
+    assert took < 60, took
+    stopped = s3.json("preempted", "checkpoints", "latest.json")["step"]
+    assert f"stopped on SIGTERM after update {stopped} with a checkpoint" in err, err[-2000:]
+    assert not s3.exists("preempted", "metrics.json")  # stopped, not finished
+    rerun = career(*command[1:])
+    assert f"resumed from step{stopped:07d}" in rerun.stdout + rerun.stderr
+    assert _same_weights(s3.weights("preempted"), uninterrupted)
+
+
+def test_sigterm_to_a_training_worker_is_a_restart_from_the_last_checkpoint(
+    s3, resumes, ray_cluster, uninterrupted
+):
+    """SIGTERM to a worker process (its node being drained): the group is started again from
+    the last checkpoint and the run finishes exactly."""
+    proc = subprocess.Popen(
+        _pretrain(s3, resumes, "drained", ray_cluster.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_checkpoint(s3, "drained", proc, 4)
+    ray_cluster.worker_processes("RayTrainWorker")[0].send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=420)
+    assert proc.returncode == 0, err[-3000:]
+    assert s3.json("drained", "metrics.json")["failures_survived"] == 1
+    assert _same_weights(s3.weights("drained"), uninterrupted)
+
+
+def test_a_local_folder_is_refused_on_a_cluster_of_several_nodes(tmp_path, ray_cluster):
+    """Workers on the other nodes would not see it; `--shared-fs` says every node mounts it."""
+    shard = [
+        "shard",
+        "--format",
+        "synth",
+        "--sim-preset",
+        "nlsy79",
+        "--people",
+        "60",
+        "--name",
+        "survey",
+        "--out",
+        "store",
+        "--ray-address",
+        ray_cluster.address,
+    ]
+    refused = career(*shard, check=False, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "--out/--name is a local folder, but the Ray cluster has 3 nodes" in refused.stderr
+    assert "--shared-fs" in refused.stderr and not (tmp_path / "store").exists()
+    run = career(
+        "run", "--store", "runs", "--ray-address", ray_cluster.address, check=False, cwd=tmp_path
+    )
+    assert run.returncode == 2 and "store is a local folder" in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()
+    career(*shard, "--shared-fs", cwd=tmp_path)  # one machine: the folder is shared indeed
+    assert (tmp_path / "store" / "survey" / "manifest.json").exists()

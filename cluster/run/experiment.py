@@ -192,6 +192,13 @@ class Experiment:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    def paths_read(self) -> dict[str, str | None]:
+        """The input files its tasks read (`cluster.guards`)."""
+        return {f"{d.name}: input": d.input for d in (self.resumes, *self.surveys)}
+
+    def paths_written(self) -> dict[str, str | None]:
+        return {"store": self.store}
+
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with the run it continues (the store may move, and how
         many failures a run survives changes no result)."""

@@ -74,6 +74,7 @@ def run_experiment(
     *,
     ray_address: str | None = None,
     num_cpus: int | None = None,
+    shared_fs: bool = False,
     storage_options: dict | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -82,9 +83,10 @@ def run_experiment(
     from cluster.run.survey import survey_task
 
     layout = RunLayout(storage.absolute(run_url))
+    # Ray first: a store the cluster's nodes cannot share is refused before anything is written.
+    address = connect_ray(ray_address, num_cpus, paths=experiment, shared_fs=shared_fs)
     resuming = check_experiment(layout, experiment, storage_options)
     log = StepLog.continued(layout.file(STEPS), storage_options, resuming)
-    address = connect_ray(ray_address, num_cpus)
     say(f"run {storage.redact(layout.url)}{' (resumed)' if resuming else ''}")
     runner = Runner(log, storage_options, say)
     for step in dataset_steps(experiment, layout, storage_options):
@@ -259,6 +261,7 @@ def run_command(settings: RunSettings) -> int:
             layout.url,
             ray_address=settings.ray.ray_address,
             num_cpus=settings.ray.num_cpus,
+            shared_fs=settings.ray.shared_fs,
             storage_options=options,
             say=console.print,
         )

@@ -199,6 +199,8 @@ def run_scale(settings: ScaleSettings) -> int:
             settings.out,
             ray_address=settings.ray.ray_address,
             num_cpus=settings.ray.num_cpus,
+            paths=settings,
+            shared_fs=settings.ray.shared_fs,
             storage_options=settings.storage.storage_options,
             say=console.print,
         )

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cluster.guards import HasPaths
 from cluster.scale.grid import Point, Study
 from cluster.scale.layout import StudyLayout, write_json
 from cluster.scale.point import run_point
@@ -44,14 +45,15 @@ def check_study(layout: StudyLayout, study: Study, storage_options) -> bool:
 
 def shard_inputs(study: Study, layout: StudyLayout, storage_options, say) -> tuple[str, str | None]:
     """Shard the corpus (unless the study names a dataset) and the survey, once; their URLs."""
-    from data_shards.shard import shard_dataset
+    from cluster.shard_job import shard_and_warn
 
     datasets = storage.join(layout.url, "datasets")
     data = study.data or layout.dataset(study.corpus.name)
     if not study.data and not finished(data, MANIFEST, storage_options):
         spec = dataclasses.replace(study.corpus, people=study.corpus_people())
         started = time.perf_counter()
-        shard_dataset(
+        shard_and_warn(
+            "scale",
             spec.input_spec(storage_options),
             datasets,
             spec.name,
@@ -64,7 +66,8 @@ def shard_inputs(study: Study, layout: StudyLayout, storage_options, say) -> tup
         survey = layout.dataset(study.survey.name)
         if not finished(survey, MANIFEST, storage_options):
             started = time.perf_counter()
-            shard_dataset(
+            shard_and_warn(
+                "scale",
                 study.survey.input_spec(storage_options),
                 datasets,
                 study.survey.name,
@@ -82,6 +85,8 @@ def run_study(
     *,
     ray_address: str | None = None,
     num_cpus: int | None = None,
+    paths: HasPaths | None = None,
+    shared_fs: bool = False,
     storage_options: dict | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -93,8 +98,8 @@ def run_study(
     from data_shards.stream.subset import prefix_of
 
     layout = StudyLayout(storage.absolute(url))
+    address = connect_ray(ray_address, num_cpus, paths=paths, shared_fs=shared_fs)
     resuming = check_study(layout, study, storage_options)
-    address = connect_ray(ray_address, num_cpus)
     say(f"study {storage.redact(layout.url)}{' (resumed)' if resuming else ''}")
     data, survey = shard_inputs(study, layout, storage_options, say)
     from eval.scaling.corpus import corpus_facts
