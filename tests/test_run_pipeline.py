@@ -203,3 +203,60 @@ def test_resume_refuses_another_experiment(finished, ray_address):
         cwd=folder,
     )
     assert proc.returncode == 2 and "started with another experiment" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_run_on_a_multi_node_cluster_survives_a_lost_node(finished, s3_endpoint, ray_cluster):
+    """The same experiment on a cluster of three nodes, on S3: pretraining's workers and the
+    survey tasks are spread over the nodes; a worker node is lost while the surveys train (with
+    whatever ran there: a survey task, a training worker); the run finishes by itself with the
+    one-node run's tables."""
+    import s3fs
+
+    folder, _ = finished
+    root, options = new_bucket(s3_endpoint, "cluster")
+    (folder / "cluster-options.json").write_text(json.dumps(options))
+    fs = s3fs.S3FileSystem(**options)
+    run = f"{root.removeprefix('s3://')}/runs/spread"
+    args = [
+        CAREER,
+        "run",
+        "--config",
+        "exp.yaml",
+        "--store",
+        f"{root}/runs",
+        "--run-id",
+        "spread",
+        "--storage-options",
+        "@cluster-options.json",
+        "--ray-address",
+        ray_cluster.address,
+    ]
+    driver = subprocess.Popen(
+        args, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    surveys_training = f"{run}/surveys/nlsy79/finetuned/checkpoints/latest.json"
+    deadline = time.monotonic() + 600
+    while driver.poll() is None and time.monotonic() < deadline:
+        fs.invalidate_cache()
+        if fs.exists(surveys_training):
+            break
+        time.sleep(0.2)
+    busy = {ray_cluster.node_of(p) for p in ray_cluster.worker_processes("ray::")}
+    lost = next((n for n in ray_cluster.workers if n.node_id in busy), ray_cluster.workers[0])
+    try:
+        ray_cluster.kill_worker(lost)
+        out, err = driver.communicate(timeout=900)
+    finally:
+        ray_cluster.add_worker()
+    assert driver.returncode == 0, err[-3000:]
+    fs.invalidate_cache()
+    pretrained = json.loads(fs.cat(f"{run}/pretrain/metrics.json"))
+    assert len(set(pretrained["worker_nodes"])) == 2  # one CPU a node: two nodes
+    steps = {s["step"]: s for s in json.loads(fs.cat(f"{run}/steps.json"))}
+    assert steps["survey nlsy79"]["node"] != steps["survey psid"]["node"]  # spread
+    first = perplexities(folder / "store" / "first")
+    for survey, models in first.items():
+        metrics = json.loads(fs.cat(f"{run}/surveys/{survey}/evaluation/metrics.json"))
+        again = {m: v[survey]["perplexity"]["value"] for m, v in metrics["metrics"].items()}
+        assert again == pytest.approx(models, rel=1e-6), survey

@@ -95,7 +95,12 @@ def run_experiment(
 
     import ray
 
-    task = ray.remote(num_cpus=0)(survey_task)
+    # Spread: each survey's Ray Train controller and scoring on another node where there are
+    # several. A survey task lost with its node is started again elsewhere (its steps are
+    # idempotent and its models resume from their checkpoints).
+    task = ray.remote(num_cpus=0)(survey_task).options(
+        scheduling_strategy="SPREAD", max_retries=experiment.max_failures
+    )
     pending = [
         s.name for s in experiment.surveys if survey_pending(experiment, s, layout, storage_options)
     ]
@@ -116,7 +121,12 @@ def run_experiment(
     for name, result in surveys:
         seconds = time.perf_counter() - started
         log.record(
-            f"survey {name}", "done", seconds, models=result["seconds"], started=result["started"]
+            f"survey {name}",
+            "done",
+            seconds,
+            models=result["seconds"],
+            started=result["started"],
+            node=result["node"],
         )
         say(
             f"  survey {name}: {seconds:,.0f} s since pretraining "

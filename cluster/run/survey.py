@@ -23,7 +23,7 @@ def survey_task(
     storage_options: dict | None,
 ) -> dict[str, Any]:
     """Train every model of one survey not trained before, then carry out its steps; the seconds
-    each took (the survey's entry in steps.json)."""
+    each took and the Ray node it ran on (the survey's entry in steps.json)."""
     from cluster import train_job
 
     began = time.time()
@@ -51,4 +51,7 @@ def survey_task(
         started = time.perf_counter()
         step.action()
         times[step.name] = time.perf_counter() - started
-    return {"survey": survey, "seconds": times, "started": round(began, 1)}
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()  # where it ran (steps.json)
+    return {"survey": survey, "seconds": times, "started": round(began, 1), "node": node}
