@@ -232,3 +232,28 @@ def test_a_local_folder_is_refused_on_a_cluster_of_several_nodes(tmp_path, ray_c
     assert not (tmp_path / "runs").exists()
     career(*shard, "--shared-fs", cwd=tmp_path)  # one machine: the folder is shared indeed
     assert (tmp_path / "store" / "survey" / "manifest.json").exists()
+
+
+def test_a_lost_node_is_a_restart_on_the_nodes_left(s3, resumes, ray_cluster, uninterrupted):
+    """The node holding a training worker is lost (its raylet and every process on it): the run
+    goes on with a new worker group on the nodes left, from the last checkpoint, to the same
+    weights."""
+    proc = subprocess.Popen(
+        _pretrain(s3, resumes, "node-lost", ray_cluster.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_checkpoint(s3, "node-lost", proc, 4)
+    on_workers = {ray_cluster.node_of(w) for w in ray_cluster.worker_processes("RayTrainWorker")}
+    lost = next(n for n in ray_cluster.workers if n.node_id in on_workers)
+    try:
+        ray_cluster.kill_worker(lost)
+        out, err = proc.communicate(timeout=420)
+    finally:
+        ray_cluster.add_worker()  # the next test gets three nodes again
+    assert proc.returncode == 0, err[-3000:]
+    metrics = s3.json("node-lost", "metrics.json")
+    assert metrics["failures_survived"] >= 1
+    assert lost.node_id not in metrics["worker_nodes"]
+    assert _same_weights(s3.weights("node-lost"), uninterrupted)
