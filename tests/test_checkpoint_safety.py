@@ -149,6 +149,7 @@ def clean_run(one_rank, tmp_path_factory) -> Path:
         "valid_perplexity": 9.0,
     }
     store.write_sidecar(TAG, sidecar, VOCAB)
+    store.seal(TAG, 1)  # its record (complete.json), as Checkpointer.save writes it
     store.set_latest(TAG, 1)
     ds_engine.to_universal(store.local, TAG, str(out / "universal"))
     return out
@@ -237,6 +238,9 @@ def test_a_tampered_checkpoint_is_refused_on_export(run, tmp_path):
     """`career export` of ZeRO-1 (zero_to_fp32): exit 2 with the file and the global."""
     marker = tmp_path / "ran"
     tamper(run / "checkpoints" / TAG / OPTIM_STATES, marker)
+    # Whoever can rewrite a checkpoint file can rewrite its record: the record catches damage,
+    # not an attacker, so the unpickling must refuse the payload by itself.
+    CheckpointStore(str(run)).seal(TAG, 1)
     package = tmp_path / "package"
     done = subprocess.run(
         [CAREER, "export", "--run", str(run), "--package", str(package)],

@@ -4,8 +4,11 @@ A checkpoint is DeepSpeed's files for the tag `step{N:07d}` plus client state: e
 needs (update, tokens seen, the loader state and RNG states of every rank, the resolved config, the
 vocabulary hash, the validation history). Beside it rank 0 writes `career.json` and `vocab.json`,
 what `career export` needs without unpickling anything. Then the tag is uploaded (remote outputs),
-`latest.json` / `best.json` point at it, and old tags are pruned (`trainer.checkpoint_store`).
-Resuming reads the files weights-only (`trainer.safe_load`, through `trainer.engine`).
+its record (`complete.json`: every node's files with their sizes and sha256) marks it complete,
+`latest.json` / `best.json` point at it, and old tags are pruned (`trainer.checkpoint_store`). A
+save that fails (a full disk) stops the run with the folder named and the previous checkpoint
+still the one resumed from. Resuming reads the files weights-only (`trainer.safe_load`, through
+`trainer.engine`), from the newest tag that its record verifies (`trainer.elastic`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from data_shards.errors import StructuralError
 from data_shards.stream import CareerLoader
 from trainer import engine as ds_engine
 from trainer import rng
-from trainer.checkpoint_store import CheckpointStore, tag_of
+from trainer.checkpoint_store import CheckpointStore, merge_files, tag_of
 from trainer.distributed import all_gather
 from trainer.elastic import ResumeSource, from_local_rank0, unshare_optimizer_steps
 
@@ -85,21 +88,37 @@ class Checkpointer:
 
     def save(self, engine, state: TrainState, valid: float | None, is_best: bool = False) -> str:
         """Checkpoint after update `state.step` (every rank); `valid`: its validation perplexity
-        if it was evaluated, `is_best`: it is the best so far."""
-        info, tag = self.run.info, tag_of(state.step)
+        if it was evaluated, `is_best`: it is the best so far.
+
+        In this order, so that a save that stops anywhere leaves the previous checkpoint the one
+        resumed from: what an earlier attempt left of the tag is removed; every rank writes its
+        files (a write that fails, a full disk say, is a StructuralError naming the folder, raised
+        by the rank that met it: the launcher stops the others); each node uploads its files and
+        hashes them; rank 0 writes the tag's record from every node's files, then `latest.json`
+        and `best.json`, and only then prunes older tags."""
+        info, store, tag = self.run.info, self.store, tag_of(state.step)
         client = self._client_state(state, valid)
-        engine.save_checkpoint(self.store.local, tag=tag, client_state=client, save_latest=False)
-        if info.rank == 0:
-            self.store.write_sidecar(tag, self._sidecar(state, valid), self.run.data.vocab)
-        dist.barrier()
         if info.local_rank == 0:
-            self.store.upload(tag)
+            store.begin(tag, owner=info.rank == 0)
         dist.barrier()
+        try:
+            engine.save_checkpoint(store.local, tag=tag, client_state=client, save_latest=False)
+            if info.rank == 0:
+                store.write_sidecar(tag, self._sidecar(state, valid), self.run.data.vocab)
+        except (OSError, RuntimeError) as error:
+            raise store.write_failure(tag, error) from None
+        dist.barrier()
+        files = None
+        if info.local_rank == 0:
+            store.upload(tag)
+            files = store.local_files(tag)
+        every_node = all_gather(files)
         if info.rank == 0:
-            self.store.set_latest(tag, state.step)
+            store.write_record(tag, state.step, merge_files(every_node))
+            store.set_latest(tag, state.step)
             if is_best and valid is not None:
-                self.store.set_best(tag, state.step, valid)
-            self.store.prune(self.run.config.keep_checkpoints)
+                store.set_best(tag, state.step, valid)
+            store.prune(self.run.config.keep_checkpoints)
         dist.barrier()
         return tag
 
@@ -147,4 +166,5 @@ class Checkpointer:
         else:
             rng.reseed_rank(run.config.seed, state.step, info.rank)
             mode += f": {client['world_size']} -> {info.world_size} workers"
-        return state, f"resumed from {source.tag} (update {state.step}, {mode})"
+        skipped = "".join(f"{note}\n" for note in source.skipped)
+        return state, f"{skipped}resumed from {source.tag} (update {state.step}, {mode})"

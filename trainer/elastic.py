@@ -6,6 +6,11 @@ number, the node-local rank 0 of every node rewrites the checkpoint in the unive
 fresh private folder per node, beside the staging folder, in case that is on a filesystem several
 nodes share), which loads on any number of ranks. Rank 0 decides, so that every rank takes the
 same path through the collectives; a conversion that fails on one node is raised on every rank.
+
+Before any of it, the tag is verified on every node against its record (`complete.json`,
+`trainer.checkpoint_store`): a truncated, missing or corrupt file, or a tag whose save never
+finished, is skipped with a note in the resume message, and the newest earlier complete tag is
+used; a run whose tags are all incomplete is refused (exit 2), never restarted from scratch.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class ResumeSource:
     tag: str
     folder: str
     universal: bool
+    #: why newer tags were not used (`prepare_resume`), for the resume message
+    skipped: tuple[str, ...] = ()
 
     def cleanup(self, info: RunInfo) -> None:
         """Remove the universal copy once every rank has loaded it."""
@@ -76,14 +83,36 @@ def needs_conversion(saved_world_size: int, world_size: int) -> bool:
     return bool(saved_world_size) and saved_world_size != world_size
 
 
+def verified_tag(store: CheckpointStore, newest: str, info: RunInfo) -> tuple[str, tuple[str, ...]]:
+    """The newest tag up to `newest` that every node verified against its record, and a note
+    for each newer one skipped (a collective). Node-local rank 0 of each node fetches its own
+    copy (a remote store's download) and checks it; a tag fails if it fails on any node. When
+    the run has tags but none is complete the resume is refused (every rank raises the same
+    StructuralError): starting over from scratch would silently throw the run's progress away."""
+    candidates = from_rank0(
+        [t for t in store.candidates() if t <= newest] if info.rank == 0 else None
+    )
+    problems: list[tuple[str, str]] = []
+    for tag in candidates:
+        reason = store.fetch(tag) if info.local_rank == 0 else None
+        reasons = [r for r in all_gather(reason) if r]
+        if not reasons:
+            return tag, tuple(
+                f"checkpoint {bad} skipped, not complete: {why}" for bad, why in problems
+            )
+        problems.append((tag, reasons[0]))
+    raise store.describe_incomplete(problems)
+
+
 def prepare_resume(store: CheckpointStore, tag: str, info: RunInfo) -> ResumeSource:
-    """Fetch checkpoint `tag` to each node and, for another number of ranks, convert it."""
-    if info.local_rank == 0:
-        store.download(tag)
+    """Fetch the newest complete checkpoint (`tag`, the newest there is, or an earlier one when
+    it fails its record: `verified_tag`) to each node and, for another number of ranks, convert
+    it."""
+    tag, skipped = verified_tag(store, tag, info)
     dist.barrier()
     saved = from_rank0(ds_engine.checkpoint_world_size(os.path.join(store.local, tag)))
     if not needs_conversion(saved, info.world_size):
-        return ResumeSource(tag, store.local, False)
+        return ResumeSource(tag, store.local, False, skipped)
     staging = Path(store.local)
     made = None
     if info.local_rank == 0:
@@ -104,4 +133,4 @@ def prepare_resume(store: CheckpointStore, tag: str, info: RunInfo) -> ResumeSou
         raise RuntimeError(
             "converting the checkpoint for another number of workers failed on another node"
         )
-    return ResumeSource(tag, folder, True)
+    return ResumeSource(tag, folder, True, skipped)

@@ -1,9 +1,12 @@
 """Export: a training run's checkpoint -> a model package (`career export`, and the end of training).
 
-Uses DeepSpeed's consolidation (any ZeRO stage; every file read weights-only, `trainer.safe_load`)
-and the `career.json` + `vocab.json` written beside every checkpoint; the result is what
-`trainer.package.load_model` opens. Runs in one process (rank 0 at the end of training). The
-sidecar's model config names the kind (none: a CAREER checkpoint from before kinds).
+The tag is first verified against its record (`complete.json`: sizes and sha256 of the bytes
+read, a remote tag's downloaded copy), and an incomplete or corrupt one is refused (exit 2) naming
+what is wrong. Uses DeepSpeed's consolidation (any ZeRO stage; every file read weights-only,
+`trainer.safe_load`) and the `career.json` + `vocab.json` written beside every checkpoint; the
+result is what `trainer.package.load_model` opens. Runs in one process (rank 0 at the end of
+training). The sidecar's model config names the kind (none: a CAREER checkpoint from before
+kinds).
 """
 
 from __future__ import annotations
@@ -33,19 +36,27 @@ def export_run(
     `metrics`: the package's metrics.json (training passes the run's); by default the checkpoint's
     own (validation perplexity, update, tokens seen)."""
     store = CheckpointStore(run_url, storage_options)
-    tag = tag or (store.best() or {}).get("tag") or store.latest()
+    tag = tag or (store.best() or {}).get("tag") or store.pointed() or store.latest()
     if not tag:
         raise StructuralError("no checkpoint found", path=storage.redact(store.url))
     check_tag(tag, storage.redact(store.url))
-    sidecar = store.read_sidecar(tag)
-    vocab = Vocabulary.load(storage.join(store.url, tag, "vocab.json"), storage_options)
-    if vocab.hash != sidecar["vocab_hash"]:
-        raise StructuralError(
-            f"checkpoint {tag}: vocab.json does not match career.json",
-            path=storage.redact(store.url),
-        )
+    store.refuse_unknown(tag)
     with closing(store):  # a remote run's staging copy is removed
-        store.download(tag)
+        problem = store.fetch(tag)  # downloaded (remote) and verified against its record
+        if problem:
+            complete = [t for t in store.tags() if t != tag and store.check(t) is None]
+            raise StructuralError(
+                f"checkpoint {tag} is not complete, refusing to export it: {problem} (complete "
+                f"checkpoints, by their records: {', '.join(complete) or 'none'})",
+                path=storage.redact(store.url),
+            )
+        sidecar = store.read_sidecar(tag)
+        vocab = Vocabulary.load(storage.join(store.url, tag, "vocab.json"), storage_options)
+        if vocab.hash != sidecar["vocab_hash"]:
+            raise StructuralError(
+                f"checkpoint {tag}: vocab.json does not match career.json",
+                path=storage.redact(store.url),
+            )
         try:
             state = ds_engine.consolidated_state_dict(store.local, tag)
         except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:

@@ -4,13 +4,12 @@
 
 Everything that can be refused is refused here, before a worker starts and before anything is
 written under `--out`: a dataset without a manifest, too few training blocks for the workers, a
-vocabulary the package cannot extend to, a package of a kind that cannot be fine-tuned, a corrupt
-checkpoint to resume from.
+vocabulary the package cannot extend to, a package of a kind that cannot be fine-tuned, a run
+folder whose checkpoints are all incomplete (`complete.json`, `trainer.checkpoint_store`).
 """
 
 from __future__ import annotations
 
-import zipfile
 from typing import Any
 
 from data_shards import storage
@@ -21,32 +20,15 @@ from trainer.config import TrainConfig, precision_record
 
 
 def check_checkpoint(out: str, storage_options) -> None:
-    """A run folder being resumed must hold a complete, readable latest checkpoint.
+    """A run folder being resumed must hold a complete checkpoint: one whose record
+    (`complete.json`) lists files of the sizes found (the sha256 are compared when the run reads
+    them, `trainer.elastic`). Newer incomplete tags are left to the run, which skips them with a
+    note; a folder whose tags are all incomplete is refused.
 
     Reads only: a fresh `--out` is left untouched (nothing is created by a refused command)."""
     from trainer.checkpoint_store import CheckpointStore
 
-    store = CheckpointStore(out, storage_options)
-    tag = store.latest()
-    if tag is None:
-        return
-    shown = storage.redact(storage.join(store.url, tag))
-    store.read_sidecar(tag)
-    fs, root = storage.filesystem(storage.join(store.url, tag), storage_options)
-    files = fs.ls(root, detail=False) if fs.exists(root) else []
-    states = [f for f in files if f.endswith(".pt")]
-    if not any(f.endswith("mp_rank_00_model_states.pt") for f in states):
-        raise StructuralError(
-            "checkpoint is incomplete: no model states; remove it or use another --out", path=shown
-        )
-    for path in states:
-        # torch.save writes zip files; remote stores are checked for size only
-        ok = fs.size(path) > 0 if store.remote else zipfile.is_zipfile(path)
-        if not ok:
-            raise StructuralError(
-                f"checkpoint is corrupt: {path.rsplit('/', 1)[-1]} is truncated or damaged",
-                path=shown,
-            )
+    CheckpointStore(out, storage_options).check_resumable()
 
 
 def check_run(
@@ -59,7 +41,7 @@ def check_run(
     storage_options=None,
 ) -> None:
     """Refuse before launching anything: no manifest, fewer training blocks than workers, a
-    vocabulary the package cannot extend to, or a corrupt checkpoint to resume from."""
+    vocabulary the package cannot extend to, or a run folder with checkpoints but none complete."""
     from trainer.context import check_training_blocks
 
     manifest = load_manifest(data, storage_options)
