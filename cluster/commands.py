@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,8 @@ def _format_flag(names: tuple[str, ...], input_required: bool) -> dict[str, dict
     }
     if not input_required:
         adjusted["input"]["help"] = (
-            "local path, file:// or s3:// URL of the input (not with --format synth)"
+            "local path, file:// or s3:// URL of the input (not with --format synth); a name "
+            "ending in .gz, .bz2, .xz or .zst is read decompressed"
         )
     return adjusted
 
@@ -70,8 +72,10 @@ class Command:
 # ----------------------------------------------------------------------------- handlers
 def run_inspect(settings: data_settings.InspectSettings) -> int:
     from cluster.console import print_summary
+    from data_shards.formats import check_read, read_warning
     from data_shards.quarantine import write_quarantine
     from data_shards.readers import read
+    from data_shards.storage import redact
     from data_shards.summary import summarize
 
     source = settings.source
@@ -89,6 +93,16 @@ def run_inspect(settings: data_settings.InspectSettings) -> int:
         print(json.dumps(summary, sort_keys=True))
     else:
         print_summary(summary, title=f"{source.format}: {result.report.source}")
+    # After the summary (and the quarantine, the evidence): no record accepted is exit 2.
+    year_base = source.panel.year_base if source.format == "panel" else None
+    check_read(result, source.format, source.input or "", year_base, source.storage.storage_options)
+    if settings.quarantine_out:
+        evidence = f"every entry is in {redact(settings.quarantine_out)}"
+    else:
+        evidence = "--quarantine-out FILE writes every entry"
+    warning = read_warning(result, evidence)
+    if warning:
+        print(f"career inspect: warning: {warning}", file=sys.stderr)
     return 0
 
 

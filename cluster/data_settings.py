@@ -31,7 +31,11 @@ class InputSettings:
     """Input."""
 
     input: str | None = option(
-        None, help="local path, file:// or s3:// URL of the input", metavar="URL", path=True
+        None,
+        help="local path, file:// or s3:// URL of the input; a name ending in .gz, .bz2, .xz or "
+        ".zst is read decompressed",
+        metavar="URL",
+        path=True,
     )
     format: str = option(help="input format", required=True)
     panel: PanelMapping = field(

@@ -8,6 +8,10 @@ too, beside the registry that validates and describes it (`data_shards.inputs` r
 
 `synth` (the simulator) is an input of the sharding job but not a readable file format: its
 blocks are generated on the workers, and it has no `read` and no URL.
+
+`no_record_error` is what an input that yields no accepted record gets, from `career shard` (and
+every job that shards) and `career inspect`: the input, the counts, the first reasons with their
+`file:line`, and the likely cause (the format, the years, the encoding, the column mapping).
 """
 
 from __future__ import annotations
@@ -21,13 +25,21 @@ from typing import Any
 import pyarrow as pa
 
 from data_shards import storage
-from data_shards.quarantine import Quarantine, ReadReport
+from data_shards.errors import StructuralError
+from data_shards.quarantine import (
+    Quarantine,
+    QuarantineEntry,
+    ReadReport,
+    high_share_warning,
+    quarantined_shares,
+)
 from data_shards.readers.career_code import (
     plan_career_code,
     read_career_code,
     read_career_code_block,
 )
 from data_shards.readers.common import ReadResult
+from data_shards.readers.compressed import compression, read_input, sniff, uncompressed_name
 from data_shards.readers.panel import PanelMapping, check_panel, read_panel
 from data_shards.readers.resume_jsonl import (
     ResumeOptions,
@@ -35,6 +47,7 @@ from data_shards.readers.resume_jsonl import (
     read_resume_block,
     read_resume_jsonl,
 )
+from data_shards.schema import YEAR_RANGE
 from data_shards.synth.generate import chunk_sizes, simulate_chunk
 from data_shards.synth.presets import get_preset
 
@@ -131,7 +144,7 @@ def _read_panel_block(spec: InputSpec, part: Any) -> ReadResult:
 
 def _digest_panel(spec: InputSpec, parts: list[Any]) -> str:
     """A panel (a survey, small) is hashed whole."""
-    return hashlib.sha256(storage.read_bytes(spec.url or "", spec.storage_options)).hexdigest()
+    return hashlib.sha256(read_input(spec.url or "", spec.storage_options)).hexdigest()
 
 
 def _read_panel(url: str, *, panel=None, resume=None, storage_options=None) -> ReadResult:
@@ -254,3 +267,134 @@ def input_format(name: str, among: tuple[str, ...] = ALL_FORMATS) -> InputFormat
 def describe_formats(names: tuple[str, ...] = ALL_FORMATS) -> str:
     """One line of help for `--format`: "name: description; ..." for `names`, in that order."""
     return "; ".join(f"{name}: {FORMATS[name].description}" for name in names)
+
+
+# ----------------------------------------------------------------------------- no record accepted
+#: File name endings (once decompressed) that say which format a file is, for the likely cause.
+_SUFFIX_FORMATS = {
+    ".csv": "panel",
+    ".tsv": "panel",
+    ".parquet": "panel",
+    ".pq": "panel",
+    ".jsonl": "resume-jsonl",
+    ".ndjson": "resume-jsonl",
+    ".json": "resume-jsonl",
+}
+#: The first quarantine entries a refusal shows (each with its `file:line`).
+SHOWN_ENTRIES = 3
+
+
+def _likely_cause(
+    fmt: str, url: str, entries: list[QuarantineEntry], year_base: int | None, storage_options
+) -> str:
+    """Why an input yields no record, from its name, its first bytes and its most common
+    quarantine reason."""
+    codec = None if compression(url) else sniff(url, storage_options)
+    if codec:
+        suffix = {"gzip": "gz", "bz2": "bz2", "xz": "xz", "zstd": "zst", "zip": "zip"}[codec]
+        return (
+            f"the file's name: it holds {codec} data, and a compressed input is read only when "
+            f"its name says so (rename it to end in .{suffix})"
+        )
+    name = uncompressed_name(url).rstrip("/").lower()
+    guess = next((f for suffix, f in _SUFFIX_FORMATS.items() if name.endswith(suffix)), None)
+    if guess and guess != fmt:
+        return (
+            f"the --format: the file's name says --format {guess} ({FORMATS[guess].description}), "
+            f"but it was read as --format {fmt}"
+        )
+    top = Quarantine(entries).top_reasons(1)
+    reason = top[0][0] if top else ""
+    if "out of range" in reason and "year" in reason:
+        low, high = YEAR_RANGE
+        if fmt != "panel":
+            return f"the years: they are not calendar years in {low}-{high}"
+        if year_base is None:
+            return (
+                f"--year-base: the years are outside {low}-{high}; two-digit years (80 for 1980, "
+                "also in the birth-year column) need --year-base 1900"
+            )
+        return f"--year-base {year_base}: with it the years are still outside {low}-{high}"
+    if "not UTF-8" in reason:
+        return (
+            "the encoding: the text is not UTF-8 (a compressed input is read only when its name "
+            "ends in .gz, .bz2, .xz or .zst; other encodings need converting to UTF-8)"
+        )
+    if reason.startswith("invalid JSON"):
+        return (
+            "the --format: the lines are not JSON (--format resume-jsonl reads one JSON object "
+            "per line; CSV or Parquet rows are --format panel)"
+        )
+    if fmt == "panel":
+        return (
+            "the column mapping (--person, --year, --occupation, ...) or the --format: "
+            f"the most common reason is {reason!r}"
+        )
+    return f"the --format ({fmt}) or the options: the most common reason is {reason!r}"
+
+
+def no_record_error(
+    fmt: str,
+    url: str,
+    *,
+    people_read: int,
+    rows_read: int,
+    entries: list[QuarantineEntry],
+    year_base: int | None = None,
+    then: str = "",
+    storage_options=None,
+) -> StructuralError:
+    """The error for an input that yields no accepted record: the counts, the first entries with
+    their `file:line`, the most common reasons and the likely cause; `then` says what was done
+    (or what to do) about it. It names the input (redacted)."""
+    shown = storage.redact(url)
+    if not entries:  # nothing read, nothing quarantined
+        what = "yields no record: every line is blank"
+    elif rows_read:
+        what = (
+            f"no record accepted: read as --format {fmt}, all {rows_read:,} rows "
+            f"({people_read:,} people) were quarantined"
+        )
+    else:
+        what = (
+            f"no record accepted: read as --format {fmt}, all {people_read:,} records were "
+            "quarantined"
+        )
+    lines = [what]
+    if entries:
+        lines.append("first reasons:")
+        lines += [f"  {e.source}: {e.reason[:200]}" for e in entries[:SHOWN_ENTRIES]]
+        top = Quarantine(entries).top_reasons(3)
+        lines.append("most common: " + "; ".join(f"{r} ({c:,})" for r, c in top))
+    lines.append("likely cause: " + _likely_cause(fmt, url, entries, year_base, storage_options))
+    if then:
+        lines.append(then)
+    return StructuralError("\n".join(lines), path=shown)
+
+
+def check_read(
+    result: ReadResult, fmt: str, url: str, year_base: int | None = None, storage_options=None
+) -> None:
+    """Refuse a whole-input read that accepted no record (`no_record_error`), as the sharding
+    job would (`career inspect`)."""
+    if result.report.people_accepted:
+        return
+    raise no_record_error(
+        fmt,
+        url,
+        people_read=result.report.people_read,
+        rows_read=result.report.rows_read,
+        entries=list(result.quarantine),
+        year_base=year_base,
+        then="career shard refuses such an input (exit 2, nothing written)",
+        storage_options=storage_options,
+    )
+
+
+def read_warning(result: ReadResult, evidence: str) -> str | None:
+    """`high_share_warning` for a whole-input read (`career inspect`)."""
+    report = result.report
+    shares = quarantined_shares(
+        report.people_read, report.people_quarantined, report.rows_read, report.rows_quarantined
+    )
+    return high_share_warning(shares, result.quarantine.top_reasons(), evidence)

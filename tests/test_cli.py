@@ -1,5 +1,6 @@
 """The `career` front door: help texts, inspect/synth on every format, exit code 2 on bad input."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -286,3 +287,35 @@ def test_a_reader_that_leaves_early_gets_no_error_message(tmp_path):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, stderr
     assert stderr == ""
+
+
+def test_inspect_refuses_an_input_that_yields_no_record(tmp_path, capsys):
+    # Once: exit 0 and a summary of 0 people; `career shard` then wrote an empty dataset.
+    people = tmp_path / "people.csv"
+    people.write_text("person_id,year,job\n" + "".join(f"p{i},2001,a\n" for i in range(9)))
+    quarantine = tmp_path / "q.jsonl"
+    argv = ["inspect", "--input", str(people), "--format", "resume-jsonl", "--json"]
+    assert main([*argv, "--quarantine-out", str(quarantine)]) == 2
+    err = capsys.readouterr().err
+    assert f"{people}: no record accepted: read as --format resume-jsonl, all 10 records" in err
+    assert f"{people}:1: invalid JSON" in err and f"{people}:3: invalid JSON" in err
+    assert "likely cause: the --format: the file's name says --format panel" in err
+    assert len(quarantine.read_text().splitlines()) == 10  # the evidence is kept
+    # gzip data under a plain name is not read as gzip: the cause is named
+    hidden = tmp_path / "people.jsonl"
+    hidden.write_bytes(gzip.compress(b'{"id": "a", "jobs": []}\n' * 50))
+    assert main(["inspect", "--input", str(hidden), "--format", "resume-jsonl"]) == 2
+    assert "holds gzip data" in capsys.readouterr().err
+
+
+def test_inspect_warns_when_more_than_half_is_quarantined(tmp_path, capsys):
+    resumes = tmp_path / "r.jsonl"
+    good = '{"id": "%s", "jobs": [{"code": "X", "start": "2001", "end": "2002"}]}\n'
+    resumes.write_text(good % "a" + good % "b" + "oops\n" * 3)
+    assert main(["inspect", "--input", str(resumes), "--format", "resume-jsonl"]) == 0
+    err = capsys.readouterr().err
+    assert "career inspect: warning: 60.0% of the people read were quarantined" in err
+    assert "invalid JSON (3)" in err
+    resumes.write_text(good % "a" + good % "b" + "oops\n")  # a third: no warning
+    assert main(["inspect", "--input", str(resumes), "--format", "resume-jsonl"]) == 0
+    assert "warning" not in capsys.readouterr().err

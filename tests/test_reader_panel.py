@@ -472,6 +472,25 @@ def test_the_year_base_hint_is_given_for_two_digit_years_only(tmp_path):
     }
 
 
+def test_year_base_applies_to_the_birth_year_too(tmp_path):
+    # Once `--year-base` moved the year only: every row of a survey with two-digit birth years
+    # was quarantined ("birth_year out of range"), and the sharded dataset was empty.
+    (tmp_path / "b.csv").write_text("pid,yr,occ,birth_yr\n1,80,a,51\n1,1981,b,51\n2,99,a,1960\n")
+    mapping = PanelMapping(person="pid", year="yr", occupation="occ", birth_year="birth_yr")
+    without = read(str(tmp_path / "b.csv"), "panel", panel=mapping)
+    assert rows_by_line(without) == {
+        "2": "year out of range 1850-2100 (two-digit years need --year-base)",
+        "3": "birth_year out of range 1850-2100 (two-digit years need --year-base)",
+        "4": "year out of range 1850-2100 (two-digit years need --year-base)",
+    }
+    mapping = PanelMapping(**{**mapping.__dict__, "year_base": 1900})
+    result = read(str(tmp_path / "b.csv"), "panel", panel=mapping)
+    assert len(result.quarantine) == 0
+    people = {r["person_id"]: r for r in result.table.to_pylist()}
+    assert people["1"]["years"] == [1980, 1981] and people["1"]["birth_year"] == 1951
+    assert people["2"]["years"] == [1999] and people["2"]["birth_year"] == 1960
+
+
 def test_shard_quarantines_bad_cells_and_refuses_a_duplicate_header(tmp_path, ray_address, capsys):
     import json
 

@@ -1,7 +1,9 @@
 """The Ray sharding job: round trip for every format (local and S3), determinism, crash and rerun,
 quarantine accounting, structural errors, existing datasets and vocabulary extension."""
 
+import gzip
 import json
+import lzma
 import os
 import signal
 import subprocess
@@ -410,3 +412,98 @@ def test_hash_collisions_are_not_taken_for_duplicates(ray_address):
     assert {k: v.tolist() for k, v in drops.items()} == {
         (1, "train"): [1]
     }  # only the real repeat of "a"
+
+
+def test_an_input_that_yields_no_record_exits_2_and_writes_nothing(tmp_path, ray_address, capsys):
+    # Once: exit 0 and a dataset of 0 people with a manifest marking it complete.
+    panel = tmp_path / "panel.csv"
+    panel.write_text("pid,yr,occ,birth_yr\n1,80,a,51\n1,81,b,51\n2,80,a,60\n2,82,c,60\n")
+    out = tmp_path / "out"
+    flags = ["shard", "--format", "panel", "--input", str(panel), "--out", str(out), "--name", "d"]
+    flags += ["--person", "pid", "--year", "yr", "--occupation", "occ", "--birth-year", "birth_yr"]
+    flags += ["--ray-address", ray_address]
+    assert main(flags) == 2
+    err = capsys.readouterr().err
+    assert f"{panel}: no record accepted: read as --format panel, all 4 rows (2 people)" in err
+    assert f"{panel}:2: year out of range 1850-2100 (two-digit years need --year-base)" in err
+    assert "likely cause: --year-base" in err and f"nothing was written to {out / 'd'}" in err
+    assert not out.exists()  # not even an empty folder
+    # --year-base moves the birth year too (once: every row quarantined for its birth year)
+    assert main([*flags, "--year-base", "1900"]) == 0
+    dataset = str(out / "d")
+    manifest = load_manifest(dataset)
+    assert manifest.totals["people_written"] == 2
+    people = {}
+    for split in (s for s, info in manifest.splits.items() if info["people"]):
+        people.update(records_from_loader(dataset, split))
+    assert {p: r["birth_year"] for p, r in people.items()} == {"1": 1951, "2": 1960}
+    # the wrong --format over that dataset, with --overwrite: refused, the dataset kept whole
+    before = all_files(dataset)
+    wrong = [*flags, "--format", "resume-jsonl", "--overwrite"]
+    assert main(wrong) == 2
+    assert "likely cause: the --format: the file's name says --format panel" in (
+        capsys.readouterr().err
+    )
+    assert all_files(dataset) == before
+
+
+def test_more_than_half_quarantined_is_warned_and_recorded(tmp_path, ray_address, capsys):
+    resumes = tmp_path / "r.jsonl"
+    good = '{"id": "%s", "jobs": [{"code": "X", "start": "2001", "end": "2002"}]}\n'
+    resumes.write_text("".join(good % i for i in range(4)) + "not json\n" * 5)
+    flags = ["shard", "--format", "resume-jsonl", "--input", str(resumes), "--out", str(tmp_path)]
+    assert main([*flags, "--name", "d", "--ray-address", ray_address]) == 0
+    err = capsys.readouterr().err
+    assert "career shard: warning: dataset d: 55.6% of the people read were quarantined" in err
+    assert f"invalid JSON (5); every entry is in {tmp_path / 'd' / 'quarantine.jsonl'}" in err
+    extra = load_manifest(str(tmp_path / "d")).extra
+    assert extra["quarantined_share"] == {"people": 0.5556}
+    assert extra["top_quarantine_reasons"] == [{"reason": "invalid JSON", "count": 5}]
+    resumes.write_text("".join(good % i for i in range(4)) + "not json\n")  # a fifth: quiet
+    assert main([*flags, "--name", "e", "--ray-address", ray_address]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert load_manifest(str(tmp_path / "e")).extra["quarantined_share"] == {"people": 0.2}
+
+
+@pytest.mark.slow
+def test_a_compressed_input_shards_to_the_same_bytes(tmp_path, ray_address):
+    """A compressed file is one block (no byte offsets in a compressed stream); its dataset is
+    byte for byte the one of the plain file cut into many blocks, its quarantine at the same lines."""
+    table = simulated("nlsy79", 300, 5)
+    plain = tmp_path / "r.jsonl"
+    write_resume_jsonl(table, str(plain))
+    lines = plain.read_text().splitlines()
+    lines.insert(159, "not json")  # line 160, in the second block of 100 lines
+    plain.write_text("\n".join(lines) + "\n")
+    packed = tmp_path / "r.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    cc = tmp_path / "cc"
+    write_career_code(table, str(cc))
+    for file in sorted(cc.iterdir()):
+        if file.suffix in (".job", ".education"):
+            (cc / f"{file.name}.xz").write_bytes(lzma.compress(file.read_bytes()))
+            file.unlink()
+    config = ShardConfig(people_per_block=32, blocks_per_shard=2, lines_per_block=100)
+    out = str(tmp_path / "out")
+    inputs = {"resume-jsonl": (plain, packed), "career-code": (None, cc)}
+    for fmt, (first, second) in inputs.items():
+        if first is None:  # the same folder, uncompressed
+            first = tmp_path / "cc-plain"
+            write_career_code(table, str(first))
+        a = shard_dataset(InputSpec(format=fmt, url=str(first)), out, f"{fmt}-plain", config)
+        b = shard_dataset(InputSpec(format=fmt, url=str(second)), out, f"{fmt}-packed", config)
+        files_a, files_b = all_files(a.dataset_url), all_files(b.dataset_url)
+        assert sorted(files_a) == sorted(files_b) and len(a.manifest.shards) > 3, fmt
+        for name in sorted(set(files_a) - {"manifest.json", "quarantine.jsonl"}):
+            assert files_a[name] == files_b[name], (fmt, name)
+        manifest_a, manifest_b = (json.loads(f["manifest.json"]) for f in (files_a, files_b))
+        assert manifest_b["input"].pop("url") == str(second)
+        manifest_a["input"].pop("url")
+        for manifest in (manifest_a, manifest_b):
+            manifest.pop("name")
+        assert manifest_a == manifest_b, fmt
+    quarantine = all_files(str(tmp_path / "out" / "resume-jsonl-packed"))["quarantine.jsonl"]
+    assert json.loads(quarantine)["source"] == f"{packed}:160"
+    assert all_files(str(tmp_path / "out" / "resume-jsonl-plain"))["quarantine.jsonl"] == (
+        quarantine.replace(b"r.jsonl.gz:", b"r.jsonl:")
+    )

@@ -28,7 +28,7 @@ from eval.run_layout import DOWNSTREAM, METRICS, RunLayout, package_of
 
 def dataset_steps(experiment: Experiment, layout: RunLayout, storage_options) -> list[Step]:
     """Shard the resumes, every survey (extending the resume vocabulary) and every cut survey."""
-    from data_shards.shard import shard_dataset
+    from cluster.shard_job import shard_and_warn
 
     resume_vocab = storage.join(layout.dataset(experiment.resumes.name), "vocab.json")
     wanted: list[tuple[DatasetSpec, str, int | None]] = [
@@ -47,7 +47,8 @@ def dataset_steps(experiment: Experiment, layout: RunLayout, storage_options) ->
                 f"shard {name}",
                 layout.dataset(name),
                 MANIFEST,
-                lambda spec=spec, name=name, parent=parent, until=until: shard_dataset(
+                lambda spec=spec, name=name, parent=parent, until=until: shard_and_warn(
+                    "run",
                     spec.input_spec(storage_options),
                     storage.join(layout.url, "datasets"),
                     name,

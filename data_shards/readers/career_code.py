@@ -13,6 +13,10 @@ unparseable year, years out of order, an empty line, a duplicate id) is quaranti
 other control character, a repeated id), else the person's `.job` line. A byte-order mark at the
 start of any file is dropped. Other files in the folder (`dev.job`, `train.foo`, a README) are not
 read: the plan logs a warning naming them and a whole-folder read counts each in its `notes`.
+
+A field file may be compressed (`train.job.gz`, `.bz2`, `.xz`, `.zst`; `readers.compressed`): it
+is read decompressed, and a split with a compressed file is read as one block. A field given both
+plain and compressed (`train.job` and `train.job.gz`) is refused: which one to read is unknown.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from data_shards.readers.common import (
     parse_int,
     parse_optional_float,
 )
+from data_shards.readers.compressed import lines_per_block_of, uncompressed_name
 from data_shards.readers.lines import index_lines, read_line_bytes
 from data_shards.schema import SPLITS
 
@@ -50,19 +55,25 @@ _EXPECTED = "--format career-code expects a folder of {train,valid,test}.{job,ye
 log = logging.getLogger(__name__)
 
 
-def _list_fields(url: str, storage_options) -> tuple[dict[str, set[str]], list[str]]:
-    """The fields present per split, and the names of the folder's other entries (not read)."""
+def _list_fields(url: str, storage_options) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The fields present per split (field -> its file's name), and the names of the folder's
+    other entries (not read)."""
     fs, root = storage.filesystem(url, storage_options)
     if not fs.isdir(root):
         what = "is a file, not a folder" if fs.exists(root) else "does not exist"
         raise StructuralError(f"{what} ({_EXPECTED})", path=storage.redact(url))
-    present: dict[str, set[str]] = {}
+    present: dict[str, dict[str, str]] = {}
     ignored: list[str] = []
-    for path in fs.ls(root, detail=False):
+    for path in sorted(fs.ls(root, detail=False)):
         name = path.rstrip("/").rsplit("/", 1)[-1]
-        split, dot, suffix = name.partition(".")
+        split, dot, suffix = uncompressed_name(name).partition(".")
         if dot and split in SPLITS and suffix in FIELDS:
-            present.setdefault(split, set()).add(suffix)
+            other = present.setdefault(split, {}).setdefault(suffix, name)
+            if other != name:
+                raise StructuralError(
+                    f"both {other} and {name}: which one to read is unknown; remove one",
+                    path=storage.redact(url),
+                )
         elif name:
             ignored.append(name)
     return present, sorted(ignored)
@@ -75,7 +86,7 @@ class CareerCodeBlock:
     split: str
     first_line: int
     count: int
-    byte_ranges: tuple[tuple[str, int, int], ...]  # (field, start, stop)
+    byte_ranges: tuple[tuple[str, str, int, int], ...]  # (field, file name, start, stop)
     digest: str = ""  # sha256 over the split's files: what the block was cut from
 
 
@@ -103,7 +114,7 @@ def _plan(
             ",".join(FIELDS),
             ", ".join(ignored),
         )
-    fields = set().union(*present.values())
+    fields = set().union(*(set(have) for have in present.values()))
     for split, have in sorted(present.items()):
         for required in ("job", "year"):
             if required not in have:
@@ -111,8 +122,8 @@ def _plan(
                     "required file missing",
                     path=storage.redact(storage.join(url, f"{split}.{required}")),
                 )
-        if have != fields:
-            missing = ", ".join(f"{split}.{m}" for m in sorted(fields - have))
+        if set(have) != fields:
+            missing = ", ".join(f"{split}.{m}" for m in sorted(fields - set(have)))
             raise StructuralError(
                 f"optional files must exist for every split; {split} lacks {missing}",
                 path=storage.redact(url),
@@ -120,26 +131,26 @@ def _plan(
     blocks: list[CareerCodeBlock] = []
     names = sorted(fields, key=FIELDS.index)
     for split in [s for s in SPLITS if s in present]:
-        indexes = {
-            name: index_lines(
-                storage.join(url, f"{split}.{name}"), lines_per_block, storage_options
-            )
-            for name in names
-        }
+        files = present[split]
+        urls = {name: storage.join(url, files[name]) for name in names}
+        per_block = lines_per_block_of(list(urls.values()), lines_per_block)
+        indexes = {name: index_lines(urls[name], per_block, storage_options) for name in names}
         reference = indexes["job"].lines
         for name, index in indexes.items():
             if index.lines != reference:
                 line = min(index.lines, reference) + 1
                 raise StructuralError(
                     f"{index.lines} lines but {split}.job has {reference}: line {line} has no counterpart",
-                    path=storage.redact(storage.join(url, f"{split}.{name}")),
+                    path=storage.redact(urls[name]),
                     line=line,
                 )
         ranges = {name: index.ranges() for name, index in indexes.items()}
         digest = hashlib.sha256("".join(indexes[n].sha256 for n in names).encode()).hexdigest()
         for b, (first, _, _) in enumerate(ranges["job"]):
-            count = min(lines_per_block, reference - first + 1)
-            byte_ranges = tuple((name, ranges[name][b][1], ranges[name][b][2]) for name in names)
+            count = min(per_block, reference - first + 1)
+            byte_ranges = tuple(
+                (name, files[name], ranges[name][b][1], ranges[name][b][2]) for name in names
+            )
             blocks.append(CareerCodeBlock(split, first, count, byte_ranges, digest))
     return blocks, ignored
 
@@ -150,8 +161,9 @@ def read_career_code_block(
     """Read and validate the people of one block. `seen`: ids accepted by earlier blocks of the
     same read (updated), so that a repeated id is quarantined here, with its `file:line`."""
     data: dict[str, list[bytes]] = {}
-    for name, start, stop in block.byte_ranges:
-        file_url = storage.join(url, f"{block.split}.{name}")
+    files = {name: file for name, file, _, _ in block.byte_ranges}
+    for name, file, start, stop in block.byte_ranges:
+        file_url = storage.join(url, file)
         data[name] = read_line_bytes(file_url, start, stop, storage_options)
         if len(data[name]) != block.count:
             raise StructuralError(
@@ -168,13 +180,13 @@ def read_career_code_block(
         raw = {name: lines[i] for name, lines in data.items()}
         person_id = f"{split}-{line:09d}"
         try:
-            values = {name: _decode_field(value, f"{split}.{name}") for name, value in raw.items()}
+            values = {name: _decode_field(value, files[name]) for name, value in raw.items()}
             person_id = values.get("id", "").strip() or person_id
             if person_id in seen:
-                raise FieldError(f"duplicate person id: {person_id!r}", f"{split}.id")
+                raise FieldError(f"duplicate person id: {person_id!r}", files["id"])
             record = _parse_person(values, split, line)
         except RecordError as exc:
-            file = exc.file if isinstance(exc, FieldError) else f"{split}.job"
+            file = exc.file if isinstance(exc, FieldError) else files["job"]
             shown = {n: v.decode("utf-8", "backslashreplace") for n, v in raw.items()}
             where = f"{storage.redact(storage.join(url, file))}:{line}"
             quarantine.add(where, str(exc), person_id=person_id, record=shown)

@@ -6,6 +6,10 @@ One streaming pass over a file (64 MB at a time, numpy to find newlines) records
 at which every `lines_per_block`-th line starts. A task then reads only its byte range and knows
 the number of its first line, so quarantine entries still say `file:line`. Lines come back as
 bytes: decoding is per line, so one bad line is one quarantined record.
+
+A compressed file (`compressed`: `.gz`, `.bz2`, `.xz`, `.zst`) is indexed and read decompressed:
+offsets and the sha256 are those of its text, and its readers cut it into one block (a compressed
+stream cannot be read from an offset).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_shards import storage
 from data_shards.readers.common import strip_bom_bytes
+from data_shards.readers.compressed import open_input, read_range
 
 READ_CHUNK = 64 * 2**20
 
@@ -39,17 +43,16 @@ class LineIndex:
 
 
 def index_lines(url: str, lines_per_block: int, storage_options=None) -> LineIndex:
-    """Line count and block start offsets of a text file (any fsspec URL)."""
+    """Line count and block start offsets of a text file (any fsspec URL; decompressed if its name
+    says it is compressed)."""
     if lines_per_block < 1:
         raise ValueError("lines_per_block must be at least 1")
-    fs, path = storage.filesystem(url, storage_options)
     starts = [0]
     digest = hashlib.sha256()
     newlines = 0
     position = 0
     last_byte = b"\n"
-    handle = storage.retry(lambda: fs.open(path, "rb"), url)
-    with handle:
+    with open_input(url, storage_options) as handle:
         while True:
             chunk = handle.read(READ_CHUNK)
             if not chunk:
@@ -77,10 +80,9 @@ def read_line_bytes(url: str, start: int, stop: int, storage_options=None) -> li
     quarantined record, not a failed block. A byte-order mark is dropped at byte 0 of the file
     only (where an editor puts it): one met later is the data of that line.
     """
-    fs, path = storage.filesystem(url, storage_options)
     if stop <= start:
         return []
-    data = storage.retry(lambda: fs.cat_file(path, start=start, end=stop), url)
+    data = read_range(url, start, stop, storage_options)
     if start == 0:
         data = strip_bom_bytes(data)
     lines = data.split(b"\n")

@@ -15,7 +15,11 @@ first observed year; rows that disagree are counted in `notes["static_conflicts"
 CSV rows are located by the physical line they start on (quoted line breaks and blank lines
 counted). Refused as a whole (`StructuralError`): a path that does not exist, an empty file or
 folder, a header alone, a header that is not UTF-8, duplicate column names, a mapped nested
-(list/struct/map) Parquet column.
+(list/struct/map) Parquet column, a compressed Parquet file (`x.parquet.gz`).
+
+`--year-base N` is added to every two-digit value of the year-valued columns: the year and the
+birth year. A CSV may be compressed (`panel.csv.gz`, `.bz2`, `.xz`, `.zst`; `readers.compressed`):
+it is read decompressed, with the lines of its text.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from data_shards.readers.common import (
     decode_line,
     strip_bom_bytes,
 )
+from data_shards.readers.compressed import compression, open_input, read_input, uncompressed_name
 from data_shards.schema import RECORD_SCHEMA, YEAR_RANGE, conform
 
 _INT = r"^[-+]?\d+(\.0*)?$"
@@ -108,7 +113,11 @@ class PanelMapping:
         "column holding train/valid/test, if the input has its own splits", "COL"
     )
     oracle_logp: str | None = None  # written by the simulator; read by its own name, no flag
-    year_base: int | None = _flag("add N to two-digit years, e.g. 1900 for 80 -> 1980", "N")
+    year_base: int | None = _flag(
+        "add N to two-digit years (0-99) of the year and birth-year columns, e.g. 1900 for "
+        "80 -> 1980",
+        "N",
+    )
 
     def __post_init__(self) -> None:
         for name in CATEGORICAL:
@@ -161,11 +170,18 @@ def _probe(url: str, mapping: PanelMapping, storage_options):
     shown = storage.redact(url)
     if not fs.exists(path):
         raise StructuralError("does not exist (no such file or folder)", path=shown)
+    codec = compression(url)
+    if codec and _is_parquet(uncompressed_name(url)):
+        raise StructuralError(
+            f"a {codec}-compressed Parquet file is not read: Parquet compresses its own pages "
+            "(decompress it, or write it with compression='zstd')",
+            path=shown,
+        )
     is_parquet = _is_parquet(url) or fs.isdir(path)  # a folder of Parquet parts is one panel
     line = None if is_parquet else 1
     try:
         schema = _parquet_schema(fs, path, shown) if is_parquet else None
-        header = schema.names if schema is not None else _csv_header(fs, path, shown)
+        header = schema.names if schema is not None else _csv_header(url, storage_options, shown)
     except (OSError, pa.ArrowInvalid) as exc:
         raise StructuralError(f"unreadable panel: {exc}", path=shown, line=line) from None
     _refuse_duplicates(header, shown, line)
@@ -188,10 +204,10 @@ def _probe(url: str, mapping: PanelMapping, storage_options):
     return mapping, is_parquet, fs, path, header
 
 
-def _csv_header(fs, path: str, shown: str) -> list[str]:
+def _csv_header(url: str, storage_options, shown: str) -> list[str]:
     """The header's names. Only the first line is decoded, so that a bad byte further down is one
     quarantined row; an empty file, a blank or non-UTF-8 header, or a header alone is refused."""
-    with fs.open(path, "rb") as handle:
+    with open_input(url, storage_options) as handle:
         first = strip_bom_bytes(handle.readline())
         has_rows = any(line.strip() for line in handle)
     if not first.strip():
@@ -311,7 +327,7 @@ def _read_csv(
     breaks. Blank lines are parsed as rows (so that the parser's row numbers count them) and
     dropped here: they hold no record."""
     shown = storage.redact(url)
-    data = strip_bom_bytes(storage.read_bytes(url, storage_options))
+    data = strip_bom_bytes(read_input(url, storage_options))
     table, skipped = _parse_csv(data, wanted, shown)
     records = 1 + table.num_rows + len(skipped)  # the parser's row numbers; the header is 1
     numbers = np.array([r[0] for r in skipped], dtype=np.int64)
@@ -610,14 +626,7 @@ def _parse_rows(table: pa.Table, mapping: PanelMapping, reasons: _Reasons) -> _R
     years, year_missing, year_bad = _parse(table.column(mapping.year), _INT, int)
     reasons.flag(year_missing, "missing year")
     reasons.flag(year_bad, "unparseable year")
-    two_digit = (years >= 0) & (years < 100)
-    if mapping.year_base is not None:
-        years = np.where(two_digit, years + mapping.year_base, years)
-    out_of_range = ~year_missing & ~year_bad & ((years < YEAR_RANGE[0]) | (years > YEAR_RANGE[1]))
-    span = f"year out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}"
-    if mapping.year_base is None:  # the hint fits two-digit years only (not 99999, not 1700)
-        reasons.flag(out_of_range & two_digit, f"{span} (two-digit years need --year-base)")
-    reasons.flag(out_of_range, span)
+    years = _with_year_base(years, mapping.year_base, year_missing | year_bad, reasons, "year")
 
     occupation, occ_missing, occ_bad, occ_reasons = _categorical(table, mapping, "occupation")
     reasons.flag(occ_bad, occ_reasons)
@@ -646,6 +655,22 @@ def _parse_rows(table: pa.Table, mapping: PanelMapping, reasons: _Reasons) -> _R
     return _Rows(person_ids, person_missing, years, occupation, out, split)
 
 
+def _with_year_base(
+    years: np.ndarray, base: int | None, unusable: np.ndarray, reasons: _Reasons, what: str
+) -> np.ndarray:
+    """A year-valued column (the year, the birth year) with `--year-base` added to its two-digit
+    values; flags the values then outside `YEAR_RANGE` (usable ones only)."""
+    two_digit = (years >= 0) & (years < 100)
+    if base is not None:
+        years = np.where(two_digit, years + base, years)
+    out_of_range = ~unusable & ((years < YEAR_RANGE[0]) | (years > YEAR_RANGE[1]))
+    span = f"{what} out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}"
+    if base is None:  # the hint fits two-digit years only (not 99999, not 1700)
+        reasons.flag(out_of_range & two_digit, f"{span} (two-digit years need --year-base)")
+    reasons.flag(out_of_range, span)
+    return years
+
+
 def _parse_numeric(table: pa.Table, mapping: PanelMapping, reasons: _Reasons) -> dict[str, Any]:
     """Wage (logged unless already), birth year, weight and oracle log-probability, if mapped."""
     out: dict[str, Any] = {}
@@ -669,8 +694,7 @@ def _parse_numeric(table: pa.Table, mapping: PanelMapping, reasons: _Reasons) ->
         if name == "weight":
             reasons.flag(~missing & ~bad & (values <= 0), "non-positive weight")
         if name == "birth_year":
-            outside = ~missing & ~bad & ((values < YEAR_RANGE[0]) | (values > YEAR_RANGE[1]))
-            reasons.flag(outside, f"birth_year out of range {YEAR_RANGE[0]}-{YEAR_RANGE[1]}")
+            values = _with_year_base(values, mapping.year_base, missing | bad, reasons, name)
         out[name] = (
             np.where(missing, np.nan, values)
             if kind is float

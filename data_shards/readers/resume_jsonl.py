@@ -18,7 +18,8 @@ The id is a string or an integer (taken as its decimal text). A resume without a
 named by its line, `line-NNNNNNNNN` (as career-code folders without `.id` files are); any other id
 (null, empty, a boolean, a float, an array or object) is quarantined, as is a line that is not
 UTF-8 or not JSON, an impossible date, and a code or label holding a control character. A
-byte-order mark at the start of the file is dropped.
+byte-order mark at the start of the file is dropped. A compressed file (`people.jsonl.gz`, `.bz2`,
+`.xz`, `.zst`) is read decompressed, as one block (`readers.compressed`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from data_shards.readers.common import (
     parse_int,
     static_text,
 )
+from data_shards.readers.compressed import lines_per_block_of
 from data_shards.readers.lines import index_lines, read_line_bytes
 from data_shards.schema import YEAR_RANGE
 
@@ -335,7 +337,7 @@ def plan_resume_jsonl(url: str, lines_per_block: int, storage_options=None) -> l
         )
     if not fs.exists(path):
         raise StructuralError(f"does not exist ({_EXPECTED})", path=storage.redact(url))
-    index = index_lines(url, lines_per_block, storage_options)
+    index = index_lines(url, lines_per_block_of([url], lines_per_block), storage_options)
     if not index.size:
         raise StructuralError(f"empty file: no resumes ({_EXPECTED})", path=storage.redact(url))
     return [JsonlBlock(first, start, stop, index.sha256) for first, start, stop in index.ranges()]

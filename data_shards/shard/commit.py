@@ -19,7 +19,12 @@ from typing import Any
 
 from data_shards import storage
 from data_shards.manifest import MANIFEST, QUARANTINE, STAGING, VOCAB, Manifest, ShardInfo
-from data_shards.quarantine import QuarantineEntry, write_quarantine
+from data_shards.quarantine import (
+    Quarantine,
+    QuarantineEntry,
+    quarantined_shares,
+    write_quarantine,
+)
 from data_shards.schema import SPLITS
 from data_shards.shard.plan import DatasetPlan
 from data_shards.shard.write import ShardOutput, done_marker, file_digest
@@ -96,11 +101,7 @@ class Commit:
 def commit(job: Commit) -> Manifest:
     """Write quarantine.jsonl and vocab.json, drop stale shards, then manifest.json (last)."""
     plan, options = job.plan, job.storage_options
-    entries: list[QuarantineEntry] = []
-    for summary in plan.summaries:
-        entries.extend(summary.entries)
-        entries.extend(plan.duplicate_entries.get(summary.index, []))
-    write_quarantine(storage.join(job.dataset_url, QUARANTINE), entries, options)
+    write_quarantine(storage.join(job.dataset_url, QUARANTINE), _entries(plan), options)
     plan.vocab.save(storage.join(job.dataset_url, VOCAB), options)
     remove_stale_shards(job.dataset_url, {t.path for t in plan.tasks}, options)
     manifest = _manifest(job)
@@ -109,6 +110,15 @@ def commit(job: Commit) -> Manifest:
     )
     storage.remove_tree(storage.join(job.dataset_url, STAGING), options)
     return manifest
+
+
+def _entries(plan: DatasetPlan) -> list[QuarantineEntry]:
+    """Every quarantine entry, in input order: each block's, then its dropped duplicates."""
+    entries: list[QuarantineEntry] = []
+    for summary in plan.summaries:
+        entries.extend(summary.entries)
+        entries.extend(plan.duplicate_entries.get(summary.index, []))
+    return entries
 
 
 def _split_counts(job: Commit) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
@@ -164,6 +174,18 @@ def _manifest(job: Commit) -> Manifest:
         totals["people_cut"] = cut
     if totals["people_read"] != totals["people_written"] + totals["people_quarantined"] + cut:
         raise RuntimeError(f"sharding lost people: {totals}")
+    extra: dict[str, Any] = {
+        "bytes_per_token": round(total_bytes / total_tokens, 3) if total_tokens else None,
+        "quarantined_share": quarantined_shares(
+            totals["people_read"],
+            totals["people_quarantined"],
+            totals["rows_read"],
+            totals["rows_quarantined"],
+        ),
+    }
+    top = Quarantine(_entries(plan)).top_reasons()
+    if top:
+        extra["top_quarantine_reasons"] = [{"reason": r, "count": c} for r, c in top]
     return Manifest(
         name=job.name,
         shards=shards,
@@ -176,7 +198,7 @@ def _manifest(job: Commit) -> Manifest:
         config=job.identity["config"],
         code_version=job.identity["code_version"],
         oracle_perplexity=oracle or None,
-        extra={"bytes_per_token": round(total_bytes / total_tokens, 3) if total_tokens else None},
+        extra=extra,
     )
 
 

@@ -11,10 +11,12 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
+from data_shards import storage
 from data_shards.blocks import FORMAT_VERSION as BLOCK_FORMAT
 from data_shards.blocks import PEOPLE_PER_BLOCK
 from data_shards.inputs import LINES_PER_BLOCK
-from data_shards.manifest import Manifest
+from data_shards.manifest import QUARANTINE, Manifest
+from data_shards.quarantine import high_share_warning
 from data_shards.schema import FORMAT_VERSION as RECORD_FORMAT
 from data_shards.schema import YEAR_RANGE
 from data_shards.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, check_fractions
@@ -81,6 +83,19 @@ class ShardResult:
     shards_written: int
     shards_reused: int
     already_complete: bool = False
+
+    @property
+    def warning(self) -> str | None:
+        """`high_share_warning` when more than half of the input was quarantined (from the
+        manifest: also for a dataset already complete), else None."""
+        shares = self.manifest.extra.get("quarantined_share")
+        if not shares:  # a dataset made before the share was recorded
+            return None
+        top = [
+            (r["reason"], r["count"]) for r in self.manifest.extra.get("top_quarantine_reasons", [])
+        ]
+        where = storage.redact(storage.join(self.dataset_url, QUARANTINE))
+        return high_share_warning(shares, top, f"every entry is in {where}")
 
 
 def code_version() -> str:

@@ -2,6 +2,7 @@
 
     plan (driver)   structural checks, input cut into blocks             (exit 2 before any shard)
     pass 1 (tasks)  `plan.read_and_split`, one task per input block
+    driver          no record accepted: refused (exit 2, nothing written: `_refuse_no_record`)
     driver          `plan.plan_dataset`: vocabulary, duplicates, shards
     pass 2 (tasks)  `write.write_task`, one task per shard not reusable from an earlier run
     commit          `commit.commit`: quarantine.jsonl, vocab.json, then manifest.json
@@ -19,6 +20,7 @@ from typing import Any
 
 from data_shards import storage
 from data_shards.errors import StructuralError
+from data_shards.formats import no_record_error
 from data_shards.inputs import InputBlock, InputSpec, input_digest, plan_blocks
 from data_shards.manifest import MANIFEST, STAGING, load_manifest
 from data_shards.shard.commit import Commit, Outputs, commit, stage_plan
@@ -56,6 +58,7 @@ def shard_dataset(
     import ray
 
     summaries, table_refs = _read_pass(ray, spec, blocks, config, dataset_url, options, progress)
+    _refuse_no_record(summaries, spec, dataset_url)
     _check_cutoff(summaries, config, spec, dataset_url, options)
     if overwrite:  # the new input read cleanly: only now de-commit the old dataset
         storage.remove_tree(storage.join(dataset_url, MANIFEST), options)
@@ -125,6 +128,25 @@ def _existing_dataset(
             path=storage.redact(dataset_url),
         )
     return None
+
+
+def _refuse_no_record(summaries: list[BlockSummary], spec: InputSpec, dataset_url: str) -> None:
+    """An input that yields no accepted record is not a dataset: refused before anything is
+    written (the dataset folder is left as it was, an older dataset there too)."""
+    accepted = sum(sum(s.split_rows.values()) + sum(s.cut_people.values()) for s in summaries)
+    if accepted:
+        return
+    raise no_record_error(
+        spec.format,
+        spec.url or f"--format {spec.format}",
+        people_read=sum(s.people_read for s in summaries),
+        rows_read=sum(s.rows_read for s in summaries),
+        entries=[e for s in summaries for e in s.entries],
+        year_base=spec.panel.year_base if spec.panel else None,
+        then=f"nothing was written to {storage.redact(dataset_url)}; `career inspect` with the "
+        "same input flags and --quarantine-out FILE writes every quarantined record",
+        storage_options=spec.storage_options,
+    )
 
 
 def _check_cutoff(
