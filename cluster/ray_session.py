@@ -42,7 +42,10 @@ def connect_ray(
             ray.init(address=address, log_to_driver=False)
         else:
             _local_only_even_if_imported_before()
+            # "local": a new instance, even where a cluster started with `ray start` (or a
+            # test's) runs on this machine, which a bare ray.init() would join instead.
             ray.init(
+                address="local",
                 num_cpus=num_cpus,
                 include_dashboard=False,
                 object_store_memory=object_store_memory,
