@@ -131,6 +131,7 @@ def run_shard(settings: ShardSettings) -> ShardResult:
             if result.shards_reused
             else ""
         )
+        + (f"; tasks on {len(result.nodes)} Ray nodes" if len(result.nodes) > 1 else "")
     )
     warn_quarantined(result)
     return result

@@ -97,7 +97,9 @@ class Runner:
         result = step.action()
         seconds = time.perf_counter() - started
         if self.log is not None:
-            self.log.record(step.name, "done", seconds)
+            # where its Ray tasks ran, when the result says (a sharding job's `nodes`)
+            nodes = getattr(result, "nodes", None)
+            self.log.record(step.name, "done", seconds, **({"nodes": nodes} if nodes else {}))
         self.say(f"  {step.name}: {seconds:,.0f} s")
         return result
 

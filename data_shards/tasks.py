@@ -9,7 +9,8 @@ when a loop runs, so that importing this module stays light.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 K = TypeVar("K")
@@ -32,3 +33,18 @@ def as_completed(refs: Mapping[Any, K]) -> Iterator[tuple[K, Any]]:
                 raise exc.cause from None
             raise
         yield key, result
+
+
+def on_node(fn: Callable[..., Any]) -> Callable[..., tuple]:
+    """`fn` as a task that also returns the Ray node it ran on, as its last value: where a job's
+    tasks ran (`ShardResult.nodes`, steps.json), without changing what the task computes."""
+
+    @functools.wraps(fn)
+    def task(*args: Any, **kwargs: Any) -> tuple:
+        import ray
+
+        result = fn(*args, **kwargs)
+        node = ray.get_runtime_context().get_node_id()
+        return (*result, node) if isinstance(result, tuple) else (result, node)
+
+    return task

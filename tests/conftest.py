@@ -19,7 +19,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from helpers import BF16_CPU, FP32_CPU, new_bucket
@@ -144,78 +143,12 @@ def single_process_group():
         groups._WORLD_GROUP = None
 
 
-@dataclass
-class RayCluster:
-    """A multi-node Ray cluster on this machine: a head and worker nodes, each a raylet of its
-    own with its own CPUs, all on 127.0.0.1. Commands join it with `--ray-address address`."""
-
-    cluster: Any  # ray.cluster_utils.Cluster
-    workers: list  # the worker nodes (ray._private.node.Node), in the order they were added
-
-    @property
-    def address(self) -> str:
-        return self.cluster.address
-
-    def add_worker(self):
-        node = self.cluster.add_node(**NODE_ARGS)
-        self.cluster.wait_for_nodes()
-        self.workers.append(node)
-        return node
-
-    def kill_worker(self, node) -> None:
-        """Lose `node` as a machine is lost: its raylet and every process on it, SIGKILLed."""
-        self.cluster.remove_node(node, allow_graceful=False)
-        self.workers.remove(node)
-
-    def worker_processes(self, name: str) -> list:
-        """The live processes on this cluster's nodes whose title holds `name` (e.g.
-        `RayTrainWorker`): children of its raylets, never another test's Ray."""
-        import psutil
-
-        found = []
-        for node in [self.cluster.head_node, *self.workers]:
-            for info in node.all_processes.get("raylet", []):
-                try:
-                    children = psutil.Process(info.process.pid).children(recursive=True)
-                except psutil.NoSuchProcess:
-                    continue
-                for child in children:
-                    try:
-                        if name in " ".join(child.cmdline()) or name in child.name():
-                            found.append(child)
-                    except psutil.NoSuchProcess:
-                        continue
-        return found
-
-    def node_of(self, process) -> str:
-        """The Ray node id of the raylet a process runs under."""
-        import psutil
-
-        parents = {p.pid for p in psutil.Process(process.pid).parents()}
-        for node in [self.cluster.head_node, *self.workers]:
-            if any(info.process.pid in parents for info in node.all_processes.get("raylet", [])):
-                return node.node_id
-        raise LookupError(f"process {process.pid} is on none of this cluster's nodes")
-
-
-#: Each node: one CPU (a Ray Train worker or a task at a time), a small object store, loopback.
-NODE_ARGS = {"num_cpus": 1, "object_store_memory": 150 * 2**20, "node_ip_address": "127.0.0.1"}
-
-
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A head and two worker nodes for the whole session (the slow cluster tests share them); a
     test that loses a node adds one back before it ends."""
-    from ray.cluster_utils import Cluster
+    from ray_cluster import start_cluster
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only (cluster.ray_session)
-    cluster = Cluster(
-        initialize_head=True,
-        connect=False,
-        head_node_args={**NODE_ARGS, "include_dashboard": False},
-    )
-    nodes = RayCluster(cluster, [])
-    nodes.add_worker()
-    nodes.add_worker()
+    nodes = start_cluster(workers=2)
     yield nodes
-    cluster.shutdown()
+    nodes.shutdown()

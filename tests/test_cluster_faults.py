@@ -257,3 +257,58 @@ def test_a_lost_node_is_a_restart_on_the_nodes_left(s3, resumes, ray_cluster, un
     assert metrics["failures_survived"] >= 1
     assert lost.node_id not in metrics["worker_nodes"]
     assert _same_weights(s3.weights("node-lost"), uninterrupted)
+
+
+def test_a_node_lost_while_sharding_changes_no_byte(s3, ray_cluster):
+    """A worker node lost in the middle of `career shard` (its tasks, and the block tables its
+    read tasks held in its object store): Ray runs them again elsewhere, and the dataset is byte
+    for byte the one sharded without the fault."""
+    shard = [
+        CAREER,
+        "shard",
+        "--format",
+        "synth",
+        "--sim-preset",
+        "resumes",
+        "--people",
+        "6000",
+        "--people-per-block",
+        "128",
+        "--blocks-per-shard",
+        "2",
+        "--ray-address",
+        ray_cluster.address,
+        *s3.flags,
+    ]
+    career(*shard[1:], "--out", f"{s3.url}/sharded", "--name", "whole")
+    proc = subprocess.Popen(
+        [*shard, "--out", f"{s3.url}/sharded", "--name", "lost"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not s3.fs.glob(f"{s3.url.removeprefix('s3://')}/sharded/lost/_staging/done/*"):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+        s3.fs.invalidate_cache()
+    busy = {ray_cluster.node_of(p) for p in ray_cluster.worker_processes("ray::")}
+    lost = next((n for n in ray_cluster.workers if n.node_id in busy), ray_cluster.workers[0])
+    try:
+        ray_cluster.kill_worker(lost)
+        out, err = proc.communicate(timeout=420)
+    finally:
+        ray_cluster.add_worker()
+    assert proc.returncode == 0, err[-3000:]
+    s3.fs.invalidate_cache()
+    root = s3.url.removeprefix("s3://") + "/sharded"
+    whole = sorted(p.removeprefix(f"{root}/whole/") for p in s3.fs.find(f"{root}/whole"))
+    lost_files = sorted(p.removeprefix(f"{root}/lost/") for p in s3.fs.find(f"{root}/lost"))
+    assert whole == lost_files
+    for name in whole:
+        a, b = s3.fs.cat_file(f"{root}/whole/{name}"), s3.fs.cat_file(f"{root}/lost/{name}")
+        if name == "manifest.json":  # it names its own folder
+            a, b = (json.loads(x) for x in (a, b))
+            for m in (a, b):
+                m.pop("name", None), m.pop("url", None)
+        assert a == b, name

@@ -121,12 +121,28 @@ def test_the_whole_experiment_from_an_empty_folder(finished):
     assert "## Wage model and wage gap" in (run / "report" / "report.md").read_text()
 
 
+#: Where the driver is killed, in order: a file (a glob under the run) that says the step has
+#: begun, and the longest seeded delay after it, in seconds.
+KILL_POINTS = [
+    ("datasets/resumes/*", 1.0),  # sharding the resumes
+    ("pretrain/checkpoints/latest.json", 0.3),  # pretraining, past its first checkpoint
+    ("surveys/*/finetuned/checkpoints/latest.json", 2.0),  # the surveys' training
+    ("surveys/*/evaluation/*", 1.0),  # their evaluation
+    ("surveys/*/forecast/models/*/metrics.json", 1.0),  # forecasting, wages, rationales
+]
+
+
 @pytest.mark.slow
-def test_a_run_on_s3_killed_and_resumed_to_the_same_table(finished, s3_endpoint, ray_address):
-    """The same experiment with `--store s3://…` (moto), its driver killed once pretraining has
-    checkpointed: `--run-id` skips the completed steps, continues pretraining from the object
-    store's checkpoint, and ends at the local run's table. Nothing is written locally and the
-    secret is never printed."""
+def test_a_run_on_s3_killed_in_every_step_and_resumed_to_the_same_outputs(
+    finished, s3_endpoint, ray_address
+):
+    """The same experiment with `--store s3://…` (moto), its driver SIGKILLed (with every process
+    it started) at a seeded random moment of each step in turn, and rerun with `--run-id` after
+    each kill: the last rerun finishes with the shards byte for byte those of the uninterrupted
+    local run and the same tables. Each rerun skips the completed steps and continues training
+    from the object store's checkpoints; nothing is written locally; the secret never printed."""
+    import random
+
     import s3fs
 
     folder, _ = finished
@@ -148,31 +164,43 @@ def test_a_run_on_s3_killed_and_resumed_to_the_same_table(finished, s3_endpoint,
         "--ray-address",
         ray_address,
     ]
-    driver = subprocess.Popen(
-        args,
-        cwd=folder,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    checkpoint = f"{run}/pretrain/checkpoints/latest.json"
-    deadline = time.monotonic() + 600
-    while driver.poll() is None and time.monotonic() < deadline and not fs.exists(checkpoint):
-        time.sleep(0.1)
-        fs.invalidate_cache()
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the torch/Ray processes it started
-    driver.wait()
-    fs.invalidate_cache()
-    assert fs.exists(checkpoint), "the run never reached its first pretraining checkpoint"
-    killed_at = json.loads(fs.cat(checkpoint))["step"]
-    assert not fs.exists(f"{run}/pretrain/metrics.json"), "pretraining ended before the kill"
+    seeded = random.Random(26)
+    kills = []
+    for pattern, longest in KILL_POINTS:
+        driver = subprocess.Popen(
+            args,
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 600
+        while driver.poll() is None and time.monotonic() < deadline:
+            fs.invalidate_cache()
+            if fs.glob(f"{run}/{pattern}"):
+                time.sleep(seeded.uniform(0, longest))
+                break
+            time.sleep(0.1)
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the processes it started
+            fs.invalidate_cache()
+            kills.append((pattern, fs.exists(f"{run}/pretrain/metrics.json")))
+        driver.wait()
+    assert len(kills) == len(KILL_POINTS), kills  # the run never got to the end by itself
     resumed = subprocess.run(args, capture_output=True, text=True, cwd=folder, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(resumed)" in resumed.stdout and "shard resumes: done before, skipped" in resumed.stdout
     fs.invalidate_cache()
-    # Pretraining continued from the checkpoint on the object store, not from scratch.
+    # Pretraining killed before its end continued from a checkpoint on the object store, not
+    # from scratch.
     pretrained = json.loads(fs.cat(f"{run}/pretrain/metrics.json"))
-    assert 1 <= killed_at < pretrained["updates"] and pretrained["resumed_from"] == killed_at
+    if not dict(kills)[KILL_POINTS[1][0]]:
+        assert 1 <= pretrained["resumed_from"] <= pretrained["updates"], kills
+    # The shards, byte for byte; the tables, to the last digit.
+    local = folder / "store" / "first" / "datasets"
+    for path in sorted(local.rglob("*.tar")):
+        relative = path.relative_to(local).as_posix()
+        assert fs.cat(f"{run}/datasets/{relative}") == path.read_bytes(), relative
     first = perplexities(folder / "store" / "first")
     for survey, models in first.items():
         metrics = json.loads(fs.cat(f"{run}/surveys/{survey}/evaluation/metrics.json"))
@@ -255,6 +283,7 @@ def test_a_run_on_a_multi_node_cluster_survives_a_lost_node(finished, s3_endpoin
     assert len(set(pretrained["worker_nodes"])) == 2  # one CPU a node: two nodes
     steps = {s["step"]: s for s in json.loads(fs.cat(f"{run}/steps.json"))}
     assert steps["survey nlsy79"]["node"] != steps["survey psid"]["node"]  # spread
+    assert len(steps["shard resumes"]["nodes"]) > 1
     first = perplexities(folder / "store" / "first")
     for survey, models in first.items():
         metrics = json.loads(fs.cat(f"{run}/surveys/{survey}/evaluation/metrics.json"))

@@ -83,6 +83,8 @@ class ShardResult:
     shards_written: int
     shards_reused: int
     already_complete: bool = False
+    #: the Ray nodes its tasks ran on (none when nothing was read: a dataset already complete)
+    nodes: list[str] = field(default_factory=list)
 
     @property
     def warning(self) -> str | None:

@@ -27,7 +27,7 @@ from data_shards.shard.commit import Commit, Outputs, commit, stage_plan
 from data_shards.shard.config import Progress, ShardConfig, ShardResult, code_version
 from data_shards.shard.plan import BlockSummary, DatasetPlan, plan_dataset, read_and_split
 from data_shards.shard.write import WriteContext, write_task
-from data_shards.tasks import as_completed
+from data_shards.tasks import as_completed, on_node
 from data_shards.vocab import Vocabulary
 
 
@@ -57,7 +57,10 @@ def shard_dataset(
 
     import ray
 
-    summaries, table_refs = _read_pass(ray, spec, blocks, config, dataset_url, options, progress)
+    nodes: set[str] = set()  # where the tasks ran
+    summaries, table_refs = _read_pass(
+        ray, spec, blocks, config, dataset_url, options, progress, nodes
+    )
     _refuse_no_record(summaries, spec, dataset_url)
     _check_cutoff(summaries, config, spec, dataset_url, options)
     if overwrite:  # the new input read cleanly: only now de-commit the old dataset
@@ -67,9 +70,10 @@ def shard_dataset(
     context = WriteContext(
         dataset_url, plan.vocab.to_json(), plan.fields, config.people_per_block, options
     )
-    outputs = _write_pass(ray, context, plan, table_refs, reusable, progress)
+    outputs = _write_pass(ray, context, plan, table_refs, reusable, progress, nodes)
     manifest = commit(Commit(dataset_url, name, identity, plan, outputs, options))
-    return ShardResult(manifest, dataset_url, len(plan.tasks) - len(reusable), len(reusable))
+    written = len(plan.tasks) - len(reusable)
+    return ShardResult(manifest, dataset_url, written, len(reusable), nodes=sorted(nodes))
 
 
 def _load_parent(parent_vocab_url: str | None, options) -> Vocabulary | None:
@@ -180,9 +184,12 @@ def _read_pass(
     dataset_url: str,
     options,
     progress: Progress,
+    nodes: set[str],
 ) -> tuple[list[BlockSummary], list]:
-    """Pass 1: block summaries in input order, and refs to each block's per-split tables."""
-    read_task = ray.remote(num_returns=2)(read_and_split)
+    """Pass 1: block summaries in input order, and refs to each block's per-split tables; the
+    Ray nodes the tasks ran on are added to `nodes`."""
+    # SPREAD: a cluster's nodes read (and below, write) side by side, each with its own I/O.
+    read_task = ray.remote(num_returns=3, scheduling_strategy="SPREAD")(on_node(read_and_split))
     refs = [read_task.remote(spec, block, config) for block in blocks]
     done: dict[int, BlockSummary] = {}
     people = 0
@@ -199,6 +206,7 @@ def _read_pass(
             storage.remove_tree(storage.join(dataset_url, STAGING), options)
             raise StructuralError(str(cause)) from None
         raise
+    nodes.update(ray.get([r[2] for r in refs]))
     return [done[i] for i in range(len(blocks))], [r[1] for r in refs]
 
 
@@ -209,21 +217,26 @@ def _write_pass(
     table_refs: list,
     reusable: Outputs,
     progress: Progress,
+    nodes: set[str],
 ) -> Outputs:
     """Pass 2: one task per shard not already written by an earlier run of the same plan."""
     outputs: Outputs = dict(reusable)
     people = sum(o.info.people for o in outputs.values())
     progress("write", len(outputs), len(plan.tasks), people)
-    shard_task = ray.remote(write_task)
+    shard_task = ray.remote(num_returns=2, scheduling_strategy="SPREAD")(on_node(write_task))
     futures = {}
+    placed = []
     for task in plan.tasks:
         if (task.split, task.index) in outputs:
             continue
         drop_rows = [plan.drops.get((s.block, task.split)) for s in task.segments]
         tables = [table_refs[s.block] for s in task.segments]  # per-split dicts, resolved by Ray
-        futures[shard_task.remote(context, task, drop_rows, *tables)] = task
+        output_ref, node_ref = shard_task.remote(context, task, drop_rows, *tables)
+        futures[output_ref] = task
+        placed.append(node_ref)
     for task, output in as_completed(futures):
         outputs[(task.split, task.index)] = output
         people += output.info.people
         progress("write", len(outputs), len(plan.tasks), people)
+    nodes.update(ray.get(placed))
     return outputs
