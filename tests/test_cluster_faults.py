@@ -20,12 +20,12 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
-#: A run long enough to be hit while it trains (a few seconds), checkpointing every 4 updates.
+#: A run long enough to be hit three times while it trains, checkpointing every 4 updates.
 TRAIN = [
     "--preset",
     "tiny",
     "--updates",
-    "24",
+    "32",
     "--tokens-per-update",
     "1500",
     "--zero-stage",
@@ -135,31 +135,45 @@ def uninterrupted(s3, resumes, ray_cluster) -> dict[str, torch.Tensor]:
     return s3.weights("whole")
 
 
-def test_a_killed_training_worker_is_restarted_from_the_last_checkpoint(
+def test_lost_workers_and_a_lost_node_are_restarts_from_the_last_checkpoint(
     s3, resumes, ray_cluster, uninterrupted
 ):
-    """SIGKILL to one Ray Train worker after the first checkpoint: a new worker group resumes
-    from it by itself, and the run ends where the uninterrupted one did, bit for bit."""
+    """Three faults in one run, each after a checkpoint: SIGKILL to a Ray Train worker, SIGTERM
+    to another (its node being drained), then the loss of a node holding one (its raylet and
+    every process on it). Each time a new worker group resumes from the last checkpoint by
+    itself, on the nodes left, and the run ends where the uninterrupted one did, bit for bit."""
     proc = subprocess.Popen(
-        _pretrain(s3, resumes, "killed", ray_cluster.address),
+        _pretrain(s3, resumes, "faults", ray_cluster.address),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    at = _wait_for_checkpoint(s3, "killed", proc, 4)
+    _wait_for_checkpoint(s3, "faults", proc, 4)
     workers = ray_cluster.worker_processes("RayTrainWorker")
     assert len(workers) == 2, workers
     # The two workers are on two nodes (one CPU each): the run is spread over the cluster.
     assert len({ray_cluster.node_of(w) for w in workers}) == 2
     workers[-1].send_signal(signal.SIGKILL)
-    out, err = proc.communicate(timeout=420)
+    _wait_for_checkpoint(s3, "faults", proc, 12)
+    ray_cluster.worker_processes("RayTrainWorker")[0].send_signal(signal.SIGTERM)
+    _wait_for_checkpoint(s3, "faults", proc, 20)
+    on_workers = {ray_cluster.node_of(w) for w in ray_cluster.worker_processes("RayTrainWorker")}
+    lost = next(n for n in ray_cluster.workers if n.node_id in on_workers)
+    try:
+        ray_cluster.kill_worker(lost)
+        out, err = proc.communicate(timeout=420)
+    finally:
+        ray_cluster.add_worker()  # the next test gets three nodes again
     assert proc.returncode == 0, err[-3000:]
-    assert "worker group restarted after failure 1: resumed from step" in err, err[-3000:]
-    metrics = s3.json("killed", "metrics.json")
-    assert metrics["failures_survived"] == 1
-    assert metrics["updates"] == 24 and metrics["resumed_from"] >= at
-    assert len(set(metrics["worker_nodes"])) == 2
-    assert _same_weights(s3.weights("killed"), uninterrupted)
+    for failure in (1, 2, 3):
+        assert f"worker group restarted after failure {failure}: resumed from step" in err, err[
+            -3000:
+        ]
+    metrics = s3.json("faults", "metrics.json")
+    assert metrics["failures_survived"] == 3
+    assert metrics["updates"] == 32 and metrics["resumed_from"] >= 20
+    assert len(set(metrics["worker_nodes"])) == 2 and lost.node_id not in metrics["worker_nodes"]
+    assert _same_weights(s3.weights("faults"), uninterrupted)
 
 
 def test_sigterm_to_the_driver_checkpoints_at_the_next_update_and_exits_143(
@@ -183,25 +197,6 @@ def test_sigterm_to_the_driver_checkpoints_at_the_next_update_and_exits_143(
     rerun = career(*command[1:])
     assert f"resumed from step{stopped:07d}" in rerun.stdout + rerun.stderr
     assert _same_weights(s3.weights("preempted"), uninterrupted)
-
-
-def test_sigterm_to_a_training_worker_is_a_restart_from_the_last_checkpoint(
-    s3, resumes, ray_cluster, uninterrupted
-):
-    """SIGTERM to a worker process (its node being drained): the group is started again from
-    the last checkpoint and the run finishes exactly."""
-    proc = subprocess.Popen(
-        _pretrain(s3, resumes, "drained", ray_cluster.address),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _wait_for_checkpoint(s3, "drained", proc, 4)
-    ray_cluster.worker_processes("RayTrainWorker")[0].send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=420)
-    assert proc.returncode == 0, err[-3000:]
-    assert s3.json("drained", "metrics.json")["failures_survived"] == 1
-    assert _same_weights(s3.weights("drained"), uninterrupted)
 
 
 def test_a_local_folder_is_refused_on_a_cluster_of_several_nodes(tmp_path, ray_cluster):
@@ -232,31 +227,6 @@ def test_a_local_folder_is_refused_on_a_cluster_of_several_nodes(tmp_path, ray_c
     assert not (tmp_path / "runs").exists()
     career(*shard, "--shared-fs", cwd=tmp_path)  # one machine: the folder is shared indeed
     assert (tmp_path / "store" / "survey" / "manifest.json").exists()
-
-
-def test_a_lost_node_is_a_restart_on_the_nodes_left(s3, resumes, ray_cluster, uninterrupted):
-    """The node holding a training worker is lost (its raylet and every process on it): the run
-    goes on with a new worker group on the nodes left, from the last checkpoint, to the same
-    weights."""
-    proc = subprocess.Popen(
-        _pretrain(s3, resumes, "node-lost", ray_cluster.address),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _wait_for_checkpoint(s3, "node-lost", proc, 4)
-    on_workers = {ray_cluster.node_of(w) for w in ray_cluster.worker_processes("RayTrainWorker")}
-    lost = next(n for n in ray_cluster.workers if n.node_id in on_workers)
-    try:
-        ray_cluster.kill_worker(lost)
-        out, err = proc.communicate(timeout=420)
-    finally:
-        ray_cluster.add_worker()  # the next test gets three nodes again
-    assert proc.returncode == 0, err[-3000:]
-    metrics = s3.json("node-lost", "metrics.json")
-    assert metrics["failures_survived"] >= 1
-    assert lost.node_id not in metrics["worker_nodes"]
-    assert _same_weights(s3.weights("node-lost"), uninterrupted)
 
 
 def test_a_node_lost_while_sharding_changes_no_byte(s3, ray_cluster):
