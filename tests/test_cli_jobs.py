@@ -250,3 +250,39 @@ def _weights(run: Path, step: int) -> dict:
     from trainer import engine
 
     return engine.consolidated_state_dict(str(run / "checkpoints"), f"step{step:07d}")
+
+
+def test_sigterm_under_torchrun_checkpoints_at_the_next_update(tmp_path, ray_address):
+    """A preemption notice to `career pretrain --launcher torchrun`: the signal reaches the
+    workers through torchrun, they checkpoint after the update in progress, the command exits
+    143, and its rerun resumes from that checkpoint."""
+    import signal
+    import subprocess
+    import time
+
+    career(
+        tmp_path,
+        *["shard", "--format", "synth", "--sim-preset", "resumes", "--people", "500"],
+        *["--people-per-block", "64", "--out", "store", "--name", "resumes"],
+        "--ray-address",
+        ray_address,
+    )
+    command = [helpers.CAREER, "pretrain", "--data", "store/resumes", "--out", "run"]
+    command += ["--launcher", "torchrun", *TINY, "--updates", "400", "checkpoint_every=50"]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    latest = tmp_path / "run" / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 300
+    while not latest.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped on SIGTERM with a checkpoint" in err.strip().splitlines()[-1]
+    stopped = json.loads(latest.read_text())["step"]
+    assert stopped % 50 != 0  # after the update in progress, not at a scheduled checkpoint
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    rerun = career(tmp_path, *command[1:], "--updates", f"{stopped + 2}")
+    assert f"resumed from step{stopped:07d}" in rerun.stdout + rerun.stderr

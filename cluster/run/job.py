@@ -38,6 +38,7 @@ from cluster.steps import Runner, StepLog, record_or_check
 from data_shards import storage
 from data_shards.errors import StructuralError
 from eval.run_layout import EXPERIMENT, METRICS, STEPS, RunLayout, finished
+from trainer.preemption import PREEMPTED_EXIT, Preempted
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -275,12 +276,14 @@ def run_command(settings: RunSettings) -> int:
             storage_options=options,
             say=console.print,
         )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Preempted) as stop:
+        preempted = isinstance(stop, Preempted)
         console.print(
-            f"interrupted: continue with `career run --run-id {run_id}`"
+            f"{'stopped on SIGTERM' if preempted else 'interrupted'}: continue with "
+            f"`career run --run-id {run_id}`"
             + (f" --store {storage.redact(experiment.store)}" if settings.store else "")
         )
-        return 130
+        return PREEMPTED_EXIT if preempted else 130
     print_tables(results)
     console.print(
         f"run {run_id} done in {time.perf_counter() - started:,.0f} s: {storage.redact(layout.url)}"
