@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=20)
     parser.add_argument("--people", type=int, default=4000)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cluster is shut down below
 
     cluster = start_cluster(workers=2)
     work = Path(tempfile.mkdtemp(prefix="career-recovery-"))

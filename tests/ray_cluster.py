@@ -55,15 +55,16 @@ class RayCluster:
         self.workers.remove(node)
 
     def worker_processes(self, name: str) -> list:
-        """The live processes on this cluster's nodes whose title holds `name` (e.g.
-        `RayTrainWorker`): children of its raylets, never another test's Ray."""
+        """The live Ray worker processes on this cluster's nodes whose title holds `name` (e.g.
+        `RayTrainWorker`): the raylets' own children, never another test's Ray, nor a process
+        such a worker started (a DataLoader worker inherits its title)."""
         import psutil
 
         found = []
         for node in [self.cluster.head_node, *self.workers]:
             for info in node.all_processes.get("raylet", []):
                 try:
-                    children = psutil.Process(info.process.pid).children(recursive=True)
+                    children = psutil.Process(info.process.pid).children(recursive=False)
                 except psutil.NoSuchProcess:
                     continue
                 for child in children:
