@@ -33,7 +33,7 @@ TRAIN = [
     "--eval-every",
     "12",
     "checkpoint_every=4",
-    "loader_workers=0",
+    "loader_workers=1",  # the default: a killed worker's loader process must go with it
     "cpu_threads=1",
     "precision=fp32",
 ]

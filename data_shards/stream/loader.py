@@ -12,6 +12,10 @@ each begun epoch are dealt out as catch-up epochs (`elastic.remaining_plan`).
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
@@ -67,6 +71,7 @@ class CareerLoader:
             # Our own seeds drive all randomness; a private generator keeps DataLoader from
             # drawing from the global torch RNG, which training restores exactly on resume.
             generator=torch.Generator().manual_seed(0),
+            worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
         )
         for batch in loader:
             batch = to_tensors(batch)
@@ -185,3 +190,20 @@ def _saved_config(state: dict[str, Any]) -> dict[str, Any]:
     """A saved loader's `StreamConfig` fields, with those added since as their defaults (a state
     saved before `people` existed read every person)."""
     return {"people": None, **state["config"]}
+
+
+def _die_with_parent(parent: int, _worker_id: int) -> None:
+    """Make a loader worker process die with the process that started it (Linux).
+
+    A training worker killed with SIGKILL (a lost Ray worker, the OOM killer) leaves its loader
+    workers behind: they stop reading, then hang at exit on a queue only the dead parent read.
+    They hold the sockets they inherited, so Ray never sees its worker gone and the run hangs
+    instead of being restarted. With the parent-death signal they go with it."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
