@@ -3,14 +3,24 @@
 Local paths, `file://`, `s3://` (endpoint and credentials from the standard AWS environment
 variables or `storage_options`) and any other fsspec scheme whose package is installed.
 Credentials are never part of a URL we print: `redact` strips them. `s3_options` is the one place
-that adds the AWS endpoint variables to s3 options (the loader's own s3 opener uses it too) and
-`is_remote` the one test for "not a local path".
+that adds the AWS endpoint variables to s3 options and `is_remote` the one test for "not a local
+path".
+
+Retries (see `retry`): every S3 request of a filesystem made here is retried by our botocore
+`needs-retry` handler (5xx, throttling, a connection lost before the response), and a whole
+operation by `retry` (a body cut mid-transfer is read again from its start); both log each retry
+with its count, and an outage ends, after 3.75-7.5 s of backoff, in an `ObjectStoreUnavailable`
+naming the URL. botocore's and s3fs's own loops are off for these filesystems: nested in ours,
+they retried silently and multiplied (one read under an outage took 25 requests and 40 s). `read_verified`
+checks bytes against the sha256 a manifest recorded.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -58,7 +68,9 @@ def s3_options(storage_options: StorageOptions = None) -> dict[str, Any]:
 
 
 def _options_for(url: str, storage_options: StorageOptions) -> dict[str, Any]:
-    return s3_options(storage_options) if url.startswith("s3://") else dict(storage_options or {})
+    if url.startswith(("s3://", "s3a://")):
+        return _s3_filesystem_options(storage_options)
+    return dict(storage_options or {})
 
 
 #: `scheme://userinfo@` at the start of a URL or anywhere in a message. Userinfo is everything up
@@ -95,7 +107,12 @@ def filesystem(
             "AWS environment variables or --storage-options",
             path=redact(url),
         )
-    return url_to_fs(url, **_options_for(url, storage_options))
+    fs, path = url_to_fs(url, **_options_for(url, storage_options))
+    if url.startswith(("s3://", "s3a://")) and "session" in fs.storage_options:
+        # s3fs's own loop (up to 5 silent attempts around a call) would multiply ours.
+        # Requests are retried by our botocore handler, whole reads by `retry`.
+        fs.retries = 1
+    return fs, path
 
 
 def is_secret_key(key: str) -> bool:
@@ -207,27 +224,142 @@ PERMANENT_ERRORS = (
 PERMANENT_ERRNOS = frozenset(
     {errno.ELOOP, errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 )
+#: Attempts per S3 request and per operation, and the first backoff (doubled each retry, with
+#: jitter): 0.25-0.5 s, 0.5-1 s, 1-2 s, 2-4 s; 3.75-7.5 s in all before an outage is reported.
 RETRY_ATTEMPTS = 5
 RETRY_BASE_DELAY = 0.25
+#: Retries made in this process, by level ("request": one S3 request answered 5xx, throttled or
+#: cut before its response; "operation": a read cut mid-body or a local I/O error).
+RETRIES: collections.Counter[str] = collections.Counter()
+#: S3 error codes that mean "try again" whatever their HTTP status.
+_TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "BandwidthLimitExceeded",
+        "PriorRequestNotComplete",
+    }
+)
+_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 
 T = TypeVar("T")
 
 
-def retry(call: Callable[[], T], url: str, attempts: int = RETRY_ATTEMPTS) -> T:
-    """Run `call`, retrying transient object-store errors (connection, timeout, throttling).
+class ObjectStoreUnavailable(StructuralError, OSError):
+    """The object store kept failing (5xx, throttling, connections lost) through every retry.
 
-    Exponential backoff with jitter: 0.25 s, 0.5 s, 1 s, ... The last error is re-raised; the URL
-    in the warning is redacted.
+    A StructuralError naming the (redacted) URL, so commands end with exit 2 and one line; an
+    OSError too, so code that handles I/O errors handles this one."""
+
+
+def _backoff(attempt: int) -> float:
+    return RETRY_BASE_DELAY * 2**attempt * (1 + random.random())
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _s3_failure(exc: BaseException) -> tuple[str, bool] | None:
+    """The failed S3 request behind `exc`, if any: why ("HTTP 503 SlowDown",
+    "ConnectionClosedError") and whether it was worth retrying (5xx, throttling, no response;
+    not denied or no such bucket). Such requests were already retried one by one
+    (`_s3_request_retry`)."""
+    try:
+        from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+    except ImportError:
+        return None
+    for cause in _chain(exc):
+        if isinstance(cause, ClientError):
+            status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = cause.response.get("Error", {}).get("Code")
+            return _http_failure(status, code), _transient_status(status, code)
+        if isinstance(cause, HTTPClientError | ConnectionError):
+            return type(cause).__name__, True
+    return None
+
+
+def _transient_status(status: int | None, code: str | None) -> bool:
+    return status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES
+
+
+def _http_failure(status: int | None, code: str | None) -> str:
+    """Like "HTTP 503 SlowDown"; "HTTP 503" when the response has no error code (HEAD)."""
+    return f"HTTP {status}" + (f" {code}" if code and code != str(status) else "")
+
+
+def _body_failure(exc: BaseException) -> bool:
+    """A response body cut or spoiled in transfer (reset or closed mid-body, fewer bytes than its
+    Content-Length, a checksum mismatch, a read timeout): reading the object again can succeed."""
+    names = {
+        "ClientPayloadError",  # aiohttp: payload not completed (truncated, reset)
+        "ClientConnectionError",
+        "ServerDisconnectedError",
+        "ResponseStreamingError",  # botocore
+        "IncompleteReadError",
+        "IncompleteRead",  # http.client, urllib3
+        "ProtocolError",
+        "FlexibleChecksumError",  # botocore: the body does not match its checksum
+        "FSTimeoutError",  # fsspec
+        "TimeoutError",
+    }
+    return any(type(cause).__name__ in names for cause in _chain(exc))
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether retrying a whole operation can help: a body cut mid-transfer, or a local I/O
+    error that is not permanent. A failed S3 request is not: it was retried already."""
+    if isinstance(exc, (*PERMANENT_ERRORS, StructuralError)) or _s3_failure(exc) is not None:
+        return False
+    if _body_failure(exc):
+        return True
+    return isinstance(exc, OSError) and exc.errno not in PERMANENT_ERRNOS
+
+
+def retry(call: Callable[[], T], url: str, attempts: int = RETRY_ATTEMPTS) -> T:
+    """Run `call` (one whole operation on `url`), retrying it on transient errors.
+
+    Retries are at two levels, both ours and both logged ("transient error on URL (...); retry
+    n/N in s"): each S3 request is retried by `_s3_request_retry` (5xx, throttling, connection
+    lost before the response), and here the whole operation: a body cut mid-transfer (the object
+    is read again from its start), or a local I/O error. Exponential backoff with jitter. An
+    object store still failing after that is an `ObjectStoreUnavailable` naming the URL
+    (redacted); other errors (missing, denied, a local disk's own error) are raised unchanged.
     """
     for attempt in range(attempts):
         try:
             return call()
-        except PERMANENT_ERRORS:
+        except (*PERMANENT_ERRORS, StructuralError):
             raise
-        except OSError as exc:  # ConnectionError and TimeoutError are OSErrors too
-            if exc.errno in PERMANENT_ERRNOS or attempt == attempts - 1:
+        except Exception as exc:
+            failure = _s3_failure(exc)
+            if failure is not None and failure[1]:
+                raise ObjectStoreUnavailable(
+                    f"object store unavailable: {failure[0]} after {RETRY_ATTEMPTS} attempts",
+                    path=redact(url),
+                ) from exc
+            if not transient(exc):
                 raise
-            delay = RETRY_BASE_DELAY * 2**attempt * (1 + random.random())
+            if attempt == attempts - 1:
+                if not _body_failure(exc):
+                    raise  # a local I/O error: its own message names the file
+                raise ObjectStoreUnavailable(
+                    f"object store unavailable: {type(exc).__name__} after {attempts} attempts",
+                    path=redact(url),
+                ) from exc
+            delay = _backoff(attempt)
+            RETRIES["operation"] += 1
             log.warning(
                 "transient error on %s (%s); retry %d/%d in %.1fs",
                 redact(url),
@@ -238,6 +370,74 @@ def retry(call: Callable[[], T], url: str, attempts: int = RETRY_ATTEMPTS) -> T:
             )
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _s3_request_retry(
+    response=None, attempts: int = 1, caught_exception=None, request_dict=None, operation=None, **_
+) -> float | None:
+    """botocore's `needs-retry` event for every S3 request of a filesystem made here: the delay
+    before retrying a request that failed transiently, or None. botocore's own retry loop is off
+    for these filesystems (see `_s3_filesystem_options`), so this is the one request-level
+    policy: RETRY_ATTEMPTS attempts, logged like `retry`'s."""
+    from botocore.exceptions import ConnectionError, HTTPClientError
+
+    if caught_exception is not None:  # no response: refused, reset, closed, timed out
+        if not isinstance(caught_exception, HTTPClientError | ConnectionError):
+            return None
+        why = type(caught_exception).__name__
+    elif response is not None:
+        status = response[0].status_code
+        code = (response[1] or {}).get("Error", {}).get("Code")
+        if not _transient_status(status, code):
+            return None
+        why = _http_failure(status, code)
+    else:
+        return None
+    if attempts >= RETRY_ATTEMPTS:
+        return None
+    params = ((request_dict or {}).get("context") or {}).get("input_params") or {}
+    where = "s3://" + "/".join(p for p in (params.get("Bucket"), params.get("Key")) if p)
+    delay = _backoff(attempts - 1)
+    RETRIES["request"] += 1
+    log.warning(
+        "transient error on %s (%s: %s); retry %d/%d in %.1fs",
+        redact(where),
+        getattr(operation, "name", "request"),
+        why,
+        attempts,
+        RETRY_ATTEMPTS - 1,
+        delay,
+    )
+    return delay
+
+
+_SESSIONS: dict[tuple[int, str | None], Any] = {}
+
+
+def _s3_session(profile: str | None):
+    """One aiobotocore session per process (and profile) whose clients retry with
+    `_s3_request_retry`: made after a fork, never shared with a parent's."""
+    key = (os.getpid(), profile)
+    if key not in _SESSIONS:
+        from aiobotocore.session import AioSession
+
+        session = AioSession(profile=profile)
+        session.register("needs-retry.s3", _s3_request_retry)
+        _SESSIONS[key] = session
+    return _SESSIONS[key]
+
+
+def _s3_filesystem_options(storage_options: StorageOptions) -> dict[str, Any]:
+    """`s3_options` plus our retry policy: botocore's own retry loop off (one attempt; our
+    `needs-retry` handler decides), unless the user configured botocore's retries themselves."""
+    options = s3_options(storage_options)
+    config = dict(options.get("config_kwargs") or {})
+    if "retries" in config:
+        return options
+    config["retries"] = {"mode": "standard", "total_max_attempts": 1}
+    options["config_kwargs"] = config
+    options["session"] = _s3_session(options.get("profile"))
+    return options
 
 
 def exists(url: str, storage_options: StorageOptions = None) -> bool:
@@ -251,8 +451,36 @@ def read_bytes(url: str, storage_options: StorageOptions = None) -> bytes:
         return retry(lambda: fs.cat_file(path), url)
     except FileNotFoundError:
         raise StructuralError("does not exist", path=redact(url)) from None
+    except ObjectStoreUnavailable:
+        raise
     except OSError as exc:
         raise StructuralError(f"cannot read: {exc}", path=redact(url)) from None
+
+
+def read_verified(url: str, sha256: str, storage_options: StorageOptions = None) -> bytes:
+    """The bytes of `url`, checked against the `sha256` a manifest recorded for them.
+
+    A mismatch is read once more (a transfer spoiled on the way); a second one is a
+    StructuralError naming the URL: the bytes stored are not those the manifest describes, and
+    are never used.
+    """
+    for attempt in range(2):
+        data = read_bytes(url, storage_options)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == sha256:
+            return data
+        if attempt == 0:
+            RETRIES["operation"] += 1
+            log.warning(
+                "sha256 mismatch on %s (%d bytes read); retry 1/1 (reading it again)",
+                redact(url),
+                len(data),
+            )
+    raise StructuralError(
+        f"sha256 mismatch: {len(data)} bytes read hash to {digest[:16]}..., the manifest "
+        f"records {sha256[:16]}...; the object is corrupt or was replaced, not used",
+        path=redact(url),
+    )
 
 
 def read_text(url: str, storage_options: StorageOptions = None) -> str:
@@ -360,7 +588,13 @@ def open_atomic(url: str, storage_options: StorageOptions = None) -> Iterator[IO
 def remove_tree(url: str, storage_options: StorageOptions = None) -> None:
     """Remove a folder and everything under it; a missing folder is not an error."""
     fs, path = filesystem(url, storage_options)
-    if fs.exists(path):
+    if retry(lambda: fs.exists(path), url):
+        retry(lambda: _remove(fs, path), url)
+
+
+def _remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """`fs.rm(path, recursive=True)`, where a retry may find part of it gone already."""
+    with contextlib.suppress(FileNotFoundError):
         fs.rm(path, recursive=True)
 
 
@@ -368,19 +602,21 @@ def move_tree(src: str, dst: str, storage_options: StorageOptions = None) -> Non
     """Move a finished staging folder to its final place, replacing what was there.
 
     Locally a rename (atomic); on object stores, which have no folders, a copy of each object
-    followed by the removal of the source.
+    followed by the removal of the source (each step retried: copies and removals repeat
+    harmlessly).
     """
     fs, src_path = filesystem(src, storage_options)
     _, dst_path = filesystem(dst, storage_options)
-    if fs.exists(dst_path):
-        fs.rm(dst_path, recursive=True)
+    if retry(lambda: fs.exists(dst_path), dst):
+        retry(lambda: _remove(fs, dst_path), dst)
     if _is_local(fs):
         os.replace(src_path, dst_path)
         return
-    for path in fs.find(src_path):
+    for path in retry(lambda: fs.find(src_path), src):
         relative = path[len(src_path.rstrip("/")) + 1 :]
-        fs.copy(path, f"{dst_path.rstrip('/')}/{relative}")
-    fs.rm(src_path, recursive=True)
+        target = f"{dst_path.rstrip('/')}/{relative}"
+        retry(lambda p=path, t=target: fs.copy(p, t), src)
+    retry(lambda: _remove(fs, src_path), src)
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

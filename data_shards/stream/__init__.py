@@ -4,8 +4,8 @@ One module per concern, imported in this order (each imports only those above it
 
     config.py    `StreamConfig`, `Position`, `Piece`, the seeded generator
     collate.py   blocks -> batches: merge, select people, cut by token budget, pad, to tensors
-    sources.py   opening shards (local, s3 through webdataset's opener, other fsspec URLs) and
-                 reading their block members, reconnecting mid-shard
+    sources.py   reading a shard's block members (any URL): read whole, retried, and checked
+                 against the manifest's sha256 before any block is used
     subset.py    nested corpus sizes: the first N people of a split (whole blocks, one cut)
     elastic.py   resuming with another number of slots: the catch-up epochs
     dataset.py   `CareerStream`: one rank's batches, slots (rank x DataLoader worker), groups

@@ -128,8 +128,9 @@ class CareerStream(IterableDataset):
             ):
                 stop += 1
             wanted = {piece[0] - int(self.block_base[shard]): piece for piece in pieces[start:stop]}
-            url = storage.join(self.data_url, self.shards[shard].path)
-            members = shard_members(url, self.storage_options)
+            info = self.shards[shard]
+            url = storage.join(self.data_url, info.path)
+            members = shard_members(url, info.sha256, self.storage_options)
             found = 0
             try:
                 for index, data in enumerate(members):
