@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def main() -> None:
         stopped_at = latest_step(work / "preempted")
     finally:
         cluster.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
     result = {
         "preset": args.preset,
