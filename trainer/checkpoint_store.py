@@ -337,10 +337,13 @@ class CheckpointStore:
         its files go)."""
         fs, root = self._root()
         record, folder = f"{root}/{tag}/{RECORD}", f"{root}/{tag}"
-        if storage.retry(lambda: fs.exists(record), self.url):
-            storage.retry(lambda: fs.rm(record), self.url)
-        if storage.retry(lambda: fs.exists(folder), self.url):
-            storage.retry(lambda: fs.rm(folder, recursive=True), self.url)
+        # A retried delete whose first answer was lost finds nothing left: that is done too.
+        with contextlib.suppress(FileNotFoundError):
+            if storage.retry(lambda: fs.exists(record), self.url):
+                storage.retry(lambda: fs.rm(record), self.url)
+        with contextlib.suppress(FileNotFoundError):
+            if storage.retry(lambda: fs.exists(folder), self.url):
+                storage.retry(lambda: fs.rm(folder, recursive=True), self.url)
 
     def local_files(self, tag: str) -> Files:
         """This node's files of `tag` (node-local rank 0, after they are written): its part of

@@ -155,8 +155,12 @@ def read_input(url: str, storage_options=None) -> bytes:
     """The whole content of `url`, decompressed if its name says it is compressed."""
     if compression(url) is None:
         return storage.read_bytes(url, storage_options)
-    with open_input(url, storage_options) as handle:
-        return handle.read()
+
+    def whole() -> bytes:
+        with open_input(url, storage_options) as handle:
+            return handle.read()
+
+    return storage.retry(whole, url)  # a body cut mid-transfer: read again from the start
 
 
 def read_range(url: str, start: int, stop: int, storage_options=None) -> bytes:
@@ -165,13 +169,17 @@ def read_range(url: str, start: int, stop: int, storage_options=None) -> bytes:
     if compression(url) is None:
         fs, path = storage.filesystem(url, storage_options)
         return storage.retry(lambda: fs.cat_file(path, start=start, end=stop), url)
-    with open_input(url, storage_options) as handle:
-        while start > 0:
-            skipped = len(handle.read(min(start, _READ_CHUNK)))
-            if not skipped:
-                return b""
-            start, stop = start - skipped, stop - skipped
-        return handle.read(stop)
+
+    def decompressed(start: int, stop: int) -> bytes:
+        with open_input(url, storage_options) as handle:
+            while start > 0:
+                skipped = len(handle.read(min(start, _READ_CHUNK)))
+                if not skipped:
+                    return b""
+                start, stop = start - skipped, stop - skipped
+            return handle.read(stop)
+
+    return storage.retry(lambda: decompressed(start, stop), url)  # read again if cut
 
 
 __all__ = [

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data_shards import storage
 from data_shards.readers.common import strip_bom_bytes
 from data_shards.readers.compressed import open_input, read_range
 
@@ -47,6 +48,11 @@ def index_lines(url: str, lines_per_block: int, storage_options=None) -> LineInd
     says it is compressed)."""
     if lines_per_block < 1:
         raise ValueError("lines_per_block must be at least 1")
+    # One pass over the whole file: a body cut mid-transfer reads it again from the start.
+    return storage.retry(lambda: _index_lines(url, lines_per_block, storage_options), url)
+
+
+def _index_lines(url: str, lines_per_block: int, storage_options) -> LineIndex:
     starts = [0]
     digest = hashlib.sha256()
     newlines = 0
