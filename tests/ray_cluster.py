@@ -56,24 +56,27 @@ class RayCluster:
 
     def worker_processes(self, name: str) -> list:
         """The live Ray worker processes on this cluster's nodes whose title holds `name` (e.g.
-        `RayTrainWorker`): the raylets' own children, never another test's Ray, nor a process
-        such a worker started (a DataLoader worker inherits its title)."""
+        `RayTrainWorker`): descendants of its raylets, never another test's Ray, and never a
+        process such a worker started (a DataLoader worker inherits its parent's title)."""
         import psutil
 
         found = []
         for node in [self.cluster.head_node, *self.workers]:
             for info in node.all_processes.get("raylet", []):
                 try:
-                    children = psutil.Process(info.process.pid).children(recursive=False)
+                    children = psutil.Process(info.process.pid).children(recursive=True)
                 except psutil.NoSuchProcess:
                     continue
                 for child in children:
                     try:
-                        if name in " ".join(child.cmdline()) or name in child.name():
+                        if child.status() != psutil.STATUS_ZOMBIE and (
+                            name in " ".join(child.cmdline()) or name in child.name()
+                        ):
                             found.append(child)
-                    except psutil.NoSuchProcess:
+                    except psutil.Error:
                         continue
-        return found
+        pids = {p.pid for p in found}
+        return [p for p in found if _parent_pid(p) not in pids]
 
     def node_of(self, process) -> str:
         """The Ray node id of the raylet a process runs under."""
@@ -87,3 +90,12 @@ class RayCluster:
 
     def shutdown(self) -> None:
         self.cluster.shutdown()
+
+
+def _parent_pid(process) -> int | None:
+    import psutil
+
+    try:
+        return process.ppid()
+    except psutil.Error:
+        return None

@@ -170,36 +170,82 @@ class DriverStop:
     """SIGTERM on the driver, for the duration of a Ray Train run: ask the workers to checkpoint
     and stop (through the relay) instead of dying at once.
 
-    `grace` seconds after the notice the driver gives up waiting and leaves with 143 (a spot
-    instance's warning is short; the workers keep their last scheduled checkpoint then). Only the
-    main thread can take signals; elsewhere (a `career run` survey task) nothing is installed."""
+    The main thread sits in a blocking `ray.get` while the run trains, where Python runs signal
+    handlers only seconds later; so the signal also wakes a thread at once (`signal.set_wakeup_fd`:
+    the C handler writes to a pipe) and that thread tells the relay. `grace` seconds after the
+    notice the driver gives up waiting and leaves with 143 (a spot instance's warning is short;
+    the workers keep their last scheduled checkpoint then); a second notice leaves at once. Only
+    the main thread can take signals; elsewhere (a `career run` survey task) nothing is installed."""
 
     def __init__(self, relay, grace: float) -> None:
         self.relay = relay
         self.grace = grace
         self.previous = None
+        self.previous_wakeup = -1
+        self.pipe: tuple[int, int] | None = None
         self.timer: threading.Timer | None = None
         self.noticed = threading.Event()
+        self.lock = threading.Lock()
 
-    def _on_sigterm(self, *_: object) -> None:
+    def _notice(self) -> None:
         import os
 
-        if self.noticed.is_set():  # a second notice: leave now
-            os._exit(143)
-        self.noticed.set()
+        with self.lock:
+            if self.noticed.is_set():
+                return
+            self.noticed.set()
         self.relay.request_stop.remote()
         log.warning("SIGTERM: the workers checkpoint after their current update, then stop")
         self.timer = threading.Timer(self.grace, os._exit, args=(143,))
         self.timer.daemon = True
         self.timer.start()
 
+    def _on_sigterm(self, *_: object) -> None:
+        """The Python-level handler (late, but certain): a second notice leaves at once."""
+        import os
+
+        if self.noticed.is_set() and self.seen_by_handler:
+            os._exit(143)
+        self.seen_by_handler = True
+        self._notice()
+
+    def _watch(self, read_end: int) -> None:
+        """The signal's byte on the wakeup pipe, as soon as it is delivered."""
+        import os
+
+        while True:
+            try:
+                data = os.read(read_end, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                self._notice()
+
     def __enter__(self) -> DriverStop:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        import os
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self.seen_by_handler = False
+        self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        self.pipe = (read_end, write_end)
+        self.previous_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read_end,), daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
+        import os
+
         if self.timer is not None:
             self.timer.cancel()  # the workers stopped in time
+        if self.pipe is not None:
+            signal.set_wakeup_fd(self.previous_wakeup)
+            for end in reversed(self.pipe):  # the write end first: the watcher reads EOF, ends
+                os.close(end)
+            self.pipe = None
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
