@@ -252,7 +252,27 @@ class CheckpointStore:
         """Every tag a resume may use, newest first: the folders and the one `latest.json` names
         (even if its folder is gone, so that its absence is reported)."""
         pointed = self.pointed()
-        return sorted(set(self.tags()) | ({pointed} if pointed else set()), reverse=True)
+        folders = self.tags()
+        if pointed is None:
+            # No save of this run ever finished (`latest.json` is written after a tag's record):
+            # a folder without its record is a first save cut short, not progress to protect, and
+            # the run starts from update 0 (`unfinished_saves` says so).
+            folders = [t for t in folders if t not in self.unfinished_saves()]
+        return sorted(set(folders) | ({pointed} if pointed else set()), reverse=True)
+
+    def unfinished_saves(self) -> list[str]:
+        """Tag folders without their record while no save of the run has finished (no
+        `latest.json`): first saves cut short (a killed driver, a lost node)."""
+        if self.pointed() is not None:
+            return []
+        fs, root = storage.filesystem(self.url, self.storage_options)
+        return [
+            t
+            for t in self.tags()
+            if not storage.retry(
+                lambda t=t: fs.exists(f"{root.rstrip('/')}/{t}/{RECORD}"), self.url
+            )
+        ]
 
     def best(self) -> dict | None:
         return self._read_pointer("best.json")

@@ -74,6 +74,12 @@ def _start(run: RunContext, checkpointer: Checkpointer, monitor: Monitor, restar
     )
     restarted = f"worker group restarted after failure {restarts}: " if restarts else ""
     if source is None:
+        cut_short = checkpointer.store.unfinished_saves()
+        if cut_short:  # never silently: the folders are replaced by this run's saves
+            monitor.print0(
+                f"checkpoint {', '.join(cut_short)} skipped, not complete: no save of this run "
+                "ever finished; starting from update 0"
+            )
         if restarts:
             monitor.print0(f"{restarted}no checkpoint yet, starting from update 0")
         return engine, replica, TrainState()
