@@ -241,6 +241,26 @@ def test_a_run_whose_checkpoints_are_all_incomplete_is_refused(
 
 
 @pytest.mark.slow
+def test_a_run_whose_first_save_was_cut_short_starts_over_with_a_note(data, trained, tmp_path):
+    """No save of the run ever finished (no `latest.json`, a tag without its record: a driver
+    killed or a node lost during the first checkpoint): nothing to protect, so the run starts
+    from update 0, says so, and ends at the uninterrupted run's weights."""
+    out = tmp_path / "run"
+    checkpoints = copy_checkpoints(trained, out)
+    for name in ("latest.json", "best.json"):
+        (checkpoints / name).unlink(missing_ok=True)
+    for tag in ("step0000006", "step0000008"):
+        shutil.rmtree(checkpoints / tag)
+    (checkpoints / "step0000004" / RECORD).unlink()
+    rerun = career(*command(data, str(out)))
+    assert (
+        "checkpoint step0000004 skipped, not complete: no save of this run ever finished; "
+        "starting from update 0"
+    ) in said(rerun)
+    assert_equal_weights(weights(checkpoints), weights(trained / "checkpoints"))
+
+
+@pytest.mark.slow
 def test_exporting_an_incomplete_tag_is_refused(trained, tmp_path):
     out = tmp_path / "run"
     checkpoints = copy_checkpoints(trained, out)
