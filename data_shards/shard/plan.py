@@ -24,6 +24,7 @@ from data_shards.cutoff import CUT_SPLITS, cut_after, year_span
 from data_shards.encode import FieldSet
 from data_shards.inputs import InputBlock, InputSpec, read_block
 from data_shards.quarantine import QuarantineEntry
+from data_shards.readers.compressed import uncompressed_name
 from data_shards.schema import SPLITS
 from data_shards.shard.config import ShardConfig
 from data_shards.shard.write import Segment, ShardTask, oracle_complete
@@ -59,8 +60,17 @@ class BlockSummary:
 def _quarantine_split(entry: QuarantineEntry, own_split: str | None, config: ShardConfig) -> str:
     if own_split:
         return own_split
-    key = entry.person_id if entry.person_id is not None else entry.source
+    key = entry.person_id if entry.person_id is not None else _source_key(entry.source)
     return str(split_names([key], config.split_fractions, config.split_salt)[0])
+
+
+def _source_key(source: str) -> str:
+    """A record without a person id is counted in a split drawn from its file's name and line,
+    not its path: the same input, moved or compressed (`x.jsonl.gz`), gives the same dataset."""
+    path, sep, line = source.rpartition(":")
+    if not sep:
+        return source
+    return f"{uncompressed_name(path).rsplit('/', 1)[-1]}:{line}"
 
 
 def read_and_split(
