@@ -257,18 +257,21 @@ class CheckpointStore:
             # No save of this run ever finished (`latest.json` is written after a tag's record):
             # a folder without its record is a first save cut short, not progress to protect, and
             # the run starts from update 0 (`unfinished_saves` says so).
-            folders = [t for t in folders if t not in self.unfinished_saves()]
+            cut_short = self._unrecorded(folders)
+            folders = [t for t in folders if t not in cut_short]
         return sorted(set(folders) | ({pointed} if pointed else set()), reverse=True)
 
     def unfinished_saves(self) -> list[str]:
         """Tag folders without their record while no save of the run has finished (no
         `latest.json`): first saves cut short (a killed driver, a lost node)."""
-        if self.pointed() is not None:
-            return []
+        return [] if self.pointed() is not None else self._unrecorded(self.tags())
+
+    def _unrecorded(self, tags: list[str]) -> list[str]:
+        """Those of `tags` whose folder holds no record."""
         fs, root = storage.filesystem(self.url, self.storage_options)
         return [
             t
-            for t in self.tags()
+            for t in tags
             if not storage.retry(
                 lambda t=t: fs.exists(f"{root.rstrip('/')}/{t}/{RECORD}"), self.url
             )
