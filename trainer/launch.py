@@ -156,7 +156,6 @@ def ray_train_jobs(
     gpus_per_worker: float = 0,
     cpus_per_worker: float = 1,
     max_failures: int = MAX_FAILURES,
-    placement: str = "PACK",
 ) -> None:
     """Run the training runs `jobs` (`job_payload`s) in turn on one set of `workers` Ray Train
     workers (the Ray instance this process is connected to): each resumes from its own
@@ -183,7 +182,6 @@ def ray_train_jobs(
             num_workers=workers,
             use_gpu=use_gpu,
             resources_per_worker={"GPU": gpus_per_worker} if use_gpu else {"CPU": cpus_per_worker},
-            placement_strategy=placement,
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
