@@ -186,9 +186,11 @@ def print_comparisons(report: dict[str, Any]) -> None:
         )
 
 
-def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
-    """`eval.evaluate.evaluate_models` with the command's settings, scoring as Ray tasks; the
-    metrics.json report (nothing printed but the progress bar)."""
+def evaluate(settings: EvaluateSettings, in_process: bool = False) -> dict[str, Any]:
+    """`eval.evaluate.evaluate_models` with the command's settings, scoring as Ray tasks (or in
+    this process: a survey task of `career run` that trained its models itself already holds
+    everything a scoring task would start a process and import for); the metrics.json report
+    (nothing printed but the progress bar)."""
     from eval.evaluate import evaluate_models
 
     return evaluate_models(
@@ -202,7 +204,7 @@ def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
         tokens_per_batch=settings.tokens_per_batch,
         transition_jobs=settings.transition_jobs,
         storage_options=settings.storage_options,
-        score_all=ray_scoring(settings),
+        score_all=None if in_process else ray_scoring(settings),
     )
 
 

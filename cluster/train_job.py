@@ -108,12 +108,30 @@ def _outcome(settings: TrainingSettings) -> dict[str, Any]:
     return json.loads(storage.read_text(metrics_url, settings.storage_options))
 
 
-def launch_together(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
+def launch_together(runs: list[TrainingSettings], in_process: bool = False) -> list[dict[str, Any]]:
     """Run checked, resolved training runs with their launcher; their metrics, in order.
 
     Ray Train runs that share workers and GPUs go to one set of workers, one after another:
     starting Ray Train costs about 10 s of a quiet CPU (its controller, the worker processes, the
-    process group, and their shutdown), which a survey's few short runs would otherwise pay each."""
+    process group, and their shutdown), which a survey's few short runs would otherwise pay each.
+    `in_process`: one-worker CPU runs train in this process instead (`trainer.launch.
+    in_process_jobs`: a Ray task that is retried as a whole when lost, a survey of `career run`)."""
+    if in_process:
+        from trainer.launch import in_process_jobs, job_payload
+
+        if any(s.workers != 1 or s.on_gpu or s.launcher == "torchrun" for s in runs):
+            raise ValueError("only one-worker CPU runs on Ray train in this process")
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        in_process_jobs(
+            [
+                job_payload(s.config, s.data, s.out, s.base, s.storage_options, s.stop_after)
+                for s in runs
+            ],
+            node,
+        )
+        return [_outcome(s) for s in runs]
     together = [s for s in runs if s.launcher != "torchrun"]
     for s in runs:
         if s.launcher == "torchrun":
@@ -147,9 +165,10 @@ def launch(settings: TrainingSettings) -> dict[str, Any]:
     return launch_together([settings])[0]
 
 
-def train_all(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
+def train_all(runs: list[TrainingSettings], in_process: bool = False) -> list[dict[str, Any]]:
     """Check every run, then fit the closed-form ones here and launch the rest together
-    (`launch_together`); their metrics, in order. Nothing starts before every run is checked."""
+    (`launch_together`, `in_process` or not); their metrics, in order. Nothing starts before
+    every run is checked."""
     from trainer.closed_form import fit_closed_form
     from trainer.preflight import check_run, closed_form
 
@@ -167,7 +186,7 @@ def train_all(runs: list[TrainingSettings]) -> list[dict[str, Any]]:
     def fitted_here(s: TrainingSettings) -> bool:
         return closed_form(s.config.kind) and not s.base
 
-    launched = iter(launch_together([s for s in runs if not fitted_here(s)]))
+    launched = iter(launch_together([s for s in runs if not fitted_here(s)], in_process))
     return [
         fit_closed_form(s.config, s.data, s.out, s.storage_options)
         if fitted_here(s)

@@ -84,6 +84,13 @@ def test_the_whole_experiment_from_an_empty_folder(finished):
     assert steps["pretrain"]["status"] == "done" and steps["survey psid"]["seconds"] > 0
     finetune = json.loads((run / "surveys" / "nlsy79" / "finetuned" / "metrics.json").read_text())
     assert finetune["finetune"]["base_package"].endswith("first/pretrain/package")
+    # The survey task trained its one-worker models itself, on its own node, and each model's
+    # time is split (what benchmarks/pipeline.py adds up): the updates are most of the loop.
+    assert finetune["worker_nodes"] == [steps["survey nlsy79"]["node"]]
+    phases = finetune["phase_seconds"]
+    assert set(phases) == {"start_up", "updates", "validation", "checkpoints", "export"}
+    assert 0 < phases["updates"] <= finetune["wall_seconds"]
+    assert set(steps["survey nlsy79"]["phases"]) >= {"finetuned", "scratch", "regression"}
     # The comparison table of each survey is printed at the end, with the oracle row.
     assert proc.stdout.count("oracle") >= 2 and "run first done" in proc.stdout
     # ... and the report, from the run's metrics and scores (tests/test_report.py checks it).

@@ -108,6 +108,7 @@ def train(
     `stop_request`: asked after every update (every rank has one or none); `restarts`: the
     worker-group failures survived so far; `worker_nodes`: where each rank runs (Ray node ids),
     for metrics.json."""
+    entered = time.perf_counter()
     run = prepare(config, data_url, out_url, base_package, storage_options)
     config = run.config
     loader = training_loader(run)
@@ -134,6 +135,7 @@ def train(
     )
     checkpointer.repair_best(validator.best_step, validator.best)
     started, meter, first_step = time.perf_counter(), Meter(), state.step
+    phases = {"start_up": started - entered, "validation": 0.0, "checkpoints": 0.0}
     iterator = iter(loader)
     monitor.start(state.step, config.updates)
     while state.step < config.updates and not validator.should_stop:  # (a rerun of a stopped run)
@@ -152,11 +154,15 @@ def train(
             state.tokens_seen += tokens
             state.train_history.append([state.step, round(loss, 5)])
             monitor.log(state.step, loss, meter.rate(), engine, seq_len)
+        began = time.perf_counter()
         valid = validator.run(state.step) if due.evaluate else None
         if valid is not None:
             monitor.scalar("valid/perplexity", valid, state.step)
+        saving = time.perf_counter()
         if due.save:
             checkpointer.save(engine, state, valid, is_best=due.evaluate and validator.improved)
+        phases["validation"] += saving - began
+        phases["checkpoints"] += time.perf_counter() - saving
         meter.restart()  # evaluation and checkpoints are not training time
         if validator.should_stop:
             monitor.print0(f"early stopping: no improvement in {validator.stale} evaluations")
@@ -170,6 +176,7 @@ def train(
         run, checkpointer, validator, state, meter, time.perf_counter() - started
     )
     metrics["train_corpus"] = corpus
+    metrics["phase_seconds"] = _phase_seconds(phases, metrics["wall_seconds"])
     metrics["failures_survived"] = restarts
     if worker_nodes:
         metrics["worker_nodes"] = worker_nodes
@@ -213,11 +220,22 @@ def _metrics(
     }
 
 
+def _phase_seconds(phases: dict[str, float], loop_wall: float) -> dict[str, float]:
+    """Where this rank's time went (what `benchmarks/pipeline.py` splits a run's time by): the
+    start-up (dataset, model, DeepSpeed engine, resuming), the updates, validation, checkpoint
+    saves; `export` is added by `_finish`."""
+    updates = loop_wall - phases["validation"] - phases["checkpoints"]
+    return {k: round(v, 3) for k, v in {**phases, "updates": updates}.items()}
+
+
 def _finish(run: RunContext, best_tag: str, metrics: dict[str, Any]) -> None:
-    """Rank 0 exports the best checkpoint as OUT/package and writes OUT/metrics.json."""
+    """Rank 0 exports the best checkpoint as OUT/package and writes OUT/metrics.json (with the
+    export's seconds)."""
     dist.barrier()
     if run.info.rank == 0:
+        began = time.perf_counter()
         export_run(run.out_url, best_tag, storage_options=run.storage_options, metrics=metrics)
+        metrics["phase_seconds"]["export"] = round(time.perf_counter() - began, 3)
         storage.write_bytes_atomic(
             storage.join(run.out_url, "metrics.json"),
             json.dumps(metrics, indent=1, sort_keys=True, default=str).encode(),

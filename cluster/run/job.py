@@ -31,6 +31,7 @@ from cluster.run.step_list import (
     pretrain_step,
     survey_steps,
     trainings,
+    trains_in_task,
 )
 from cluster.settings import RaySettings, StorageSettings
 from cluster.specs import DatasetSpec
@@ -96,10 +97,10 @@ def run_experiment(
 
     import ray
 
-    # Spread: each survey's Ray Train controller and scoring on another node where there are
-    # several. A survey task lost with its node is started again elsewhere (its steps are
+    # Spread: each survey's training and scoring on another node where there are several. A survey task lost with its node is started again elsewhere (its steps are
     # idempotent and its models resume from their checkpoints).
-    task = ray.remote(num_cpus=0)(survey_task).options(
+    cpus = experiment.survey_worker_cpus if trains_in_task(experiment) else 0
+    task = ray.remote(num_cpus=cpus)(survey_task).options(
         scheduling_strategy="SPREAD", max_retries=experiment.max_failures
     )
     pending = [
@@ -126,6 +127,7 @@ def run_experiment(
             "done",
             seconds,
             models=result["seconds"],
+            phases=result["phases"],
             started=result["started"],
             node=result["node"],
         )

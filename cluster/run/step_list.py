@@ -151,6 +151,12 @@ def training_settings(
     )
 
 
+def trains_in_task(experiment: Experiment) -> bool:
+    """Whether a survey task trains its models itself (one CPU worker each: a world of one, no
+    Ray Train start-up) rather than on a Ray Train worker group (several workers, or GPUs)."""
+    return experiment.survey_workers == 1 and experiment.gpus_per_worker == 0
+
+
 def survey_steps(
     experiment: Experiment,
     survey: DatasetSpec,
@@ -158,8 +164,11 @@ def survey_steps(
     address: str | None,
     storage_options,
 ) -> list[Step]:
-    """What a survey task does after training its models, each step only where it applies."""
+    """What a survey task does after training its models, each step only where it applies (with
+    `trains_in_task`, scoring in the task's process too)."""
     from cluster.run import uses
+
+    in_task = trains_in_task(experiment)
 
     name = survey.name
     steps = [
@@ -167,7 +176,9 @@ def survey_steps(
             "evaluate",
             layout.evaluation(name),
             METRICS,
-            lambda: uses.evaluate(experiment, name, layout, address, storage_options),
+            lambda: uses.evaluate(
+                experiment, name, layout, address, storage_options, in_process=in_task
+            ),
         )
     ]
     cut = experiment.forecast_name(survey)

@@ -1,7 +1,10 @@
 """One survey of `career run`, as one Ray task: train its models, then its remaining steps.
 
-The task holds no CPU itself (`num_cpus=0`): only the Ray Train workers and scoring tasks it
-starts do, so the surveys run side by side as far as the cluster's CPUs and GPUs allow.
+With one CPU worker per model (`survey_workers: 1`, the default) the task trains its models in
+its own process and holds that worker's CPUs (`survey_worker_cpus`); with several workers or GPUs
+it holds nothing itself and starts one Ray Train worker group for all of them. Either way the
+surveys run side by side as far as the cluster's CPUs and GPUs allow, and a task lost with its
+process or node runs again (its steps are idempotent, its models resume from checkpoints).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import time
 from typing import Any
 
 from cluster.run.experiment import from_dict
-from cluster.run.step_list import survey_steps, training_settings, trainings
+from cluster.run.step_list import survey_steps, training_settings, trainings, trains_in_task
 from eval.run_layout import METRICS, RunLayout, finished
 
 
@@ -31,6 +34,7 @@ def survey_task(
     spec = next(s for s in experiment.surveys if s.name == survey)
     layout = RunLayout(run_url)
     times: dict[str, float] = {}
+    phases: dict[str, dict[str, float]] = {}  # each trained model's split (metrics.json)
     pending = {
         t.name: training_settings(experiment, t, layout, ray_address, storage_options)
         for t in trainings(experiment, spec, layout)
@@ -40,11 +44,16 @@ def survey_task(
         # One Ray Train start-up for all of them (train_job.launch_together); each model's time
         # is its training loop, and "start-ups" the rest (workers, DeepSpeed, exports).
         started = time.perf_counter()
-        metrics = train_job.train_all(list(pending.values()))
+        metrics = train_job.train_all(list(pending.values()), in_process=trains_in_task(experiment))
         times.update(
             {m: r.get("wall_seconds") or 0.0 for m, r in zip(pending, metrics, strict=True)}
         )
         times["start-ups"] = max(0.0, time.perf_counter() - started - sum(times.values()))
+        phases = {
+            m: r["phase_seconds"]
+            for m, r in zip(pending, metrics, strict=True)
+            if "phase_seconds" in r
+        }
     for step in survey_steps(experiment, spec, layout, ray_address, storage_options):
         if step.finished(storage_options):
             continue
@@ -54,4 +63,10 @@ def survey_task(
     import ray
 
     node = ray.get_runtime_context().get_node_id()  # where it ran (steps.json)
-    return {"survey": survey, "seconds": times, "started": round(began, 1), "node": node}
+    return {
+        "survey": survey,
+        "seconds": times,
+        "phases": phases,
+        "started": round(began, 1),
+        "node": node,
+    }

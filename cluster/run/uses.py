@@ -11,9 +11,15 @@ from eval.run_layout import DOWNSTREAM, FINETUNED, RunLayout, package_of
 
 
 def evaluate(
-    experiment: Experiment, survey: str, layout: RunLayout, address: str | None, storage_options
+    experiment: Experiment,
+    survey: str,
+    layout: RunLayout,
+    address: str | None,
+    storage_options,
+    in_process: bool = False,
 ) -> None:
-    """`career evaluate` of every model of the survey on its test split (scoring as Ray tasks)."""
+    """`career evaluate` of every model of the survey on its test split (scoring as Ray tasks, or
+    `in_process`)."""
     from cluster import evaluate_job
 
     evaluate_job.evaluate(
@@ -25,7 +31,8 @@ def evaluate(
             gpus_per_task=experiment.gpus_per_worker,
             ray=RaySettings(ray_address=address),
             storage=StorageSettings(storage_options=storage_options),
-        )
+        ),
+        in_process=in_process,
     )
 
 

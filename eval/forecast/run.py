@@ -130,6 +130,7 @@ def forecast_loaded(
         on_progress=on_progress,
     )
     seconds = time.perf_counter() - start
+    scoring = time.perf_counter()
     scores = forecast_scores(forecast, people, loaded.vocab, states)
     described = {
         "model": name,
@@ -144,7 +145,8 @@ def forecast_loaded(
     write_scores(scores, scores_url(out, name), storage_options)
     storage.write_json(rates_url(out, name), rates, storage_options)
     summary = summarize(scores, rates, bootstrap=bootstrap, seed=seed)
-    return {**summary, **described}
+    scored = {"scoring_seconds": round(time.perf_counter() - scoring, 3)}  # with the writes
+    return {**summary, **described, **scored}
 
 
 def compare(
