@@ -15,6 +15,7 @@ or CPUs, so reruns are byte-identical.
 
 from __future__ import annotations
 
+import collections
 import json
 from typing import Any
 
@@ -23,12 +24,19 @@ from data_shards.errors import StructuralError
 from data_shards.formats import no_record_error
 from data_shards.inputs import InputBlock, InputSpec, input_digest, plan_blocks
 from data_shards.manifest import MANIFEST, STAGING, load_manifest
+from data_shards.schema import SPLITS
 from data_shards.shard.commit import Commit, Outputs, commit, stage_plan
 from data_shards.shard.config import Progress, ShardConfig, ShardResult, code_version
-from data_shards.shard.plan import BlockSummary, DatasetPlan, plan_dataset, read_and_split
+from data_shards.shard.plan import (
+    BlockSummary,
+    DatasetPlan,
+    fold_counts,
+    plan_dataset,
+    read_and_split,
+)
 from data_shards.shard.write import WriteContext, write_task
 from data_shards.tasks import as_completed, on_node
-from data_shards.vocab import Vocabulary
+from data_shards.vocab import Counts, Vocabulary, merge_counts
 
 
 def shard_dataset(
@@ -58,14 +66,14 @@ def shard_dataset(
     import ray
 
     nodes: set[str] = set()  # where the tasks ran
-    summaries, table_refs = _read_pass(
+    summaries, counts, table_refs = _read_pass(
         ray, spec, blocks, config, dataset_url, options, progress, nodes
     )
     _refuse_no_record(summaries, spec, dataset_url)
     _check_cutoff(summaries, config, spec, dataset_url, options)
     if overwrite:  # the new input read cleanly: only now de-commit the old dataset
         storage.remove_tree(storage.join(dataset_url, MANIFEST), options)
-    plan = plan_dataset(summaries, config, parent, ray, table_refs)
+    plan = plan_dataset(summaries, config, parent, ray, table_refs, counts)
     reusable = stage_plan(dataset_url, identity, plan, options)
     context = WriteContext(
         dataset_url, plan.vocab.to_json(), plan.fields, config.people_per_block, options
@@ -185,16 +193,19 @@ def _read_pass(
     options,
     progress: Progress,
     nodes: set[str],
-) -> tuple[list[BlockSummary], list]:
-    """Pass 1: block summaries in input order, and refs to each block's per-split tables; the
-    Ray nodes the tasks ran on are added to `nodes`."""
+) -> tuple[list[BlockSummary], Counts, list]:
+    """Pass 1: block summaries in input order, their token counts merged (`fold_counts`, as
+    they arrive), and refs to each block's per-split tables; the Ray nodes the tasks ran on are
+    added to `nodes`."""
     # SPREAD: a cluster's nodes read (and below, write) side by side, each with its own I/O.
     read_task = ray.remote(num_returns=3, scheduling_strategy="SPREAD")(on_node(read_and_split))
     refs = [read_task.remote(spec, block, config) for block in blocks]
     done: dict[int, BlockSummary] = {}
+    counts = merge_counts([])
     people = 0
     try:
         for index, summary in as_completed({r[0]: i for i, r in enumerate(refs)}):
+            fold_counts(counts, summary)
             done[index] = summary
             people += summary.people_read
             progress("read", len(done), len(blocks), people)
@@ -207,7 +218,7 @@ def _read_pass(
             raise StructuralError(str(cause)) from None
         raise
     nodes.update(ray.get([r[2] for r in refs]))
-    return [done[i] for i in range(len(blocks))], [r[1] for r in refs]
+    return [done[i] for i in range(len(blocks))], counts, [r[1] for r in refs]
 
 
 def _write_pass(
@@ -219,16 +230,24 @@ def _write_pass(
     progress: Progress,
     nodes: set[str],
 ) -> Outputs:
-    """Pass 2: one task per shard not already written by an earlier run of the same plan."""
+    """Pass 2: one task per shard not already written by an earlier run of the same plan.
+
+    Tasks go out in the order of the last input block they read, and a block's tables are let go
+    (its ref in `table_refs` set to None) once every shard reading it is written: the object
+    store, spilled to disk beyond its size at paper scale, empties as the pass goes instead of
+    holding the whole corpus to the end. What is written does not depend on that order.
+    """
     outputs: Outputs = dict(reusable)
     people = sum(o.info.people for o in outputs.values())
     progress("write", len(outputs), len(plan.tasks), people)
     shard_task = ray.remote(num_returns=2, scheduling_strategy="SPREAD")(on_node(write_task))
+    pending = [t for t in plan.tasks if (t.split, t.index) not in outputs]
+    pending.sort(key=lambda t: (t.segments[-1].block, SPLITS.index(t.split), t.index))
+    readers = collections.Counter(s.block for t in pending for s in t.segments)
+    _release_unread(table_refs, readers)
     futures = {}
     placed = []
-    for task in plan.tasks:
-        if (task.split, task.index) in outputs:
-            continue
+    for task in pending:
         drop_rows = [plan.drops.get((s.block, task.split)) for s in task.segments]
         tables = [table_refs[s.block] for s in task.segments]  # per-split dicts, resolved by Ray
         output_ref, node_ref = shard_task.remote(context, task, drop_rows, *tables)
@@ -238,5 +257,15 @@ def _write_pass(
         outputs[(task.split, task.index)] = output
         people += output.info.people
         progress("write", len(outputs), len(plan.tasks), people)
+        for segment in task.segments:
+            readers[segment.block] -= 1
+        _release_unread(table_refs, readers)
     nodes.update(ray.get(placed))
     return outputs
+
+
+def _release_unread(table_refs: list, readers: collections.Counter) -> None:
+    """Drop the refs of blocks no pending shard reads, so that Ray may free their tables."""
+    for block, ref in enumerate(table_refs):
+        if ref is not None and readers[block] <= 0:
+            table_refs[block] = None
