@@ -365,3 +365,38 @@ def test_corpus_subset_refusals(datasets):
     old = {**state, "config": {k: v for k, v in state["config"].items() if k != "people"}}
     full = CareerLoader(many.dataset_url, StreamConfig(split="train"), num_workers=0)
     full.load_state_dict({**old, "manifest_shards": [s.sha256 for s in full.stream.shards]})
+
+
+def test_a_training_rank_reads_the_manifest_once(datasets, monkeypatch):
+    """A training rank reads manifest.json once (`load_dataset`, with the vocabulary) and its
+    loader is built from that manifest: a paper-scale manifest lists hundreds of shards, and
+    every rank of every restarted worker group would read it again."""
+    from types import SimpleNamespace
+
+    import data_shards.manifest
+    from data_shards.dataset import load_dataset
+    from trainer.config import TrainConfig
+    from trainer.context import training_loader
+
+    many = datasets[0]
+    reads = []
+    read_manifest = data_shards.manifest.read_manifest
+
+    def counted(url, storage_options=None):
+        reads.append(url)
+        return read_manifest(url, storage_options)
+
+    monkeypatch.setattr(data_shards.manifest, "read_manifest", counted)
+    monkeypatch.setattr("data_shards.dataset.read_manifest", counted)
+    dataset = load_dataset(many.dataset_url)
+    run = SimpleNamespace(
+        config=TrainConfig(),
+        info=SimpleNamespace(rank=0, world_size=1),
+        data_url=many.dataset_url,
+        storage_options=None,
+        data=dataset,
+    )
+    loader = training_loader(run)
+    assert reads == [many.dataset_url]
+    assert loader.manifest is dataset.manifest
+    assert loader.stream.tokens() == many.manifest.splits["train"]["tokens"]

@@ -164,5 +164,9 @@ def training_loader(run: RunContext) -> CareerLoader:
         people=config.train_people,
     )
     return CareerLoader(
-        run.data_url, stream, num_workers=config.loader_workers, storage_options=run.storage_options
+        run.data_url,
+        stream,
+        num_workers=config.loader_workers,
+        storage_options=run.storage_options,
+        manifest=run.data.manifest,  # read once per rank, by load_dataset
     )

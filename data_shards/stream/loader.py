@@ -44,8 +44,11 @@ class CareerLoader:
         num_workers: int = 1,
         storage_options: dict | None = None,
         prefetch_factor: int = 4,
+        manifest: Manifest | None = None,
     ):
-        self.stream = CareerStream(data_url, config, storage_options)
+        """`manifest`: the dataset's, when the caller has read it already (a training rank reads
+        it once, with the vocabulary: `data_shards.dataset.load_dataset`); default: read here."""
+        self.stream = CareerStream(data_url, config, storage_options, manifest=manifest)
         self.config = config
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
