@@ -28,12 +28,19 @@ from trainer.distributed import RunInfo, all_sum, from_rank0, to_device
 
 class Replica:
     """An fp32 copy of the module the engine trains, that validation loads and runs. Made before
-    DeepSpeed wraps the module (ZeRO-3 partitions it in place, bf16 casts it)."""
+    DeepSpeed wraps the module (ZeRO-3 partitions it in place, bf16 casts it).
+
+    Its weights exist only from `load` to `release` (one validation): between validations the
+    replica keeps its structure and buffers, not a second fp32 copy of the model on every worker
+    (22 MB for `paper`, 456 MB for `large`, at the time an update's activations peak)."""
 
     def __init__(self, module: nn.Module, device: torch.device):
         self.module = copy.deepcopy(module).to(device=device, dtype=torch.float32).eval()
         self.module.requires_grad_(False)
+        self.device = device
         self.parameters = dict(self.module.named_parameters())
+        self.shapes = {name: param.shape for name, param in self.parameters.items()}
+        self.release()
 
     def load(self, engine) -> None:
         """The engine's fp32 master weights into the replica (a collective: every rank calls)."""
@@ -42,7 +49,14 @@ class Replica:
             raise RuntimeError("the validation replica and the engine's module differ in weights")
         with torch.no_grad():
             for name, value in weights.items():
-                self.parameters[name].copy_(value)
+                param = self.parameters[name]
+                param.data = torch.empty(self.shapes[name], dtype=torch.float32, device=self.device)
+                param.copy_(value)
+
+    def release(self) -> None:
+        """Free the weights until the next `load` (a tied weight is one parameter: freed once)."""
+        for param in self.parameters.values():
+            param.data = torch.empty(0, dtype=torch.float32, device=self.device)
 
 
 def evaluate(
@@ -120,15 +134,18 @@ class Validator:
     def run(self, step: int) -> float:
         """Validation perplexity after update `step`, scored and recorded."""
         self.replica.load(self.engine)
-        perplexity = evaluate(
-            self.replica.module,
-            self.data_url,
-            "valid",
-            self.info,
-            self.config.tokens_per_update,
-            self.names,
-            self.storage_options,
-        )
+        try:
+            perplexity = evaluate(
+                self.replica.module,
+                self.data_url,
+                "valid",
+                self.info,
+                self.config.tokens_per_update,
+                self.names,
+                self.storage_options,
+            )
+        finally:
+            self.replica.release()
         self._score(step, perplexity)
         self.history.append([step, perplexity])
         return perplexity

@@ -20,6 +20,7 @@ from typing import Any
 
 from data_shards import storage
 from data_shards.errors import StructuralError
+from trainer.accelerator import allocator_env
 from trainer.config import TrainConfig
 from trainer.preemption import PREEMPTED_EXIT, Preempted, SignalStop, StopRequest
 from trainer.relay import DriverProgress, DriverStop, RelayStop, RunRelay
@@ -243,6 +244,8 @@ def ray_train_jobs(
             storage_path=tempfile.mkdtemp(prefix="career-raytrain-"),
             name="career",
             failure_config=FailureConfig(max_failures=max_failures),
+            # jemalloc: glibc's malloc keeps what updates free (trainer.accelerator)
+            worker_runtime_env={"env_vars": allocator_env()},
         ),
     )
     try:
