@@ -54,26 +54,32 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
     return []
 
 
-#: `glibc`: training workers keep the C library's malloc (default: jemalloc, `allocator_env`).
+#: `jemalloc`: training workers allocate with jemalloc (`allocator_env`); unset or `glibc`: the C
+#: library's malloc.
 ALLOCATOR_ENV = "CAREER_ALLOCATOR"
+ALLOCATORS = ("glibc", "jemalloc")
 
 
-def allocator_env(jemalloc: str | None = None) -> dict[str, str]:
-    """Environment that makes a training worker allocate with jemalloc (`LD_PRELOAD`), the
-    library Ray ships for its own servers (`ray/core/libjemalloc.so`); `jemalloc`: its path
+def allocator_env(allocator: str | None = None, jemalloc: str | None = None) -> dict[str, str]:
+    """Environment for a training worker's memory allocator: `LD_PRELOAD` of the jemalloc Ray
+    ships for its own servers (`ray/core/libjemalloc.so`) when `allocator` (default:
+    `$CAREER_ALLOCATOR`) is `jemalloc`, else nothing (glibc); `jemalloc`: the library's path
     (default: Ray's, found without importing Ray).
 
-    Why: glibc's malloc keeps what a training update frees. Its mmap threshold rises to the size
-    of the largest block freed (up to 32 MB), so an update's activations come from the heap
-    afterwards, and the heap's free holes stay resident: a `small` worker held 1.2 GB between
-    updates and peaked at 1.3 GB where its live memory peaked under 1 GB. jemalloc returns them:
-    0.77 GB between updates, 1.0 GB peak, at the same speed (a fixed glibc threshold,
-    MALLOC_MMAP_THRESHOLD_, did as well for memory but halved the update rate: every block
-    freshly mapped and zeroed). BENCHMARKS.md, "Memory of a training worker".
-
-    Empty (glibc stays) when `$CAREER_ALLOCATOR` is `glibc`, when `LD_PRELOAD` is set already
-    (the user's choice), or where Ray's jemalloc is not installed."""
-    if os.environ.get(ALLOCATOR_ENV, "").lower() == "glibc" or os.environ.get("LD_PRELOAD"):
+    The trade (BENCHMARKS.md, "Memory of a training worker"): glibc's malloc keeps what an
+    update frees (its mmap threshold rises to the largest block freed, up to 32 MB, so activations
+    come from the heap, whose free holes stay resident): a `paper` worker at 16,000 job-years per
+    update peaked at 2.6 GB, 1.8 GB with jemalloc. But jemalloc made `paper`'s updates 1.4x
+    slower here (`small`'s not), and a fixed glibc threshold (MALLOC_MMAP_THRESHOLD_) halved the
+    update rate, so glibc stays the default and jemalloc is the choice of a node short of memory.
+    Nothing either where `LD_PRELOAD` is set already (the user's own choice) or where Ray's
+    jemalloc is not installed."""
+    allocator = (allocator or os.environ.get(ALLOCATOR_ENV) or "glibc").lower()
+    if allocator not in ALLOCATORS:
+        raise ValueError(
+            f"{ALLOCATOR_ENV} must be one of {', '.join(ALLOCATORS)}, not {allocator!r}"
+        )
+    if allocator == "glibc" or os.environ.get("LD_PRELOAD"):
         return {}
     if jemalloc is None:
         import importlib.util
