@@ -162,6 +162,14 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--presets", default="paper", help="comma-separated: tiny, small, paper")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="SETTING",
+        help="measure only this setting (repeatable; the anchor always runs), e.g. "
+        "'trainer: default'; results then go to train_throughput_subset.json",
+    )
     args = parser.parse_args()
     connect_ray(num_cpus=2)
     import ray
@@ -175,6 +183,11 @@ def main() -> None:
         ).dataset_url
         for preset in args.presets.split(","):
             table = settings(data, preset, UPDATES[preset], tmp, address)
+            if args.only:
+                unknown = set(args.only) - set(table)
+                if unknown:
+                    raise SystemExit(f"--only {sorted(unknown)}: not among {sorted(table)}")
+                table = {k: v for k, v in table.items() if k == ANCHOR or k in args.only}
             runs: dict[str, list[float]] = {name: [] for name in table}
             for _ in range(args.runs):  # interleaved: every setting sees the same machine load
                 for name, measure in table.items():
@@ -193,7 +206,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     path = save(
-        "train_throughput",
+        "train_throughput_subset" if args.only else "train_throughput",
         {
             "people": args.people,
             "runs": args.runs,

@@ -19,7 +19,7 @@ from cluster.train_settings import ExportSettings, TrainingSettings
 from data_shards import storage
 from data_shards.errors import StructuralError
 from eval.run_layout import METRICS
-from trainer.accelerator import accelerator_env
+from trainer.accelerator import accelerator_env, allocator_env
 from trainer.launch import ERROR_FILE_ENV
 from trainer.preemption import Preempted
 
@@ -48,7 +48,12 @@ def _torchrun(settings: TrainingSettings) -> None:
         command += ["--base", settings.base]
     with tempfile.TemporaryDirectory(prefix="career-launch-") as folder:
         errors = os.path.join(folder, "error")
-        env = {**os.environ, **accelerator_env(settings.on_gpu), ERROR_FILE_ENV: errors}
+        env = {
+            **os.environ,
+            **accelerator_env(settings.on_gpu),
+            **allocator_env(),
+            ERROR_FILE_ENV: errors,
+        }
         if settings.storage_options:
             path = os.path.join(folder, "storage_options.json")
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
