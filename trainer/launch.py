@@ -244,8 +244,9 @@ def ray_train_jobs(
             storage_path=tempfile.mkdtemp(prefix="career-raytrain-"),
             name="career",
             failure_config=FailureConfig(max_failures=max_failures),
-            # $CAREER_ALLOCATOR=jemalloc: less memory, slower on `paper` (trainer.accelerator)
-            worker_runtime_env={"env_vars": allocator_env()},
+            # $CAREER_ALLOCATOR=jemalloc: less memory, slower on `paper` (trainer.accelerator);
+            # none by default: the workers' runtime environment stays the instance's own
+            worker_runtime_env={"env_vars": allocated} if (allocated := allocator_env()) else None,
         ),
     )
     try:
