@@ -64,6 +64,27 @@ _ERRORS = {
 }
 
 
+def _draw(seed: int, key: tuple, count: int, rate: float, kinds: dict[str, float]) -> str | None:
+    """The fault drawn for the `count`-th request of `key` (method, path, query names), or None."""
+    draw = random.Random(f"{seed}|{key}|{count}")
+    if draw.random() >= rate:
+        return None
+    names = sorted(kinds)
+    kind = draw.choices(names, [kinds[n] for n in names])[0]
+    return None if kind == "corrupt" and key[0] != "GET" else kind
+
+
+def seed_failing_first(
+    method: str, path: str, rate: float, wanted: tuple[str, ...] = ("500", "503")
+) -> int:
+    """A seed under which the first `method` request of `path` (no query) meets one of the
+    `wanted` faults at `rate` with the default kinds, the rest drawn as usual: for a test that
+    must see a given request fail (a driver's, whose retry its output shows) whatever the
+    random names in its paths."""
+    key = (method, path, ())
+    return next(s for s in range(100_000) if _draw(s, key, 0, rate, DEFAULT_KINDS) in wanted)
+
+
 class FaultProxy:
     """A seeded fault-injecting HTTP proxy in front of `upstream` (`http://127.0.0.1:PORT`)."""
 
@@ -161,18 +182,15 @@ class FaultProxy:
             eligible = self.only is None or self.only(method, path)
             base, _, query = path.partition("?")
             key = (method, base, tuple(sorted(p.split("=")[0] for p in query.split("&") if p)))
-            draw = random.Random(f"{self.seed}|{key}|{self._seen[key]}")
+            count = self._seen[key]
             self._seen[key] += 1
             kind = None
             if self.outage and eligible:
                 kind = "outage"
             elif not eligible or (self.limit is not None and self.failures >= self.limit):
                 kind = None
-            elif draw.random() < self.rate:
-                names = sorted(self.kinds)
-                kind = draw.choices(names, [self.kinds[n] for n in names])[0]
-                if kind == "corrupt" and method != "GET":
-                    kind = None
+            else:
+                kind = _draw(self.seed, key, count, self.rate, self.kinds)
             if kind:
                 self.injected[kind] += 1
             self.log.append((method, path, kind or "ok"))

@@ -24,7 +24,7 @@ import time
 
 import pytest
 import torch
-from fault_proxy import FaultProxy
+from fault_proxy import FAILURES, FaultProxy, seed_failing_first
 from helpers import career, career_all, new_bucket
 
 from data_shards import storage
@@ -44,6 +44,11 @@ def through(options: dict, proxy: FaultProxy) -> dict:
 
 def retry_lines(text: str) -> int:
     return len(RETRY_LINE.findall(text))
+
+
+def failed(proxy: FaultProxy) -> set[tuple[str, str]]:
+    """(method, path) of every request the proxy failed."""
+    return {(m, p.split("?")[0]) for m, p, kind in proxy.log if kind in FAILURES}
 
 
 def objects(root: str, options: dict) -> dict[str, bytes]:
@@ -206,12 +211,17 @@ def test_streaming_a_split_through_faults_gives_the_same_batches(dataset, caplog
     config = StreamConfig(split="train", tokens_per_update=1500, shuffle=True, seed=7, loop=False)
     direct_split = list(read_split(url, "train", tokens_per_batch=1500, storage_options=options))
     direct_loader = list(CareerLoader(url, config, num_workers=1, storage_options=options))
-    with FaultProxy(options["client_kwargs"]["endpoint_url"], rate=0.2, seed=11) as proxy:
+    # The seed makes this process's first read (the manifest) one of the failures, so that its
+    # retry is logged here whatever the bucket's random name draws for the other requests.
+    manifest = "/" + url.removeprefix("s3://").rstrip("/") + "/manifest.json"
+    seed = seed_failing_first("GET", manifest, 0.2)
+    with FaultProxy(options["client_kwargs"]["endpoint_url"], rate=0.2, seed=seed) as proxy:
         routed = through(options, proxy)
         with caplog.at_level(logging.WARNING, logger="data_shards.storage"):
             split = list(read_split(url, "train", tokens_per_batch=1500, storage_options=routed))
         loader = list(CareerLoader(url, config, num_workers=1, storage_options=routed))
     assert same_batches(direct_split, split) and same_batches(direct_loader, loader)
+    assert ("GET", manifest) in failed(proxy), proxy.summary()
     assert proxy.failures > 0 and retry_lines(caplog.text) > 0, proxy.summary()
 
 
@@ -239,10 +249,15 @@ SHARD = [
 def test_career_shard_through_faults_writes_the_same_bytes(s3_endpoint, ray_address):
     """15% of the requests of `career shard` (its driver and its Ray tasks) fail: the dataset is
     byte for byte the one written directly, every object and the manifest; the driver's retries
-    are on its stderr (the tasks' are in their Ray logs)."""
+    are on its stderr (the tasks' are in their Ray logs). The seed makes the driver's manifest
+    upload one of the failures: the faults are drawn by path, and the bucket's name is random,
+    so with a fixed seed they sometimes all fell on the tasks' requests."""
     root, options = new_bucket(s3_endpoint, "shard")
     ray = ["--ray-address", ray_address]
-    with FaultProxy(s3_endpoint, rate=0.15, seed=5) as proxy:
+    manifest = f"/{root.removeprefix('s3://')}/faulty/ds/manifest.json"
+    with FaultProxy(
+        s3_endpoint, rate=0.15, seed=seed_failing_first("PUT", manifest, 0.15)
+    ) as proxy:
         routed = json.dumps(through(options, proxy))
         _, faulty = career_all(
             [*SHARD, "--out", f"{root}/direct", "--storage-options", json.dumps(options), *ray],
@@ -251,6 +266,7 @@ def test_career_shard_through_faults_writes_the_same_bytes(s3_endpoint, ray_addr
     written = objects(f"{root}/direct/ds", options)
     assert "manifest.json" in written and any(k.endswith(".tar") for k in written)
     assert objects(f"{root}/faulty/ds", options) == written
+    assert ("PUT", manifest) in failed(proxy), proxy.summary()
     assert proxy.failures > 0 and retry_lines(faulty.stderr) > 0, (proxy.summary(), faulty.stderr)
 
 
