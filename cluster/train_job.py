@@ -121,47 +121,41 @@ def launch_together(runs: list[TrainingSettings], in_process: bool = False) -> l
     process group, and their shutdown), which a survey's few short runs would otherwise pay each.
     `in_process`: one-worker CPU runs train in this process instead (`trainer.launch.
     in_process_jobs`: a Ray task that is retried as a whole when lost, a survey of `career run`)."""
-    if in_process:
-        from trainer.launch import in_process_jobs, job_payload
-
-        if any(s.workers != 1 or s.on_gpu or s.launcher == "torchrun" for s in runs):
-            raise ValueError("only one-worker CPU runs on Ray train in this process")
-        import ray
-
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-        in_process_jobs(
-            [
-                job_payload(s.config, s.data, s.out, s.base, s.storage_options, s.stop_after)
-                for s in runs
-            ],
-            node,
-        )
-        return [_outcome(s) for s in runs]
+    if in_process and any(s.workers != 1 or s.on_gpu or s.launcher == "torchrun" for s in runs):
+        raise ValueError("only one-worker CPU runs on Ray train in this process")
     together = [s for s in runs if s.launcher != "torchrun"]
     for s in runs:
         if s.launcher == "torchrun":
             _torchrun(s)
     if together:
-        from cluster.ray_session import connect_ray
-        from trainer.launch import job_payload, ray_train_jobs
+        from trainer.launch import in_process_jobs, job_payload, ray_train_jobs
 
-        first = together[0]
-        if any(s.resources != first.resources for s in together):
-            raise ValueError("runs launched together must use the same workers, GPUs and CPUs")
-        connect_ray(
-            first.ray.ray_address,
-            first.ray.num_cpus,
-            paths=first,
-            shared_fs=first.ray.shared_fs,
-        )
         jobs = [
             job_payload(s.config, s.data, s.out, s.base, s.storage_options, s.stop_after)
             for s in together
         ]
-        held = first.resources
-        ray_train_jobs(
-            jobs, held.workers, held.gpus_per_worker, held.cpus_per_worker, held.max_failures
-        )
+        if in_process:
+            import ray
+
+            in_process_jobs(
+                jobs, ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+            )
+        else:
+            from cluster.ray_session import connect_ray
+
+            first = together[0]
+            if any(s.resources != first.resources for s in together):
+                raise ValueError("runs launched together must use the same workers, GPUs and CPUs")
+            connect_ray(
+                first.ray.ray_address,
+                first.ray.num_cpus,
+                paths=first,
+                shared_fs=first.ray.shared_fs,
+            )
+            held = first.resources
+            ray_train_jobs(
+                jobs, held.workers, held.gpus_per_worker, held.cpus_per_worker, held.max_failures
+            )
     return [_outcome(s) for s in runs]
 
 

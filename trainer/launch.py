@@ -135,9 +135,10 @@ def world_of_one() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def in_process_jobs(jobs: list[dict[str, Any]], node: str | None = None) -> list[dict[str, Any]]:
+def in_process_jobs(jobs: list[dict[str, Any]], node: str | None = None) -> None:
     """Run the training runs `jobs` (`job_payload`s) one after another in this process, as a
-    world of one; their metrics. `node`: where this process runs (metrics.json `worker_nodes`).
+    world of one; each writes its metrics.json under its `out`. `node`: where this process runs
+    (metrics.json `worker_nodes`).
 
     For a Ray task that trains on one CPU worker (a survey of `career run`): a Ray Train run
     would start a controller and a worker process for it, about 10 s of a quiet core each time
@@ -149,13 +150,10 @@ def in_process_jobs(jobs: list[dict[str, Any]], node: str | None = None) -> list
     from trainer.accelerator import select_accelerator
 
     select_accelerator()  # before DeepSpeed is imported
-    metrics = []
     with world_of_one():
         for job in jobs:
-            nodes = [node] if node else None
-            metrics.append(_worker({**job, "worker_nodes": nodes}, _messages_only))
+            _worker({**job, "worker_nodes": [node] if node else None}, _messages_only)
             gc.collect()  # the finished run's engine, optimizer and loader before the next
-    return metrics
 
 
 #: torchrun workers write an error of ours to `$CAREER_ERROR_FILE.<rank>` for the driver.

@@ -97,8 +97,9 @@ def run_experiment(
 
     import ray
 
-    # Spread: each survey's training and scoring on another node where there are several. A survey task lost with its node is started again elsewhere (its steps are
-    # idempotent and its models resume from their checkpoints).
+    # Spread: each survey's training and scoring on another node where there are several. A
+    # survey task lost with its node is started again elsewhere (its steps are idempotent and its
+    # models resume from their checkpoints).
     cpus = experiment.survey_worker_cpus if trains_in_task(experiment) else 0
     task = ray.remote(num_cpus=cpus)(survey_task).options(
         scheduling_strategy="SPREAD", max_retries=experiment.max_failures
@@ -127,7 +128,6 @@ def run_experiment(
             "done",
             seconds,
             models=result["seconds"],
-            phases=result["phases"],
             started=result["started"],
             node=result["node"],
         )

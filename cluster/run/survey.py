@@ -34,7 +34,6 @@ def survey_task(
     spec = next(s for s in experiment.surveys if s.name == survey)
     layout = RunLayout(run_url)
     times: dict[str, float] = {}
-    phases: dict[str, dict[str, float]] = {}  # each trained model's split (metrics.json)
     pending = {
         t.name: training_settings(experiment, t, layout, ray_address, storage_options)
         for t in trainings(experiment, spec, layout)
@@ -49,11 +48,6 @@ def survey_task(
             {m: r.get("wall_seconds") or 0.0 for m, r in zip(pending, metrics, strict=True)}
         )
         times["start-ups"] = max(0.0, time.perf_counter() - started - sum(times.values()))
-        phases = {
-            m: r["phase_seconds"]
-            for m, r in zip(pending, metrics, strict=True)
-            if "phase_seconds" in r
-        }
     for step in survey_steps(experiment, spec, layout, ray_address, storage_options):
         if step.finished(storage_options):
             continue
@@ -66,7 +60,6 @@ def survey_task(
     return {
         "survey": survey,
         "seconds": times,
-        "phases": phases,
         "started": round(began, 1),
         "node": node,
     }
